@@ -1,0 +1,102 @@
+"""Presets and defaults: the one place they are written.
+
+`MARConfig` mirrors the constructor arguments of the official `MAR` class with
+the official defaults; `PRESETS` names the official sizes plus the small
+configurations this project uses (digits demo, tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Diffusion Loss (paper section 3 / official DiffLoss): fixed constants of the process.
+TRAIN_DIFFUSION_STEPS = 1000
+LAYERNORM_EPS = 1e-6
+VAE_LATENT_SCALE = 0.2325  # KL-16 latents are multiplied by this before MAR sees them
+
+
+@dataclass
+class MARConfig:
+    """Constructor arguments of `MAR`, with the official defaults."""
+
+    img_size: int = 256
+    vae_stride: int = 16
+    patch_size: int = 1
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    vae_embed_dim: int = 16
+    mask_ratio_min: float = 0.7
+    label_drop_prob: float = 0.1
+    class_num: int = 1000
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    buffer_size: int = 64
+    diffloss_d: int = 3
+    diffloss_w: int = 1024
+    num_sampling_steps: str = "100"
+    diffusion_batch_mul: int = 4
+    grad_checkpointing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MARConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown MAR config keys {unknown}; valid keys are {sorted(names)}")
+        d = dict(d)
+        if "num_sampling_steps" in d:
+            d["num_sampling_steps"] = str(d["num_sampling_steps"])
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "MARConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
+    return MARConfig(encoder_embed_dim=dim, encoder_depth=depth, encoder_num_heads=heads,
+                     decoder_embed_dim=dim, decoder_depth=depth, decoder_num_heads=heads, **kw)
+
+
+PRESETS: dict[str, MARConfig] = {
+    # official sizes (the official training scripts pair them with these heads)
+    "mar_base": _sized(768, 12, 12, diffloss_d=6, diffloss_w=1024),
+    "mar_large": _sized(1024, 16, 16, diffloss_d=8, diffloss_w=1280),
+    "mar_huge": _sized(1280, 20, 16, diffloss_d=12, diffloss_w=1536),
+    # 8x8 digits with the pixel-patch tokenizer (2x2 pixels -> 16 tokens of 4 channels)
+    "mar_digits": _sized(128, 3, 4, img_size=8, vae_stride=2, vae_embed_dim=4, patch_size=1,
+                         buffer_size=4, class_num=10, diffloss_d=3, diffloss_w=256,
+                         num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0),
+    # tiny, for tests
+    "mar_tiny": _sized(64, 2, 4, img_size=64, vae_stride=16, buffer_size=8, class_num=10,
+                       diffloss_d=2, diffloss_w=96, num_sampling_steps="20"),
+}
+
+
+@dataclass
+class SampleDefaults:
+    """Defaults of `MAR.sample_tokens` and the `sample` command (the official ones)."""
+
+    num_iter: int = 64
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+
+
+SAMPLE_DEFAULTS = SampleDefaults()
+CFG_SCHEDULES = ("linear", "constant")

@@ -1,0 +1,106 @@
+"""The parts of Gaussian diffusion that Diffusion Loss uses: epsilon
+prediction with learned-range variance, the training loss (MSE + VLB term) and
+the reverse step with temperature.
+
+Every function takes the per-device float32 tables from
+`DiffusionTables.on(device)` and step indices `t` (int64, [N]).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Tables = dict[str, torch.Tensor]
+LOG2 = math.log(2.0)
+
+
+def _at(tab: Tables, name: str, t: torch.Tensor) -> torch.Tensor:
+    return tab[name][t].unsqueeze(-1)  # [N, 1]
+
+
+def q_sample(tab: Tables, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+    return _at(tab, "sqrt_abar", t) * x0 + _at(tab, "sqrt_one_minus_abar", t) * noise
+
+
+def posterior(tab: Tables, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+    mean = _at(tab, "post_coef1", t) * x0 + _at(tab, "post_coef2", t) * xt
+    return mean, _at(tab, "post_logvar", t).expand_as(xt)
+
+
+def p_mean_logvar(tab: Tables, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                  var_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and log-variance of p(x_{t-1} | x_t) from predicted eps and the
+    learned-range variance output v in [-1, 1] (interpolating log beta_t and
+    the clipped posterior log-variance)."""
+    frac = (var_values + 1) / 2
+    logvar = frac * _at(tab, "log_betas", t) + (1 - frac) * _at(tab, "post_logvar", t)
+    x0 = _at(tab, "sqrt_recip_abar", t) * xt - _at(tab, "sqrt_recipm1_abar", t) * eps
+    mean, _ = posterior(tab, x0, xt, t)
+    return mean, logvar
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log-likelihood of x in [-1, 1] discretised to 256 bins under N(mean, exp(log_scale)^2)."""
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def training_losses(tab: Tables, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample Diffusion Loss terms: loss = mse(eps) + vb (in bits).
+
+    net(x_t, t) -> [N, 2C] (eps, variance values). The VLB term only trains the
+    variance: it sees a detached eps.
+    """
+    xt = q_sample(tab, x0, t, noise)
+    out = net(xt, t).float()  # [N, 2C]
+    eps, var_values = out.chunk(2, dim=-1)
+    true_mean, true_logvar = posterior(tab, x0, xt, t)
+    mean, logvar = p_mean_logvar(tab, xt, t, eps.detach(), var_values)
+    kl = normal_kl(true_mean, true_logvar, mean, logvar).mean(-1) / LOG2
+    nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar).mean(-1) / LOG2
+    vb = torch.where(t == 0, nll, kl)
+    mse = ((noise - eps) ** 2).mean(-1)
+    return {"loss": mse + vb, "mse": mse, "vb": vb}
+
+
+def p_sample_loop(tab: Tables, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                  x_T: torch.Tensor, temperature: float, step_noise: torch.Tensor | None) -> torch.Tensor:
+    """Reverse diffusion from x_T over every step of the table, eagerly, one step per
+    Python iteration (the official sampler's structure; the reference oracle).
+
+    eps_fn(x, t) -> [N, 2C]. step_noise: [S, N, C], step_noise[i] used at
+    step S-1-i, or None at temperature 0. Step 0 adds no noise.
+    """
+    x = x_T.float()
+    n = x.shape[0]
+    steps = tab["post_coef1"].shape[0]
+    for i, step in enumerate(range(steps - 1, -1, -1)):
+        t = torch.full((n,), step, dtype=torch.int64, device=x.device)
+        out = eps_fn(x, t).float()
+        eps, var_values = out.chunk(2, dim=-1)
+        mean, logvar = p_mean_logvar(tab, x, t, eps, var_values)
+        if step > 0 and temperature > 0 and step_noise is not None:
+            x = mean + torch.exp(0.5 * logvar) * step_noise[i] * temperature
+        else:
+            x = mean
+    return x

@@ -1,0 +1,87 @@
+"""Diffusion Loss: the per-token denoising head, its training loss and its sampler."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..diffusion.gaussian import training_losses
+from ..diffusion.schedule import make_tables
+from ..ops import dispatch
+from ..utils import randn
+from .head import SimpleMLPAdaLN
+
+
+class DiffLoss(nn.Module):
+    """Diffusion Loss (official arguments). `net` is the official `SimpleMLPAdaLN`."""
+
+    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
+                 num_sampling_steps: str | int) -> None:
+        super().__init__()
+        self.in_channels = target_channels
+        self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth)
+        self.train_tables = make_tables("")
+        self.gen_tables = make_tables(str(num_sampling_steps))
+
+    def loss_terms(self, target: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-row `loss`, `mse`, `vb` for given timesteps t [N] and noise [N, C]."""
+        tab = self.train_tables.on(target.device)
+        return training_losses(tab, lambda xt, tt: self.net(xt, tt, z), target, t, noise)
+
+    def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None, *,
+                t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean loss over rows (over rows with mask=1 when a mask is given).
+
+        target [N, C], z [N, Z]; t and noise are drawn (from `generator`) unless given.
+        """
+        _check_rows(target, z, self.in_channels)
+        n = target.shape[0]
+        if t is None:
+            t = torch.randint(0, self.train_tables.num_steps, (n,), generator=generator,
+                              device=generator.device if generator is not None else target.device).to(target.device)
+        if noise is None:
+            noise = randn((n, self.in_channels), generator, target.device, target.dtype)
+        loss = self.loss_terms(target, z, t, noise)["loss"]
+        if mask is not None:
+            mask = mask.to(loss.dtype)
+            return (loss * mask).sum() / mask.sum().clamp(min=1)
+        return loss.mean()
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, *,
+               noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               backend: str = "auto") -> torch.Tensor:
+        """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
+
+        With cfg != 1, z holds M = 2N rows (conditional first, unconditional
+        second); the chain runs on N rows and the result is returned twice, as
+        the official sampler returns it. `noise` is x_T with N rows; per-step
+        noise is drawn from `generator`. backend: "auto" | "torch" | "native".
+        """
+        if z.ndim != 2:
+            raise ValueError(f"z must be [rows, z_channels], got shape {tuple(z.shape)}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if cfg < 1:
+            raise ValueError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
+        guided = cfg != 1.0
+        if guided and z.shape[0] % 2:
+            raise ValueError(f"with cfg != 1, z needs an even number of rows (cond then uncond), got {z.shape[0]}")
+        n = z.shape[0] // 2 if guided else z.shape[0]
+        if noise is None:
+            noise = randn((n, self.in_channels), generator, z.device, torch.float32)
+        elif tuple(noise.shape) != (n, self.in_channels):
+            raise ValueError(f"noise must be x_T of shape {(n, self.in_channels)}, got {tuple(noise.shape)}")
+        steps = self.gen_tables.num_steps
+        step_noise = randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None
+        out = dispatch.sample_head(self.net, self.gen_tables, z, noise.float(), float(temperature),
+                                   float(cfg), step_noise, backend=backend)  # [N, C]
+        return torch.cat([out, out]) if guided else out
+
+
+def _check_rows(target: torch.Tensor, z: torch.Tensor, channels: int) -> None:
+    if target.ndim != 2 or target.shape[1] != channels:
+        raise ValueError(f"target must be [rows, {channels}], got shape {tuple(target.shape)}")
+    if z.ndim != 2 or z.shape[0] != target.shape[0]:
+        raise ValueError(f"z must be [rows, z_channels] with {target.shape[0]} rows, got {tuple(z.shape)}")

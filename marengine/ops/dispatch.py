@@ -1,0 +1,37 @@
+"""Backend choice for the head sampler: the native kernel where it is built, else the reference."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..diffusion.schedule import DiffusionTables
+from . import reference
+
+log = logging.getLogger("marengine.ops")
+BACKENDS = ("auto", "torch", "native")
+
+
+def native_available(device: torch.device | str = "cpu") -> bool:
+    """True when the compiled sampler is built for `device`'s type."""
+    try:
+        from . import native
+    except ImportError:
+        return False
+    return native.available(torch.device(device))
+
+
+def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
+                cfg: float, step_noise: torch.Tensor | None, backend: str = "auto") -> torch.Tensor:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    use_native = backend == "native" or (backend == "auto" and native_available(z.device))
+    if backend == "native" and not native_available(z.device):
+        raise RuntimeError(f"backend='native' asked for, but the native sampler is not built for {z.device.type}; "
+                           "build it with `pip install --no-build-isolation -e .` or use backend='auto'")
+    if use_native:
+        from . import native
+        log.debug("head sampler: native (%s)", z.device.type)
+        return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
+    log.debug("head sampler: torch reference (%s)", z.device.type)
+    return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
