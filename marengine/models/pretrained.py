@@ -21,6 +21,7 @@ from ..config import MARConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
 OFFICIAL_KEYS = ("model_ema", "model")
 
 

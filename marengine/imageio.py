@@ -1,0 +1,41 @@
+"""Writing sample images: a labelled grid PNG and an npz archive (numpy + pillow only,
+so the torch-free deployment sampler can use it too)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscale: int = 1) -> np.ndarray:
+    """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] image."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    n, h, w, c = images.shape
+    if upscale > 1:
+        images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
+        h, w = h * upscale, w * upscale
+    ncols = ncols or max(1, int(math.ceil(math.sqrt(n))))
+    nrows = max(1, int(math.ceil(n / ncols)))
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+    return grid
+
+
+def save_samples(out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+                 ncols: int | None = None) -> dict[str, Path]:
+    """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N])."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels, dtype=np.int64)
+    upscale = max(1, 64 // images.shape[1])  # tiny images (digits) are enlarged to be seen
+    grid = make_grid(images, ncols=ncols, upscale=upscale)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out / "grid.png")
+    np.savez(out / "samples.npz", images=images, labels=labels)
+    return {"grid": out / "grid.png", "samples": out / "samples.npz"}

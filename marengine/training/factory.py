@@ -1,0 +1,92 @@
+"""Building what a run needs from its settings: device, precision, data, tokenizer, model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import MARConfig
+from ..models.mar import MAR
+from ..models.tokenizers import PixelTokenizer, VAETokenizer
+from .config import TrainConfig
+from .data import CachedLatentsDataset, DigitsDataset, ImageFolderDataset
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no GPU; use --device cpu")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 training needs a GPU (no fp16 GEMMs worth using on CPU); use bf16 or fp32")
+    return name
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def tokenizer_spec(cfg: TrainConfig, model_cfg: MARConfig) -> dict[str, Any]:
+    if cfg.tokenizer == "pixel":
+        channels, rem = divmod(model_cfg.vae_embed_dim, model_cfg.vae_stride ** 2)
+        if rem or channels not in (1, 3):
+            raise ValueError(f"the pixel tokenizer needs vae_embed_dim = channels * vae_stride^2 with 1 or 3 channels; "
+                             f"got vae_embed_dim={model_cfg.vae_embed_dim}, vae_stride={model_cfg.vae_stride}")
+        return {"kind": "pixel", "channels": channels, "stride": model_cfg.vae_stride}
+    if cfg.tokenizer == "vae":
+        if model_cfg.vae_stride != 16:
+            raise ValueError(f"the KL-16 VAE has stride 16, the model config says vae_stride={model_cfg.vae_stride}")
+        return {"kind": "vae", "ckpt": cfg.vae_ckpt, "embed_dim": model_cfg.vae_embed_dim}
+    raise ValueError(f"tokenizer must be 'pixel' or 'vae', got {cfg.tokenizer!r}")
+
+
+def build_tokenizer(spec: dict[str, Any]):
+    if spec["kind"] == "pixel":
+        return PixelTokenizer(spec["channels"], spec["stride"])
+    from ..models.vae import AutoencoderKL
+
+    if not spec.get("ckpt"):
+        raise ValueError("the VAE tokenizer needs its weights: pass --vae-ckpt path/to/kl16.ckpt")
+    return VAETokenizer(AutoencoderKL(embed_dim=spec["embed_dim"], ckpt_path=spec["ckpt"]).eval())
+
+
+def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):
+    """(dataset, yields_latents)."""
+    if cfg.data == "digits":
+        if model_cfg.img_size != 8:
+            raise ValueError(f"the digits are 8x8 images, the model config says img_size={model_cfg.img_size}")
+        return DigitsDataset("train"), False
+    path = Path(cfg.data)
+    if path.suffix == ".safetensors":
+        from ..config import VAE_LATENT_SCALE
+        return CachedLatentsDataset(path, VAE_LATENT_SCALE), True
+    return ImageFolderDataset(path, model_cfg.img_size, crop=cfg.crop), False
+
+
+def build_model(cfg: TrainConfig) -> MAR:
+    overrides = dict(cfg.model_overrides)
+    if cfg.grad_checkpointing:
+        overrides["grad_checkpointing"] = True
+    return MAR.from_config(MARConfig.from_name(cfg.model, **overrides))
+
+
+def param_groups(model: MAR, weight_decay: float) -> list[dict[str, Any]]:
+    """Official grouping: no decay for biases, 1-D parameters and the Diffusion-Loss MLP."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim == 1 or name.endswith(".bias") or "diffloss" in name else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]

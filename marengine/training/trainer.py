@@ -1,0 +1,280 @@
+"""The training engine: one loop for one CPU or many GPUs (torchrun + DDP),
+mixed precision that skips non-finite steps, EMA, atomic checkpoints and
+exact resume."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..models.pretrained import TOKENIZER_NAME, atomic_write, load_official, load_strict, save_pretrained
+from .checkpoint import LAST, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .config import TrainConfig
+from .distributed import all_reduce_mean, barrier, init_distributed, shutdown
+from .ema import EMA
+from .factory import (autocast_dtype, build_dataset, build_model, build_tokenizer, param_groups,
+                      resolve_device, resolve_precision, tokenizer_spec)
+
+log = logging.getLogger("marengine.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.dist = init_distributed(device.type)
+        self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.precision == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.out_dir = Path(cfg.out_dir)
+        resume = load_checkpoint(cfg.resume) if cfg.resume else None  # fail before any work
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+        self.model = build_model(cfg)
+        self.model_cfg = self.model.config
+        self.tok_spec = tokenizer_spec(cfg, self.model_cfg)
+        self.dataset, self.cached = build_dataset(cfg, self.model_cfg)
+        if self.dataset.num_classes > self.model_cfg.class_num:
+            raise ValueError(f"the data has {self.dataset.num_classes} classes but the model's class_num is "
+                             f"{self.model_cfg.class_num}; set model_overrides class_num")
+        self.tokenizer = None if self.cached else build_tokenizer(self.tok_spec).to(self.device)
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        self.steps_per_epoch = len(self.dataset) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the data has {len(self.dataset)} items, fewer than one global batch of "
+                             f"{self.global_batch}; lower --batch-size")
+        if cfg.init_from and not resume:
+            load_official(self.model, cfg.init_from, key="model")
+        self.model.to(self.device)
+        self.ema = EMA(self.model, cfg.ema_rate, cfg.ema_warmup)
+        self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.global_batch / 256
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=self.base_lr, betas=cfg.betas)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
+        torch.manual_seed(cfg.seed * 1000 + self.dist.rank)
+        self.step, self.skipped, self.bad_run = 0, 0, 0
+        if resume:
+            self._restore(resume)
+        self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if self.dist.enabled else self.model
+
+    # ------------------------------------------------------------ state
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["config"] != self.model_cfg.to_dict():
+            raise ValueError("the resume checkpoint was trained with another model configuration: "
+                             f"{ckpt['config']} vs {self.model_cfg.to_dict()}")
+        load_strict(self.model, ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        rngs = ckpt["rng"]
+        if len(rngs) != self.dist.world_size:
+            log.warning("resuming %d-process run on %d processes: RNG streams are re-seeded", len(rngs),
+                        self.dist.world_size)
+            self.gen.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 7919 * self.step)
+        else:
+            restore_rng(rngs[self.dist.rank], self.gen)
+
+    def _state(self) -> dict[str, Any]:
+        rng = [rng_state(self.gen)]
+        if self.dist.enabled:
+            rng = [None] * self.dist.world_size
+            dist.all_gather_object(rng, rng_state(self.gen))
+        return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict_for(self.model),
+                "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "skipped": self.skipped, "rng": rng, "config": self.model_cfg.to_dict(),
+                "tokenizer": self.tok_spec, "train_config": self.cfg.to_dict()}
+
+    def save(self) -> Path | None:
+        state = self._state()  # every rank joins the RNG gather
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(self.out_dir / LAST, state)
+        if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+            save_checkpoint(self.out_dir / f"step-{self.step}.pth", state)
+        return path
+
+    def export_ema(self, folder: Path) -> Path:
+        """A pretrained folder (config, EMA weights, tokenizer) for `marengine sample`."""
+        save_pretrained(self.model, folder, state=self.ema.state_dict_for(self.model))
+        atomic_write(folder / TOKENIZER_NAME, lambda tmp: Path(tmp).write_text(json.dumps(self.tok_spec)))
+        return folder
+
+    def ema_model(self):
+        model = copy.deepcopy(self.model).eval()
+        model.load_state_dict(self.ema.state_dict_for(self.model))
+        return model
+
+    # ------------------------------------------------------------ data
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """This rank's sample indices at `step`: a fresh permutation per epoch, drop-last."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
+        start = k * self.global_batch + self.dist.rank * self.cfg.batch_size
+        return perm[start: start + self.cfg.batch_size]
+
+    def load_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.dataset[int(i)] for i in self.batch_indices(step)]
+        x = torch.stack([it[0] for it in items]).to(self.device, non_blocking=True)
+        y = torch.tensor([it[1] for it in items], dtype=torch.int64, device=self.device)
+        return x, y
+
+    # ------------------------------------------------------------ loop
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return self.base_lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+            return cfg.min_lr + (self.base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        if cfg.lr_schedule != "constant":
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+        return self.base_lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimizer step; a non-finite loss or gradient skips the update."""
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        dtype = autocast_dtype(self.precision)
+        with torch.no_grad():
+            latents = x if self.cached else self.tokenizer.encode(x).sample(self.gen)
+        self.ddp.train()
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = self.ddp(latents, y, generator=self.gen)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        loss_avg = all_reduce_mean(loss.detach().float(), self.dist)
+        finite = bool(torch.isfinite(gnorm)) and bool(torch.isfinite(loss_avg))
+        if finite:
+            self.scaler.step(self.opt)
+            self.ema.update(self.model)
+            self.bad_run = 0
+        else:
+            self.skipped += 1
+            self.bad_run += 1
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": float(loss_avg), "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"],
+                "finite": finite}
+
+    def fit(self) -> dict[str, Any]:
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsWriter(self.out_dir, enabled=main)
+        bar = _progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
+        history: list[float] = []
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                out = self.train_step(*self.load_batch(self.step))
+                out["imgs_per_s"] = self.global_batch / (time.perf_counter() - t0)
+                if out["finite"]:
+                    history.append(out["loss"])
+                elif self.bad_run >= cfg.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{self.bad_run} consecutive steps had a non-finite loss or gradient (step {self.step}, "
+                        f"{self.skipped} skipped in all). The last good checkpoint is kept at {self.out_dir / LAST}. "
+                        "Lower the learning rate, or train with --precision bf16 or fp32.")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}",
+                                    img_s=f"{out['imgs_per_s']:.0f}", skipped=self.skipped)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    metrics.write(self.step, out, self.skipped)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
+                    self.write_sample_grid(self.out_dir / f"samples-{self.step}")
+                if (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps) and self.bad_run == 0:
+                    self.save()  # never during a run of skipped steps: the last good one stays
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics.close()
+        barrier(self.dist)
+        if main:
+            self.export_ema(self.out_dir / "ema")
+        return {"step": self.step, "skipped": self.skipped, "losses": history}
+
+    def write_sample_grid(self, out: Path, per_class: int = 4) -> None:
+        from ..imageio import save_samples
+        from ..sampling.engine import SampleSettings, generate
+
+        labels = [c for c in range(self.dataset.num_classes) for _ in range(per_class)][:64]
+        images = generate(self.ema_model(), self.tokenizer, labels,
+                          SampleSettings(num_iter=min(16, self.model.seq_len), seed=0))
+        save_samples(out, images, labels, ncols=per_class)
+
+    def close(self) -> None:
+        shutdown(self.dist)
+
+
+class MetricsWriter:
+    """metrics.csv, plus TensorBoard where it is installed."""
+
+    FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped")
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled, self.tb = enabled, None
+        if not enabled:
+            return
+        path = out_dir / "metrics.csv"
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(self.FIELDS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        except Exception:  # tensorboard not installed
+            self.tb = None
+
+    def write(self, step: int, out: dict[str, float], skipped: int) -> None:
+        if not self.enabled:
+            return
+        row = {**out, "step": step, "skipped": skipped}
+        self.csv.writerow([row[k] for k in self.FIELDS])
+        self.file.flush()
+        if self.tb is not None:
+            for k in ("loss", "grad_norm", "lr", "imgs_per_s"):
+                self.tb.add_scalar(f"train/{k}", row[k], step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
