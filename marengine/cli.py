@@ -125,7 +125,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export.onnx import export_from_checkpoint
     paths = export_from_checkpoint(args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
-                                   preset=args.model, vae_ckpt=args.vae_ckpt)
+                                   config=args.config, vae=args.vae, tokenizer=args.tokenizer)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--opset", type=int, default=None)
-    p.add_argument("--model", default=None, help="preset for official checkpoints")
-    p.add_argument("--vae-ckpt", default=None)
+    p.add_argument("--config", default=None, help="preset name or JSON config, required for a .pth checkpoint")
+    p.add_argument("--vae", default=None, help="kl16.ckpt: export the VAE decoder")
+    p.add_argument("--tokenizer", choices=("auto", "vae", "pixel", "none"), default="auto")
     p.set_defaults(fn=cmd_export_onnx)
     return ap
 

@@ -219,10 +219,14 @@ class MAR(nn.Module):
     def sample_tokens(self, bsz: int, num_iter: int = SAMPLE_DEFAULTS.num_iter, cfg: float = SAMPLE_DEFAULTS.cfg,
                       cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule, labels: torch.Tensor | None = None,
                       temperature: float = SAMPLE_DEFAULTS.temperature, progress: bool = False, *,
-                      generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
-        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps."""
+                      generator: torch.Generator | None = None, backend: str = "auto",
+                      backbone: Callable | None = None) -> torch.Tensor:
+        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps.
+
+        generator: all randomness (orders, noise); backend: the head sampler ("auto" |
+        "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime)."""
         return generate.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress,
-                                      generator=generator, backend=backend)
+                                      generator=generator, backend=backend, backbone=backbone)
 
     # ---------------------------------------------------------------- checks
     def _check_tokens(self, x: torch.Tensor) -> None:

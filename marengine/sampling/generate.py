@@ -6,7 +6,7 @@ random order per image. With CFG the batch is doubled with the null class.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -35,8 +35,14 @@ def check_sampling_args(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_s
 
 def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
                   labels: torch.Tensor | None, temperature: float, progress: bool = False, *,
-                  generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
-    """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`."""
+                  generator: torch.Generator | None = None, backend: str = "auto",
+                  backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  ) -> torch.Tensor:
+    """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`.
+
+    `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone`
+    (e.g. `marengine.export.runtime.OnnxBackboneModule`)."""
+    backbone = backbone or model.backbone
     check_sampling_args(model, bsz, num_iter, cfg, cfg_schedule, labels, temperature)
     device = model.fake_latent.device
     seq_len = model.seq_len
@@ -57,7 +63,7 @@ def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedul
     for step in steps:
         known_idx = model.known_indices(mask)  # [B, K]
         x_in, idx_in = (torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])) if guided else (tokens, known_idx)
-        z = model.backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
+        z = backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
 
         mask_len = next_mask_len(step, num_iter, seq_len, num_masked)
         mask_next = mask_by_order(mask_len, orders)

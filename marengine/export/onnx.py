@@ -1,0 +1,356 @@
+"""Export a MAR model to ONNX: backbone, one head step and the detokenizer, plus deploy.json.
+
+Files written to `out_dir` (roles in parentheses, also stored in each file's metadata):
+  backbone.onnx        (backbone)        tokens [B, L, C] f32, known_idx [B, K] i64, labels [B] i64,
+                                         uncond [B] bool  -> z [B, L, D]
+  backbone_embed.onnx  (backbone_embed)  tokens, known_idx, class_embedding [B, D] f32 -> z
+  head.onnx            (head)            x [N, C] f32, t [N] i64 (training timestep), c [N, Z] f32 -> out [N, 2C]
+  decoder.onnx         (decoder)         latents [B, C, h, w] f32 (scaled as MAR sees them) -> images [B, ch, H, W]
+  deploy.json          sampling metadata and the float32 diffusion tables
+B, K (0 allowed) and N are dynamic axes. Inputs and outputs are float32 in every
+precision: with fp16=True the weights and arithmetic inside are fp16 and the graph
+casts at its edges. Each .onnx carries `marengine.*` metadata_props: format version,
+role, the MARConfig JSON, exporter (dynamo | torchscript), precision.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..config import MARConfig
+from ..diffusion.schedule import DiffusionTables
+from .runtime import (DEPLOY_JSON, FILES, FORMAT_VERSION, INSTALL_HINT, KEY_CONFIG, KEY_EXPORTER, KEY_FORMAT,
+                      KEY_PRECISION, KEY_ROLE, KEY_TOKENIZER, META_PREFIX)
+
+log = logging.getLogger("marengine.export")
+PARTS = ("backbone", "backbone_embed", "head", "decoder")
+EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a file at 2 GiB: larger weights go to <name>.onnx.data
+
+
+def require_export_deps() -> None:
+    for mod in ("onnx", "onnxscript"):
+        try:
+            __import__(mod)
+        except ImportError as e:
+            raise ImportError(f"ONNX export needs {mod}, which is not installed: {INSTALL_HINT}") from e
+
+
+# ---------------------------------------------------------------- export wrappers (fp32 in/out)
+class _Backbone(nn.Module):
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def run(self, tokens: torch.Tensor, known_idx: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        return self.model.backbone(tokens.to(self.dtype), known_idx, ce.to(self.dtype)).float()
+
+
+class BackboneLabels(_Backbone):
+    """class embedding = fake_latent (the null class) where uncond, else class_emb(labels)."""
+
+    def forward(self, tokens: torch.Tensor, known_idx: torch.Tensor, labels: torch.Tensor,
+                uncond: torch.Tensor) -> torch.Tensor:
+        safe = torch.where(uncond, torch.zeros_like(labels), labels)  # labels of null rows are ignored
+        ce = torch.where(uncond.unsqueeze(-1), self.model.fake_latent, self.model.class_emb(safe))  # [B, D]
+        return self.run(tokens, known_idx, ce)
+
+
+class BackboneEmbedding(_Backbone):
+    def forward(self, tokens: torch.Tensor, known_idx: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        return self.run(tokens, known_idx, class_embedding)
+
+
+class HeadStep(nn.Module):
+    def __init__(self, net: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net, self.dtype = net, dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.dtype), t, c.to(self.dtype)).float()
+
+
+class Decoder(nn.Module):
+    def __init__(self, tokenizer: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.tokenizer, self.dtype = tokenizer, dtype
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(latents.to(self.dtype)).float()
+
+
+# ---------------------------------------------------------------- one module -> one .onnx
+def _param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _dynamo_shapes(names: Sequence[str], dynamic: dict) -> dict[str, Any]:
+    dims: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
+    for name in names:
+        spec = {}
+        for axis, (dim, lo, hi) in dynamic.get(name, {}).items():
+            if dim not in dims:
+                dims[dim] = torch.export.Dim(dim, min=lo) if hi is None else torch.export.Dim(dim, min=lo, max=hi)
+            spec[axis] = dims[dim]
+        shapes[name] = spec or None
+    return shapes
+
+
+def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: Sequence[str],
+                  output: str, dynamic: dict[str, dict[int, tuple[str, int, int | None]]],
+                  metadata: dict[str, str], opset: int | None = None, exporter: str = "auto") -> tuple[str, int]:
+    """Export `module(*args)` to `path`; dynamic: input name -> {axis: (dim name, min, max)}.
+
+    Uses torch's default (dynamo) exporter; with exporter="auto" falls back to the
+    TorchScript exporter only if that fails. Returns (the exporter used, which is also
+    written to the metadata; the ONNX opset).
+    """
+    import onnx
+
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"unknown exporter {exporter!r}; choose 'auto', 'dynamo' or 'torchscript'")
+    module = module.eval()
+    external = _param_bytes(module) > EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if exporter != "torchscript":
+        try:
+            prog = torch.onnx.export(module, args, None, dynamo=True, input_names=list(names),
+                                     output_names=[output], opset_version=opset,
+                                     dynamic_shapes=_dynamo_shapes(names, dynamic), verbose=False, optimize=True)
+            prog.model.metadata_props.update({**metadata, KEY_EXPORTER: "dynamo"})
+            prog.save(str(path), external_data=external)
+            onnx.checker.check_model(str(path))  # by path: works with external data too
+            return "dynamo", int(prog.model.opset_imports.get("", 0))
+        except Exception as e:  # noqa: BLE001 - any failure of the default exporter -> fall back
+            if exporter == "dynamo":
+                raise
+            log.warning("dynamo ONNX export of %s failed (%s: %s); falling back to the TorchScript exporter",
+                        path.name, type(e).__name__, (str(e).splitlines() or [""])[0][:200])
+    axes = {name: {axis: dim for axis, (dim, _, _) in dynamic.get(name, {}).items()} for name in names}
+    torch.onnx.export(module, args, str(path), dynamo=False, input_names=list(names), output_names=[output],
+                      opset_version=opset or 17, dynamic_axes=axes, do_constant_folding=True)
+    model = onnx.load(str(path))
+    for k, v in {**metadata, KEY_EXPORTER: "torchscript"}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path), save_as_external_data=external)
+    onnx.checker.check_model(str(path))
+    return "torchscript", next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+# ---------------------------------------------------------------- tokenizers
+def tokenizer_info(tokenizer: nn.Module | None, cfg: MARConfig) -> dict[str, Any] | None:
+    """What deploy needs to know about the detokenizer; checks it against the model config."""
+    if tokenizer is None:
+        return None
+    from ..models.tokenizers import PixelTokenizer, VAETokenizer
+
+    if isinstance(tokenizer, PixelTokenizer):
+        info = {"kind": "pixel", "latent_scale": 1.0, "image_channels": tokenizer.channels}
+    elif isinstance(tokenizer, VAETokenizer):
+        info = {"kind": "vae", "latent_scale": float(tokenizer.scale), "image_channels": 3}
+    else:
+        raise TypeError(f"tokenizer must be a PixelTokenizer or a VAETokenizer, got {type(tokenizer).__name__}")
+    if tokenizer.embed_dim != cfg.vae_embed_dim or tokenizer.stride != cfg.vae_stride:
+        raise ValueError(f"tokenizer (embed_dim {tokenizer.embed_dim}, stride {tokenizer.stride}) does not match "
+                         f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})")
+    return {**info, "embed_dim": tokenizer.embed_dim, "stride": tokenizer.stride}
+
+
+def default_tokenizer(cfg: MARConfig, vae: str | os.PathLike | None = None) -> nn.Module | None:
+    """The KL-16 VAE when a checkpoint is given; else the pixel tokenizer when the latent
+    channels are 1 or 3 image channels times stride^2; else None (no decoder)."""
+    from ..models.tokenizers import PixelTokenizer, VAETokenizer
+    from ..models.vae import AutoencoderKL
+
+    if vae is not None:
+        return VAETokenizer(AutoencoderKL(embed_dim=cfg.vae_embed_dim, ckpt_path=vae)).eval()
+    ch, rem = divmod(cfg.vae_embed_dim, cfg.vae_stride ** 2)
+    if rem == 0 and ch in (1, 3):
+        return PixelTokenizer(channels=ch, stride=cfg.vae_stride)
+    return None
+
+
+# ---------------------------------------------------------------- the deployment folder
+def deploy_metadata(model: nn.Module, tok: dict[str, Any] | None) -> dict[str, Any]:
+    cfg: MARConfig = model.config
+    tables: DiffusionTables = model.diffloss.gen_tables
+    tab = tables.on("cpu")
+    columns = {k: [float(x) for x in v.tolist()] for k, v in tab.items()
+               if k != "timestep_map" and not k.startswith("_")}  # [S] float32 columns
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "sampling": {"seq_len": model.seq_len, "seq_h": model.seq_h, "seq_w": model.seq_w,
+                     "token_embed_dim": model.token_embed_dim, "patch_size": cfg.patch_size,
+                     "img_size": cfg.img_size, "class_num": cfg.class_num, "buffer_size": cfg.buffer_size,
+                     "vae_stride": cfg.vae_stride, "vae_embed_dim": cfg.vae_embed_dim,
+                     "encoder_embed_dim": cfg.encoder_embed_dim, "decoder_embed_dim": cfg.decoder_embed_dim},
+        "tokenizer": tok,
+        "diffusion": {"num_steps": tables.num_steps, "timestep_map": [int(t) for t in tables.timestep_map.tolist()],
+                      "columns": columns},  # float32 values, exact when read back as float32
+    }
+
+
+def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: nn.Module | None = None,
+                fp16: bool = False, opset: int | None = None, parts: Sequence[str] = PARTS,
+                fp16_head: bool = False, exporter: str = "auto") -> dict[str, Path]:
+    """Export `model` (a MAR) for deployment; returns {role: path} plus "deploy" -> deploy.json.
+
+    fp16 applies to the backbone and the decoder; the head stays fp32 unless fp16_head
+    (its first reverse step amplifies eps errors ~300x). The decoder is exported only when
+    a tokenizer is given.
+    """
+    require_export_deps()
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose among {PARTS}")
+    modes = [(m, m.training) for m in (model, tokenizer) if m is not None]
+    try:
+        return _export_all(model, Path(out_dir), tokenizer, fp16, opset, parts, fp16_head, exporter)
+    finally:  # the wrappers' eval() must not leave the caller's modules in eval mode
+        for m, training in modes:
+            m.train(training)
+
+
+def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: bool, opset: int | None,
+                parts: Sequence[str], fp16_head: bool, exporter: str) -> dict[str, Path]:
+    if next(model.parameters()).dtype != torch.float32:
+        log.info("exporting from a float32 copy of the %s model", next(model.parameters()).dtype)
+        model = copy.deepcopy(model).float()
+    cfg: MARConfig = model.config
+    out.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer_info(tokenizer, cfg)
+    device = model.fake_latent.device
+    need_half = fp16 and bool({"backbone", "backbone_embed"} & set(parts) or (fp16_head and "head" in parts))
+    half = copy.deepcopy(model).half().eval() if need_half else None
+    L, C, D = model.seq_len, model.token_embed_dim, cfg.encoder_embed_dim
+    common = {KEY_FORMAT: str(FORMAT_VERSION), KEY_CONFIG: cfg.to_json()}
+    b = 2  # example sizes are not 0 or 1, which torch.export would specialise
+    k = max(2, L // 2) if L >= 3 else L
+    batch = ("batch", 1, None)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(b, L, C, generator=gen).to(device)
+    known = torch.stack([torch.randperm(L, generator=gen)[:k].sort().values for _ in range(b)]).to(device)
+    paths: dict[str, Path] = {}
+    exporters: dict[str, str] = {}
+    precisions: dict[str, str] = {}
+    opsets: dict[str, int] = {}
+
+    def one(role: str, module: nn.Module, args: tuple, names: list[str], output: str,
+            dynamic: dict, precision: str, extra: dict[str, str] | None = None) -> None:
+        meta = {**common, KEY_ROLE: role, KEY_PRECISION: precision, **(extra or {})}
+        path = out / FILES[role]
+        exporters[role], opsets[role] = export_module(module, args, path, names, output, dynamic, meta, opset,
+                                                      exporter)
+        paths[role], precisions[role] = path, precision
+        log.info("exported %s (%s, %s exporter)", path, precision, exporters[role])
+
+    bb_model, bb_dtype = (half, torch.float16) if fp16 else (model, torch.float32)
+    prec = "fp16" if fp16 else "fp32"
+    bb_dyn = {"tokens": {0: batch}, "known_idx": {0: batch, 1: ("known", 0, L)}}
+    if "backbone" in parts:
+        labels = torch.arange(b, device=device) % cfg.class_num
+        uncond = torch.tensor([False, True][:b], device=device)
+        one("backbone", BackboneLabels(bb_model, bb_dtype), (tokens, known, labels, uncond),
+            ["tokens", "known_idx", "labels", "uncond"], "z",
+            {**bb_dyn, "labels": {0: batch}, "uncond": {0: batch}}, prec)
+    if "backbone_embed" in parts:
+        ce = torch.randn(b, D, generator=gen).to(device)
+        one("backbone_embed", BackboneEmbedding(bb_model, bb_dtype), (tokens, known, ce),
+            ["tokens", "known_idx", "class_embedding"], "z", {**bb_dyn, "class_embedding": {0: batch}}, prec)
+    if "head" in parts:
+        net, dt = (half.diffloss.net, torch.float16) if fp16 and fp16_head else (model.diffloss.net, torch.float32)
+        n = 4
+        args = (torch.randn(n, C, generator=gen).to(device), torch.tensor([0, 1, 500, 999], device=device),
+                torch.randn(n, cfg.decoder_embed_dim, generator=gen).to(device))
+        rows = ("rows", 1, None)
+        one("head", HeadStep(net, dt), args, ["x", "t", "c"], "out", {"x": {0: rows}, "t": {0: rows}, "c": {0: rows}},
+            "fp16" if dt == torch.float16 else "fp32",
+            {META_PREFIX + "train_steps": str(len(model.diffloss.train_tables.timestep_map))})
+    if "decoder" in parts and tokenizer is not None:
+        dec_tok, dt = (copy.deepcopy(tokenizer).half().eval(), torch.float16) if fp16 and tok["kind"] == "vae" \
+            else (tokenizer.eval(), torch.float32)
+        side = cfg.img_size // cfg.vae_stride
+        lat = torch.randn(b, cfg.vae_embed_dim, side, side, generator=gen).to(device)
+        one("decoder", Decoder(dec_tok, dt), (lat,), ["latents"], "images", {"latents": {0: batch}},
+            "fp16" if dt == torch.float16 else "fp32", {KEY_TOKENIZER: json.dumps(tok)})
+    elif "decoder" in parts:
+        log.warning("no tokenizer given: no decoder exported; the deployment will produce latents, not images")
+
+    meta = deploy_metadata(model, tok)
+    meta["files"] = {role: p.name for role, p in paths.items()}
+    meta["exporter"] = exporters
+    meta["precision"] = precisions
+    meta["opset"] = opsets
+    meta["torch_version"] = torch.__version__
+    deploy = out / DEPLOY_JSON
+    deploy.write_text(json.dumps(meta, indent=1))
+    paths["deploy"] = deploy
+    return paths
+
+
+# ---------------------------------------------------------------- the CLI's entry point
+def load_config(config: str | os.PathLike) -> MARConfig:
+    """A preset name, a JSON string, or a path to a JSON file."""
+    text = str(config)
+    if text.lstrip().startswith("{"):
+        return MARConfig.from_dict(json.loads(text))
+    if Path(text).is_file():
+        return MARConfig.from_dict(json.loads(Path(text).read_text()))
+    return MARConfig.from_name(text)
+
+
+def load_model(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None) -> nn.Module:
+    """A pretrained folder (config.json + model.safetensors), a marengine training checkpoint
+    (.pth carrying its config), or an official .pth with `config`; EMA weights where present."""
+    from ..models.mar import MAR
+    from ..models.pretrained import from_pretrained, load_strict, pick_state_dict, read_checkpoint
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        if config is not None:
+            log.warning("--config is ignored for a pretrained folder: %s/config.json is used", path)
+        return from_pretrained(path).eval()
+    ckpt = read_checkpoint(path)
+    if config is not None:
+        cfg = load_config(config)
+    elif "config" in ckpt:
+        cfg = MARConfig.from_dict(ckpt["config"])
+    else:
+        raise ValueError(f"{path} is a raw checkpoint: its model configuration is needed too "
+                         f"(--config with a preset name such as mar_base, a JSON string or a JSON file)")
+    model = MAR.from_config(cfg)
+    load_strict(model, pick_state_dict(ckpt))
+    return model.eval()
+
+
+def export_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fp16: bool = False,
+                           opset: int | None = None, *, config: str | os.PathLike | None = None,
+                           vae: str | os.PathLike | None = None, tokenizer: str = "auto",
+                           parts: Sequence[str] = PARTS) -> dict[str, Path]:
+    """Load a model and export it. tokenizer: "auto" (the VAE if `vae` is given, else the pixel
+    tokenizer when the latent channels fit it, else none), "vae", "pixel" or "none"."""
+    model = load_model(checkpoint, config)
+    cfg: MARConfig = model.config
+    if tokenizer not in ("auto", "vae", "pixel", "none"):
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose auto, vae, pixel or none")
+    if tokenizer == "vae" and vae is None:
+        raise ValueError("tokenizer 'vae' needs the VAE checkpoint (--vae kl16.ckpt)")
+    tok = None
+    if tokenizer in ("auto", "vae", "pixel"):
+        tok = default_tokenizer(cfg, vae if tokenizer != "pixel" else None)
+        if tokenizer == "pixel" and tok is None:
+            raise ValueError(f"vae_embed_dim {cfg.vae_embed_dim} is not 1 or 3 channels x vae_stride^2 "
+                             f"({cfg.vae_stride ** 2}): the pixel tokenizer does not fit this model")
+    return export_onnx(model, out_dir, tokenizer=tok, fp16=fp16, opset=opset, parts=parts)
+
+
+__all__ = ["export_onnx", "export_from_checkpoint", "export_module", "load_model", "load_config",
+           "default_tokenizer", "PARTS"]
