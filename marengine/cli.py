@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .config import SAMPLE_DEFAULTS, CFG_SCHEDULES
 from .training.config import DEMO, TrainConfig
 
-DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
+DEMO_SAMPLING = {"num_iter": 16, "cfg": 3.0, "temperature": 0.9}
 
 
 def _flag(name: str) -> str:
@@ -50,12 +50,14 @@ def add_sample_flags(p: argparse.ArgumentParser, defaults: dict[str, Any], seed_
     p.add_argument(seed_flag, dest="sample_seed", type=int, default=0, help="sampling seed")
     p.add_argument("--sample-batch-size", type=int, default=64)
     p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto")
+    p.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp x_0 predictions to [-1, 1] (default: on for pixel tokens, off for VAE latents)")
 
 
 def _settings(args: argparse.Namespace):
     from .sampling.engine import SampleSettings
     return SampleSettings(args.num_iter, args.cfg, args.cfg_schedule, args.temperature, args.sample_seed,
-                          args.sample_batch_size, args.backend)
+                          args.sample_batch_size, args.backend, args.clip_denoised)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ PRESETS: dict[str, MARConfig] = {
     # 8x8 digits with the pixel-patch tokenizer (2x2 pixels -> 16 tokens of 4 channels)
     "mar_digits": _sized(128, 3, 4, img_size=8, vae_stride=2, vae_embed_dim=4, patch_size=1,
                          buffer_size=4, class_num=10, diffloss_d=3, diffloss_w=256,
-                         num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0),
+                         num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0, diffusion_batch_mul=2),
     # tiny, for tests
     "mar_tiny": _sized(64, 2, 4, img_size=64, vae_stride=16, buffer_size=8, class_num=10,
                        diffloss_d=2, diffloss_w=96, num_sampling_steps="20"),

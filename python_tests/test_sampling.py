@@ -151,3 +151,15 @@ def test_autocast_forward(tiny_mar, dtype):
     assert torch.isfinite(out).all() and not torch.equal(out.float(), ref)  # low precision did run
     assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
     assert (head.float() - head_ref).abs().max() <= 0.05 * head_ref.abs().max()
+
+
+def test_clip_denoised_bounds_the_final_step(golden, golden_mar):
+    """At temperature 0 the last reverse step returns the x_0 prediction, clamped to [-1, 1]."""
+    z, noise = golden["sample/z"], golden["sample/noise"]
+    free = golden_mar.diffloss.sample(z, temperature=0.0, noise=noise, backend="torch")
+    clipped = golden_mar.diffloss.sample(z, temperature=0.0, noise=noise, backend="torch", clip_denoised=True)
+    assert free.abs().max() > 10 and clipped.abs().max() <= 1.0
+    auto = golden_mar.diffloss.sample(z, temperature=0.0, noise=noise, clip_denoised=True)  # falls back
+    assert torch.equal(auto, clipped)
+    with pytest.raises(ValueError, match="clip_denoised"):
+        golden_mar.diffloss.sample(z, temperature=0.0, noise=noise, backend="native", clip_denoised=True)

@@ -32,13 +32,17 @@ def posterior(tab: Tables, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) 
 
 
 def p_mean_logvar(tab: Tables, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                  var_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  var_values: torch.Tensor, clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and log-variance of p(x_{t-1} | x_t) from predicted eps and the
     learned-range variance output v in [-1, 1] (interpolating log beta_t and
-    the clipped posterior log-variance)."""
+    the clipped posterior log-variance). clip_denoised clamps the x_0
+    prediction to [-1, 1] (for data known to lie there; the official sampler
+    does not clip latents)."""
     frac = (var_values + 1) / 2
     logvar = frac * _at(tab, "log_betas", t) + (1 - frac) * _at(tab, "post_logvar", t)
     x0 = _at(tab, "sqrt_recip_abar", t) * xt - _at(tab, "sqrt_recipm1_abar", t) * eps
+    if clip_denoised:
+        x0 = x0.clamp(-1.0, 1.0)
     mean, _ = posterior(tab, x0, xt, t)
     return mean, logvar
 
@@ -84,7 +88,8 @@ def training_losses(tab: Tables, net: Callable[[torch.Tensor, torch.Tensor], tor
 
 
 def p_sample_loop(tab: Tables, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  x_T: torch.Tensor, temperature: float, step_noise: torch.Tensor | None) -> torch.Tensor:
+                  x_T: torch.Tensor, temperature: float, step_noise: torch.Tensor | None,
+                  clip_denoised: bool = False) -> torch.Tensor:
     """Reverse diffusion from x_T over every step of the table, eagerly, one step per
     Python iteration (the official sampler's structure; the reference oracle).
 
@@ -98,7 +103,7 @@ def p_sample_loop(tab: Tables, eps_fn: Callable[[torch.Tensor, torch.Tensor], to
         t = torch.full((n,), step, dtype=torch.int64, device=x.device)
         out = eps_fn(x, t).float()
         eps, var_values = out.chunk(2, dim=-1)
-        mean, logvar = p_mean_logvar(tab, x, t, eps, var_values)
+        mean, logvar = p_mean_logvar(tab, x, t, eps, var_values, clip_denoised)
         if step > 0 and temperature > 0 and step_noise is not None:
             x = mean + torch.exp(0.5 * logvar) * step_noise[i] * temperature
         else:

@@ -51,13 +51,14 @@ class DiffLoss(nn.Module):
     @torch.no_grad()
     def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, *,
                noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               backend: str = "auto") -> torch.Tensor:
+               backend: str = "auto", clip_denoised: bool = False) -> torch.Tensor:
         """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
 
         With cfg != 1, z holds M = 2N rows (conditional first, unconditional
         second); the chain runs on N rows and the result is returned twice, as
         the official sampler returns it. `noise` is x_T with N rows; per-step
         noise is drawn from `generator`. backend: "auto" | "torch" | "native".
+        clip_denoised clamps x_0 predictions to [-1, 1] (bounded data such as pixels).
         """
         if z.ndim != 2:
             raise ValueError(f"z must be [rows, z_channels], got shape {tuple(z.shape)}")
@@ -76,7 +77,7 @@ class DiffLoss(nn.Module):
         steps = self.gen_tables.num_steps
         step_noise = randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None
         out = dispatch.sample_head(self.net, self.gen_tables, z, noise.float(), float(temperature),
-                                   float(cfg), step_noise, backend=backend)  # [N, C]
+                                   float(cfg), step_noise, backend=backend, clip_denoised=clip_denoised)  # [N, C]
         return torch.cat([out, out]) if guided else out
 
 

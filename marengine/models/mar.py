@@ -220,13 +220,15 @@ class MAR(nn.Module):
                       cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule, labels: torch.Tensor | None = None,
                       temperature: float = SAMPLE_DEFAULTS.temperature, progress: bool = False, *,
                       generator: torch.Generator | None = None, backend: str = "auto",
-                      backbone: Callable | None = None) -> torch.Tensor:
+                      backbone: Callable | None = None, clip_denoised: bool = False) -> torch.Tensor:
         """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps.
 
         generator: all randomness (orders, noise); backend: the head sampler ("auto" |
-        "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime)."""
+        "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime);
+        clip_denoised: clamp the head's x_0 predictions to [-1, 1] (pixel tokens; off as official)."""
         return generate.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress,
-                                      generator=generator, backend=backend, backbone=backbone)
+                                      generator=generator, backend=backend, backbone=backbone,
+                                      clip_denoised=clip_denoised)
 
     # ---------------------------------------------------------------- checks
     def _check_tokens(self, x: torch.Tensor) -> None:

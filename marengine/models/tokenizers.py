@@ -47,7 +47,10 @@ class ScaledPosterior:
 
 class PixelTokenizer(nn.Module):
     """No VAE: each stride x stride pixel patch is one latent position with
-    channels * stride^2 values (space-to-depth). For small images (digits)."""
+    channels * stride^2 values (space-to-depth). For small images (digits).
+    Its latents are bounded to [-1, 1], so samplers may clip x_0 predictions."""
+
+    bounded = True
 
     def __init__(self, channels: int = 1, stride: int = 2) -> None:
         super().__init__()
@@ -67,6 +70,8 @@ class PixelTokenizer(nn.Module):
 
 class VAETokenizer(nn.Module):
     """The KL-16 VAE with MAR's latent scale (0.2325)."""
+
+    bounded = False
 
     def __init__(self, vae: AutoencoderKL, scale: float = VAE_LATENT_SCALE) -> None:
         super().__init__()

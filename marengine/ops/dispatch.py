@@ -22,9 +22,15 @@ def native_available(device: torch.device | str = "cpu") -> bool:
 
 
 def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
-                cfg: float, step_noise: torch.Tensor | None, backend: str = "auto") -> torch.Tensor:
+                cfg: float, step_noise: torch.Tensor | None, backend: str = "auto",
+                clip_denoised: bool = False) -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if clip_denoised:  # the native loop implements the official (unclipped) sampler only
+        if backend == "native":
+            raise ValueError("clip_denoised is not implemented by the native sampler; use backend='auto' or 'torch'")
+        log.debug("head sampler: torch reference (clip_denoised)")
+        return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, clip_denoised=True)
     use_native = backend == "native" or (backend == "auto" and native_available(z.device))
     if backend == "native" and not native_available(z.device):
         raise RuntimeError(f"backend='native' asked for, but the native sampler is not built for {z.device.type}; "

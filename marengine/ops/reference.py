@@ -33,7 +33,9 @@ def guided_eps_fn(net: SimpleMLPAdaLN, tmap: torch.Tensor, z: torch.Tensor, cfg:
 
 
 def sample_head(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
-                temperature: float, cfg: float, step_noise: torch.Tensor | None) -> torch.Tensor:
+                temperature: float, cfg: float, step_noise: torch.Tensor | None,
+                clip_denoised: bool = False) -> torch.Tensor:
     """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or None."""
     tab = tables.on(z.device)
-    return p_sample_loop(tab, guided_eps_fn(net, tab["timestep_map"], z, cfg), x_T, temperature, step_noise)
+    return p_sample_loop(tab, guided_eps_fn(net, tab["timestep_map"], z, cfg), x_T, temperature, step_noise,
+                         clip_denoised)

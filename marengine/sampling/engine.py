@@ -23,6 +23,7 @@ class SampleSettings:
     seed: int = 0
     batch_size: int = 64
     backend: str = "auto"
+    clip_denoised: bool | None = None  # None: as the tokenizer says (pixels are bounded, VAE latents are not)
 
 
 @torch.no_grad()
@@ -36,10 +37,12 @@ def generate(model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: 
     if num_iter > model.seq_len:
         log.warning("num_iter %d exceeds the %d tokens of an image: using %d", num_iter, model.seq_len, model.seq_len)
         num_iter = model.seq_len
+    clip = settings.clip_denoised if settings.clip_denoised is not None else getattr(tokenizer, "bounded", False)
     out = []
     for start in range(0, len(labels), settings.batch_size):
         batch = labels[start: start + settings.batch_size].to(device)
         latents = model.sample_tokens(len(batch), num_iter, settings.cfg, settings.cfg_schedule, batch,
-                                      settings.temperature, progress, generator=gen, backend=settings.backend)
+                                      settings.temperature, progress, generator=gen, backend=settings.backend,
+                                      clip_denoised=clip)
         out.append(to_uint8(tokenizer.decode(latents.float())).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)

@@ -37,7 +37,7 @@ def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedul
                   labels: torch.Tensor | None, temperature: float, progress: bool = False, *,
                   generator: torch.Generator | None = None, backend: str = "auto",
                   backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  ) -> torch.Tensor:
+                  clip_denoised: bool = False) -> torch.Tensor:
     """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`.
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone`
@@ -73,7 +73,8 @@ def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedul
         if guided:
             zs = torch.cat([zs, z[bsz:][pred_idx]])
         scale = cfg_at(cfg, cfg_schedule, seq_len, mask_len)
-        sampled = model.diffloss.sample(zs, temperature, scale, generator=generator, backend=backend)
+        sampled = model.diffloss.sample(zs, temperature, scale, generator=generator, backend=backend,
+                                        clip_denoised=clip_denoised)
         if guided:
             sampled = sampled[: zs.shape[0] // 2]  # the null-class rows only guided the chain
         tokens = tokens.clone()

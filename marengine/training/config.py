@@ -61,6 +61,6 @@ class TrainConfig:
 
 
 # The main job: a small MAR on the bundled digits, on the CPU, in minutes.
-DEMO = TrainConfig(model="mar_digits", data="digits", batch_size=128, blr=1e-3, max_steps=1500,
+DEMO = TrainConfig(model="mar_digits", data="digits", batch_size=128, blr=1e-3, max_steps=800,
                    warmup_steps=100, ema_rate=0.999, ema_warmup=True, out_dir="runs/demo",
                    ckpt_every=250, log_every=25)

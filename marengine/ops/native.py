@@ -1,0 +1,251 @@
+"""Python side of the native head kernels (`torch.ops.marengine.*`, built as `marengine._C`).
+
+- `available(device)`: whether the compiled sampler runs on that device type.
+- `sample_head(...)`: drop-in for `reference.sample_head`: the whole reverse diffusion in
+  one operator call (`head_sample`), noise given per step (bit-compatible with the
+  reference chain). `sample_head_philox(...)` draws the noise inside the kernel from
+  (seed, offset) instead (see csrc/philox.h; advance `offset` by `philox_groups(...)`
+  between calls that must not share noise).
+- `adaln_block(...)`: one fused AdaLN residual block (testing / building block).
+- Fake (meta) kernels for both ops, so torch.compile and export can trace through them.
+
+The extension is loaded tolerantly: if it is missing, this says so once (logging) and
+`available()` is False; nothing raises at import.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion.schedule import DiffusionTables
+from ..models.head import SimpleMLPAdaLN, timestep_frequencies
+
+log = logging.getLogger("marengine.ops")
+
+try:
+    from .. import _C  # noqa: F401  (registers torch.ops.marengine.*)
+    _LOAD_ERROR: Exception | None = None
+except (ImportError, OSError) as exc:  # not built, or built against another torch
+    _C = None
+    _LOAD_ERROR = exc
+    log.info("marengine._C is not available (%s); the native head sampler is disabled, "
+             "the PyTorch reference is used. Build it with `pip install --no-build-isolation -e .`", exc)
+
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def available(device: torch.device | str = "cpu") -> bool:
+    """True when `torch.ops.marengine.head_sample` has a kernel for `device`'s type."""
+    if _C is None:
+        return False
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return True
+    if dev.type == "cuda":
+        return bool(_C.built_with_cuda()) and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "marengine::head_sample", "CUDA")
+    return False
+
+
+def _require(device: torch.device) -> None:
+    if not available(device):
+        why = f" ({_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
+        raise RuntimeError(f"the native head sampler is not available for {device.type}{why}; "
+                           "build it with `pip install --no-build-isolation -e .` or use the torch backend")
+
+
+# ---------------------------------------------------------------------------- fake kernels
+def _same_device(op: str, ref: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"{op}: all tensors must be on one device; x is on {ref.device} "
+                               f"but {name} is on {t.device}")
+
+
+if _C is not None:
+    @torch.library.register_fake("marengine::adaln_block")
+    def _adaln_block_fake(x, mod, ln_w, ln_b, w1, b1, w2, b2):
+        _same_device("marengine::adaln_block", x, dict(mod=mod, ln_w=ln_w, ln_b=ln_b, w1=w1, b1=b1, w2=w2, b2=b2))
+        torch._check(x.dim() == 2, lambda: "marengine::adaln_block: x must be [M, W]")
+        torch._check(x.dtype == torch.float32, lambda: "marengine::adaln_block: x must be float32")
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("marengine::head_sample")
+    def _head_sample_fake(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2,
+                          fmod_w, fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, seed, offset):
+        named = dict(c_emb=c_emb, t_emb=t_emb, in_w=in_w, in_b=in_b, fmod_w=fmod_w, fmod_b=fmod_b,
+                     out_w=out_w, out_b=out_b, coefs=coefs, step_noise=step_noise)
+        for name, lst in dict(ln_w=ln_w, ln_b=ln_b, mod_w=mod_w, mod_b=mod_b, w1=w1, b1=b1, w2=w2, b2=b2).items():
+            named.update({f"{name}[{i}]": t for i, t in enumerate(lst)})
+        _same_device("marengine::head_sample", x_T, named)
+        torch._check(x_T.dim() == 2, lambda: "marengine::head_sample: x_T must be [N, C]")
+        torch._check(x_T.dtype == torch.float32, lambda: "marengine::head_sample: x_T must be float32")
+        return torch.empty_like(x_T)
+
+
+# ---------------------------------------------------------------------------- weights
+@dataclass
+class HeadWeights:
+    """The head's GEMM weights in one dtype, in the order head_sample takes them."""
+
+    in_w: torch.Tensor
+    in_b: torch.Tensor
+    ln_w: list[torch.Tensor]
+    ln_b: list[torch.Tensor]
+    mod_w: list[torch.Tensor]
+    mod_b: list[torch.Tensor]
+    w1: list[torch.Tensor]
+    b1: list[torch.Tensor]
+    w2: list[torch.Tensor]
+    b2: list[torch.Tensor]
+    fmod_w: torch.Tensor
+    fmod_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+
+    def args(self) -> tuple:
+        return (self.in_w, self.in_b, self.ln_w, self.ln_b, self.mod_w, self.mod_b, self.w1, self.b1,
+                self.w2, self.b2, self.fmod_w, self.fmod_b, self.out_w, self.out_b)
+
+
+# net -> {(dtype, device): (fingerprint, HeadWeights)}; entries die with the module.
+_WEIGHT_CACHE: "weakref.WeakKeyDictionary[SimpleMLPAdaLN, dict]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(net: SimpleMLPAdaLN) -> tuple:
+    """Changes whenever a parameter is replaced or modified in place (optimizer steps)."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in net.parameters())
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous `dtype` copy, or the tensor itself when it already is one."""
+    return t.detach().to(dtype).contiguous()
+
+
+def collect_weights(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.device) -> HeadWeights:
+    """The head's weights as `dtype` on `device`; converted copies are cached per (net, dtype)."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, got {dtype}")
+    fp = _fingerprint(net)
+    per_net = _WEIGHT_CACHE.setdefault(net, {})
+    hit = per_net.get((dtype, device))
+    if hit is not None and hit[0] == fp:
+        return hit[1]
+    # Normal tensors even under inference_mode: they carry a version counter, which lets
+    # the kernel keep their packed form between calls.
+    with torch.inference_mode(False), torch.no_grad():
+        w = _gather(net, dtype, device)
+    per_net[(dtype, device)] = (fp, w)
+    return w
+
+
+def _gather(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.device) -> HeadWeights:
+    cv = lambda t: _convert(t.to(device), dtype)  # noqa: E731
+    lin = lambda m: (cv(m.weight), cv(m.bias))  # noqa: E731
+    blocks = list(net.res_blocks)
+    pairs = [lin(b.adaLN_modulation[-1]) for b in blocks], [lin(b.mlp[0]) for b in blocks], \
+        [lin(b.mlp[2]) for b in blocks]
+    in_w, in_b = lin(net.input_proj)
+    fmod_w, fmod_b = lin(net.final_layer.adaLN_modulation[-1])
+    out_w, out_b = lin(net.final_layer.linear)
+    ln_f32 = lambda t: t.detach().to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
+    return HeadWeights(in_w=in_w, in_b=in_b,
+                       ln_w=[ln_f32(b.in_ln.weight) for b in blocks], ln_b=[ln_f32(b.in_ln.bias) for b in blocks],
+                       mod_w=[p[0] for p in pairs[0]], mod_b=[p[1] for p in pairs[0]],
+                       w1=[p[0] for p in pairs[1]], b1=[p[1] for p in pairs[1]],
+                       w2=[p[0] for p in pairs[2]], b2=[p[1] for p in pairs[2]],
+                       fmod_w=fmod_w, fmod_b=fmod_b, out_w=out_w, out_b=out_b)
+
+
+def pick_weight_dtype(net: SimpleMLPAdaLN, device: torch.device, weight_dtype: torch.dtype | None) -> torch.dtype:
+    """Explicit choice, else the autocast dtype when autocast is on for the device, else the net's dtype."""
+    if weight_dtype is not None:
+        return weight_dtype
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    dtype = net.input_proj.weight.dtype
+    return dtype if dtype in WEIGHT_DTYPES else torch.float32
+
+
+# ---------------------------------------------------------------------------- embeddings
+def _linear32(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x.float(), m.weight.float(), m.bias.float())
+
+
+def embeddings(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """c_emb = cond_embed(z) [R, W] and t_emb = time_embed(timestep_map) [S, W], fp32."""
+    with torch.autocast(z.device.type, enabled=False):
+        c_emb = _linear32(net.cond_embed, z)
+        tmap = tables.on(z.device)["timestep_map"]
+        freqs = timestep_frequencies(tmap, net.time_embed.frequency_embedding_size)
+        mlp = net.time_embed.mlp
+        t_emb = _linear32(mlp[2], torch.nn.functional.silu(_linear32(mlp[0], freqs)))
+    return c_emb.contiguous(), t_emb.contiguous()
+
+
+# ---------------------------------------------------------------------------- samplers
+def _check_rows(z: torch.Tensor, x_T: torch.Tensor, cfg: float) -> None:
+    n = x_T.shape[0]
+    want = n if cfg == 1.0 else 2 * n
+    if z.ndim != 2 or z.shape[0] != want:
+        what = "N" if cfg == 1.0 else "2N (conditional rows, then unconditional) with cfg != 1"
+        raise ValueError(f"z must have {what} = {want} rows for x_T with N = {n} rows, got shape {tuple(z.shape)}")
+
+
+def _run(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
+         cfg: float, step_noise: torch.Tensor | None, seed: int, offset: int,
+         weight_dtype: torch.dtype | None) -> torch.Tensor:
+    dev = z.device
+    _require(dev)
+    _check_rows(z, x_T, cfg)
+    with torch.no_grad():
+        w = collect_weights(net, pick_weight_dtype(net, dev, weight_dtype), dev)
+        c_emb, t_emb = embeddings(net, tables, z)
+        coefs = tables.stacked(dev)
+        noise = step_noise.float().contiguous() if step_noise is not None and temperature > 0 else None
+        return torch.ops.marengine.head_sample(x_T.float().contiguous(), c_emb, t_emb, *w.args(), coefs,
+                                               float(cfg), float(temperature), noise, int(seed), int(offset))
+
+
+def sample_head(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
+                temperature: float, cfg: float, step_noise: torch.Tensor | None, *,
+                weight_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
+
+    z [N, Z] (or [2N, Z] with cfg != 1), x_T [N, C], step_noise [S, N, C] (needed when
+    temperature > 0). weight_dtype: GEMM weight precision (default: the net's dtype, or
+    the autocast dtype when autocast is enabled).
+    """
+    if temperature > 0 and step_noise is None:
+        raise ValueError("temperature > 0 needs step_noise [S, N, C]; use sample_head_philox for in-kernel noise")
+    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype)
+
+
+def sample_head_philox(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
+                       temperature: float, cfg: float, seed: int, offset: int = 0, *,
+                       weight_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h).
+
+    The same (seed, offset) gives the same result on the same device; calls that must use
+    fresh noise advance offset by `philox_groups(tables.num_steps, N, C)`.
+    """
+    if seed < -(2 ** 63) or seed >= 2 ** 64:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}")
+    seed = seed - 2 ** 64 if seed >= 2 ** 63 else seed
+    return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype)
+
+
+def philox_groups(steps: int, rows: int, channels: int) -> int:
+    """Philox groups (of four normals) one head_sample call consumes: the offset stride."""
+    return math.ceil(steps * rows * channels / 4)
+
+
+def adaln_block(x: torch.Tensor, mod: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor,
+                b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """x + gate * (W2 SiLU(W1 (LN(x)(1 + scale) + shift) + b1) + b2); mod = (shift, scale, gate)."""
+    _require(x.device)
+    return torch.ops.marengine.adaln_block(x, mod, ln_w, ln_b, w1, b1, w2, b2)
