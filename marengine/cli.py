@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .config import SAMPLE_DEFAULTS, CFG_SCHEDULES
 from .training.config import DEMO, TrainConfig
 
-DEMO_SAMPLING = {"num_iter": 16, "cfg": 3.0, "temperature": 0.9}
+DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
 
 
 def _flag(name: str) -> str:
