@@ -1,0 +1,420 @@
+// head_sample_cpu.cpp -- CPU implementation of marengine::head_sample: the whole reverse
+// diffusion of the Diffusion-Loss head (SimpleMLPAdaLN, S steps, optional CFG) in one call.
+//
+// Per chunk of steps the AdaLN modulations of every block and of the final layer,
+// Linear(SiLU(t_emb[s] + c_emb[r])), are computed as big GEMMs over the densely packed
+// (step, row) pairs, [chunk * rows, W] x [W, 3W] (they do not depend on x and are ~65%
+// of the FLOPs), and scattered into per-step P16 panels (kernels.h); then each step runs input_proj, D fused AdaLN blocks
+// (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the
+// posterior update, all in preallocated buffers, no Python, no allocation per step. All
+// GEMM weights are packed to fp32 k-major tiles once per call (a few ms; bf16/fp16 are
+// widened exactly), so no step repacks them.
+//
+// Threading (at::parallel_for, torch's intra-op threads):
+//   row mode     chains are independent, so with at least one 16-row panel per thread
+//                the panels (with their CFG twins) are cut into units and each thread
+//                runs the whole loop for its units alone: no synchronisation at all.
+//   column mode  fewer panels than threads: one loop, each GEMM split over weight rows.
+// Units are small enough that a worker's buffers fit MARENGINE_CPU_WORKSPACE_MB (default
+// 128); workspaces and packed weights (pack_cache.cpp) are kept between calls.
+// Tuning knobs: MARENGINE_CPU_ROW_MIN (panels per thread needed for row mode, default 1),
+// MARENGINE_CPU_MOD_ROWS (rows per modulation GEMM, default 512).
+//
+// Numerics: residual stream, LN statistics, eps / variance outputs and the posterior in
+// fp32; with bf16/fp16 weights the GEMM inputs (LN+modulate outputs, SiLU outputs, the
+// modulation GEMM's SiLU(y)) are rounded to that type and products are accumulated in
+// fp32 (what a bf16 tensor-core GEMM computes); the input projection reads the fp32
+// chain state unrounded.
+//
+// Test: pytest python_tests/test_native_cpu.py; benchmark: python benchmarks/bench_head.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "../head_checks.h"
+#include "../philox.h"
+#include "head_common.h"
+#include "kernels.h"
+
+namespace marengine {
+namespace cpu {
+namespace {
+
+constexpr float kLnEps = 1e-6f;
+
+struct Problem {
+  int64_t N, R, C, W, D, S, Pn, Fm;
+  bool cfg_on;
+  float cfg, temp;
+  WType wt;
+  const float* t_emb;
+  const float* coefs;
+  const float* step_noise;  // [S, N, C] or null
+  uint64_t seed, offset;
+  PackedWeight in_w, out_w, fmod_w;  // all GEMM weights, packed once per call
+  std::vector<PackedWeight> w1, w2, mod_w;
+  const float *in_b, *fmod_b, *out_b;
+  std::vector<const float*> ln_w, ln_b, mod_b, b1, b2;
+  const float* c_emb;  // [R, W] row-major
+  float* xs;        // chain state in panels [Pn][C][16]
+};
+
+// How the chain panels are cut into units (contiguous panel ranges, each run through all
+// S steps by one worker) and how many steps share one modulation GEMM.
+struct Plan {
+  bool row_mode;        // units spread over threads (else: one thread, GEMMs split over n)
+  int64_t threads;      // workers
+  int64_t unit_panels;  // chain panels per unit (the last may be smaller)
+  int64_t units;
+  int64_t chunk;        // steps per modulation GEMM
+};
+
+// One thread's buffers (in a workspace slice) and the step loop for a unit of chain panels.
+class Worker {
+ public:
+  // Floats of workspace a worker needs for units of up to `unit_panels` chain panels.
+  static int64_t floats_needed(const Problem& P, int64_t unit_panels, int64_t chunk) {
+    const int64_t L = kLanes, np = unit_panels * (P.cfg_on ? 2 : 1);
+    const int64_t mpanels = (chunk * np * L + L - 1) / L;
+    return np * L * (3 * P.W + 2 * P.C) + chunk * np * P.Fm * L + mpanels * P.W * L + 8 * 64;
+  }
+
+  Worker(const Problem& pb, int64_t unit_panels, int64_t chunk, float* ws)
+      : P(pb), K(kernels()), chunk_(chunk) {
+    const int64_t W = P.W, L = kLanes, np = unit_panels * (P.cfg_on ? 2 : 1);
+    const int64_t mpanels = (chunk_ * np * L + L - 1) / L;
+    h_ = take(ws, np * W * L);
+    a_ = take(ws, np * W * L);
+    u_ = take(ws, np * W * L);
+    fo_ = take(ws, np * 2 * P.C * L);
+    mods_ = take(ws, chunk_ * np * P.Fm * L);
+    ma_ = take(ws, mpanels * W * L);
+    row_off_.resize(static_cast<size_t>(mpanels * L));
+    noise_.resize(static_cast<size_t>(P.C));
+  }
+
+  // All S steps for chain panels [u0, u1).
+  void run(int64_t u0, int64_t u1) {
+    const int64_t L = kLanes;
+    u0_ = u0;
+    nu_ = u1 - u0;
+    np_ = nu_ * (P.cfg_on ? 2 : 1);
+    nvalid_ = std::min(P.N, u1 * L) - u0 * L;
+    rows_ = nvalid_ * (P.cfg_on ? 2 : 1);
+    for (int64_t i0 = 0; i0 < P.S; i0 += chunk_) {
+      const int64_t cnt = std::min(chunk_, P.S - i0);
+      compute_mods(i0, cnt);
+      for (int64_t q = 0; q < cnt; ++q) step(i0 + q, q);
+    }
+  }
+
+ private:
+  static float* take(float*& ws, int64_t n) {  // 64-byte aligned slices
+    float* p = ws;
+    ws += (n + 15) / 16 * 16;
+    return p;
+  }
+
+  // The step GEMMs: with one chain panel of <= 8 rows only half of each panel is computed.
+  void gemm(const float* A, int64_t a_ps, int64_t panels, const PackedWeight& w, const EpiArgs& e) const {
+    gemm_packed_parallel(K, A, a_ps, panels, w, e, nu_ == 1 ? nvalid_ : kLanes);
+  }
+
+  // Modulations of iterations [i0, i0 + cnt), as one GEMM per weight over the densely
+  // packed (step, valid row) pairs: ma = SiLU(t_emb[s] + c_emb[row]), then
+  // mods[q][panel][f][lane] = ma @ mod_w^T + mod_b, scattered into this step's panels.
+  void compute_mods(int64_t i0, int64_t cnt) {
+    const int64_t W = P.W, L = kLanes, total = cnt * rows_, panels = (total + L - 1) / L;
+    for (int64_t idx = 0; idx < panels * L; ++idx) {
+      int64_t off = -1;
+      if (idx < total) {
+        const int64_t q = idx / rows_, rem = idx % rows_, half = rem / nvalid_, r = rem % nvalid_;
+        const int64_t j = half * nu_ + r / L;
+        off = (q * np_ + j) * P.Fm * L + r % L;
+      }
+      row_off_[static_cast<size_t>(idx)] = off;
+    }
+    at::parallel_for(0, panels, grain_for(W * L * 8), [&](int64_t b, int64_t e) {
+      const float* tr[kLanes];
+      const float* cr[kLanes];
+      for (int64_t d = b; d < e; ++d) {
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t idx = d * L + l;
+          tr[l] = cr[l] = nullptr;
+          if (idx >= total) continue;
+          const int64_t q = idx / rows_, rem = idx % rows_, half = rem / nvalid_, r = rem % nvalid_;
+          tr[l] = P.t_emb + (P.S - 1 - (i0 + q)) * W;
+          cr[l] = P.c_emb + (half * P.N + u0_ * L + r) * W;
+        }
+        K.silu_add_rows(tr, cr, W, P.wt, ma_ + d * W * L);
+      }
+    });
+    EpiArgs e;
+    e.kind = Epi::Store;
+    e.out = mods_;
+    e.row_off = row_off_.data();
+    for (int64_t d = 0; d < P.D; ++d) {
+      e.bias = P.mod_b[d];
+      e.out_off = 3 * W * d;
+      gemm_packed_parallel(K, ma_, W * L, panels, P.mod_w[d], e, std::min(total, L));
+    }
+    e.bias = P.fmod_b;
+    e.out_off = 3 * W * P.D;
+    gemm_packed_parallel(K, ma_, W * L, panels, P.fmod_w, e, std::min(total, L));
+  }
+
+  void step(int64_t i, int64_t q) {
+    const int64_t W = P.W, C = P.C, L = kLanes, np = np_, Fm = P.Fm;
+    const float* mq = mods_ + q * np * Fm * L;  // this step's modulations, panel stride Fm * 16
+    // input_proj reads the fp32 chain state directly (K = C is tiny; rounding the state to
+    // bf16/fp16 would be the largest error of the low-precision path, and fp16 overflows
+    // for the |x| ~ 1e5 an untrained head produces). With CFG both halves see the same x.
+    EpiArgs e;
+    e.kind = Epi::Store;
+    e.bias = P.in_b;
+    e.out = h_;
+    e.out_pstride = W * L;
+    const float* x0 = P.xs + u0_ * C * L;
+    gemm(x0, C * L, nu_, P.in_w, e);
+    if (P.cfg_on) {
+      e.out = h_ + nu_ * W * L;
+      gemm(x0, C * L, nu_, P.in_w, e);
+    }
+    for (int64_t d = 0; d < P.D; ++d) {
+      const int64_t base = 3 * W * d;
+      ln_mod(mq, base, base + W, P.ln_w[d], P.ln_b[d]);
+      EpiArgs e1;
+      e1.kind = Epi::SiluRound;
+      e1.bias = P.b1[d];
+      e1.out = u_;
+      e1.out_pstride = W * L;
+      e1.round = P.wt;
+      gemm(a_, W * L, np, P.w1[d], e1);
+      EpiArgs e2;
+      e2.kind = Epi::GateResidual;
+      e2.bias = P.b2[d];
+      e2.out = h_;
+      e2.out_pstride = W * L;
+      e2.gate = mq + (base + 2 * W) * L;
+      e2.gate_pstride = Fm * L;
+      gemm(u_, W * L, np, P.w2[d], e2);
+    }
+    ln_mod(mq, 3 * W * P.D, 3 * W * P.D + W, nullptr, nullptr);
+    EpiArgs ef;
+    ef.kind = Epi::Store;
+    ef.bias = P.out_b;
+    ef.out = fo_;
+    ef.out_pstride = 2 * C * L;
+    gemm(a_, W * L, np, P.out_w, ef);
+    posterior(i);
+  }
+
+  // a = round(LN(h) * (1 + scale) + shift) for every local panel.
+  void ln_mod(const float* mq, int64_t shift_off, int64_t scale_off, const float* lw, const float* lb) {
+    const int64_t W = P.W, L = kLanes, Fm = P.Fm;
+    at::parallel_for(0, np_, grain_for(W * L * 4), [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        const float* m = mq + j * Fm * L;
+        K.ln_modulate(h_ + j * W * L, W, m + shift_off * L, m + scale_off * L, lw, lb, kLnEps, P.wt,
+                      a_ + j * W * L);
+      }
+    });
+  }
+
+  // x <- posterior mean (+ noise) from eps and the variance values, chain panels of this worker.
+  void posterior(int64_t i) {
+    const int64_t C = P.C, L = kLanes, s = P.S - 1 - i;
+    const float* cf = P.coefs + s * 6;
+    const float sra = cf[0], srm1 = cf[1], pc1 = cf[2], pc2 = cf[3], plv = cf[4], lbeta = cf[5];
+    const bool noisy = s > 0 && P.temp > 0;
+    for (int64_t u = 0; u < nu_; ++u) {
+      const int64_t cp = u0_ + u;
+      const float* fc = fo_ + u * 2 * C * L;
+      const float* fu = P.cfg_on ? fo_ + (nu_ + u) * 2 * C * L : nullptr;
+      float* x = P.xs + cp * C * L;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t row = cp * L + l;
+        if (row >= P.N) break;
+        const float* nz = nullptr;
+        if (noisy) {
+          const uint64_t e0 = static_cast<uint64_t>((i * P.N + row) * C);
+          if (P.step_noise) {
+            nz = P.step_noise + e0;
+          } else {
+            philox::fill_normals(e0, C, P.seed, P.offset, noise_.data());
+            nz = noise_.data();
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          float eps = fc[c * L + l];
+          if (fu) {
+            const float un = fu[c * L + l];
+            eps = un + P.cfg * (eps - un);
+          }
+          const float frac = (fc[(C + c) * L + l] + 1.0f) / 2.0f;
+          const float logvar = frac * lbeta + (1.0f - frac) * plv;
+          const float xv = x[c * L + l];
+          const float x0 = sra * xv - srm1 * eps;
+          float mean = pc1 * x0 + pc2 * xv;
+          if (noisy) mean = mean + std::exp(0.5f * logvar) * nz[c] * P.temp;
+          x[c * L + l] = mean;
+        }
+      }
+    }
+  }
+
+  const Problem& P;
+  const Kernels& K;
+  int64_t chunk_;
+  int64_t u0_ = 0, nu_ = 0, np_ = 0;
+  int64_t nvalid_ = 0;  // valid chain rows of the current unit
+  int64_t rows_ = 0;    // network rows per step (valid rows, twice with CFG)
+  std::vector<int64_t> row_off_;
+  float *h_, *a_, *u_, *fo_, *mods_, *ma_;
+  std::vector<float> noise_;
+};
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  return std::max<int64_t>(0, std::atoll(v));
+}
+
+Plan make_plan(const Problem& P, int64_t threads) {
+  const int64_t pair = P.cfg_on ? 2 : 1;
+  const int64_t budget = std::max<int64_t>(1, env_int("MARENGINE_CPU_WORKSPACE_MB", 128)) << 20;
+  // a unit's workspace with one step per chunk must fit the budget
+  const int64_t panel_bytes = kLanes * pair * (P.Fm + 4 * P.W + 2 * P.C) * static_cast<int64_t>(sizeof(float));
+  const int64_t max_unit = std::max<int64_t>(1, budget / panel_bytes);
+  const int64_t row_min = std::max<int64_t>(1, env_int("MARENGINE_CPU_ROW_MIN", 1));
+  Plan plan;
+  plan.row_mode = threads > 1 && P.Pn >= threads * row_min;
+  plan.threads = plan.row_mode ? threads : 1;
+  int64_t units = (P.Pn + max_unit - 1) / max_unit;
+  if (plan.row_mode) units = std::min(P.Pn, (std::max(units, threads) + threads - 1) / threads * threads);
+  plan.unit_panels = (P.Pn + units - 1) / units;
+  plan.units = (P.Pn + plan.unit_panels - 1) / plan.unit_panels;
+  // steps per modulation GEMM: ~MARENGINE_CPU_MOD_ROWS rows, within the budget
+  const int64_t rows = std::min(P.N, plan.unit_panels * kLanes) * pair;
+  const int64_t target = std::max<int64_t>(1, env_int("MARENGINE_CPU_MOD_ROWS", 512));
+  const int64_t step_bytes = plan.unit_panels * panel_bytes;
+  plan.chunk = std::min<int64_t>(P.S, (target + rows - 1) / rows);
+  plan.chunk = std::max<int64_t>(1, std::min<int64_t>(plan.chunk, budget / step_bytes));
+  return plan;
+}
+
+// Workspaces kept between calls (page-faulting fresh buffers costs as much as a small
+// call): one per worker, grown on demand, used by one call at a time (a concurrent call
+// allocates its own). release_workspaces() frees them.
+struct Workspaces {
+  std::mutex mu;
+  std::vector<at::Tensor> bufs;
+};
+
+Workspaces& workspaces() {
+  static Workspaces* w = new Workspaces();
+  return *w;
+}
+
+float* workspace_slot(std::vector<at::Tensor>& bufs, size_t t, int64_t floats) {
+  if (bufs.size() <= t) bufs.resize(t + 1);
+  if (!bufs[t].defined() || bufs[t].numel() < floats) bufs[t] = at::empty({floats}, at::kFloat);
+  return bufs[t].data_ptr<float>();
+}
+
+void run_plan(const Problem& P, const Plan& plan) {
+  const int64_t need = Worker::floats_needed(P, plan.unit_panels, plan.chunk);
+  Workspaces& cache = workspaces();
+  std::unique_lock<std::mutex> lock(cache.mu, std::try_to_lock);
+  std::vector<at::Tensor> private_bufs;
+  std::vector<at::Tensor>& bufs = lock.owns_lock() ? cache.bufs : private_bufs;
+  std::vector<float*> base(static_cast<size_t>(plan.threads));
+  for (int64_t t = 0; t < plan.threads; ++t) base[static_cast<size_t>(t)] = workspace_slot(bufs, t, need);
+  auto work = [&](int64_t t) {
+    Worker w(P, plan.unit_panels, plan.chunk, base[static_cast<size_t>(t)]);
+    const int64_t ub = t * plan.units / plan.threads, ue = (t + 1) * plan.units / plan.threads;
+    for (int64_t u = ub; u < ue; ++u)
+      w.run(u * plan.unit_panels, std::min(P.Pn, (u + 1) * plan.unit_panels));
+  };
+  if (plan.row_mode) {
+    at::parallel_for(0, plan.threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) work(t);
+    });
+  } else {
+    work(0);
+  }
+}
+
+at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
+                           const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w, at::TensorList ln_b,
+                           at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1, at::TensorList b1,
+                           at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
+                           const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
+                           double temperature, const c10::optional<at::Tensor>& step_noise, int64_t seed,
+                           int64_t offset) {
+  const checks::HeadShapes sh =
+      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w,
+                                fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, offset);
+  TORCH_CHECK(x_T.device().is_cpu(), "marengine::head_sample: the CPU kernel got tensors on ", x_T.device());
+  if (sh.N == 0) return at::empty({0, sh.C}, x_T.options());
+
+  Problem P;
+  P.N = sh.N; P.R = sh.R; P.C = sh.C; P.W = sh.W; P.D = sh.D; P.S = sh.S;
+  P.Pn = (sh.N + kLanes - 1) / kLanes;
+  P.Fm = 3 * sh.W * sh.D + 2 * sh.W;
+  P.cfg_on = sh.cfg_on;
+  P.cfg = static_cast<float>(cfg);
+  P.temp = static_cast<float>(temperature);
+  P.wt = wtype_of(sh.wdtype);
+  P.t_emb = t_emb.data_ptr<float>();
+  P.coefs = coefs.data_ptr<float>();
+  const bool has_noise = step_noise.has_value() && step_noise->defined();
+  P.step_noise = has_noise ? step_noise->data_ptr<float>() : nullptr;
+  P.seed = static_cast<uint64_t>(seed);
+  P.offset = static_cast<uint64_t>(offset);
+
+  F32Params f32;  // fp32 copies of biases / LN params where needed (kept alive here)
+  const Kernels& K = kernels();
+  P.in_w = cached_pack(K, in_w);
+  P.in_b = f32.get(in_b);
+  for (int64_t d = 0; d < sh.D; ++d) {
+    P.ln_w.push_back(f32.get(ln_w[d]));
+    P.ln_b.push_back(f32.get(ln_b[d]));
+    P.mod_w.push_back(cached_pack(K, mod_w[d]));
+    P.mod_b.push_back(f32.get(mod_b[d]));
+    P.w1.push_back(cached_pack(K, w1[d]));
+    P.b1.push_back(f32.get(b1[d]));
+    P.w2.push_back(cached_pack(K, w2[d]));
+    P.b2.push_back(f32.get(b2[d]));
+  }
+  P.fmod_w = cached_pack(K, fmod_w);
+  P.fmod_b = f32.get(fmod_b);
+  P.out_w = cached_pack(K, out_w);
+  P.out_b = f32.get(out_b);
+
+  P.c_emb = c_emb.data_ptr<float>();
+  at::Tensor xs = pack_rows(x_T);
+  P.xs = xs.data_ptr<float>();
+
+  run_plan(P, make_plan(P, at::get_num_threads()));
+  return unpack_rows(xs, sh.N);
+}
+
+}  // namespace
+
+void release_workspaces() {
+  Workspaces& w = workspaces();
+  std::lock_guard<std::mutex> g(w.mu);
+  w.bufs.clear();
+}
+
+TORCH_LIBRARY_IMPL(marengine, CPU, m) { m.impl("head_sample", &head_sample_cpu); }
+
+}  // namespace cpu
+}  // namespace marengine

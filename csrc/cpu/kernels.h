@@ -1,0 +1,105 @@
+// kernels.h -- torch-free CPU kernels of the diffusion head (declarations).
+//
+// Layout "P16": a block of 16 rows ("panel") of an activation matrix with F features is
+// stored feature-major, [F][16] floats, so one feature of 16 rows is two 8-float vectors.
+// A matrix of R rows is ceil(R/16) panels; padding rows are kept finite (zeros).
+// Every kernel here works on panels: the GEMM's activation operand is a P16 panel and
+// its output is written back in P16 (or through an epilogue), which lets LayerNorm,
+// modulation, SiLU and the residual update run as plain vector loops along features.
+//
+// GEMM: out[r, n] = sum_k A[r, k] * Wt[n, k] + epilogue, with Wt the nn.Linear weight
+// ([N][K] row-major, fp32 / bf16 / fp16). Micro-tile 16 rows x 6 weight rows, 12 vector
+// accumulators (2 loads + 6 broadcasts per 12 FMAs; ~97% of one core's FMA peak when the
+// operands sit in L1/L2), or 8 rows x 12 weight rows for chains of <= 8 rows; the weight
+// rows of a tile are packed k-major and broadcast, the P16 panel is the vector operand.
+// `gemm` packs each tile once per block of panels (weights used once: adaln_block);
+// `pack_weights` + `gemm_packed` use weights packed once (head_sample packs every weight
+// once, widened to fp32, and keeps it between calls: pack_cache.cpp). With bf16/fp16
+// weights the GEMM inputs are rounded to that type by the producers (LN, SiLU), so the
+// fp32 FMAs compute exactly what a bf16 x bf16 -> fp32 tensor-core GEMM computes.
+//
+// Two builds of the same source (kernels_impl.h): AVX2+FMA (kernels_avx2.cpp) and
+// baseline (kernels_base.cpp: SSE2 on x86, NEON on aarch64); `kernels()` picks the best
+// one for the running CPU. Threading is the caller's business (head_sample_cpu.cpp).
+//
+// Test: pytest python_tests/test_native_cpu.py; benchmark: python benchmarks/bench_head.py.
+#pragma once
+
+#include <cstdint>
+
+namespace marengine {
+namespace cpu {
+
+constexpr int64_t kLanes = 16;  // rows per panel
+constexpr int64_t kTileN = 6;   // weight rows per micro-tile
+
+enum class WType : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+// A weight matrix in nn.Linear layout: row n of length k at data + n * k elements.
+struct Weight {
+  const void* data = nullptr;
+  WType type = WType::F32;
+  int64_t n = 0;
+  int64_t k = 0;
+};
+
+enum class Epi : int {
+  Store,         // out = acc + bias
+  SiluRound,     // out = round(silu(acc + bias))           (round to `round`'s precision)
+  GateResidual,  // out += gate * (acc + bias)
+};
+
+// Where the GEMM result of panel p, output column n, lane l goes:
+//   out[p * out_pstride + (out_off + n) * 16 + l]
+//   gate[p * gate_pstride + n * 16 + l]                     (GateResidual)
+struct EpiArgs {
+  Epi kind = Epi::Store;
+  const float* bias = nullptr;  // [N] fp32, or null
+  float* out = nullptr;
+  int64_t out_pstride = 0;
+  int64_t out_off = 0;
+  const float* gate = nullptr;
+  int64_t gate_pstride = 0;
+  WType round = WType::F32;
+  // Store only: if set, row (p, l) goes to out[row_off[p * 16 + l] + (out_off + n) * 16]
+  // instead (row_off < 0: dropped). Lets a GEMM over densely packed rows scatter its
+  // result into another panel layout.
+  const int64_t* row_off = nullptr;
+};
+
+struct Kernels {
+  const char* name;
+  // Panels [0, panels) of A (panel p at A + p * a_pstride, [K][16]) times weight rows
+  // [n0, n1) of W. Single-threaded; callers split n or panels across threads.
+  void (*gemm)(const float* A, int64_t a_pstride, int64_t panels, const Weight& W, int64_t n0,
+               int64_t n1, const EpiArgs& epi);
+  // Weight tiles [t0, t1) (6 rows each) -> k-major tiles in W's element type, tile t at
+  // out + t * K * 6 elements (rows past N zero). For weights reused across calls / steps.
+  void (*pack_weights)(const Weight& W, int64_t t0, int64_t t1, void* out);
+  // gemm with prepacked weights ([ceil(N/6)][K][6] of `type`); n0 must be a multiple of 6.
+  // lanes <= 8: only rows 0-7 of each panel matter (8 x 12 micro-tile, half the FLOPs).
+  void (*gemm_packed)(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type, int64_t K,
+                      int64_t N, int64_t n0, int64_t n1, int64_t lanes, const EpiArgs& epi);
+  // One panel: out = round(LN(h) * (1 + scale) + shift), LN over F features per lane with
+  // fp32 two-pass statistics; ln_w/ln_b may be null (no affine). h, shift, scale, out: [F][16].
+  void (*ln_modulate)(const float* h, int64_t F, const float* shift, const float* scale,
+                      const float* ln_w, const float* ln_b, float eps, WType round, float* out);
+  // One panel from 16 row pointers: out[k][l] = round(silu(t_rows[l][k] + c_rows[l][k]))
+  // ([K][16]); a null t_rows[l] or c_rows[l] counts as a zero row.
+  void (*silu_add_rows)(const float* const* t_rows, const float* const* c_rows, int64_t K, WType round,
+                        float* out);
+  // dst[i] = round(src[i]), n elements.
+  void (*round_copy)(const float* src, int64_t n, WType round, float* dst);
+  // dst[i] = float(src[i]) for a weight-typed array.
+  void (*to_f32)(const void* src, WType type, int64_t n, float* dst);
+};
+
+// Per-thread scratch of at least `count` floats (grown on demand, kept for the thread's life).
+float* thread_scratch(int64_t count);
+
+const Kernels& kernels_base();
+const Kernels* kernels_avx2();  // null when not compiled for this architecture
+const Kernels& kernels();       // the best available on the running CPU (MARENGINE_CPU_KERNELS=base forces base)
+
+}  // namespace cpu
+}  // namespace marengine

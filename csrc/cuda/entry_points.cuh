@@ -1,0 +1,23 @@
+// entry_points.cuh -- per-weight-type launchers (defined in head_sample_{f32,bf16,f16}.cu,
+// dispatched by launchers.cu). Internal; plain C++.
+#pragma once
+
+#include "launchers.cuh"
+
+namespace marengine {
+namespace cuda {
+
+#define MARENGINE_DECLARE_HEAD_ENTRY_POINTS(SUFFIX)                                                      \
+  size_t adaln_block_ws_bytes_##SUFFIX(int M, int W);                                                    \
+  cudaError_t launch_adaln_block_##SUFFIX(const AdalnBlockArgs& a, cudaStream_t s);                      \
+  cudaError_t plan_head_sample_##SUFFIX(const HeadSampleArgs& a, HeadPath want, int device, HeadPlan* plan); \
+  cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s);
+
+MARENGINE_DECLARE_HEAD_ENTRY_POINTS(f32)
+MARENGINE_DECLARE_HEAD_ENTRY_POINTS(bf16)
+MARENGINE_DECLARE_HEAD_ENTRY_POINTS(f16)
+
+#undef MARENGINE_DECLARE_HEAD_ENTRY_POINTS
+
+}  // namespace cuda
+}  // namespace marengine

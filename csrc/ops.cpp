@@ -1,0 +1,68 @@
+// ops.cpp -- the operator schemas of marengine (one place) and the pybind11 module
+// `marengine._C`. Implementations register per device: csrc/cpu/*_cpu.cpp (always
+// built) and csrc/cuda/ (built where torch has CUDA and nvcc is found); fake (meta)
+// kernels for torch.compile / export live in marengine/ops/native.py.
+//
+//   adaln_block(x, mod, ln_w, ln_b, w1, b1, w2, b2) -> x + gate * MLP(LN(x) * (1 + scale) + shift)
+//   head_sample(x_T, c_emb, t_emb, <head weights>, coefs, cfg, temperature, step_noise?, seed, offset)
+//       -> x_0: the whole reverse diffusion of the Diffusion-Loss head in one call. CFG is on
+//       iff c_emb has 2N rows (conditional, then unconditional); `cfg` is then the scale.
+//       Per-step noise: step_noise[i] at iteration i if given, else Philox(seed, offset)
+//       (csrc/philox.h); none at temperature 0 or at the last step.
+//
+// Test: pytest python_tests/test_native_cpu.py (opcheck runs the schema checks).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "cpu/head_common.h"
+#include "cpu/kernels.h"
+#include "philox.h"
+
+TORCH_LIBRARY(marengine, m) {
+  // where the fake (meta) kernels live: torch imports it when it needs them
+  m.set_python_module("marengine.ops.native");
+  m.def(
+      "adaln_block(Tensor x, Tensor mod, Tensor ln_w, Tensor ln_b, Tensor w1, Tensor b1, Tensor w2, Tensor b2) "
+      "-> Tensor");
+  m.def(
+      "head_sample(Tensor x_T, Tensor c_emb, Tensor t_emb, Tensor in_w, Tensor in_b, Tensor[] ln_w, "
+      "Tensor[] ln_b, Tensor[] mod_w, Tensor[] mod_b, Tensor[] w1, Tensor[] b1, Tensor[] w2, Tensor[] b2, "
+      "Tensor fmod_w, Tensor fmod_b, Tensor out_w, Tensor out_b, Tensor coefs, float cfg, float temperature, "
+      "Tensor? step_noise, int seed, int offset) -> Tensor");
+}
+
+namespace {
+
+// Normals e0 .. e0 + count - 1 of the in-kernel noise stream (csrc/philox.h), on the CPU.
+at::Tensor philox_normals(int64_t seed, int64_t offset, int64_t e0, int64_t count) {
+  TORCH_CHECK(count >= 0 && e0 >= 0 && offset >= 0, "philox_normals: e0, count and offset must be >= 0");
+  at::Tensor out = at::empty({count}, at::kFloat);
+  marengine::philox::fill_normals(static_cast<uint64_t>(e0), count, static_cast<uint64_t>(seed),
+                                  static_cast<uint64_t>(offset), out.data_ptr<float>());
+  return out;
+}
+
+bool built_with_cuda() {
+#ifdef MARENGINE_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "marengine native kernels: registers torch.ops.marengine.{adaln_block, head_sample}";
+  m.def("cpu_kernels", [] { return std::string(marengine::cpu::kernels().name); },
+        "Which build of the CPU kernels runs on this machine ('avx2' or 'base').");
+  m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in.");
+  m.def("release_cpu_caches", [] {
+    marengine::cpu::release_pack_cache();
+    marengine::cpu::release_workspaces();
+  }, "Free the CPU sampler's cached packed weights and workspaces (they are rebuilt on demand).");
+  m.def("philox_normals", &philox_normals, "Normals e0..e0+count-1 of the head_sample noise stream (CPU).",
+        pybind11::arg("seed"), pybind11::arg("offset"), pybind11::arg("e0"), pybind11::arg("count"));
+}

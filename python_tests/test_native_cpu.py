@@ -1,0 +1,408 @@
+"""The native CPU head kernels (torch.ops.marengine.{head_sample, adaln_block}) against the
+PyTorch reference, the official golden tensors, and the statistics of the sampled chain.
+
+Skips (with the reason) when the extension is not built:
+    pip install --no-build-isolation -e .
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from marengine.models.diffloss import DiffLoss
+from marengine.models.head import ResBlock
+from marengine.ops import native, reference
+
+pytestmark = pytest.mark.skipif(not native.available("cpu"),
+                                reason="marengine._C is not built (pip install --no-build-isolation -e .)")
+torch.set_num_threads(2)
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"
+ROWS = (1, 7, 59, 1025)
+C, Z = 16, 32
+
+
+def make_diffloss(width: int = 64, depth: int = 2, steps: str = "20", std: float = 0.08, seed: int = 0) -> DiffLoss:
+    """A head with every Linear re-drawn (the official init zeroes the AdaLN and output layers)."""
+    torch.manual_seed(seed)
+    dl = DiffLoss(C, Z, depth, width, steps)
+    for m in dl.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=std)
+            torch.nn.init.normal_(m.bias, std=std)
+        elif isinstance(m, torch.nn.LayerNorm) and m.elementwise_affine:
+            torch.nn.init.normal_(m.weight, mean=1.0, std=0.1)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    return dl.eval()
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
+def inputs(n: int, cfg: float, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    rows = n if cfg == 1.0 else 2 * n
+    return torch.randn(rows, Z, generator=g), torch.randn(n, C, generator=g)
+
+
+# ----------------------------------------------------------------------------- fp32 vs reference
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+@pytest.mark.parametrize("n", ROWS)
+def test_matches_reference_temperature0(n: int, cfg: float) -> None:
+    dl = make_diffloss(width=128 if n < 100 else 64, depth=3 if n < 100 else 2)
+    z, x_T = inputs(n, cfg)
+    ref = dl.sample(z, temperature=0.0, cfg=cfg, noise=x_T, backend="torch")
+    out = dl.sample(z, temperature=0.0, cfg=cfg, noise=x_T, backend="native")
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_matches_reference_with_step_noise(temperature: float, cfg: float) -> None:
+    dl = make_diffloss(width=96, depth=2)
+    z, _ = inputs(59, cfg)
+    ref = dl.sample(z, temperature, cfg, generator=torch.Generator().manual_seed(5), backend="torch")
+    out = dl.sample(z, temperature, cfg, generator=torch.Generator().manual_seed(5), backend="native")
+    assert rel_err(out, ref) <= 1e-4
+
+
+def _golden_diffloss(data) -> DiffLoss:
+    dl = DiffLoss(16, 64, 2, 96, "20")
+    prefix = "state/diffloss."
+    state = {k[len(prefix):]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith(prefix)}
+    dl.load_state_dict(state, strict=True)
+    assert torch.equal(dl.gen_tables.timestep_map, torch.from_numpy(data["schedule/timestep_map"]).long())
+    return dl.eval()
+
+
+@pytest.mark.parametrize("case", ["sample", "sample_cfg"])
+def test_golden_official(case: str) -> None:
+    if not GOLDEN.exists():
+        pytest.skip(f"golden tensors not found at {GOLDEN}")
+    np = pytest.importorskip("numpy")
+    data = np.load(GOLDEN)
+    dl = _golden_diffloss(data)
+    z = torch.from_numpy(data[f"{case}/z"].copy())
+    noise = torch.from_numpy(data[f"{case}/noise"].copy())
+    cfg = float(data["sample_cfg/scale"]) if case == "sample_cfg" else 1.0
+    want = torch.from_numpy(data[f"{case}/out"].copy())
+    for backend in ("native", "torch"):
+        out = dl.sample(z, temperature=0.0, cfg=cfg, noise=noise, backend=backend)
+        assert rel_err(out, want) <= 1e-4, backend
+
+
+# ----------------------------------------------------------------------------- in-kernel noise
+def _philox(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
+    return native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, seed, offset)
+
+
+def test_philox_reproducible() -> None:
+    dl = make_diffloss()
+    z, x_T = inputs(33, 1.0)
+    a, b = _philox(dl, z, x_T, 123), _philox(dl, z, x_T, 123)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, _philox(dl, z, x_T, 124))
+    assert not torch.allclose(a, _philox(dl, z, x_T, 123, offset=native.philox_groups(20, 33, C)))
+
+
+def test_philox_stream_normal() -> None:
+    from marengine import _C
+
+    z = _C.philox_normals(7, 0, 0, 400_000).double()
+    n = z.numel()
+    assert abs(z.mean().item()) <= 5 / math.sqrt(n)
+    assert abs(z.var().item() - 1) <= 5 * math.sqrt(2 / n)
+    assert abs((z.abs() < 1).double().mean().item() - 0.682689) <= 5 * math.sqrt(0.2166 / n)
+    # element e is independent of how the run is cut: e0 shifts the stream
+    assert torch.equal(_C.philox_normals(7, 0, 5, 10), _C.philox_normals(7, 0, 0, 15)[5:])
+    assert torch.equal(_C.philox_normals(7, 1, 0, 8), _C.philox_normals(7, 0, 4, 8))
+
+
+def _known_head(v0: float) -> DiffLoss:
+    """eps = 0 and variance value v0 for every input: the chain is linear-Gaussian."""
+    dl = make_diffloss(width=64, depth=2, steps="25")
+    lin = dl.net.final_layer.linear
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.copy_(torch.cat([torch.zeros(C), torch.full((C,), v0)]))
+    return dl
+
+
+def _chain_moments(dl: DiffLoss, mu0: float, v0: float, temperature: float) -> tuple[float, float]:
+    """Exact mean / variance of the final x for x_T ~ N(mu0, 1), from the float64 tables."""
+    co = dl.gen_tables.coefs
+    mean, var = mu0, 1.0
+    for s in range(dl.gen_tables.num_steps - 1, -1, -1):
+        a = float(co["post_coef1"][s] * co["sqrt_recip_abar"][s] + co["post_coef2"][s])
+        frac = (v0 + 1) / 2
+        logvar = frac * float(co["log_betas"][s]) + (1 - frac) * float(co["post_logvar"][s])
+        mean, var = a * mean, a * a * var
+        if s > 0:
+            var += math.exp(logvar) * temperature ** 2
+    return mean, var
+
+
+@pytest.mark.parametrize("path", ["step_noise", "philox"])
+def test_chain_statistics(path: str) -> None:
+    """Empirical mean / variance of 4000 x 16 samples within 5 standard errors of the exact values."""
+    v0, mu0, temp, n = 0.3, 1.5, 0.8, 4000
+    dl = _known_head(v0)
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(n, Z, generator=g)
+    x_T = mu0 + torch.randn(n, C, generator=g)
+    if path == "philox":
+        x = native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, temp, 1.0, seed=2024)
+    else:
+        noise = torch.randn(dl.gen_tables.num_steps, n, C, generator=g)
+        x = native.sample_head(dl.net, dl.gen_tables, z, x_T, temp, 1.0, noise)
+    mean, var = _chain_moments(dl, mu0, v0, temp)
+    m = x.numel()
+    assert abs(x.double().mean().item() - mean) <= 5 * math.sqrt(var / m)
+    assert abs(x.double().var().item() - var) <= 5 * var * math.sqrt(2 / (m - 1))
+
+
+# ----------------------------------------------------------------------------- low precision
+def _moderate_head() -> DiffLoss:
+    """Weights std 0.05, output layer scaled by 0.01, used with x_T ~ 0.01 N(0, 1): the chain
+    stays within |x| < 1e3, so PyTorch's fp16 autocast reference does not overflow."""
+    dl = make_diffloss(width=128, depth=3, std=0.05)
+    with torch.no_grad():
+        dl.net.final_layer.linear.weight.mul_(0.01)
+        dl.net.final_layer.linear.bias.mul_(0.01)
+    return dl
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights(dtype: torch.dtype) -> None:
+    """|native_lowp - ref32| <= 2 |torch_autocast_lowp - ref32| (max over elements, CFG on)."""
+    dl = _moderate_head()
+    z, x_T = inputs(59, 3.0)
+    x_T = 0.01 * x_T
+    tab = dl.gen_tables
+    ref32 = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    with torch.autocast("cpu", dtype=dtype):
+        ref_lp = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+        auto = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)  # picks dtype from autocast
+    explicit = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None, weight_dtype=dtype)
+    assert torch.equal(auto, explicit)
+    torch_err = (ref_lp.double() - ref32.double()).abs().max().item()
+    ours = (explicit.double() - ref32.double()).abs().max().item()
+    assert 0 < torch_err < float("inf")
+    assert 0 < ours <= 2 * torch_err, (ours, torch_err)  # > 0: the low-precision path really ran
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_large_values(dtype: torch.dtype) -> None:
+    """An untrained head drives |x| to ~1e5 (past fp16's 65504): the native path keeps the
+    chain state in fp32 and stays finite and close to fp32 (autocast fp16 gives NaN here)."""
+    dl = make_diffloss(width=128, depth=3, std=0.05)
+    z, x_T = inputs(59, 3.0)
+    ref32 = reference.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
+    out = native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None, weight_dtype=dtype)
+    assert ref32.abs().max() > 65504
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref32) <= 2e-2
+
+
+# ----------------------------------------------------------------------------- adaln_block
+def _resblock(width: int, seed: int = 0) -> ResBlock:
+    torch.manual_seed(seed)
+    blk = ResBlock(width)
+    for m in blk.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.1)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    torch.nn.init.normal_(blk.in_ln.weight, mean=1.0, std=0.1)
+    torch.nn.init.normal_(blk.in_ln.bias, std=0.1)
+    return blk
+
+
+def _adaln_args(blk: ResBlock, y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple:
+    mod = blk.adaLN_modulation(y).detach().contiguous()
+    cv = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+    return (x, mod, blk.in_ln.weight.detach(), blk.in_ln.bias.detach(), cv(blk.mlp[0].weight), cv(blk.mlp[0].bias),
+            cv(blk.mlp[2].weight), cv(blk.mlp[2].bias))
+
+
+@pytest.mark.parametrize("m", ROWS)
+def test_adaln_block_matches_resblock(m: int) -> None:
+    width = 96
+    blk = _resblock(width)
+    g = torch.Generator().manual_seed(m)
+    x, y = torch.randn(m, width, generator=g), torch.randn(m, width, generator=g)
+    with torch.no_grad():
+        ref = blk(x, y)
+        out = native.adaln_block(*_adaln_args(blk, y, x))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adaln_block_low_precision(dtype: torch.dtype) -> None:
+    width = 128
+    blk = _resblock(width)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(59, width, generator=g), torch.randn(59, width, generator=g)
+    with torch.no_grad():
+        ref = blk(x, y)
+        with torch.autocast("cpu", dtype=dtype):
+            ref_lp = blk(x, y).float()
+        out = native.adaln_block(*_adaln_args(blk, y, x, dtype))
+    torch_err = (ref_lp - ref).abs().max().item()
+    assert 0 < (out - ref).abs().max().item() <= 2 * torch_err
+
+
+# ----------------------------------------------------------------------------- invariances
+def test_threading_modes_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row-parallel, column-parallel, one thread and different modulation chunks give the same bits."""
+    dl = make_diffloss(width=64, depth=2)
+    z, x_T = inputs(70, 2.0)
+    run = lambda: native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None)  # noqa: E731
+    base = run()
+    monkeypatch.setenv("MARENGINE_CPU_ROW_MIN", "1000")  # column mode
+    col = run()
+    monkeypatch.setenv("MARENGINE_CPU_MOD_ROWS", "16")  # one step per modulation chunk
+    chunked = run()
+    monkeypatch.setenv("MARENGINE_CPU_ROW_MIN", "1")
+    monkeypatch.setenv("MARENGINE_CPU_WORKSPACE_MB", "1")  # many small units per thread
+    units = run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for other in (col, chunked, units, single):
+        assert torch.equal(base, other)
+
+
+def test_pack_cache_follows_weight_updates() -> None:
+    """Packed weights are cached between calls; an in-place update or a new tensor repacks."""
+    from marengine import _C
+
+    args = _head_args(n=20, w=32, d=2, wdtype=torch.bfloat16)
+    first = _call(args)
+    assert torch.equal(_call(args), first)  # cached path, same bits
+    with torch.no_grad():
+        args[9][1].mul_(1.5)  # w1 of block 1, in place
+    updated = _call(args)
+    fresh = _call([a.clone() if isinstance(a, torch.Tensor) else
+                   ([t.clone() for t in a] if isinstance(a, list) else a) for a in args])
+    assert not torch.equal(updated, first)
+    assert torch.equal(updated, fresh)
+    _C.release_cpu_caches()
+    assert torch.equal(_call(args), fresh)
+
+
+def test_base_kernels_match_reference() -> None:
+    """The portable (non-AVX2) kernel build, forced in a subprocess, also matches the reference."""
+    code = (
+        "import torch, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_native_cpu import make_diffloss, inputs, rel_err\n"
+        "from marengine import _C\n"
+        "assert _C.cpu_kernels() == 'base', _C.cpu_kernels()\n"
+        "dl = make_diffloss(width=64, depth=2)\n"
+        "z, x_T = inputs(23, 3.0)\n"
+        "ref = dl.sample(z, 0.0, 3.0, noise=x_T, backend='torch')\n"
+        "out = dl.sample(z, 0.0, 3.0, noise=x_T, backend='native')\n"
+        "bf = __import__('marengine.ops.native', fromlist=['x']).sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0,"
+        " None, weight_dtype=torch.float16)\n"
+        "assert rel_err(out[:23], ref[:23]) <= 1e-4, rel_err(out, ref)\n"
+        "assert rel_err(bf, ref[:23]) <= 0.1\n"
+        "print('ok')\n" % str(Path(__file__).resolve().parent)
+    )
+    env = dict(os.environ, MARENGINE_CPU_KERNELS="base")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- opcheck
+def _head_args(n: int = 3, c: int = 4, w: int = 16, d: int = 1, s: int = 3, cfg_on: bool = False,
+               wdtype: torch.dtype = torch.float32, noise: bool = True) -> list:
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape, dt=torch.float32: (0.2 * torch.randn(*shape, generator=g)).to(dt)  # noqa: E731
+    rows = 2 * n if cfg_on else n
+    dl = make_diffloss(steps=str(s))
+    coefs = dl.gen_tables.stacked("cpu")
+    return [r(n, c), r(rows, w), r(s, w), r(w, c, dt=wdtype), r(w, dt=wdtype),
+            [1 + r(w) for _ in range(d)], [r(w) for _ in range(d)],
+            [r(3 * w, w, dt=wdtype) for _ in range(d)], [r(3 * w, dt=wdtype) for _ in range(d)],
+            [r(w, w, dt=wdtype) for _ in range(d)], [r(w, dt=wdtype) for _ in range(d)],
+            [r(w, w, dt=wdtype) for _ in range(d)], [r(w, dt=wdtype) for _ in range(d)],
+            r(2 * w, w, dt=wdtype), r(2 * w, dt=wdtype), r(2 * c, w, dt=wdtype), r(2 * c, dt=wdtype),
+            coefs, 2.0 if cfg_on else 1.0, 0.5, r(s, n, c) if noise else None, 17, 0]
+
+
+@pytest.mark.parametrize("cfg_on", [False, True])
+@pytest.mark.parametrize("noise", [True, False])
+def test_opcheck_head_sample(cfg_on: bool, noise: bool) -> None:
+    torch.library.opcheck(torch.ops.marengine.head_sample.default, _head_args(cfg_on=cfg_on, noise=noise))
+
+
+def test_opcheck_adaln_block() -> None:
+    blk = _resblock(24)
+    x, y = torch.randn(5, 24), torch.randn(5, 24)
+    with torch.no_grad():
+        args = _adaln_args(blk, y, x)
+    torch.library.opcheck(torch.ops.marengine.adaln_block.default, args)
+
+
+# ----------------------------------------------------------------------------- bad calls
+def _call(args: list) -> torch.Tensor:
+    return torch.ops.marengine.head_sample(*args)
+
+
+BAD_HEAD_CALLS = {
+    "x_T float64": (lambda a: a.__setitem__(0, a[0].double()), "x_T must be Float"),
+    "c_emb rows": (lambda a: a.__setitem__(1, torch.randn(5, 16)), "c_emb must have N"),
+    "t_emb width": (lambda a: a.__setitem__(2, torch.randn(3, 8)), "t_emb must have shape"),
+    "non-contiguous": (lambda a: a.__setitem__(1, torch.randn(16, 3).t()), "contiguous"),
+    "list lengths": (lambda a: a.__setitem__(9, a[9] + a[9]), "one entry per block"),
+    "coefs shape": (lambda a: a.__setitem__(17, torch.randn(3, 5)), "coefs"),
+    "step_noise shape": (lambda a: a.__setitem__(20, torch.randn(3, 2, 4)), "step_noise must have shape"),
+    "weight dtype mix": (lambda a: a.__setitem__(9, [a[9][0].bfloat16()]), "one dtype"),
+    "out_w width": (lambda a: a.__setitem__(15, torch.randn(8, 12)), "out_w"),
+    "negative temperature": (lambda a: a.__setitem__(19, -1.0), "temperature"),
+    "meta device": (lambda a: a.__setitem__(3, a[3].to("meta")), "one device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEAD_CALLS))
+def test_bad_head_sample_calls_raise(case: str) -> None:
+    corrupt, msg = BAD_HEAD_CALLS[case]
+    args = _head_args()
+    corrupt(args)
+    with pytest.raises(RuntimeError, match=msg):
+        _call(args)
+
+
+def test_bad_adaln_calls_raise() -> None:
+    blk = _resblock(24)
+    x, y = torch.randn(5, 24), torch.randn(5, 24)
+    with torch.no_grad():
+        args = list(_adaln_args(blk, y, x))
+    bad = list(args)
+    bad[1] = bad[1][:, :48].contiguous()
+    with pytest.raises(RuntimeError, match="mod"):
+        torch.ops.marengine.adaln_block(*bad)
+    bad = list(args)
+    bad[4] = bad[4].double()
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        torch.ops.marengine.adaln_block(*bad)
+
+
+def test_sample_head_wrong_rows_raise() -> None:
+    dl = make_diffloss()
+    z, x_T = inputs(4, 1.0)
+    with pytest.raises(ValueError, match="2N"):
+        native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
+    with pytest.raises(ValueError, match="step_noise"):
+        native.sample_head(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, None)
