@@ -21,6 +21,15 @@ def native_available(device: torch.device | str = "cpu") -> bool:
     return native.available(torch.device(device))
 
 
+def native_unsupported(net, device: torch.device) -> str | None:
+    """Why the native sampler can't take this head on `device` (None: it can)."""
+    try:
+        from . import native
+    except ImportError as e:
+        return f"native module unavailable ({e})"
+    return native.unsupported(net, device)
+
+
 def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
                 cfg: float, step_noise: torch.Tensor | None, backend: str = "auto",
                 clip_denoised: bool = False) -> torch.Tensor:
@@ -31,13 +40,13 @@ def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor
             raise ValueError("clip_denoised is not implemented by the native sampler; use backend='auto' or 'torch'")
         log.debug("head sampler: torch reference (clip_denoised)")
         return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, clip_denoised=True)
-    use_native = backend == "native" or (backend == "auto" and native_available(z.device))
-    if backend == "native" and not native_available(z.device):
-        raise RuntimeError(f"backend='native' asked for, but the native sampler is not built for {z.device.type}; "
+    why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
+    if backend == "native" and why_not:
+        raise RuntimeError(f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
                            "build it with `pip install --no-build-isolation -e .` or use backend='auto'")
-    if use_native:
+    if why_not is None:
         from . import native
         log.debug("head sampler: native (%s)", z.device.type)
         return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
-    log.debug("head sampler: torch reference (%s)", z.device.type)
+    log.debug("head sampler: torch reference (%s: %s)", z.device.type, why_not)
     return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)

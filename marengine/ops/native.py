@@ -51,6 +51,25 @@ def available(device: torch.device | str = "cpu") -> bool:
     return False
 
 
+# limits of the CUDA kernels (csrc/cuda/ops_cuda.cpp checks the same); the CPU kernels have none
+CUDA_WIDTH_MULTIPLE, CUDA_MAX_CHANNELS, CUDA_MAX_DEPTH = 8, 256, 32
+
+
+def unsupported(net: SimpleMLPAdaLN, device: torch.device | str) -> str | None:
+    """Why the native sampler cannot run this head on `device`, or None when it can."""
+    dev = torch.device(device)
+    if not available(dev):
+        return f"not built for {dev.type}"
+    if dev.type == "cuda":
+        if net.model_channels % CUDA_WIDTH_MULTIPLE:
+            return f"head width {net.model_channels} is not a multiple of {CUDA_WIDTH_MULTIPLE}"
+        if net.in_channels > CUDA_MAX_CHANNELS:
+            return f"{net.in_channels} token channels exceed {CUDA_MAX_CHANNELS}"
+        if net.num_res_blocks > CUDA_MAX_DEPTH:
+            return f"{net.num_res_blocks} res blocks exceed {CUDA_MAX_DEPTH}"
+    return None
+
+
 def _require(device: torch.device) -> None:
     if not available(device):
         why = f" ({_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
