@@ -244,11 +244,11 @@ def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, sch
     noise = noise_source(seed, model.token_embed_dim, model.diffloss.gen_tables.num_steps, temperature)
     step = iter(range(num_iter))
 
-    def sample(z, temperature, cfg, generator=None, backend="auto"):
+    def sample(z, temperature, cfg, generator=None, backend="auto", clip_denoised=False):
         guided = cfg != 1.0
         x_T, sn = noise(next(step), z.shape[0] // 2 if guided else z.shape[0])
         out = reference.sample_head(model.diffloss.net, model.diffloss.gen_tables, z, torch.from_numpy(x_T),
-                                    temperature, cfg, None if sn is None else torch.from_numpy(sn))
+                                    temperature, cfg, None if sn is None else torch.from_numpy(sn), clip_denoised)
         return torch.cat([out, out]) if guided else out
 
     monkeypatch.setattr(generate, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
