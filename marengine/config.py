@@ -17,6 +17,15 @@ LAYERNORM_EPS = 1e-6
 VAE_LATENT_SCALE = 0.2325  # KL-16 latents are multiplied by this before MAR sees them
 
 
+def checked_fields(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
+    """A copy of `d`, after checking that every key is a field of the dataclass `cls`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; valid keys are {sorted(names)}")
+    return dict(d)
+
+
 @dataclass
 class MARConfig:
     """Constructor arguments of `MAR`, with the official defaults."""
@@ -52,11 +61,7 @@ class MARConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MARConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown MAR config keys {unknown}; valid keys are {sorted(names)}")
-        d = dict(d)
+        d = checked_fields(cls, d, "MAR config keys")
         if "num_sampling_steps" in d:
             d["num_sampling_steps"] = str(d["num_sampling_steps"])
         return cls(**d)

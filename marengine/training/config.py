@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import checked_fields
+
 
 @dataclass
 class TrainConfig:
@@ -50,11 +52,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}")
-        d = dict(d)
+        d = checked_fields(cls, d, "training settings")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
