@@ -45,6 +45,7 @@ class Row:
     steps: int
     gflop: float
     ms: dict[str, float | None] = field(default_factory=dict)
+    load: float = 0.0  # 1-minute load average when the measurement started
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=90.0,
                    help="skip a measurement whose estimated single run exceeds this many seconds")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--quiet-load", type=float, default=None,
+                   help="on a shared machine: before each measurement wait (up to 15 min) until the 1-minute "
+                        "load average is below this")
     return p.parse_args()
 
 
@@ -109,6 +113,14 @@ def time_side_by_side(fns: dict[str, callable], device: torch.device, warmup: in
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def wait_quiet(threshold: float | None, max_wait_s: float = 900.0) -> None:
+    if threshold is None:
+        return
+    t0 = time.time()
+    while os.getloadavg()[0] >= threshold and time.time() - t0 < max_wait_s:
+        time.sleep(5)
+
+
 def measure(dl: DiffLoss, row: Row, args: argparse.Namespace, device: torch.device) -> None:
     g = torch.Generator().manual_seed(1)
     z = torch.randn(row.rows * (2 if row.cfg else 1), Z_CHANNELS, generator=g).to(device)
@@ -120,6 +132,8 @@ def measure(dl: DiffLoss, row: Row, args: argparse.Namespace, device: torch.devi
     if row.gflop / 150.0 <= args.max_seconds:
         for dt in args.dtype.split(","):
             fns[f"native_{dt}"] = sampler(dl, z, x_T, cfg, "native", dt)
+    wait_quiet(args.quiet_load)
+    row.load = os.getloadavg()[0]
     with torch.inference_mode():
         row.ms = time_side_by_side(fns, device, args.warmup, args.repeat) if fns else {}
 

@@ -7,6 +7,7 @@
   (seed, offset) instead (see csrc/philox.h; advance `offset` by `philox_groups(...)`
   between calls that must not share noise).
 - `adaln_block(...)`: one fused AdaLN residual block (testing / building block).
+- `release_caches()`: free the packed weights and workspaces kept between calls.
 - Fake (meta) kernels for both ops, so torch.compile and export can trace through them.
 
 The extension is loaded tolerantly: if it is missing, this says so once (logging) and
@@ -256,6 +257,14 @@ def sample_head_philox(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Te
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
     seed = seed - 2 ** 64 if seed >= 2 ** 63 else seed
     return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype)
+
+
+def release_caches() -> None:
+    """Free what the CPU kernel keeps between calls (packed weights, per-thread workspaces:
+    up to MARENGINE_CPU_WORKSPACE_MB per thread) and the converted-weight cache here."""
+    _WEIGHT_CACHE.clear()
+    if _C is not None:
+        _C.release_cpu_caches()
 
 
 def philox_groups(steps: int, rows: int, channels: int) -> int:
