@@ -93,8 +93,9 @@ def test_sigkill_while_writing_keeps_previous_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        deadline = time.time() + 60
-        while not list(tmp_path.glob(".last.pth.*.tmp")) and time.time() < deadline:
+        for _ in range(6000):  # up to ~60 s for the writer to start its first write
+            if list(tmp_path.glob(".last.pth.*.tmp")):
+                break
             time.sleep(0.01)
         assert list(tmp_path.glob(".last.pth.*.tmp")), "writer never started"
         time.sleep(0.05)
