@@ -80,7 +80,8 @@ inline AdalnShapes check_adaln_block(const at::Tensor& x, const at::Tensor& mod,
   check_tensor(op, mod, "mod (shift, scale, gate)", dev, {M, 3 * W});
   check_dtype(op, mod, "mod", at::kFloat);
   TORCH_CHECK(w1.defined() && is_weight_dtype(w1.scalar_type()), op,
-              ": weights must be float32, bfloat16 or float16, got ", w1.defined() ? toString(w1.scalar_type()) : "None");
+              ": weights must be float32, bfloat16 or float16, got ",
+              w1.defined() ? toString(w1.scalar_type()) : "None");
   const at::ScalarType wdt = w1.scalar_type();
   check_ln(op, ln_w, "ln_w", dev, W, wdt);
   check_ln(op, ln_b, "ln_b", dev, W, wdt);
@@ -97,12 +98,11 @@ struct HeadShapes {
 
 inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
                                     const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w,
-                                    at::TensorList ln_b, at::TensorList mod_w, at::TensorList mod_b,
-                                    at::TensorList w1, at::TensorList b1, at::TensorList w2, at::TensorList b2,
-                                    const at::Tensor& fmod_w, const at::Tensor& fmod_b, const at::Tensor& out_w,
-                                    const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
-                                    double temperature, const c10::optional<at::Tensor>& step_noise,
-                                    int64_t offset) {
+                                    at::TensorList ln_b, at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1,
+                                    at::TensorList b1, at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w,
+                                    const at::Tensor& fmod_b, const at::Tensor& out_w, const at::Tensor& out_b,
+                                    const at::Tensor& coefs, double cfg, double temperature,
+                                    const c10::optional<at::Tensor>& step_noise, int64_t offset) {
   const char* op = "marengine::head_sample";
   TORCH_CHECK(x_T.defined() && x_T.dim() == 2, op, ": x_T must be [N, C], got ",
               x_T.defined() ? shape_str(x_T.sizes()) : std::string("None"));
@@ -132,9 +132,9 @@ inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_e
   TORCH_CHECK(ln_b.size() == ln_w.size() && mod_w.size() == ln_w.size() && mod_b.size() == ln_w.size() &&
                   w1.size() == ln_w.size() && b1.size() == ln_w.size() && w2.size() == ln_w.size() &&
                   b2.size() == ln_w.size(),
-              op, ": the per-block lists must have one entry per block; got ln_w ", ln_w.size(), ", ln_b ",
-              ln_b.size(), ", mod_w ", mod_w.size(), ", mod_b ", mod_b.size(), ", w1 ", w1.size(), ", b1 ",
-              b1.size(), ", w2 ", w2.size(), ", b2 ", b2.size());
+              op, ": the per-block lists must have one entry per block; got ln_w ", ln_w.size(), ", ln_b ", ln_b.size(),
+              ", mod_w ", mod_w.size(), ", mod_b ", mod_b.size(), ", w1 ", w1.size(), ", b1 ", b1.size(), ", w2 ",
+              w2.size(), ", b2 ", b2.size());
   TORCH_CHECK(in_w.defined() && is_weight_dtype(in_w.scalar_type()), op,
               ": weights must be float32, bfloat16 or float16, got ",
               in_w.defined() ? toString(in_w.scalar_type()) : "None");

@@ -56,13 +56,17 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "marengine native kernels: registers torch.ops.marengine.{adaln_block, head_sample}";
-  m.def("cpu_kernels", [] { return std::string(marengine::cpu::kernels().name); },
-        "Which build of the CPU kernels runs on this machine ('avx2' or 'base').");
+  m.def(
+      "cpu_kernels", [] { return std::string(marengine::cpu::kernels().name); },
+      "Which build of the CPU kernels runs on this machine ('avx2' or 'base').");
   m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in.");
-  m.def("release_cpu_caches", [] {
-    marengine::cpu::release_pack_cache();
-    marengine::cpu::release_workspaces();
-  }, "Free the CPU sampler's cached packed weights and workspaces (they are rebuilt on demand).");
+  m.def(
+      "release_cpu_caches",
+      [] {
+        marengine::cpu::release_pack_cache();
+        marengine::cpu::release_workspaces();
+      },
+      "Free the CPU sampler's cached packed weights and workspaces (they are rebuilt on demand).");
   m.def("philox_normals", &philox_normals, "Normals e0..e0+count-1 of the head_sample noise stream (CPU).",
         pybind11::arg("seed"), pybind11::arg("offset"), pybind11::arg("e0"), pybind11::arg("count"));
 }

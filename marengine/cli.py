@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import SAMPLE_DEFAULTS, CFG_SCHEDULES
+from .config import SAMPLE_DEFAULTS
+from .schedules import CFG_SCHEDULES
 from .training.config import DEMO, TrainConfig
 
 DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
@@ -72,12 +73,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .imageio import save_samples
+    from .models.loading import load_model
+    from .models.tokenizers import build_tokenizer
     from .sampling.engine import generate
-    from .sampling.loading import load_for_sampling
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_for_sampling(args.checkpoint, use_ema=not args.no_ema, preset=args.model,
-                                         vae_ckpt=args.vae_ckpt, device=device)
+    loaded = load_model(args.checkpoint, config=args.model, use_ema=not args.no_ema, vae_ckpt=args.vae_ckpt,
+                        device=device)
+    if loaded.tokenizer_spec is None:
+        raise ValueError(f"{args.checkpoint}: no tokenizer fits this model's latents; images cannot be decoded")
+    model, tokenizer = loaded.model, build_tokenizer(loaded.tokenizer_spec).to(device)
     labels = args.labels if args.labels else list(range(model.num_classes))
     images = generate(model, tokenizer, labels, _settings(args), progress=True)
     paths = save_samples(args.out, images, labels)

@@ -60,14 +60,14 @@ class MARConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MARConfig":
+    def from_dict(cls, d: dict[str, Any]) -> MARConfig:
         d = checked_fields(cls, d, "MAR config keys")
         if "num_sampling_steps" in d:
             d["num_sampling_steps"] = str(d["num_sampling_steps"])
         return cls(**d)
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "MARConfig":
+    def from_name(cls, name: str, **overrides: Any) -> MARConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
@@ -104,4 +104,3 @@ class SampleDefaults:
 
 
 SAMPLE_DEFAULTS = SampleDefaults()
-CFG_SCHEDULES = ("linear", "constant")

@@ -8,7 +8,8 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
           dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal noise drawn from `generator` (on the generator's device) and moved to `device`."""
     gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+    noise = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype)
 
 
 def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:

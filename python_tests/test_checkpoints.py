@@ -1,12 +1,12 @@
 """Official-format checkpoints and the safetensors pretrained folder."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
 from marengine.config import MARConfig
 from marengine.models import MAR, from_pretrained, load_official, save_pretrained
-from marengine.models.pretrained import read_checkpoint
+from marengine.models.checkpoints import read_checkpoint
 
 
 def _perturbed(model: MAR, seed: int) -> dict[str, torch.Tensor]:
@@ -80,3 +80,64 @@ def test_official_sizes_build():
         assert m.encoder_pos_embed_learned.shape == (1, 256 + 64, dim)
         assert len(m.encoder_blocks) == depth and len(m.decoder_blocks) == depth
         assert len(m.diffloss.net.res_blocks) == head_d and m.diffloss.net.model_channels == head_w
+
+
+def test_save_and_from_pretrained_methods(tmp_path, tiny_mar):
+    tiny_mar.save_pretrained(tmp_path / "m", tokenizer={"kind": "pixel", "channels": 1, "stride": 2})
+    loaded = MAR.from_pretrained(tmp_path / "m")
+    assert loaded.config == tiny_mar.config and not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny_mar.state_dict().items())
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_official_constructor_arguments_are_kept():
+    import inspect
+
+    from marengine.models import AutoencoderKL, DiffLoss
+    from marengine.models.head import SimpleMLPAdaLN
+
+    # the official signatures (LTH14/mar models/diffloss.py, models/vae.py)
+    assert list(inspect.signature(DiffLoss).parameters) == [
+        "target_channels", "z_channels", "depth", "width", "num_sampling_steps", "grad_checkpointing"]
+    assert list(inspect.signature(SimpleMLPAdaLN).parameters) == [
+        "in_channels", "model_channels", "out_channels", "z_channels", "num_res_blocks", "grad_checkpointing"]
+    assert list(inspect.signature(AutoencoderKL).parameters)[:3] == ["embed_dim", "ch_mult", "ckpt_path"]
+    loss = DiffLoss(4, 8, 2, 16, "10", grad_checkpointing=True)
+    assert loss.net.grad_checkpointing
+    # checkpointing changes memory, not values: same loss and gradients
+    plain = DiffLoss(4, 8, 2, 16, "10")
+    plain.load_state_dict(loss.state_dict())
+    g = torch.Generator().manual_seed(0)
+    target, z = torch.randn(6, 4, generator=g), torch.randn(6, 8, generator=g)
+    t, noise = torch.randint(0, 1000, (6,), generator=g), torch.randn(6, 4, generator=g)
+    for m in (loss, plain):
+        m.train().zero_grad()
+        m(target, z, t=t, noise=noise).backward()
+    for (k, a), b in zip(loss.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), k
+
+
+@pytest.mark.parametrize("kind", ["folder", "training", "official"])
+def test_one_loader_for_every_kind(tmp_path, tiny_mar, kind):
+    from marengine.models import load_model, load_weights
+
+    ema = _perturbed(tiny_mar, 3)
+    if kind == "folder":
+        path = tiny_mar.save_pretrained(tmp_path / "f", state=ema)
+    elif kind == "training":
+        path = tmp_path / "last.pth"
+        torch.save({"model": tiny_mar.state_dict(), "model_ema": ema, "config": tiny_mar.config.to_dict(),
+                    "tokenizer": {"kind": "vae", "embed_dim": 16, "ckpt": None}}, path)
+    else:
+        path = tmp_path / "checkpoint-last.pth"
+        torch.save({"model": tiny_mar.state_dict(), "model_ema": ema}, path)
+        with pytest.raises(ValueError, match="without its configuration"):
+            load_model(path)
+    loaded = load_model(path, config=tiny_mar.config if kind == "official" else None)
+    assert loaded.kind == kind and loaded.model.config == tiny_mar.config
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in ema.items())  # EMA by default
+    # --init-from: any kind loads into an existing model (files: the raw weights; folders: what they hold)
+    fresh = MAR.from_config(tiny_mar.config)
+    load_weights(fresh, path)
+    want = ema if kind == "folder" else tiny_mar.state_dict()
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in want.items())

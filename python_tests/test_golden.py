@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import rel_err
+
 from marengine.diffusion.schedule import make_tables
-from marengine.sampling.masking import tokens_per_step
+from marengine.schedules import tokens_per_step
 
 TOL = 1e-5
 SAMPLER_TOL = 1e-4
@@ -90,3 +90,30 @@ def test_masking_schedule_counts(golden):
     for key in keys:
         seq_len, num_iter = (int(p[1:]) for p in key.split("_")[-2:])
         assert tokens_per_step(seq_len, num_iter) == golden[key].tolist(), key
+
+
+def test_respacing_matches_official_for_every_golden_spacing():
+    # the official respace.py walks each section with an accumulated float stride
+    import json
+
+    from conftest import GOLDEN
+
+    from marengine.schedules import space_timesteps
+
+    official = json.loads((GOLDEN.parent / "respacing_official.json").read_text())
+    assert len(official) >= 300
+    wrong = [k for k, kept in official.items() if space_timesteps(1000, k) != kept]
+    assert wrong == []
+    for spacing in ("100", "ddim25", "10,15,20"):  # the tables use the same kept steps
+        assert make_tables(spacing).timestep_map.tolist() == official[spacing]
+
+
+@pytest.mark.parametrize("spacing", ["0", "1001", "ddim7x", "ddim999", "5,a", "3,0", ""])
+def test_respacing_bad_strings(spacing):
+    from marengine.schedules import space_timesteps
+
+    if spacing == "":
+        assert space_timesteps(1000, spacing) == list(range(1000))
+        return
+    with pytest.raises(ValueError):
+        space_timesteps(1000, spacing)

@@ -305,7 +305,7 @@ def test_base_kernels_match_reference() -> None:
     """The portable (non-AVX2) kernel build, forced in a subprocess, also matches the reference."""
     code = (
         "import torch, sys\n"
-        "sys.path.insert(0, %r)\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "from test_native_cpu import make_diffloss, inputs, rel_err\n"
         "from marengine import _C\n"
         "assert _C.cpu_kernels() == 'base', _C.cpu_kernels()\n"
@@ -317,7 +317,7 @@ def test_base_kernels_match_reference() -> None:
         " None, weight_dtype=torch.float16)\n"
         "assert rel_err(out[:23], ref[:23]) <= 1e-4, rel_err(out, ref)\n"
         "assert rel_err(bf, ref[:23]) <= 0.1\n"
-        "print('ok')\n" % str(Path(__file__).resolve().parent)
+        "print('ok')\n"
     )
     env = dict(os.environ, MARENGINE_CPU_KERNELS="base")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

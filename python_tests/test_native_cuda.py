@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -17,17 +17,20 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from marengine import schedules  # noqa: E402
 from marengine.config import MARConfig  # noqa: E402
 from marengine.diffusion.schedule import make_tables  # noqa: E402
 from marengine.export import deploy  # noqa: E402
-from marengine.export.onnx import default_tokenizer, export_from_checkpoint, export_onnx  # noqa: E402
-from marengine.export.runtime import (OnnxBackbone, OnnxBackboneModule, OnnxDecoder, OnnxHead,  # noqa: E402
-                                      import_onnxruntime)
-from marengine.models import MAR, save_pretrained  # noqa: E402
-from marengine.models.tokenizers import VAETokenizer  # noqa: E402
+from marengine.export.onnx import export_from_checkpoint, export_onnx  # noqa: E402
+from marengine.export.runtime import OnnxBackbone, OnnxBackboneModule, OnnxDecoder, OnnxHead, import_onnxruntime  # noqa: E402
+from marengine.models import (  # noqa: E402
+    MAR,
+    masked_ar,  # noqa: E402
+    save_pretrained,
+)
+from marengine.models.tokenizers import VAETokenizer, build_tokenizer, default_tokenizer_spec  # noqa: E402
 from marengine.models.vae import AutoencoderKL  # noqa: E402
 from marengine.ops import reference  # noqa: E402
-from marengine.sampling import generate, masking  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["CPUExecutionProvider"]
@@ -78,7 +81,7 @@ def known(b: int, L: int, k: int, seed: int) -> torch.Tensor:
 def exported(tmp_path_factory):
     model = make_model()
     out = tmp_path_factory.mktemp("export")
-    paths = export_onnx(model, out, tokenizer=default_tokenizer(CFG))
+    paths = export_onnx(model, out, tokenizer=build_tokenizer(default_tokenizer_spec(CFG)))
     return model, out, paths
 
 
@@ -251,7 +254,7 @@ def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, sch
                                     temperature, cfg, None if sn is None else torch.from_numpy(sn), clip_denoised)
         return torch.cat([out, out]) if guided else out
 
-    monkeypatch.setattr(generate, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
+    monkeypatch.setattr(masked_ar, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
     monkeypatch.setattr(model.diffloss, "sample", sample)
     lab = None if labels is None else torch.tensor(labels)
     latents = model.sample_tokens(bsz, num_iter, cfg, schedule, lab, temperature)
@@ -280,7 +283,7 @@ def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg,
     ref = torch_engine_tokens(model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed)
     assert toks.shape == (bsz, 16, 4) and np.abs(ref).max() > 0.1
     assert rel_err(toks, ref) <= 1e-4
-    # the ORT backbone in the torch engine (the `backbone=` hook of generate.sample_tokens)
+    # the ORT backbone in the torch engine (the `backbone=` hook of masked_ar.sample_tokens)
     monkeypatch.setattr(model, "backbone", OnnxBackboneModule(out / "backbone_embed.onnx", CPU))
     ref_ort = torch_engine_tokens(model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed)
     assert rel_err(ref_ort, ref) <= 1e-4
@@ -309,15 +312,10 @@ def test_e2e_tolerance_sees_real_mistakes(exported):
     assert rel_err(run([1, 2, 3], lambda t, k, lab, unc: bb(t, k[:, 1:], lab, unc)), ref) > 1e-3
 
 
-def test_deploy_schedules_match_torch():
-    for L, T in [(16, 4), (256, 64), (256, 7), (5, 5)]:
-        masked = L
-        for step in range(T - 1):
-            n = deploy.next_mask_len(step, T, L, masked)
-            assert n == masking.next_mask_len(step, T, L, masked)
-            for sched in ("linear", "constant"):
-                assert deploy.cfg_at(2.5, sched, L, n) == masking.cfg_at(2.5, sched, L, n)
-            masked = n
+def test_deploy_uses_the_shared_schedules():
+    # one implementation of the masking and CFG schedules for the torch engine and the deploy sampler
+    for name in ("next_mask_len", "cfg_at", "cfg_combine", "CFG_SCHEDULES"):
+        assert getattr(deploy, name) is getattr(schedules, name), name
 
 
 def test_deploy_cli_runs_without_torch(exported, tmp_path):

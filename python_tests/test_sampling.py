@@ -114,7 +114,7 @@ def test_training_loss_and_gradients(tiny_mar):
 
 
 def test_mask_ratio_is_truncated_normal():
-    from marengine.sampling.masking import sample_mask_ratio
+    from marengine.models.masking import sample_mask_ratio
     g = torch.Generator().manual_seed(0)
     r = torch.tensor([sample_mask_ratio(0.7, g) for _ in range(4000)])
     assert r.min() >= 0.7 and r.max() <= 1.0

@@ -51,7 +51,7 @@ def test_exact_resume(tmp_path):
 
 
 def test_checkpoint_contents_and_official_layout(tmp_path):
-    from marengine.models.pretrained import load_official
+    from marengine.models.checkpoints import load_official
     t = run(small_cfg(tmp_path, max_steps=3))
     ckpt = load_checkpoint(tmp_path / "last.pth")
     assert ckpt["step"] == 3 and {"model", "model_ema", "optimizer", "scaler", "rng", "config"} <= set(ckpt)
@@ -76,6 +76,20 @@ def test_truncated_and_foreign_checkpoints_refused(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(FileNotFoundError):
         Trainer(small_cfg(tmp_path / "r", resume=str(tmp_path / "missing.pth")))
+
+
+@pytest.mark.parametrize("source", ["ema_folder", "last_pth"])
+def test_init_from_a_folder_or_a_file(tmp_path, source):
+    from marengine.models import load_model
+
+    run(small_cfg(tmp_path / "a", max_steps=2))
+    path = tmp_path / "a" / ("ema" if source == "ema_folder" else "last.pth")
+    want = load_model(path, use_ema=source == "ema_folder").model.state_dict()  # folders hold the EMA
+    t = Trainer(small_cfg(tmp_path / "b", init_from=str(path)))
+    assert all(torch.equal(t.model.state_dict()[k], v) for k, v in want.items())
+    t.fit()  # and it trains on from there
+    t.close()
+    assert t.step == 6
 
 
 KILL_WRITER = """
@@ -170,7 +184,7 @@ def _eval_loss(model: torch.nn.Module) -> float:
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_ddp_two_processes_matches_single_process(tmp_path):
-    from marengine.models.pretrained import load_official
+    from marengine.models.checkpoints import load_official
     common = ["--model-overrides", '{"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, '
               '"decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "diffloss_w": 32, '
               '"diffloss_d": 1}', "--max-steps", "8", "--blr", "2e-3", "--no-progress", "--ckpt-every", "8",

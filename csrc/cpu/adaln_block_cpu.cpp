@@ -32,8 +32,8 @@ at::Tensor adaln_block_cpu(const at::Tensor& x, const at::Tensor& mod, const at:
   const float* bias1 = f32.get(b1);
   const float* bias2 = f32.get(b2);
 
-  at::Tensor h = pack_rows(x);      // [P, W, 16], becomes the output
-  at::Tensor mp = pack_rows(mod);   // [P, 3W, 16]
+  at::Tensor h = pack_rows(x);     // [P, W, 16], becomes the output
+  at::Tensor mp = pack_rows(mod);  // [P, 3W, 16]
   at::Tensor a = at::empty({P, W, L}, at::kFloat);
   at::Tensor u = at::empty({P, W, L}, at::kFloat);
   float *hp = h.data_ptr<float>(), *mpp = mp.data_ptr<float>(), *ap = a.data_ptr<float>(), *up = u.data_ptr<float>();
@@ -64,7 +64,9 @@ at::Tensor adaln_block_cpu(const at::Tensor& x, const at::Tensor& mod, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(marengine, CPU, m) { m.impl("adaln_block", &adaln_block_cpu); }
+TORCH_LIBRARY_IMPL(marengine, CPU, m) {
+  m.impl("adaln_block", &adaln_block_cpu);
+}
 
 }  // namespace cpu
 }  // namespace marengine

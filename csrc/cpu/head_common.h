@@ -19,9 +19,12 @@ namespace cpu {
 
 inline WType wtype_of(at::ScalarType s) {
   switch (s) {
-    case at::kBFloat16: return WType::BF16;
-    case at::kHalf: return WType::F16;
-    default: return WType::F32;
+    case at::kBFloat16:
+      return WType::BF16;
+    case at::kHalf:
+      return WType::F16;
+    default:
+      return WType::F32;
   }
 }
 
@@ -109,9 +112,8 @@ inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight) {
   const int64_t tiles = (src.n + kTileN - 1) / kTileN;
   PackedWeight out{at::empty({std::max<int64_t>(1, tiles * src.k * kTileN)}, w.options()), src.n, src.k, src.type};
   void* dst = out.data.data_ptr();
-  at::parallel_for(0, tiles, grain_for(src.k * kTileN), [&](int64_t t0, int64_t t1) {
-    K.pack_weights(src, t0, t1, dst);
-  });
+  at::parallel_for(0, tiles, grain_for(src.k * kTileN),
+                   [&](int64_t t0, int64_t t1) { K.pack_weights(src, t0, t1, dst); });
   return out;
 }
 
@@ -132,8 +134,8 @@ inline void gemm_packed_parallel(const Kernels& K, const float* A, int64_t a_pst
   const int64_t tile_flops = 2 * panels * kLanes * 2 * kTileN * w.k;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, tile_flops));
   at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * 2 * kTileN,
-                  std::min(w.n, t1 * 2 * kTileN), lanes, e);
+    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * 2 * kTileN, std::min(w.n, t1 * 2 * kTileN),
+                  lanes, e);
   });
 }
 

@@ -4,11 +4,10 @@
 // Per chunk of steps the AdaLN modulations of every block and of the final layer,
 // Linear(SiLU(t_emb[s] + c_emb[r])), are computed as big GEMMs over the densely packed
 // (step, row) pairs, [chunk * rows, W] x [W, 3W] (they do not depend on x and are ~65%
-// of the FLOPs), and scattered into per-step P16 panels (kernels.h); then each step runs input_proj, D fused AdaLN blocks
-// (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the
-// posterior update, all in preallocated buffers, no Python, no allocation per step. All
-// GEMM weights are packed to fp32 k-major tiles once per call (a few ms; bf16/fp16 are
-// widened exactly), so no step repacks them.
+// of the FLOPs), and scattered into per-step P16 panels (kernels.h); then each step runs input_proj, D fused AdaLN
+// blocks (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the posterior update, all in
+// preallocated buffers, no Python, no allocation per step. All GEMM weights are packed to fp32 k-major tiles once per
+// call (a few ms; bf16/fp16 are widened exactly), so no step repacks them.
 //
 // Threading (at::parallel_for, torch's intra-op threads):
 //   row mode     chains are independent, so with at least one 16-row panel per thread
@@ -62,7 +61,7 @@ struct Problem {
   const float *in_b, *fmod_b, *out_b;
   std::vector<const float*> ln_w, ln_b, mod_b, b1, b2;
   const float* c_emb;  // [R, W] row-major
-  float* xs;        // chain state in panels [Pn][C][16]
+  float* xs;           // chain state in panels [Pn][C][16]
 };
 
 // How the chain panels are cut into units (contiguous panel ranges, each run through all
@@ -72,7 +71,7 @@ struct Plan {
   int64_t threads;      // workers
   int64_t unit_panels;  // chain panels per unit (the last may be smaller)
   int64_t units;
-  int64_t chunk;        // steps per modulation GEMM
+  int64_t chunk;  // steps per modulation GEMM
 };
 
 // One thread's buffers (in a workspace slice) and the step loop for a unit of chain panels.
@@ -85,8 +84,7 @@ class Worker {
     return np * L * (3 * P.W + 2 * P.C) + chunk * np * P.Fm * L + mpanels * P.W * L + 8 * 64;
   }
 
-  Worker(const Problem& pb, int64_t unit_panels, int64_t chunk, float* ws)
-      : P(pb), K(kernels()), chunk_(chunk) {
+  Worker(const Problem& pb, int64_t unit_panels, int64_t chunk, float* ws) : P(pb), K(kernels()), chunk_(chunk) {
     const int64_t W = P.W, L = kLanes, np = unit_panels * (P.cfg_on ? 2 : 1);
     const int64_t mpanels = (chunk_ * np * L + L - 1) / L;
     h_ = take(ws, np * W * L);
@@ -221,8 +219,7 @@ class Worker {
     at::parallel_for(0, np_, grain_for(W * L * 4), [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j) {
         const float* m = mq + j * Fm * L;
-        K.ln_modulate(h_ + j * W * L, W, m + shift_off * L, m + scale_off * L, lw, lb, kLnEps, P.wt,
-                      a_ + j * W * L);
+        K.ln_modulate(h_ + j * W * L, W, m + shift_off * L, m + scale_off * L, lw, lb, kLnEps, P.wt, a_ + j * W * L);
       }
     });
   }
@@ -339,8 +336,7 @@ void run_plan(const Problem& P, const Plan& plan) {
   auto work = [&](int64_t t) {
     Worker w(P, plan.unit_panels, plan.chunk, base[static_cast<size_t>(t)]);
     const int64_t ub = t * plan.units / plan.threads, ue = (t + 1) * plan.units / plan.threads;
-    for (int64_t u = ub; u < ue; ++u)
-      w.run(u * plan.unit_panels, std::min(P.Pn, (u + 1) * plan.unit_panels));
+    for (int64_t u = ub; u < ue; ++u) w.run(u * plan.unit_panels, std::min(P.Pn, (u + 1) * plan.unit_panels));
   };
   if (plan.row_mode) {
     at::parallel_for(0, plan.threads, 1, [&](int64_t t0, int64_t t1) {
@@ -359,13 +355,18 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
                            double temperature, const c10::optional<at::Tensor>& step_noise, int64_t seed,
                            int64_t offset) {
   const checks::HeadShapes sh =
-      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w,
-                                fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, offset);
+      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
+                                out_w, out_b, coefs, cfg, temperature, step_noise, offset);
   TORCH_CHECK(x_T.device().is_cpu(), "marengine::head_sample: the CPU kernel got tensors on ", x_T.device());
   if (sh.N == 0) return at::empty({0, sh.C}, x_T.options());
 
   Problem P;
-  P.N = sh.N; P.R = sh.R; P.C = sh.C; P.W = sh.W; P.D = sh.D; P.S = sh.S;
+  P.N = sh.N;
+  P.R = sh.R;
+  P.C = sh.C;
+  P.W = sh.W;
+  P.D = sh.D;
+  P.S = sh.S;
   P.Pn = (sh.N + kLanes - 1) / kLanes;
   P.Fm = 3 * sh.W * sh.D + 2 * sh.W;
   P.cfg_on = sh.cfg_on;
@@ -414,7 +415,9 @@ void release_workspaces() {
   w.bufs.clear();
 }
 
-TORCH_LIBRARY_IMPL(marengine, CPU, m) { m.impl("head_sample", &head_sample_cpu); }
+TORCH_LIBRARY_IMPL(marengine, CPU, m) {
+  m.impl("head_sample", &head_sample_cpu);
+}
 
 }  // namespace cpu
 }  // namespace marengine

@@ -71,8 +71,8 @@ struct Kernels {
   const char* name;
   // Panels [0, panels) of A (panel p at A + p * a_pstride, [K][16]) times weight rows
   // [n0, n1) of W. Single-threaded; callers split n or panels across threads.
-  void (*gemm)(const float* A, int64_t a_pstride, int64_t panels, const Weight& W, int64_t n0,
-               int64_t n1, const EpiArgs& epi);
+  void (*gemm)(const float* A, int64_t a_pstride, int64_t panels, const Weight& W, int64_t n0, int64_t n1,
+               const EpiArgs& epi);
   // Weight tiles [t0, t1) (6 rows each) -> k-major tiles in W's element type, tile t at
   // out + t * K * 6 elements (rows past N zero). For weights reused across calls / steps.
   void (*pack_weights)(const Weight& W, int64_t t0, int64_t t1, void* out);
@@ -82,12 +82,11 @@ struct Kernels {
                       int64_t N, int64_t n0, int64_t n1, int64_t lanes, const EpiArgs& epi);
   // One panel: out = round(LN(h) * (1 + scale) + shift), LN over F features per lane with
   // fp32 two-pass statistics; ln_w/ln_b may be null (no affine). h, shift, scale, out: [F][16].
-  void (*ln_modulate)(const float* h, int64_t F, const float* shift, const float* scale,
-                      const float* ln_w, const float* ln_b, float eps, WType round, float* out);
+  void (*ln_modulate)(const float* h, int64_t F, const float* shift, const float* scale, const float* ln_w,
+                      const float* ln_b, float eps, WType round, float* out);
   // One panel from 16 row pointers: out[k][l] = round(silu(t_rows[l][k] + c_rows[l][k]))
   // ([K][16]); a null t_rows[l] or c_rows[l] counts as a zero row.
-  void (*silu_add_rows)(const float* const* t_rows, const float* const* c_rows, int64_t K, WType round,
-                        float* out);
+  void (*silu_add_rows)(const float* const* t_rows, const float* const* c_rows, int64_t K, WType round, float* out);
   // dst[i] = round(src[i]), n elements.
   void (*round_copy)(const float* src, int64_t n, WType round, float* dst);
   // dst[i] = float(src[i]) for a weight-typed array.

@@ -34,7 +34,9 @@ namespace marengine {
 namespace cpu {
 
 const Kernels* kernels_avx2() {
-  static const Kernels k{"avx2", avx2::gemm, avx2::pack_weights, avx2::gemm_packed, avx2::ln_modulate, avx2::silu_add_rows, avx2::round_copy, avx2::to_f32};
+  static const Kernels k{
+      "avx2",           avx2::gemm,  avx2::pack_weights, avx2::gemm_packed, avx2::ln_modulate, avx2::silu_add_rows,
+      avx2::round_copy, avx2::to_f32};
   return &k;
 }
 
@@ -45,7 +47,9 @@ const Kernels* kernels_avx2() {
 
 namespace marengine {
 namespace cpu {
-const Kernels* kernels_avx2() { return nullptr; }
+const Kernels* kernels_avx2() {
+  return nullptr;
+}
 }  // namespace cpu
 }  // namespace marengine
 

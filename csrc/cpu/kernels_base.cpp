@@ -30,7 +30,9 @@ float* thread_scratch(int64_t count) {
 }
 
 const Kernels& kernels_base() {
-  static const Kernels k{"base", base::gemm, base::pack_weights, base::gemm_packed, base::ln_modulate, base::silu_add_rows, base::round_copy, base::to_f32};
+  static const Kernels k{
+      "base",           base::gemm,  base::pack_weights, base::gemm_packed, base::ln_modulate, base::silu_add_rows,
+      base::round_copy, base::to_f32};
   return k;
 }
 

@@ -37,11 +37,21 @@ constexpr int64_t L = kLanes;
 #endif
 constexpr int64_t kPanelBlockBytes = MARENGINE_PANEL_BLOCK_BYTES;
 
-static inline vf ld(const float* p) { return *reinterpret_cast<const vf_m*>(p); }
-static inline void st(float* p, vf v) { *reinterpret_cast<vf_m*>(p) = v; }
-static inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x}; }
-static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+static inline vf ld(const float* p) {
+  return *reinterpret_cast<const vf_m*>(p);
+}
+static inline void st(float* p, vf v) {
+  *reinterpret_cast<vf_m*>(p) = v;
+}
+static inline vf splat(float x) {
+  return vf{x, x, x, x, x, x, x, x};
+}
+static inline vf vmax(vf a, vf b) {
+  return a > b ? a : b;
+}
+static inline vf vmin(vf a, vf b) {
+  return a < b ? a : b;
+}
 
 // exp(x), Cephes-style: n = round(x log2 e), r = x - n ln2, degree-6 polynomial; ~1 ulp.
 static inline vf vexp(vf x) {
@@ -61,7 +71,9 @@ static inline vf vexp(vf x) {
   return y * (vf)((e + 127) << 23);
 }
 
-static inline vf vsilu(vf x) { return x / (1.0f + vexp(-x)); }
+static inline vf vsilu(vf x) {
+  return x / (1.0f + vexp(-x));
+}
 
 static inline vf round_bf16(vf x) {
   vu b = (vu)x;
@@ -75,18 +87,21 @@ static inline vf round_f16(vf x) {
   const vu a = b ^ sign;
   const vf ax = (vf)a;
   const vu normal = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;  // 10 mantissa bits, RNE
-  const vf sub = (ax + 0.75f) - 0.75f;  // quantum 2^-24 below 2^-14 (fp16 subnormals)
+  const vf sub = (ax + 0.75f) - 0.75f;                              // quantum 2^-24 below 2^-14 (fp16 subnormals)
   vu r = ax < 6.103515625e-05f ? (vu)sub : normal;
   r = (vf)r >= 65536.0f ? vu{} + 0x7f800000u : r;  // overflow (>= 65520 before rounding) -> inf
-  r = a >= 0x7f800000u ? a : r;                   // inf / nan pass through
+  r = a >= 0x7f800000u ? a : r;                    // inf / nan pass through
   return (vf)(r | sign);
 }
 
 template <WType T>
 static inline vf rnd(vf x) {
-  if constexpr (T == WType::BF16) return round_bf16(x);
-  else if constexpr (T == WType::F16) return round_f16(x);
-  else return x;
+  if constexpr (T == WType::BF16)
+    return round_bf16(x);
+  else if constexpr (T == WType::F16)
+    return round_f16(x);
+  else
+    return x;
 }
 
 static inline vf bf16_to_f32(const uint16_t* p) {
@@ -141,9 +156,12 @@ static void round_copy_t(const float* src, int64_t n, float* dst) {
 
 static void round_copy(const float* src, int64_t n, WType round, float* dst) {
   switch (round) {
-    case WType::BF16: return round_copy_t<WType::BF16>(src, n, dst);
-    case WType::F16: return round_copy_t<WType::F16>(src, n, dst);
-    default: return round_copy_t<WType::F32>(src, n, dst);
+    case WType::BF16:
+      return round_copy_t<WType::BF16>(src, n, dst);
+    case WType::F16:
+      return round_copy_t<WType::F16>(src, n, dst);
+    default:
+      return round_copy_t<WType::F32>(src, n, dst);
   }
 }
 
@@ -160,12 +178,12 @@ static inline void micro_tile(const float* __restrict A, int64_t K, const float*
     const vf a0 = ld(A), a1 = ld(A + 8);
     A += L;
     vf b;
-#define MARENGINE_TILE_ROW(j)                      \
-    if constexpr (NB > j) {                        \
-      b = splat(wp[j]);                            \
-      c##j##0 = MARENGINE_FMA(a0, b, c##j##0);     \
-      c##j##1 = MARENGINE_FMA(a1, b, c##j##1);     \
-    }
+#define MARENGINE_TILE_ROW(j)                \
+  if constexpr (NB > j) {                    \
+    b = splat(wp[j]);                        \
+    c##j##0 = MARENGINE_FMA(a0, b, c##j##0); \
+    c##j##1 = MARENGINE_FMA(a1, b, c##j##1); \
+  }
     MARENGINE_TILE_ROW(0)
     MARENGINE_TILE_ROW(1)
     MARENGINE_TILE_ROW(2)
@@ -175,10 +193,10 @@ static inline void micro_tile(const float* __restrict A, int64_t K, const float*
 #undef MARENGINE_TILE_ROW
     wp += kTileN;
   }
-#define MARENGINE_TILE_STORE(j)                                   \
-  if constexpr (NB > j) {                                         \
-    st(tile + j * L, c##j##0);                                    \
-    st(tile + j * L + 8, c##j##1);                                \
+#define MARENGINE_TILE_STORE(j)    \
+  if constexpr (NB > j) {          \
+    st(tile + j * L, c##j##0);     \
+    st(tile + j * L + 8, c##j##1); \
   }
   MARENGINE_TILE_STORE(0)
   MARENGINE_TILE_STORE(1)
@@ -196,8 +214,12 @@ static void pack_tile_t(const T* src, int64_t K, int nb, T* wp) {
   if (nb == kTileN) {
     for (int64_t k = 0; k < K; ++k) {
       T* d = wp + k * kTileN;
-      d[0] = src[k]; d[1] = src[K + k]; d[2] = src[2 * K + k];
-      d[3] = src[3 * K + k]; d[4] = src[4 * K + k]; d[5] = src[5 * K + k];
+      d[0] = src[k];
+      d[1] = src[K + k];
+      d[2] = src[2 * K + k];
+      d[3] = src[3 * K + k];
+      d[4] = src[4 * K + k];
+      d[5] = src[5 * K + k];
     }
     return;
   }
@@ -212,7 +234,9 @@ static void pack_tile(const Weight& W, int64_t n, int nb, void* wp) {
     pack_tile_t(static_cast<const uint16_t*>(W.data) + n * W.k, W.k, nb, static_cast<uint16_t*>(wp));
 }
 
-static int64_t elem_size(WType t) { return t == WType::F32 ? 4 : 2; }
+static int64_t elem_size(WType t) {
+  return t == WType::F32 ? 4 : 2;
+}
 
 // Tiles [t0, t1) of W packed in W's element type: tile t at out + t * K * 6 elements.
 static void pack_weights(const Weight& W, int64_t t0, int64_t t1, void* out) {
@@ -239,12 +263,20 @@ static inline void micro_tile8(const float* __restrict A, int64_t K, const float
   for (int64_t k = 0; k < K; ++k) {
     const vf a = ld(A);
     A += L;
-#define MARENGINE_TILE8(j, src, o)                                   \
-    if constexpr (NB > j) c##j = MARENGINE_FMA(a, splat(src[o]), c##j);
-    MARENGINE_TILE8(0, w0, 0) MARENGINE_TILE8(1, w0, 1) MARENGINE_TILE8(2, w0, 2)
-    MARENGINE_TILE8(3, w0, 3) MARENGINE_TILE8(4, w0, 4) MARENGINE_TILE8(5, w0, 5)
-    MARENGINE_TILE8(6, w1, 0) MARENGINE_TILE8(7, w1, 1) MARENGINE_TILE8(8, w1, 2)
-    MARENGINE_TILE8(9, w1, 3) MARENGINE_TILE8(10, w1, 4) MARENGINE_TILE8(11, w1, 5)
+#define MARENGINE_TILE8(j, src, o) \
+  if constexpr (NB > j) c##j = MARENGINE_FMA(a, splat(src[o]), c##j)
+    MARENGINE_TILE8(0, w0, 0);
+    MARENGINE_TILE8(1, w0, 1);
+    MARENGINE_TILE8(2, w0, 2);
+    MARENGINE_TILE8(3, w0, 3);
+    MARENGINE_TILE8(4, w0, 4);
+    MARENGINE_TILE8(5, w0, 5);
+    MARENGINE_TILE8(6, w1, 0);
+    MARENGINE_TILE8(7, w1, 1);
+    MARENGINE_TILE8(8, w1, 2);
+    MARENGINE_TILE8(9, w1, 3);
+    MARENGINE_TILE8(10, w1, 4);
+    MARENGINE_TILE8(11, w1, 5);
 #undef MARENGINE_TILE8
     w0 += kTileN;
     if constexpr (NB > kTileN) w1 += kTileN;
@@ -259,29 +291,47 @@ static inline void micro_tile8(const float* __restrict A, int64_t K, const float
 
 static inline void run_tile8(int nb, const float* A, int64_t K, const float* w0, const float* w1, float* tile) {
   switch (nb) {
-    case 12: return micro_tile8<12>(A, K, w0, w1, tile);
-    case 11: return micro_tile8<11>(A, K, w0, w1, tile);
-    case 10: return micro_tile8<10>(A, K, w0, w1, tile);
-    case 9: return micro_tile8<9>(A, K, w0, w1, tile);
-    case 8: return micro_tile8<8>(A, K, w0, w1, tile);
-    case 7: return micro_tile8<7>(A, K, w0, w1, tile);
-    case 6: return micro_tile8<6>(A, K, w0, w1, tile);
-    case 5: return micro_tile8<5>(A, K, w0, w1, tile);
-    case 4: return micro_tile8<4>(A, K, w0, w1, tile);
-    case 3: return micro_tile8<3>(A, K, w0, w1, tile);
-    case 2: return micro_tile8<2>(A, K, w0, w1, tile);
-    default: return micro_tile8<1>(A, K, w0, w1, tile);
+    case 12:
+      return micro_tile8<12>(A, K, w0, w1, tile);
+    case 11:
+      return micro_tile8<11>(A, K, w0, w1, tile);
+    case 10:
+      return micro_tile8<10>(A, K, w0, w1, tile);
+    case 9:
+      return micro_tile8<9>(A, K, w0, w1, tile);
+    case 8:
+      return micro_tile8<8>(A, K, w0, w1, tile);
+    case 7:
+      return micro_tile8<7>(A, K, w0, w1, tile);
+    case 6:
+      return micro_tile8<6>(A, K, w0, w1, tile);
+    case 5:
+      return micro_tile8<5>(A, K, w0, w1, tile);
+    case 4:
+      return micro_tile8<4>(A, K, w0, w1, tile);
+    case 3:
+      return micro_tile8<3>(A, K, w0, w1, tile);
+    case 2:
+      return micro_tile8<2>(A, K, w0, w1, tile);
+    default:
+      return micro_tile8<1>(A, K, w0, w1, tile);
   }
 }
 
 static inline void run_tile(int nb, const float* A, int64_t K, const float* wp, float* tile) {
   switch (nb) {
-    case 6: return micro_tile<6>(A, K, wp, tile);
-    case 5: return micro_tile<5>(A, K, wp, tile);
-    case 4: return micro_tile<4>(A, K, wp, tile);
-    case 3: return micro_tile<3>(A, K, wp, tile);
-    case 2: return micro_tile<2>(A, K, wp, tile);
-    default: return micro_tile<1>(A, K, wp, tile);
+    case 6:
+      return micro_tile<6>(A, K, wp, tile);
+    case 5:
+      return micro_tile<5>(A, K, wp, tile);
+    case 4:
+      return micro_tile<4>(A, K, wp, tile);
+    case 3:
+      return micro_tile<3>(A, K, wp, tile);
+    case 2:
+      return micro_tile<2>(A, K, wp, tile);
+    default:
+      return micro_tile<1>(A, K, wp, tile);
   }
 }
 
@@ -322,9 +372,12 @@ static inline void epilogue_t(const EpiArgs& e, int64_t p, int64_t n, int nb, co
 
 static inline void epilogue(const EpiArgs& e, int64_t p, int64_t n, int nb, const float* tile) {
   switch (e.round) {
-    case WType::BF16: return epilogue_t<WType::BF16>(e, p, n, nb, tile);
-    case WType::F16: return epilogue_t<WType::F16>(e, p, n, nb, tile);
-    default: return epilogue_t<WType::F32>(e, p, n, nb, tile);
+    case WType::BF16:
+      return epilogue_t<WType::BF16>(e, p, n, nb, tile);
+    case WType::F16:
+      return epilogue_t<WType::F16>(e, p, n, nb, tile);
+    default:
+      return epilogue_t<WType::F32>(e, p, n, nb, tile);
   }
 }
 
@@ -348,8 +401,8 @@ static void gemm_packed(const float* A, int64_t a_pstride, int64_t panels, const
     for (int64_t n = n0; n < n1; n += step) {
       const int nb = static_cast<int>(std::min<int64_t>(step, n1 - n));
       const float* w0 = tile_f32(wp, type, K, n / kTileN, scratch);
-      const float* w1 = nb > kTileN ? tile_f32(wp, type, K, n / kTileN + 1, scratch ? scratch + kTileN * K : nullptr)
-                                    : w0;
+      const float* w1 =
+          nb > kTileN ? tile_f32(wp, type, K, n / kTileN + 1, scratch ? scratch + kTileN * K : nullptr) : w0;
       for (int64_t p = p0; p < p1; ++p) {
         if (step > kTileN) {
           run_tile8(nb, A + p * a_pstride, K, w0, w1, tile);
@@ -392,24 +445,35 @@ static void ln_modulate_t(const float* h, int64_t F, const float* shift, const f
   vf s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t k = 0;
   for (; k + 2 <= F; k += 2) {
-    s0 += ld(h + k * L); s1 += ld(h + k * L + 8);
-    s2 += ld(h + k * L + L); s3 += ld(h + k * L + L + 8);
+    s0 += ld(h + k * L);
+    s1 += ld(h + k * L + 8);
+    s2 += ld(h + k * L + L);
+    s3 += ld(h + k * L + L + 8);
   }
-  for (; k < F; ++k) { s0 += ld(h + k * L); s1 += ld(h + k * L + 8); }
+  for (; k < F; ++k) {
+    s0 += ld(h + k * L);
+    s1 += ld(h + k * L + 8);
+  }
   const float inv_f = 1.0f / static_cast<float>(F);
   const vf m0 = (s0 + s2) * inv_f, m1 = (s1 + s3) * inv_f;
   vf q0 = {}, q1 = {}, q2 = {}, q3 = {};
   for (k = 0; k + 2 <= F; k += 2) {
     vf d;
-    d = ld(h + k * L) - m0; q0 += d * d;
-    d = ld(h + k * L + 8) - m1; q1 += d * d;
-    d = ld(h + k * L + L) - m0; q2 += d * d;
-    d = ld(h + k * L + L + 8) - m1; q3 += d * d;
+    d = ld(h + k * L) - m0;
+    q0 += d * d;
+    d = ld(h + k * L + 8) - m1;
+    q1 += d * d;
+    d = ld(h + k * L + L) - m0;
+    q2 += d * d;
+    d = ld(h + k * L + L + 8) - m1;
+    q3 += d * d;
   }
   for (; k < F; ++k) {
     vf d;
-    d = ld(h + k * L) - m0; q0 += d * d;
-    d = ld(h + k * L + 8) - m1; q1 += d * d;
+    d = ld(h + k * L) - m0;
+    q0 += d * d;
+    d = ld(h + k * L + 8) - m1;
+    q1 += d * d;
   }
   vf r0 = (q0 + q2) * inv_f + eps, r1 = (q1 + q3) * inv_f + eps;
   for (int i = 0; i < 8; ++i) {
@@ -433,9 +497,12 @@ static void ln_modulate_t(const float* h, int64_t F, const float* shift, const f
 static void ln_modulate(const float* h, int64_t F, const float* shift, const float* scale, const float* ln_w,
                         const float* ln_b, float eps, WType round, float* out) {
   switch (round) {
-    case WType::BF16: return ln_modulate_t<WType::BF16>(h, F, shift, scale, ln_w, ln_b, eps, out);
-    case WType::F16: return ln_modulate_t<WType::F16>(h, F, shift, scale, ln_w, ln_b, eps, out);
-    default: return ln_modulate_t<WType::F32>(h, F, shift, scale, ln_w, ln_b, eps, out);
+    case WType::BF16:
+      return ln_modulate_t<WType::BF16>(h, F, shift, scale, ln_w, ln_b, eps, out);
+    case WType::F16:
+      return ln_modulate_t<WType::F16>(h, F, shift, scale, ln_w, ln_b, eps, out);
+    default:
+      return ln_modulate_t<WType::F32>(h, F, shift, scale, ln_w, ln_b, eps, out);
   }
 }
 
@@ -462,12 +529,14 @@ static void silu_add_rows_t(const float* const* t_rows, const float* const* c_ro
   }
 }
 
-static void silu_add_rows(const float* const* t_rows, const float* const* c_rows, int64_t K, WType round,
-                          float* out) {
+static void silu_add_rows(const float* const* t_rows, const float* const* c_rows, int64_t K, WType round, float* out) {
   switch (round) {
-    case WType::BF16: return silu_add_rows_t<WType::BF16>(t_rows, c_rows, K, out);
-    case WType::F16: return silu_add_rows_t<WType::F16>(t_rows, c_rows, K, out);
-    default: return silu_add_rows_t<WType::F32>(t_rows, c_rows, K, out);
+    case WType::BF16:
+      return silu_add_rows_t<WType::BF16>(t_rows, c_rows, K, out);
+    case WType::F16:
+      return silu_add_rows_t<WType::F16>(t_rows, c_rows, K, out);
+    default:
+      return silu_add_rows_t<WType::F32>(t_rows, c_rows, K, out);
   }
 }
 

@@ -79,8 +79,12 @@ PackedWeight cached_pack(const Kernels& K, const at::Tensor& w) {
   std::lock_guard<std::mutex> g(c.mu);
   if (c.map.count(key)) return packed;  // another thread packed it meanwhile
   c.lru.push_front(key);
-  Entry e{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), w._version(), w.data_ptr(),
-          w.scalar_type(), packed, c.lru.begin()};
+  Entry e{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()),
+          w._version(),
+          w.data_ptr(),
+          w.scalar_type(),
+          packed,
+          c.lru.begin()};
   c.bytes += packed.data.nbytes();
   c.map.emplace(key, std::move(e));
   // drop entries whose source died, then the least recently used beyond the cap

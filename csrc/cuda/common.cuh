@@ -43,7 +43,9 @@ struct Num<__half> {
   __device__ __forceinline__ static __half from_float(float v) { return __float2half_rn(v); }
 };
 
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float silu(float v) {
+  return v / (1.0f + expf(-v));
+}
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -57,7 +59,9 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src,
                "r"(src_bytes)
                : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -157,7 +161,9 @@ __device__ __forceinline__ void grid_barrier(unsigned* word) {
   __syncthreads();
 }
 
-__host__ __device__ inline constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ inline constexpr int ceil_div(int a, int b) {
+  return (a + b - 1) / b;
+}
 
 }  // namespace cuda
 }  // namespace marengine

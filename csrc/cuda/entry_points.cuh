@@ -7,9 +7,9 @@
 namespace marengine {
 namespace cuda {
 
-#define MARENGINE_DECLARE_HEAD_ENTRY_POINTS(SUFFIX)                                                      \
-  size_t adaln_block_ws_bytes_##SUFFIX(int M, int W);                                                    \
-  cudaError_t launch_adaln_block_##SUFFIX(const AdalnBlockArgs& a, cudaStream_t s);                      \
+#define MARENGINE_DECLARE_HEAD_ENTRY_POINTS(SUFFIX)                                                          \
+  size_t adaln_block_ws_bytes_##SUFFIX(int M, int W);                                                        \
+  cudaError_t launch_adaln_block_##SUFFIX(const AdalnBlockArgs& a, cudaStream_t s);                          \
   cudaError_t plan_head_sample_##SUFFIX(const HeadSampleArgs& a, HeadPath want, int device, HeadPlan* plan); \
   cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s);
 

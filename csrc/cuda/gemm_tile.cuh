@@ -55,8 +55,8 @@ struct TileCfg {
   static constexpr int BK = (kSmall ? 128 : 64) / static_cast<int>(sizeof(T));
   static constexpr int STAGES = 4;
   static constexpr int kEpc = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
-  static constexpr int LDS = BK + kEpc;                           // padded smem row (elements)
-  static constexpr int WTM = BM / 2, WTN = BN / 2;                // warp tile
+  static constexpr int LDS = BK + kEpc;                          // padded smem row (elements)
+  static constexpr int WTM = BM / 2, WTN = BN / 2;               // warp tile
   static constexpr size_t kSmemBytes = static_cast<size_t>(STAGES) * (BM + BN) * LDS * sizeof(T);
   static_assert(kSmemBytes <= 48 * 1024, "tile config must fit the default 48 KB of static smem");
   static_assert(!kMma || (WTM % 16 == 0 && WTN % 16 == 0 && BK % 16 == 0), "mma tile shape");

@@ -47,10 +47,10 @@ namespace cuda {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
-#define MARENGINE_CUDA_TRY(expr)               \
-  do {                                         \
-    const cudaError_t err_ = (expr);           \
-    if (err_ != cudaSuccess) return err_;      \
+#define MARENGINE_CUDA_TRY(expr)          \
+  do {                                    \
+    const cudaError_t err_ = (expr);      \
+    if (err_ != cudaSuccess) return err_; \
   } while (0)
 
 // ------------------------------------------------------------------ workspace
@@ -125,8 +125,8 @@ __host__ __device__ inline GemmJob mods_job(const HeadSampleArgs& a, const void*
   return j;
 }
 
-__host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M,
-                                              int N, int K, int epi, const float* gate, int ldg) {
+__host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M, int N,
+                                              int K, int epi, const float* gate, int ldg) {
   GemmJob j;
   j.A = A;
   j.B = B;
@@ -166,8 +166,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
       y_rows<T>(a, i, rows, w.y);
       grid_barrier(w.barrier);
       gemm_phase<Cfg, T>(
-          D + 1, [&](int k) { return mods_job(a, w.y, rows, k, w.mods + static_cast<size_t>(k) * 3 * W, ld); },
-          smem);
+          D + 1, [&](int k) { return mods_job(a, w.y, rows, k, w.mods + static_cast<size_t>(k) * 3 * W, ld); }, smem);
       grid_barrier(w.barrier);
     }
     const float* ms = w.mods + static_cast<size_t>(js) * R * ld;  // this step's modulations, row r at ms + r ld
@@ -178,8 +177,8 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
       gemm_phase<Cfg, T>(
           1,
           [&](int) {
-            return linear_job(w.abuf, a.w1[d], a.b1 + static_cast<size_t>(d) * W, w.tbuf, R, W, W, EPI_SILU,
-                              nullptr, 0);
+            return linear_job(w.abuf, a.w1[d], a.b1 + static_cast<size_t>(d) * W, w.tbuf, R, W, W, EPI_SILU, nullptr,
+                              0);
           },
           smem);
       grid_barrier(w.barrier);
@@ -198,8 +197,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
       grid_barrier(w.barrier);
     }
     gemm_phase<Cfg, T>(
-        1, [&](int) { return linear_job(w.abuf, a.out_w, a.out_b, w.outr, R, 2 * a.C, W, EPI_F32, nullptr, 0); },
-        smem);
+        1, [&](int) { return linear_job(w.abuf, a.out_w, a.out_b, w.outr, R, 2 * a.C, W, EPI_F32, nullptr, 0); }, smem);
     grid_barrier(w.barrier);
   }
   final_update(a, w.x, w.outr);
@@ -223,23 +221,23 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const __grid_constant__ 
 // ln_kernel: A = LN(h) [affine] * (1 + scale) + shift -> T, one warp per row (4 rows a block).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) ln_kernel(const float* h, int rows, int W, const float* ln_w,
-                                                     const float* ln_b, const float* shift, int mod_ld, T* out) {
+                                                      const float* ln_b, const float* shift, int mod_ld, T* out) {
   ln_modulate_rows<T>(h, rows, W, ln_w, ln_b, shift, mod_ld, out);
 }
 
 // row_pre_kernel: per chain row (one warp), the update from the previous step's (eps, v),
 // h = in_proj(x) for the row and its CFG twin, y = SiLU(t_emb[s] + c_emb).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) row_pre_kernel(const __grid_constant__ HeadSampleArgs a,
-                                                          const HeadWs<T> w, int i) {
+__global__ void __launch_bounds__(kThreads)
+    row_pre_kernel(const __grid_constant__ HeadSampleArgs a, const HeadWs<T> w, int i) {
   __shared__ __align__(16) float xs[kWarps * kMaxChannels];
   row_pre<T>(a, i, w.x, w.h, w.outr, nullptr, nullptr, nullptr, 0, w.abuf, w.y, xs);
 }
 
 // final_update_kernel: the step-0 update into the output, one thread per element.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) final_update_kernel(const __grid_constant__ HeadSampleArgs a,
-                                                               const float* x, const float* outr) {
+__global__ void __launch_bounds__(kThreads)
+    final_update_kernel(const __grid_constant__ HeadSampleArgs a, const float* x, const float* outr) {
   final_update(a, x, outr);
 }
 
@@ -309,8 +307,8 @@ cudaError_t launch_adaln_block_t(const AdalnBlockArgs& a, cudaStream_t stream) {
   Carver cv{static_cast<char*>(a.workspace), 0};
   T* abuf = cv.take<T>(static_cast<size_t>(a.M) * a.W);
   T* tbuf = cv.take<T>(static_cast<size_t>(a.M) * a.W);
-  MARENGINE_CUDA_TRY(cudaMemcpyAsync(a.out, a.x, static_cast<size_t>(a.M) * a.W * sizeof(float),
-                                     cudaMemcpyDeviceToDevice, stream));
+  MARENGINE_CUDA_TRY(
+      cudaMemcpyAsync(a.out, a.x, static_cast<size_t>(a.M) * a.W * sizeof(float), cudaMemcpyDeviceToDevice, stream));
   MARENGINE_CUDA_TRY(launch_ln<T>(a.out, a.M, a.W, a.ln_w, a.ln_b, a.mod, 3 * a.W, abuf, stream));
   return tile_switch<T>(a.M, [&](auto cfg) { return adaln_block_gemms<decltype(cfg), T>(a, abuf, tbuf, stream); });
 }
@@ -369,9 +367,9 @@ cudaError_t launch_steps(const HeadSampleArgs& a, const HeadWs<T>& w, cudaStream
           nullptr, stream)));
       // G2 of block d and the modulation GEMM of block d + 1 (or the final layer) share a launch
       const GemmJob next = mods_job(a, w.y, R, d + 1, modbuf[(d + 1) & 1], ld);
-      MARENGINE_CUDA_TRY((launch_gemm<Cfg, T>(linear_job(w.tbuf, a.w2[d], a.b2 + static_cast<size_t>(d) * W, w.h,
-                                                         R, W, W, EPI_GATE_RES, cur + 2 * W, ld),
-                                              &next, stream)));
+      MARENGINE_CUDA_TRY((launch_gemm<Cfg, T>(
+          linear_job(w.tbuf, a.w2[d], a.b2 + static_cast<size_t>(d) * W, w.h, R, W, W, EPI_GATE_RES, cur + 2 * W, ld),
+          &next, stream)));
     }
     MARENGINE_CUDA_TRY(launch_ln<T>(w.h, R, W, nullptr, nullptr, modbuf[D & 1], ld, w.abuf, stream));
     MARENGINE_CUDA_TRY((launch_gemm<Cfg, T>(
@@ -404,16 +402,18 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
 
 // The non-template entry points of one weight type (one head_sample_<dtype>.cu each);
 // launchers.cu dispatches on WeightType to them.
-#define MARENGINE_DEFINE_HEAD_ENTRY_POINTS(T, SUFFIX)                                                          \
-  size_t adaln_block_ws_bytes_##SUFFIX(int M, int W) { return adaln_block_ws_bytes_t<T>(M, W); }               \
-  cudaError_t launch_adaln_block_##SUFFIX(const AdalnBlockArgs& a, cudaStream_t s) {                           \
-    return launch_adaln_block_t<T>(a, s);                                                                      \
-  }                                                                                                            \
-  cudaError_t plan_head_sample_##SUFFIX(const HeadSampleArgs& a, HeadPath want, int device, HeadPlan* plan) {  \
-    return plan_head_sample_t<T>(a, want, device, plan);                                                       \
-  }                                                                                                            \
-  cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s) {     \
-    return launch_head_sample_t<T>(a, plan, s);                                                                \
+#define MARENGINE_DEFINE_HEAD_ENTRY_POINTS(T, SUFFIX)                                                         \
+  size_t adaln_block_ws_bytes_##SUFFIX(int M, int W) {                                                        \
+    return adaln_block_ws_bytes_t<T>(M, W);                                                                   \
+  }                                                                                                           \
+  cudaError_t launch_adaln_block_##SUFFIX(const AdalnBlockArgs& a, cudaStream_t s) {                          \
+    return launch_adaln_block_t<T>(a, s);                                                                     \
+  }                                                                                                           \
+  cudaError_t plan_head_sample_##SUFFIX(const HeadSampleArgs& a, HeadPath want, int device, HeadPlan* plan) { \
+    return plan_head_sample_t<T>(a, want, device, plan);                                                      \
+  }                                                                                                           \
+  cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s) {    \
+    return launch_head_sample_t<T>(a, plan, s);                                                               \
   }
 
 }  // namespace cuda

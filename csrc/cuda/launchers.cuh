@@ -19,9 +19,9 @@ namespace cuda {
 
 enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
-constexpr int kMaxDepth = 32;       // res blocks per head (official heads: 3 .. 12)
-constexpr int kMaxChannels = 256;   // token channels C (official: 16)
-constexpr int kWidthMultiple = 8;   // width % 8 == 0: 16-byte rows for cp.async
+constexpr int kMaxDepth = 32;      // res blocks per head (official heads: 3 .. 12)
+constexpr int kMaxChannels = 256;  // token channels C (official: 16)
+constexpr int kWidthMultiple = 8;  // width % 8 == 0: 16-byte rows for cp.async
 constexpr float kLayerNormEps = 1e-6f;
 
 // head_sample runs the persistent kernel when the network's row count
@@ -70,25 +70,25 @@ struct HeadSampleArgs {
   int R;  // network rows: N (no guidance) or 2N (guidance: rows [:N] cond, [N:] uncond)
   int C, W, D, S;
   float cfg, temperature;
-  const float* x_T;      // [N, C]
-  const float* c_emb;    // [R, W]
-  const float* t_emb;    // [S, W]   (row s = embedding of step s)
-  const float* in_w_t;   // [C, W]   input_proj weight, transposed, fp32
-  const float* in_b;     // [W]
-  const float* ln_w;     // [D, W]   fp32
-  const float* ln_b;     // [D, W]
+  const float* x_T;              // [N, C]
+  const float* c_emb;            // [R, W]
+  const float* t_emb;            // [S, W]   (row s = embedding of step s)
+  const float* in_w_t;           // [C, W]   input_proj weight, transposed, fp32
+  const float* in_b;             // [W]
+  const float* ln_w;             // [D, W]   fp32
+  const float* ln_b;             // [D, W]
   const void* mod_w[kMaxDepth];  // each [3W, W] wtype
   const float* mod_b;            // [D, 3W]
   const void* w1[kMaxDepth];     // each [W, W]
   const float* b1;               // [D, W]
   const void* w2[kMaxDepth];     // each [W, W]
   const float* b2;               // [D, W]
-  const void* fmod_w;  // [2W, W]
-  const float* fmod_b; // [2W]
-  const void* out_w;   // [2C, W]
-  const float* out_b;  // [2C]
-  const float* coefs;  // [S, 6]
-  const float* step_noise;  // [S, N, C] or nullptr (then Philox(seed, offset))
+  const void* fmod_w;            // [2W, W]
+  const float* fmod_b;           // [2W]
+  const void* out_w;             // [2C, W]
+  const float* out_b;            // [2C]
+  const float* coefs;            // [S, 6]
+  const float* step_noise;       // [S, N, C] or nullptr (then Philox(seed, offset))
   uint64_t seed, offset;
   float* out;       // [N, C]
   void* workspace;  // HeadPlan::workspace_bytes, 256-byte aligned

@@ -35,7 +35,9 @@ namespace {
 
 constexpr int64_t kAlign = 16;
 
-bool is_aligned(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign == 0; }
+bool is_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign == 0;
+}
 
 // Contiguous and 16-byte aligned (cp.async / float4 loads); copies only when needed.
 at::Tensor ready(const at::Tensor& t) {
@@ -44,14 +46,20 @@ at::Tensor ready(const at::Tensor& t) {
   return c;
 }
 
-at::Tensor as_f32(const at::Tensor& t) { return ready(t.to(at::kFloat)); }
+at::Tensor as_f32(const at::Tensor& t) {
+  return ready(t.to(at::kFloat));
+}
 
 WeightType weight_type(at::ScalarType s, const char* op) {
   switch (s) {
-    case at::kFloat: return WeightType::kFloat32;
-    case at::kBFloat16: return WeightType::kBFloat16;
-    case at::kHalf: return WeightType::kFloat16;
-    default: TORCH_CHECK(false, op, ": weights must be float32, bfloat16 or float16, got ", s);
+    case at::kFloat:
+      return WeightType::kFloat32;
+    case at::kBFloat16:
+      return WeightType::kBFloat16;
+    case at::kHalf:
+      return WeightType::kFloat16;
+    default:
+      TORCH_CHECK(false, op, ": weights must be float32, bfloat16 or float16, got ", s);
   }
   return WeightType::kFloat32;
 }
@@ -88,16 +96,14 @@ HeadPath path_from_env() {
 }
 
 // ------------------------------------------------------------------ adaln_block
-at::Tensor adaln_block_cuda(const at::Tensor& x, const at::Tensor& mod, const at::Tensor& ln_w,
-                            const at::Tensor& ln_b, const at::Tensor& w1, const at::Tensor& b1,
-                            const at::Tensor& w2, const at::Tensor& b2) {
+at::Tensor adaln_block_cuda(const at::Tensor& x, const at::Tensor& mod, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                            const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
   const char* op = "marengine::adaln_block (CUDA)";
   const checks::AdalnShapes sh = checks::check_adaln_block(x, mod, ln_w, ln_b, w1, b1, w2, b2);
   TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
   TORCH_CHECK(sh.W % kWidthMultiple == 0, op, ": width must be a multiple of ", kWidthMultiple,
               " on CUDA (16-byte rows), got ", sh.W);
-  TORCH_CHECK(sh.M * 3 * sh.W < (int64_t{1} << 31), op, ": x too large for the CUDA kernels (", sh.M, " x ", sh.W,
-              ")");
+  TORCH_CHECK(sh.M * 3 * sh.W < (int64_t{1} << 31), op, ": x too large for the CUDA kernels (", sh.M, " x ", sh.W, ")");
   const WeightType wt = weight_type(sh.wdtype, op);
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -128,16 +134,16 @@ at::Tensor adaln_block_cuda(const at::Tensor& x, const at::Tensor& mod, const at
 
 // ------------------------------------------------------------------ head_sample
 at::Tensor head_sample_cuda(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
-                            const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w,
-                            at::TensorList ln_b, at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1,
-                            at::TensorList b1, at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w,
-                            const at::Tensor& fmod_b, const at::Tensor& out_w, const at::Tensor& out_b,
-                            const at::Tensor& coefs, double cfg, double temperature,
-                            const std::optional<at::Tensor>& step_noise, int64_t seed, int64_t offset) {
+                            const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w, at::TensorList ln_b,
+                            at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1, at::TensorList b1,
+                            at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
+                            const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
+                            double temperature, const std::optional<at::Tensor>& step_noise, int64_t seed,
+                            int64_t offset) {
   const char* op = "marengine::head_sample (CUDA)";
   const checks::HeadShapes sh =
-      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w,
-                                fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, offset);
+      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
+                                out_w, out_b, coefs, cfg, temperature, step_noise, offset);
   TORCH_CHECK(x_T.is_cuda(), op, ": x_T must be a CUDA tensor, got ", x_T.device());
   TORCH_CHECK(sh.W % kWidthMultiple == 0, op, ": width must be a multiple of ", kWidthMultiple,
               " on CUDA (16-byte rows), got ", sh.W);

@@ -26,8 +26,12 @@
 namespace marengine {
 namespace cuda {
 
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ void st4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
 
 template <typename T>
 __device__ __forceinline__ void store4(T* p, float4 v);
@@ -72,8 +76,8 @@ __device__ __forceinline__ RowStats row_stats(const float* h, int W, int lane) {
 
 // a[j] = (LN(h)[j] (* ln_w + ln_b)) * (1 + shift[W + j]) + shift[j]
 template <typename T>
-__device__ __forceinline__ void modulate_row(const float* h, int W, RowStats st, const float* ln_w,
-                                             const float* ln_b, const float* shift, T* a, int lane) {
+__device__ __forceinline__ void modulate_row(const float* h, int W, RowStats st, const float* ln_w, const float* ln_b,
+                                             const float* shift, T* a, int lane) {
   for (int j = lane * 4; j < W; j += 128) {
     const float4 v = ld4(h + j), sh = ld4(shift + j), sc = ld4(shift + W + j);
     float4 n{(v.x - st.mean) * st.rstd, (v.y - st.mean) * st.rstd, (v.z - st.mean) * st.rstd,
@@ -90,8 +94,8 @@ __device__ __forceinline__ void modulate_row(const float* h, int W, RowStats st,
 // A rows of every network row: LN(h) with optional affine, modulated by the
 // (shift, scale) pair at shift + r * mod_ld (scale = shift + W).
 template <typename T>
-__device__ __forceinline__ void ln_modulate_rows(const float* h, int rows, int W, const float* ln_w,
-                                                 const float* ln_b, const float* shift, int mod_ld, T* a) {
+__device__ __forceinline__ void ln_modulate_rows(const float* h, int rows, int W, const float* ln_w, const float* ln_b,
+                                                 const float* shift, int mod_ld, T* a) {
   const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
   for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) {
     const float* hr = h + static_cast<size_t>(r) * W;
@@ -150,8 +154,8 @@ __device__ __forceinline__ float reverse_update(const HeadSampleArgs& a, const f
 // xs: per-warp shared scratch of kMaxChannels floats.
 template <typename T>
 __device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x, float* h, const float* outr,
-                                        const float* ln_w0, const float* ln_b0, const float* mods0, int mod_ld,
-                                        T* abuf, T* y, float* xs_all) {
+                                        const float* ln_w0, const float* ln_b0, const float* mods0, int mod_ld, T* abuf,
+                                        T* y, float* xs_all) {
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int C = a.C, W = a.W, N = a.N;
   const bool guided = a.R != a.N;

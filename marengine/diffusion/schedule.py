@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import TRAIN_DIFFUSION_STEPS
+from ..schedules import space_timesteps
 
 MAX_BETA = 0.999
 COSINE_S = 0.008
@@ -24,41 +25,6 @@ def cosine_betas(num_steps: int = TRAIN_DIFFUSION_STEPS) -> torch.Tensor:
 
     betas = [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), MAX_BETA) for i in range(num_steps)]
     return torch.tensor(betas, dtype=torch.float64, device="cpu")
-
-
-def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
-    """The training timesteps kept when sampling with fewer steps.
-
-    `spacing` is an int, or a comma-separated string of step counts, one per
-    equal section of [0, num_steps) ("100", "10,20"), or "ddimN" for strides.
-    Each section keeps evenly spaced, rounded positions including both ends.
-    """
-    if isinstance(spacing, int):
-        spacing = str(spacing)
-    spacing = spacing.strip()
-    if spacing == "":
-        return list(range(num_steps))
-    if spacing.startswith("ddim"):
-        want = int(spacing[len("ddim"):])
-        for stride in range(1, num_steps):
-            if len(range(0, num_steps, stride)) == want:
-                return list(range(0, num_steps, stride))
-        raise ValueError(f"cannot take exactly {want} strided steps out of {num_steps}")
-    try:
-        counts = [int(s) for s in spacing.split(",")]
-    except ValueError:
-        raise ValueError(f"num_sampling_steps must be an int or comma-separated ints, got {spacing!r}") from None
-    size, extra = divmod(num_steps, len(counts))
-    kept: list[int] = []
-    start = 0
-    for i, count in enumerate(counts):
-        section = size + (1 if i < extra else 0)
-        if count < 1 or count > section:
-            raise ValueError(f"cannot take {count} steps out of a section of {section} diffusion steps")
-        stride = (section - 1) / (count - 1) if count > 1 else 1.0
-        kept += [start + round(j * stride) for j in range(count)]
-        start += section
-    return kept
 
 
 @dataclass

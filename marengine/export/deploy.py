@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -24,10 +23,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import imageio
-from .runtime import (DEPLOY_JSON, FORMAT_VERSION, OnnxBackbone, OnnxDecoder, OnnxHead, config_mismatch,
-                      default_providers)
+from ..schedules import CFG_SCHEDULES, cfg_at, cfg_combine, next_mask_len
+from .runtime import (
+    DEPLOY_JSON,
+    FORMAT_VERSION,
+    OnnxBackbone,
+    OnnxDecoder,
+    OnnxHead,
+    config_mismatch,
+    default_providers,
+)
 
-CFG_SCHEDULES = ("linear", "constant")
 # noise(step, rows) -> (x_T [rows, C], step_noise [S, rows, C] or None): the noise of one MAR step
 NoiseFn = Callable[[int, int], "tuple[np.ndarray, np.ndarray | None]"]
 
@@ -54,7 +60,7 @@ class DeployedMAR:
         return len(self.tables["timestep_map"])
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, providers: Sequence[str] | None = None) -> "DeployedMAR":
+    def load(cls, folder: str | os.PathLike, providers: Sequence[str] | None = None) -> DeployedMAR:
         """Open an export folder; every .onnx must carry the config deploy.json has."""
         folder = Path(folder)
         meta_path = folder / DEPLOY_JSON
@@ -90,23 +96,10 @@ class DeployedMAR:
         return cls(meta, backbone, head, decoder, tables)
 
 
-# ---------------------------------------------------------------- schedules (as marengine.sampling.masking)
+# ---------------------------------------------------------------- orders
 def random_orders(rng: np.random.Generator, bsz: int, seq_len: int) -> np.ndarray:
     """[B, L] int64: a uniformly random permutation per row."""
     return np.argsort(rng.random((bsz, seq_len)), axis=1, kind="stable").astype(np.int64)
-
-
-def next_mask_len(step: int, num_iter: int, seq_len: int, num_masked: int) -> int:
-    target = math.floor(seq_len * math.cos(math.pi / 2.0 * (step + 1) / num_iter))
-    return max(1, min(num_masked - 1, target))
-
-
-def cfg_at(cfg: float, schedule: str, seq_len: int, mask_len: int) -> float:
-    if schedule == "linear":
-        return 1.0 + (cfg - 1.0) * (seq_len - mask_len) / seq_len
-    if schedule == "constant":
-        return cfg
-    raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {CFG_SCHEDULES}")
 
 
 # ---------------------------------------------------------------- the head's reverse diffusion
@@ -124,7 +117,7 @@ def p_sample_loop(dm: DeployedMAR, z: np.ndarray, x_T: np.ndarray, temperature: 
         out = dm.head(np.concatenate([x, x]) if guided else x, t, z).astype(np.float32, copy=False)
         if guided:
             cond, uncond = out[:n], out[n:]
-            eps = uncond[:, :c] + np.float32(cfg) * (cond[:, :c] - uncond[:, :c])
+            eps = cfg_combine(cond[:, :c], uncond[:, :c], np.float32(cfg))
             var_values = cond[:, c:]
         else:
             eps, var_values = out[:, :c], out[:, c:]

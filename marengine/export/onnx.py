@@ -26,8 +26,21 @@ import torch.nn as nn
 
 from ..config import MARConfig
 from ..diffusion.schedule import DiffusionTables
-from .runtime import (DEPLOY_JSON, FILES, FORMAT_VERSION, INSTALL_HINT, KEY_CONFIG, KEY_EXPORTER, KEY_FORMAT,
-                      KEY_PRECISION, KEY_ROLE, KEY_TOKENIZER, META_PREFIX)
+from ..models.loading import load_model
+from ..models.tokenizers import build_tokenizer, describe_tokenizer, tokenizer_spec
+from .runtime import (
+    DEPLOY_JSON,
+    FILES,
+    FORMAT_VERSION,
+    INSTALL_HINT,
+    KEY_CONFIG,
+    KEY_EXPORTER,
+    KEY_FORMAT,
+    KEY_PRECISION,
+    KEY_ROLE,
+    KEY_TOKENIZER,
+    META_PREFIX,
+)
 
 log = logging.getLogger("marengine.export")
 PARTS = ("backbone", "backbone_embed", "head", "decoder")
@@ -144,39 +157,6 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     return "torchscript", next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-# ---------------------------------------------------------------- tokenizers
-def tokenizer_info(tokenizer: nn.Module | None, cfg: MARConfig) -> dict[str, Any] | None:
-    """What deploy needs to know about the detokenizer; checks it against the model config."""
-    if tokenizer is None:
-        return None
-    from ..models.tokenizers import PixelTokenizer, VAETokenizer
-
-    if isinstance(tokenizer, PixelTokenizer):
-        info = {"kind": "pixel", "latent_scale": 1.0, "image_channels": tokenizer.channels}
-    elif isinstance(tokenizer, VAETokenizer):
-        info = {"kind": "vae", "latent_scale": float(tokenizer.scale), "image_channels": 3}
-    else:
-        raise TypeError(f"tokenizer must be a PixelTokenizer or a VAETokenizer, got {type(tokenizer).__name__}")
-    if tokenizer.embed_dim != cfg.vae_embed_dim or tokenizer.stride != cfg.vae_stride:
-        raise ValueError(f"tokenizer (embed_dim {tokenizer.embed_dim}, stride {tokenizer.stride}) does not match "
-                         f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})")
-    return {**info, "embed_dim": tokenizer.embed_dim, "stride": tokenizer.stride}
-
-
-def default_tokenizer(cfg: MARConfig, vae: str | os.PathLike | None = None) -> nn.Module | None:
-    """The KL-16 VAE when a checkpoint is given; else the pixel tokenizer when the latent
-    channels are 1 or 3 image channels times stride^2; else None (no decoder)."""
-    from ..models.tokenizers import PixelTokenizer, VAETokenizer
-    from ..models.vae import AutoencoderKL
-
-    if vae is not None:
-        return VAETokenizer(AutoencoderKL(embed_dim=cfg.vae_embed_dim, ckpt_path=vae)).eval()
-    ch, rem = divmod(cfg.vae_embed_dim, cfg.vae_stride ** 2)
-    if rem == 0 and ch in (1, 3):
-        return PixelTokenizer(channels=ch, stride=cfg.vae_stride)
-    return None
-
-
 # ---------------------------------------------------------------- the deployment folder
 def deploy_metadata(model: nn.Module, tok: dict[str, Any] | None) -> dict[str, Any]:
     cfg: MARConfig = model.config
@@ -226,7 +206,7 @@ def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: 
         model = copy.deepcopy(model).float()
     cfg: MARConfig = model.config
     out.mkdir(parents=True, exist_ok=True)
-    tok = tokenizer_info(tokenizer, cfg)
+    tok = describe_tokenizer(tokenizer, cfg) if tokenizer is not None else None
     device = model.fake_latent.device
     need_half = fp16 and bool({"backbone", "backbone_embed"} & set(parts) or (fp16_head and "head" in parts))
     half = copy.deepcopy(model).half().eval() if need_half else None
@@ -297,60 +277,28 @@ def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: 
 
 
 # ---------------------------------------------------------------- the CLI's entry point
-def load_config(config: str | os.PathLike) -> MARConfig:
-    """A preset name, a JSON string, or a path to a JSON file."""
-    text = str(config)
-    if text.lstrip().startswith("{"):
-        return MARConfig.from_dict(json.loads(text))
-    if Path(text).is_file():
-        return MARConfig.from_dict(json.loads(Path(text).read_text()))
-    return MARConfig.from_name(text)
-
-
-def load_model(checkpoint: str | os.PathLike, config: str | os.PathLike | None = None) -> nn.Module:
-    """A pretrained folder (config.json + model.safetensors), a marengine training checkpoint
-    (.pth carrying its config), or an official .pth with `config`; EMA weights where present."""
-    from ..models.mar import MAR
-    from ..models.pretrained import from_pretrained, load_strict, pick_state_dict, read_checkpoint
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        if config is not None:
-            log.warning("--config is ignored for a pretrained folder: %s/config.json is used", path)
-        return from_pretrained(path).eval()
-    ckpt = read_checkpoint(path)
-    if config is not None:
-        cfg = load_config(config)
-    elif "config" in ckpt:
-        cfg = MARConfig.from_dict(ckpt["config"])
-    else:
-        raise ValueError(f"{path} is a raw checkpoint: its model configuration is needed too "
-                         f"(--config with a preset name such as mar_base, a JSON string or a JSON file)")
-    model = MAR.from_config(cfg)
-    load_strict(model, pick_state_dict(ckpt))
-    return model.eval()
-
-
 def export_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fp16: bool = False,
                            opset: int | None = None, *, config: str | os.PathLike | None = None,
                            vae: str | os.PathLike | None = None, tokenizer: str = "auto",
                            parts: Sequence[str] = PARTS) -> dict[str, Path]:
     """Load a model and export it. tokenizer: "auto" (the VAE if `vae` is given, else the pixel
     tokenizer when the latent channels fit it, else none), "vae", "pixel" or "none"."""
-    model = load_model(checkpoint, config)
-    cfg: MARConfig = model.config
     if tokenizer not in ("auto", "vae", "pixel", "none"):
         raise ValueError(f"unknown tokenizer {tokenizer!r}; choose auto, vae, pixel or none")
     if tokenizer == "vae" and vae is None:
         raise ValueError("tokenizer 'vae' needs the VAE checkpoint (--vae kl16.ckpt)")
-    tok = None
-    if tokenizer in ("auto", "vae", "pixel"):
-        tok = default_tokenizer(cfg, vae if tokenizer != "pixel" else None)
-        if tokenizer == "pixel" and tok is None:
-            raise ValueError(f"vae_embed_dim {cfg.vae_embed_dim} is not 1 or 3 channels x vae_stride^2 "
-                             f"({cfg.vae_stride ** 2}): the pixel tokenizer does not fit this model")
-    return export_onnx(model, out_dir, tokenizer=tok, fp16=fp16, opset=opset, parts=parts)
+    loaded = load_model(checkpoint, config=config, vae_ckpt=vae)
+    cfg: MARConfig = loaded.model.config
+    spec = None
+    if tokenizer == "auto":
+        spec = loaded.tokenizer_spec
+        if spec is not None and spec["kind"] == "vae" and not spec.get("ckpt"):
+            log.warning("no VAE weights given (--vae kl16.ckpt): no decoder exported; the deployment yields latents")
+            spec = None
+    elif tokenizer != "none":
+        spec = tokenizer_spec(tokenizer, cfg, vae)
+    tok = build_tokenizer(spec) if spec is not None else None
+    return export_onnx(loaded.model, out_dir, tokenizer=tok, fp16=fp16, opset=opset, parts=parts)
 
 
-__all__ = ["export_onnx", "export_from_checkpoint", "export_module", "load_model", "load_config",
-           "default_tokenizer", "PARTS"]
+__all__ = ["export_onnx", "export_from_checkpoint", "export_module", "PARTS"]

@@ -15,10 +15,10 @@ class DiffLoss(nn.Module):
     """Diffusion Loss (official arguments). `net` is the official `SimpleMLPAdaLN`."""
 
     def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
-                 num_sampling_steps: str | int) -> None:
+                 num_sampling_steps: str | int, grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.in_channels = target_channels
-        self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth)
+        self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
         self.train_tables = make_tables("")
         self.gen_tables = make_tables(str(num_sampling_steps))
 
@@ -75,7 +75,8 @@ class DiffLoss(nn.Module):
         elif tuple(noise.shape) != (n, self.in_channels):
             raise ValueError(f"noise must be x_T of shape {(n, self.in_channels)}, got {tuple(noise.shape)}")
         steps = self.gen_tables.num_steps
-        step_noise = randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None
+        step_noise = (randn((steps, n, self.in_channels), generator, z.device, torch.float32)
+                      if temperature > 0 else None)
         out = dispatch.sample_head(self.net, self.gen_tables, z, noise.float(), float(temperature),
                                    float(cfg), step_noise, backend=backend, clip_denoised=clip_denoised)  # [N, C]
         return torch.cat([out, out]) if guided else out

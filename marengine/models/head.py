@@ -7,30 +7,17 @@ Parameter names are the official ones.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import LAYERNORM_EPS
-
-FREQ_DIM = 256
-MAX_PERIOD = 10000
+from ..diffusion.embedding import FREQ_DIM, timestep_frequencies
+from ..schedules import cfg_combine
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
-
-
-def timestep_frequencies(t: torch.Tensor, dim: int = FREQ_DIM, max_period: int = MAX_PERIOD) -> torch.Tensor:
-    """Sinusoidal features [N, dim] = (cos(t f_k), sin(t f_k)), f_k = max_period^(-k/half)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 class TimestepEmbedder(nn.Module):
@@ -70,8 +57,9 @@ class FinalLayer(nn.Module):
 
 class SimpleMLPAdaLN(nn.Module):
     def __init__(self, in_channels: int, model_channels: int, out_channels: int,
-                 z_channels: int, num_res_blocks: int) -> None:
+                 z_channels: int, num_res_blocks: int, grad_checkpointing: bool = False) -> None:
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         self.in_channels = in_channels
         self.model_channels = model_channels
         self.out_channels = out_channels
@@ -102,7 +90,10 @@ class SimpleMLPAdaLN(nn.Module):
         y = self.time_embed(t) + self.cond_embed(c)  # [N, W]
         h = self.input_proj(x)
         for block in self.res_blocks:
-            h = block(h, y)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, y, use_reentrant=False)
+            else:
+                h = block(h, y)
         return self.final_layer(h, y)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
@@ -113,5 +104,5 @@ class SimpleMLPAdaLN(nn.Module):
         out = self.forward(torch.cat([half, half]), t, c)
         eps, rest = out[:, : self.in_channels], out[:, self.in_channels:]
         cond, uncond = eps.chunk(2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)
+        guided = cfg_combine(cond, uncond, cfg_scale)
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)

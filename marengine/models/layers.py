@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from ..config import LAYERNORM_EPS
 
-
 default_norm: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=LAYERNORM_EPS)
 
 

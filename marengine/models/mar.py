@@ -15,15 +15,18 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import MARConfig, SAMPLE_DEFAULTS
-from ..sampling import generate
+from ..config import SAMPLE_DEFAULTS, MARConfig
 from ..utils import rand
+from . import masked_ar
+from .checkpoints import PretrainedMixin
 from .diffloss import DiffLoss
-from ..sampling.masking import random_orders, sample_mask_ratio
 from .layers import Block, default_norm
+from .masking import random_orders, sample_mask_ratio
 
 
-class MAR(nn.Module):
+class MAR(nn.Module, PretrainedMixin):
+    architecture = "mar"
+
     def __init__(self, img_size: int = 256, vae_stride: int = 16, patch_size: int = 1,
                  encoder_embed_dim: int = 1024, encoder_depth: int = 16, encoder_num_heads: int = 16,
                  decoder_embed_dim: int = 1024, decoder_depth: int = 16, decoder_num_heads: int = 16,
@@ -82,10 +85,11 @@ class MAR(nn.Module):
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, dec))
         self.initialize_weights()
 
-        self.diffloss = DiffLoss(self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps)
+        self.diffloss = DiffLoss(self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps,
+                                 grad_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg: MARConfig | dict[str, Any]) -> "MAR":
+    def from_config(cls, cfg: MARConfig | dict[str, Any]) -> MAR:
         cfg = cfg if isinstance(cfg, MARConfig) else MARConfig.from_dict(cfg)
         return cls(**cfg.to_dict())
 
@@ -226,7 +230,7 @@ class MAR(nn.Module):
         generator: all randomness (orders, noise); backend: the head sampler ("auto" |
         "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime);
         clip_denoised: clamp the head's x_0 predictions to [-1, 1] (pixel tokens; off as official)."""
-        return generate.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress,
+        return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress,
                                       generator=generator, backend=backend, backbone=backbone,
                                       clip_denoised=clip_denoised)
 

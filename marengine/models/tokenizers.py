@@ -9,12 +9,13 @@ and `vae_stride`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import VAE_LATENT_SCALE
+from ..config import VAE_LATENT_SCALE, MARConfig
 from .vae import AutoencoderKL, DiagonalGaussian
 
 
@@ -89,3 +90,73 @@ def to_uint8(imgs: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C]."""
     x = ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+# ---------------------------------------------------------------- the tokenizer factory
+# A tokenizer is described by a small JSON-able spec (kept in training checkpoints and
+# in a pretrained folder's tokenizer.json):
+#   {"kind": "pixel", "channels": 1|3, "stride": s}
+#   {"kind": "vae", "embed_dim": 16, "ckpt": "kl16.ckpt" | None}
+TOKENIZER_KINDS = ("pixel", "vae")
+
+
+def pixel_channels(cfg: MARConfig) -> int | None:
+    """Image channels of a pixel tokenizer that fits `cfg` (1 or 3), or None when none does."""
+    channels, rem = divmod(cfg.vae_embed_dim, cfg.vae_stride ** 2)
+    return channels if rem == 0 and channels in (1, 3) else None
+
+
+def tokenizer_spec(kind: str, cfg: MARConfig, vae_ckpt: str | None = None) -> dict[str, Any]:
+    """The spec of a `kind` tokenizer for a model configured by `cfg`; checks that they fit."""
+    if kind == "pixel":
+        channels = pixel_channels(cfg)
+        if channels is None:
+            raise ValueError(f"the pixel tokenizer needs vae_embed_dim = channels * vae_stride^2 with 1 or 3 channels; "
+                             f"got vae_embed_dim={cfg.vae_embed_dim}, vae_stride={cfg.vae_stride}")
+        return {"kind": "pixel", "channels": channels, "stride": cfg.vae_stride}
+    if kind == "vae":
+        if cfg.vae_stride != 16:
+            raise ValueError(f"the KL-16 VAE has stride 16, the model config says vae_stride={cfg.vae_stride}")
+        return {"kind": "vae", "ckpt": None if vae_ckpt is None else str(vae_ckpt), "embed_dim": cfg.vae_embed_dim}
+    raise ValueError(f"tokenizer must be one of {TOKENIZER_KINDS}, got {kind!r}")
+
+
+def default_tokenizer_spec(cfg: MARConfig, vae_ckpt: str | None = None) -> dict[str, Any] | None:
+    """The KL-16 VAE when its weights are given (or the model has 16-channel stride-16
+    latents), else the pixel tokenizer when the latents fit it, else None."""
+    if vae_ckpt is not None or (cfg.vae_stride == 16 and pixel_channels(cfg) is None):
+        return tokenizer_spec("vae", cfg, vae_ckpt)
+    return tokenizer_spec("pixel", cfg) if pixel_channels(cfg) is not None else None
+
+
+def with_vae_ckpt(spec: dict[str, Any] | None, vae_ckpt: str | None) -> dict[str, Any] | None:
+    """`spec` with the VAE weights path replaced when one is given (files move between machines)."""
+    if spec is not None and spec.get("kind") == "vae" and vae_ckpt is not None:
+        return {**spec, "ckpt": str(vae_ckpt)}
+    return spec
+
+
+def build_tokenizer(spec: dict[str, Any]) -> nn.Module:
+    """The tokenizer a spec describes (in eval mode)."""
+    if not isinstance(spec, dict) or spec.get("kind") not in TOKENIZER_KINDS:
+        raise ValueError(f"a tokenizer spec is a dict with 'kind' in {TOKENIZER_KINDS}, got {spec!r}")
+    if spec["kind"] == "pixel":
+        return PixelTokenizer(int(spec["channels"]), int(spec["stride"])).eval()
+    if not spec.get("ckpt"):
+        raise ValueError("the VAE tokenizer needs its weights: pass --vae-ckpt path/to/kl16.ckpt")
+    return VAETokenizer(AutoencoderKL(embed_dim=int(spec["embed_dim"]), ckpt_path=spec["ckpt"])).eval()
+
+
+def describe_tokenizer(tokenizer: nn.Module, cfg: MARConfig | None = None) -> dict[str, Any]:
+    """What a deployment needs to know of a tokenizer: kind, latent scale, image channels,
+    latent channels and stride (checked against the model configuration `cfg` if given)."""
+    if isinstance(tokenizer, PixelTokenizer):
+        info = {"kind": "pixel", "latent_scale": 1.0, "image_channels": tokenizer.channels}
+    elif isinstance(tokenizer, VAETokenizer):
+        info = {"kind": "vae", "latent_scale": float(tokenizer.scale), "image_channels": 3}
+    else:
+        raise TypeError(f"tokenizer must be a PixelTokenizer or a VAETokenizer, got {type(tokenizer).__name__}")
+    if cfg is not None and (tokenizer.embed_dim != cfg.vae_embed_dim or tokenizer.stride != cfg.vae_stride):
+        raise ValueError(f"tokenizer (embed_dim {tokenizer.embed_dim}, stride {tokenizer.stride}) does not match "
+                         f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})")
+    return {**info, "embed_dim": tokenizer.embed_dim, "stride": tokenizer.stride}

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import load_strict, pick_state_dict, read_checkpoint
+
 GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-6
 LOGVAR_MIN = -30.0
@@ -332,8 +334,6 @@ class AutoencoderKL(nn.Module):
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Load an official-layout checkpoint ({"model": state_dict} or a bare
         state_dict) strictly; mismatches raise ValueError listing them."""
-        from .pretrained import load_strict, pick_state_dict, read_checkpoint
-
         blob = read_checkpoint(path)
         if not isinstance(blob, Mapping):
             raise ValueError(f"VAE checkpoint {path} does not hold a state dict (got {type(blob).__name__})")

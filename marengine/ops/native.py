@@ -21,9 +21,10 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
+from ..diffusion.embedding import timestep_frequencies
 from ..diffusion.schedule import DiffusionTables
-from ..models.head import SimpleMLPAdaLN, timestep_frequencies
 
 log = logging.getLogger("marengine.ops")
 
@@ -56,7 +57,7 @@ def available(device: torch.device | str = "cpu") -> bool:
 CUDA_WIDTH_MULTIPLE, CUDA_MAX_CHANNELS, CUDA_MAX_DEPTH = 8, 256, 32
 
 
-def unsupported(net: SimpleMLPAdaLN, device: torch.device | str) -> str | None:
+def unsupported(net: nn.Module, device: torch.device | str) -> str | None:
     """Why the native sampler cannot run this head on `device`, or None when it can."""
     dev = torch.device(device)
     if not available(dev):
@@ -133,10 +134,10 @@ class HeadWeights:
 
 
 # net -> {(dtype, device): (fingerprint, HeadWeights)}; entries die with the module.
-_WEIGHT_CACHE: "weakref.WeakKeyDictionary[SimpleMLPAdaLN, dict]" = weakref.WeakKeyDictionary()
+_WEIGHT_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(net: SimpleMLPAdaLN) -> tuple:
+def _fingerprint(net: nn.Module) -> tuple:
     """Changes whenever a parameter is replaced or modified in place (optimizer steps)."""
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in net.parameters())
 
@@ -146,7 +147,7 @@ def _convert(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype).contiguous()
 
 
-def collect_weights(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.device) -> HeadWeights:
+def collect_weights(net: nn.Module, dtype: torch.dtype, device: torch.device) -> HeadWeights:
     """The head's weights as `dtype` on `device`; converted copies are cached per (net, dtype)."""
     if dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, got {dtype}")
@@ -163,7 +164,7 @@ def collect_weights(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.devic
     return w
 
 
-def _gather(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.device) -> HeadWeights:
+def _gather(net: nn.Module, dtype: torch.dtype, device: torch.device) -> HeadWeights:
     cv = lambda t: _convert(t.to(device), dtype)  # noqa: E731
     lin = lambda m: (cv(m.weight), cv(m.bias))  # noqa: E731
     blocks = list(net.res_blocks)
@@ -181,7 +182,7 @@ def _gather(net: SimpleMLPAdaLN, dtype: torch.dtype, device: torch.device) -> He
                        fmod_w=fmod_w, fmod_b=fmod_b, out_w=out_w, out_b=out_b)
 
 
-def pick_weight_dtype(net: SimpleMLPAdaLN, device: torch.device, weight_dtype: torch.dtype | None) -> torch.dtype:
+def pick_weight_dtype(net: nn.Module, device: torch.device, weight_dtype: torch.dtype | None) -> torch.dtype:
     """Explicit choice, else the autocast dtype when autocast is on for the device, else the net's dtype."""
     if weight_dtype is not None:
         return weight_dtype
@@ -196,7 +197,7 @@ def _linear32(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(x.float(), m.weight.float(), m.bias.float())
 
 
-def embeddings(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def embeddings(net: nn.Module, tables: DiffusionTables, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """c_emb = cond_embed(z) [R, W] and t_emb = time_embed(timestep_map) [S, W], fp32."""
     with torch.autocast(z.device.type, enabled=False):
         c_emb = _linear32(net.cond_embed, z)
@@ -216,7 +217,7 @@ def _check_rows(z: torch.Tensor, x_T: torch.Tensor, cfg: float) -> None:
         raise ValueError(f"z must have {what} = {want} rows for x_T with N = {n} rows, got shape {tuple(z.shape)}")
 
 
-def _run(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
+def _run(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
          cfg: float, step_noise: torch.Tensor | None, seed: int, offset: int,
          weight_dtype: torch.dtype | None) -> torch.Tensor:
     dev = z.device
@@ -231,7 +232,7 @@ def _run(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: tor
                                                float(cfg), float(temperature), noise, int(seed), int(offset))
 
 
-def sample_head(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
+def sample_head(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
                 temperature: float, cfg: float, step_noise: torch.Tensor | None, *,
                 weight_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
@@ -245,7 +246,7 @@ def sample_head(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x
     return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype)
 
 
-def sample_head_philox(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
+def sample_head_philox(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
                        temperature: float, cfg: float, seed: int, offset: int = 0, *,
                        weight_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h).

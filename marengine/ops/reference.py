@@ -6,13 +6,14 @@ diffusion step.
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from ..diffusion.gaussian import p_sample_loop
 from ..diffusion.schedule import DiffusionTables
-from ..models.head import SimpleMLPAdaLN
+from ..schedules import cfg_combine
 
 
-def guided_eps_fn(net: SimpleMLPAdaLN, tmap: torch.Tensor, z: torch.Tensor, cfg: float):
+def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: float):
     """eps_fn(x [N, C], step [N]) -> [N, 2C] for the chain on N rows.
 
     Without guidance z has N rows. With guidance z has 2N rows (cond, uncond):
@@ -26,13 +27,13 @@ def guided_eps_fn(net: SimpleMLPAdaLN, tmap: torch.Tensor, z: torch.Tensor, cfg:
             return net(x.to(z.dtype), t, z)
         out = net(torch.cat([x, x]).to(z.dtype), torch.cat([t, t]), z).float()
         cond, uncond = out[: x.shape[0]], out[x.shape[0]:]
-        eps = uncond[:, :c] + cfg * (cond[:, :c] - uncond[:, :c])
+        eps = cfg_combine(cond[:, :c], uncond[:, :c], cfg)
         return torch.cat([eps, cond[:, c:]], dim=1)
 
     return fn
 
 
-def sample_head(net: SimpleMLPAdaLN, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
+def sample_head(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
                 temperature: float, cfg: float, step_noise: torch.Tensor | None,
                 clip_denoised: bool = False) -> torch.Tensor:
     """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or None."""

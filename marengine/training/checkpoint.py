@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ..models.pretrained import atomic_write
+from ..files import atomic_write
+from ..models.checkpoints import read_checkpoint
 
 FORMAT = "marengine-train-v1"
 LAST = "last.pth"
@@ -29,10 +30,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated and cannot be resumed from "
-                         f"({type(e).__name__}: {e}); use an earlier checkpoint in the same folder") from e
+        ckpt = read_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; it cannot be resumed from: use an earlier checkpoint in the same folder") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a marengine training checkpoint (format {FORMAT!r} expected); "
                          "to start from official weights use --init-from instead of --resume")

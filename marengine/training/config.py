@@ -15,7 +15,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None                # official checkpoint-last.pth or a pretrained folder, to fine-tune
     # data
-    data: str = "digits"                        # "digits", an image folder root/<class>/*, or a latent cache .safetensors
+    data: str = "digits"                        # "digits", an image folder root/<class>/*, or a latent cache
     tokenizer: str = "pixel"                    # "pixel" (no VAE) or "vae" (KL-16)
     vae_ckpt: str | None = None                 # kl16.ckpt for tokenizer="vae"
     crop: bool = True                           # image folders: official center crop
@@ -51,7 +51,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = checked_fields(cls, d, "training settings")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])

@@ -147,7 +147,7 @@ def cache_latents(dataset: ImageFolderDataset, vae, out_path: str | os.PathLike,
     """Encode every image (and its mirror) once; write moments + labels to a safetensors file."""
     from safetensors.torch import save_file
 
-    from ..models.pretrained import atomic_write
+    from ..files import atomic_write
 
     flip = dataset.flip
     dataset.flip = False

@@ -8,7 +8,6 @@ import torch
 
 from ..config import MARConfig
 from ..models.mar import MAR
-from ..models.tokenizers import PixelTokenizer, VAETokenizer
 from .config import TrainConfig
 from .data import CachedLatentsDataset, DigitsDataset, ImageFolderDataset
 
@@ -36,30 +35,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-
-def tokenizer_spec(cfg: TrainConfig, model_cfg: MARConfig) -> dict[str, Any]:
-    if cfg.tokenizer == "pixel":
-        channels, rem = divmod(model_cfg.vae_embed_dim, model_cfg.vae_stride ** 2)
-        if rem or channels not in (1, 3):
-            raise ValueError(f"the pixel tokenizer needs vae_embed_dim = channels * vae_stride^2 with 1 or 3 channels; "
-                             f"got vae_embed_dim={model_cfg.vae_embed_dim}, vae_stride={model_cfg.vae_stride}")
-        return {"kind": "pixel", "channels": channels, "stride": model_cfg.vae_stride}
-    if cfg.tokenizer == "vae":
-        if model_cfg.vae_stride != 16:
-            raise ValueError(f"the KL-16 VAE has stride 16, the model config says vae_stride={model_cfg.vae_stride}")
-        return {"kind": "vae", "ckpt": cfg.vae_ckpt, "embed_dim": model_cfg.vae_embed_dim}
-    raise ValueError(f"tokenizer must be 'pixel' or 'vae', got {cfg.tokenizer!r}")
-
-
-def build_tokenizer(spec: dict[str, Any]):
-    if spec["kind"] == "pixel":
-        return PixelTokenizer(spec["channels"], spec["stride"])
-    from ..models.vae import AutoencoderKL
-
-    if not spec.get("ckpt"):
-        raise ValueError("the VAE tokenizer needs its weights: pass --vae-ckpt path/to/kl16.ckpt")
-    return VAETokenizer(AutoencoderKL(embed_dim=spec["embed_dim"], ckpt_path=spec["ckpt"]).eval())
 
 
 def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):

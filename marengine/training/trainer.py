@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import math
 import time
@@ -16,13 +15,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..models.pretrained import TOKENIZER_NAME, atomic_write, load_official, load_strict, save_pretrained
+from ..models.checkpoints import load_strict
+from ..models.loading import load_weights
+from ..models.tokenizers import build_tokenizer, tokenizer_spec
 from .checkpoint import LAST, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_mean, barrier, init_distributed, shutdown
 from .ema import EMA
-from .factory import (autocast_dtype, build_dataset, build_model, build_tokenizer, param_groups,
-                      resolve_device, resolve_precision, tokenizer_spec)
+from .factory import autocast_dtype, build_dataset, build_model, param_groups, resolve_device, resolve_precision
 
 log = logging.getLogger("marengine.train")
 
@@ -47,7 +47,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         self.model = build_model(cfg)
         self.model_cfg = self.model.config
-        self.tok_spec = tokenizer_spec(cfg, self.model_cfg)
+        self.tok_spec = tokenizer_spec(cfg.tokenizer, self.model_cfg, cfg.vae_ckpt)
         self.dataset, self.cached = build_dataset(cfg, self.model_cfg)
         if self.dataset.num_classes > self.model_cfg.class_num:
             raise ValueError(f"the data has {self.dataset.num_classes} classes but the model's class_num is "
@@ -59,7 +59,7 @@ class Trainer:
             raise ValueError(f"the data has {len(self.dataset)} items, fewer than one global batch of "
                              f"{self.global_batch}; lower --batch-size")
         if cfg.init_from and not resume:
-            load_official(self.model, cfg.init_from, key="model")
+            load_weights(self.model, cfg.init_from, key="model")
         self.model.to(self.device)
         self.ema = EMA(self.model, cfg.ema_rate, cfg.ema_warmup)
         self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.global_batch / 256
@@ -113,9 +113,7 @@ class Trainer:
 
     def export_ema(self, folder: Path) -> Path:
         """A pretrained folder (config, EMA weights, tokenizer) for `marengine sample`."""
-        save_pretrained(self.model, folder, state=self.ema.state_dict_for(self.model))
-        atomic_write(folder / TOKENIZER_NAME, lambda tmp: Path(tmp).write_text(json.dumps(self.tok_spec)))
-        return folder
+        return self.model.save_pretrained(folder, state=self.ema.state_dict_for(self.model), tokenizer=self.tok_spec)
 
     def ema_model(self):
         model = copy.deepcopy(self.model).eval()
@@ -126,7 +124,8 @@ class Trainer:
     def batch_indices(self, step: int) -> torch.Tensor:
         """This rank's sample indices at `step`: a fresh permutation per epoch, drop-last."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen)
         start = k * self.global_batch + self.dist.rank * self.cfg.batch_size
         return perm[start: start + self.cfg.batch_size]
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..config import CFG_SCHEDULES
-from .masking import cfg_at, mask_by_order, next_mask_len, random_orders
+from ..schedules import CFG_SCHEDULES, cfg_at, next_mask_len
+from .masking import mask_by_order, random_orders
 
 if TYPE_CHECKING:
-    from ..models.mar import MAR
+    from .mar import MAR
 
 
-def check_sampling_args(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
+def check_sampling_args(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
                         labels: torch.Tensor | None, temperature: float) -> None:
     if not isinstance(bsz, int) or bsz < 1:
         raise ValueError(f"bsz must be a positive int, got {bsz!r}")
@@ -33,7 +33,7 @@ def check_sampling_args(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_s
         model._check_labels(labels, bsz)
 
 
-def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
+def sample_tokens(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
                   labels: torch.Tensor | None, temperature: float, progress: bool = False, *,
                   generator: torch.Generator | None = None, backend: str = "auto",
                   backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -62,7 +62,9 @@ def sample_tokens(model: "MAR", bsz: int, num_iter: int, cfg: float, cfg_schedul
     num_masked = seq_len
     for step in steps:
         known_idx = model.known_indices(mask)  # [B, K]
-        x_in, idx_in = (torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])) if guided else (tokens, known_idx)
+        x_in, idx_in = (tokens, known_idx)
+        if guided:
+            x_in, idx_in = torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])
         z = backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
 
         mask_len = next_mask_len(step, num_iter, seq_len, num_masked)
