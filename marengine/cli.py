@@ -1,4 +1,4 @@
-"""Command line: marengine train | sample | demo | cache-latents | export-onnx.
+"""Command line: marengine train | sample | demo | cache-latents | check-data | export-onnx.
 
 Training flags are generated from `TrainConfig`, so defaults live in one place.
 """
@@ -124,6 +124,19 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Open every image of a folder as training would; list the unreadable ones (exit status 1 if any)."""
+    from .training.data import ImageFolderDataset, check_image_folder
+
+    dataset = ImageFolderDataset(args.data, args.img_size, crop=args.crop, flip=False)
+    bad = check_image_folder(dataset, args.num_workers, progress=args.progress)
+    for it in bad:
+        print(f"unreadable: {it.path} ({it.reason})")
+    print(f"checked {len(dataset)} images in {dataset.num_classes} classes: "
+          + (f"{len(bad)} unreadable" if bad else "all readable"))
+    return 1 if bad else 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export.onnx import export_from_checkpoint
     paths = export_from_checkpoint(args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
@@ -170,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=cmd_cache_latents)
+
+    p = sub.add_parser("check-data", help="open every image of a folder; list unreadable ones (exit 1 if any)")
+    p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
+    p.add_argument("--img-size", type=int, default=256)
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
+                   help="center crop as training does; --no-crop also flags images not img-size square")
+    p.add_argument("--num-workers", type=int, default=0, help="processes decoding images")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(fn=cmd_check_data)
 
     p = sub.add_parser("export-onnx", help="export backbone, head step and decoder to ONNX")
     p.add_argument("--checkpoint", required=True)

@@ -139,6 +139,21 @@ def test_collate_drops_bad_items():
     assert empty.x is None and empty.y is None and len(empty.bad) == 1
 
 
+def test_check_data_lists_unreadable_images(tmp_path, capsys):
+    from marengine.cli import main
+
+    root = make_folder(tmp_path / "imgs", 4, 16)
+    assert main(["check-data", "--data", str(root), "--img-size", "16", "--no-progress"]) == 0
+    assert "all readable" in capsys.readouterr().out
+    junk, cut = add_corrupt(root)
+    assert main(["check-data", "--data", str(root), "--img-size", "16", "--num-workers", "2", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"unreadable: {junk}" in out and f"unreadable: {cut}" in out and "2 unreadable" in out
+    # without cropping, images that are not img-size square are reported too
+    assert main(["check-data", "--data", str(root), "--img-size", "16", "--no-crop", "--no-progress"]) == 1
+    assert "not 16x16" in capsys.readouterr().out
+
+
 def test_training_skips_and_reports_unreadable_images(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs", 8, 8)
     bad_files = {str(p) for p in add_corrupt(root)}
