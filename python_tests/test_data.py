@@ -1,10 +1,16 @@
-"""The training input: seeded resumable batches, DataLoader workers, unreadable images."""
+"""The training input: seeded resumable batches, DataLoader workers, unreadable images, the sharded latent cache."""
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,8 @@ import torch
 
 from marengine.training.config import TrainConfig
 from marengine.training.data import BadItem, ImageFolderDataset, collate_items
+from marengine.training.latent_cache import build_latent_cache, file_sha256
+from marengine.training.latent_dataset import LatentCacheDataset, SafetensorsLatentsDataset
 from marengine.training.sampler import ItemKey, SeededItems, StepBatchSampler, item_generator, mix_seed
 from marengine.training.trainer import Trainer
 
@@ -196,3 +204,129 @@ def test_workers_and_resume_give_bitwise_the_same_run(tmp_path):
     for k, v in straight.ema.shadow.items():
         assert torch.equal(v, resumed.ema.shadow[k]), f"EMA {k} differs"
     assert resumed.loader.bad.count == straight.loader.bad.count > 0  # the count survives the resume
+
+
+# ---------------------------------------------------------------- the sharded latent cache
+def _build(root: Path, vae, vae_path: Path, out: Path, **kw):
+    from marengine.config import VAE_LATENT_SCALE
+
+    ds = ImageFolderDataset(root, kw.pop("img_size", 64), flip=False)
+    args = {"vae_sha256": file_sha256(vae_path), "vae_config": {"embed_dim": 16, **VAE_CONFIG},
+            "scale": VAE_LATENT_SCALE, "shard_size": 5, "batch_size": 3, **kw}
+    return build_latent_cache(ds, vae, out, **args)
+
+
+def test_latent_cache_contents_rerun_and_refusal(tmp_path):
+    root = make_folder(tmp_path / "imgs", 6, 64)
+    add_corrupt(root)  # 14 files, 2 unreadable
+    vae = save_vae(tmp_path / "vae.ckpt")
+    index = _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache")
+    assert index["num_items"] == 12 and index["num_skipped"] == 2 and len(index["shards"]) == 3
+    cache = LatentCacheDataset(tmp_path / "cache")
+    assert len(cache) == 12 and cache.latent_shape == (16, 4, 4) and cache.num_classes == 2
+    ds = ImageFolderDataset(root, 64, flip=False)
+    good = [i for i in range(len(ds)) if not isinstance(ds[i], BadItem)]
+    x = torch.stack([ds[i][0] for i in good])
+    with torch.no_grad():
+        want = [vae.encode(x).moments, vae.encode(x.flip(-1)).moments]  # [12, 32, 4, 4] each
+    for j, i in enumerate(good):
+        for view in (0, 1):
+            m, label = cache.read(j, view)
+            torch.testing.assert_close(torch.from_numpy(m), want[view][j], rtol=1e-4, atol=1e-5)
+            assert label == int(ds.labels[i])
+    # the same command again: nothing to do, nothing rewritten
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    assert _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache") == index
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    # other settings into the same folder are refused, naming the difference
+    with pytest.raises(ValueError, match="other settings.*shard_size"):
+        _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache", shard_size=4)
+    with pytest.raises(ValueError, match="other settings.*img_size"):
+        _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache", img_size=32)
+    # shards written by two ranks (here one after the other) are the same files
+    _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "split", rank=1, world_size=2)
+    assert not (tmp_path / "split" / "index.json").exists()
+    assert _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "split", rank=0, world_size=2) == index
+    for s in index["shards"]:
+        assert (tmp_path / "split" / s["name"]).read_bytes() == (tmp_path / "cache" / s["name"]).read_bytes()
+    # a folder that was never finished is a clear error at training time
+    (tmp_path / "half").mkdir()
+    shutil.copy(tmp_path / "cache" / "settings.json", tmp_path / "half")
+    with pytest.raises(ValueError, match="incomplete"):
+        LatentCacheDataset(tmp_path / "half")
+
+
+def _cache_cmd(root: Path, vae: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "marengine", "cache-latents", "--data", str(root), "--vae-ckpt", str(vae),
+            "--vae-config", json.dumps(VAE_CONFIG), "--out", str(out), "--img-size", "128", "--shard-size", "4",
+            "--batch-size", "2", "--no-progress"]
+
+
+def _cache_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
+    root = make_folder(tmp_path / "imgs", 20, 128, seed=1)  # 40 images, 10 shards
+    save_vae(tmp_path / "vae.ckpt")
+    subprocess.run(_cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "ref"), check=True, cwd=REPO, env=ENV,
+                   timeout=300, capture_output=True)
+    out = tmp_path / "cache"
+    proc = subprocess.Popen(_cache_cmd(root, tmp_path / "vae.ckpt", out), cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(12000):  # up to ~60 s for the first shard
+            if list(out.glob("shard-*.npy")) or proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done = sorted(out.glob("shard-*.npy"))
+    assert not (out / "index.json").exists() and 1 <= len(done) < 10, "killed too early or too late"
+    before = {p.name: p.stat().st_mtime_ns for p in done}
+    (out / ".shard-00009-of-00010.npy.stale.tmp").write_bytes(b"half a shard")  # as if killed mid-write
+    subprocess.run(_cache_cmd(root, tmp_path / "vae.ckpt", out), check=True, cwd=REPO, env=ENV, timeout=300,
+                   capture_output=True)
+    assert {p.name: p.stat().st_mtime_ns for p in done} == before  # complete shards were kept, not redone
+    assert not list(out.glob(".*tmp")) and not list(out.glob("*.tmp"))
+    assert _cache_files(out) == _cache_files(tmp_path / "ref")  # bitwise the uninterrupted cache
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_cache_latents_under_torchrun_matches_one_process(tmp_path):
+    root = make_folder(tmp_path / "imgs", 5, 128)  # 10 images, 3 shards
+    save_vae(tmp_path / "vae.ckpt")
+    one = _cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "one")
+    two = ["torchrun", "--standalone", "--nproc_per_node=2", *_cache_cmd(root, tmp_path / "vae.ckpt",
+                                                                          tmp_path / "two")[1:]]
+    for cmd in (one, two):
+        subprocess.run(cmd, check=True, cwd=REPO, env=ENV, timeout=300, capture_output=True)
+    assert _cache_files(tmp_path / "two") == _cache_files(tmp_path / "one")
+
+
+def test_training_from_the_cache(tmp_path):
+    from safetensors.torch import save_file
+
+    root = make_folder(tmp_path / "imgs", 8, 64)
+    vae = save_vae(tmp_path / "vae.ckpt")
+    _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache")
+    cfg = cfg_for(tmp_path / "r0", data=str(tmp_path / "cache"), model="mar_tiny", model_overrides=dict(SMALL),
+                  tokenizer="vae", vae_ckpt=str(tmp_path / "vae.ckpt"), batch_size=4, max_steps=4)
+    w0 = fit(cfg)
+    w2 = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r2"), num_workers=2))
+    same_weights(w0, w2)  # view choice and posterior sample are seeded per item
+    with pytest.raises(ValueError, match=r"latents of shape \(16, 4, 4\).*expects \(16, 2, 2\)"):
+        Trainer(dataclasses.replace(cfg, model_overrides={**SMALL, "img_size": 32}))
+    # an earlier single-file cache still trains, and gives the same items
+    sharded = LatentCacheDataset(tmp_path / "cache")
+    both = [np.stack([sharded.read(i, v)[0] for v in (0, 1)]) for i in range(len(sharded))]
+    labels = [sharded.read(i, 0)[1] for i in range(len(sharded))]
+    save_file({"moments": torch.from_numpy(np.stack(both)), "labels": torch.tensor(labels),
+               "num_classes": torch.tensor(2)}, tmp_path / "old.safetensors")
+    old = SafetensorsLatentsDataset(tmp_path / "old.safetensors", sharded.scale)
+    for i in (0, 5, 15):
+        a, b = old.get(i, item_generator(0, 1, i)), sharded.get(i, item_generator(0, 1, i))
+        assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    legacy = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r3"), data=str(tmp_path / "old.safetensors")))
+    same_weights(w0, legacy)

@@ -1,5 +1,5 @@
-"""Training data: the embedded digits set, image folders (official center crop +
-random flip), and VAE latents cached once to disk.
+"""Training data: the embedded digits set and image folders (official center crop +
+random flip); the sharded VAE latent cache is in `latent_cache.py`.
 
 Every dataset has `get(index, generator) -> (x, label)`, with x an image
 [C, H, W] in [-1, 1] (the tokenizer encodes it in the training step) or cached
@@ -208,61 +208,3 @@ def check_image_folder(dataset: ImageFolderDataset, num_workers: int = 0, batch_
     for b in loader:
         bad += b
     return bad
-
-
-class CachedLatentsDataset(Dataset):
-    """VAE posterior moments cached by `cache_latents` ([N, 2, 2C, h, w]: original and
-    flipped); each item picks one view at random and samples the posterior."""
-
-    def __init__(self, path: str | os.PathLike, scale: float) -> None:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"latent cache {path} not found: run `marengine cache-latents` first")
-        d = load_file(path)
-        self.moments, self.labels, self.scale = d["moments"], d["labels"], scale
-        self.num_classes = int(d["num_classes"])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-        m = self.moments[i, int(torch.rand((), generator=generator) < 0.5)].float()
-        mean, logvar = m.chunk(2, dim=0)
-        z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn(mean.shape, generator=generator)
-        return z * self.scale, int(self.labels[i])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.get(i)
-
-
-@torch.no_grad()
-def cache_latents(dataset: ImageFolderDataset, vae, out_path: str | os.PathLike,
-                  batch_size: int = 32, device: str = "cpu") -> Path:
-    """Encode every image (and its mirror) once; write moments + labels to a safetensors file.
-    Unreadable images are skipped."""
-    from safetensors.torch import save_file
-
-    from ..models.pretrained import atomic_write
-
-    flip = dataset.flip
-    dataset.flip = False
-    moments, labels = [], []
-    try:
-        for s in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-            items = [it for it in items if not isinstance(it, BadItem)]
-            if not items:
-                continue
-            x = torch.stack([it[0] for it in items]).to(device)
-            both = torch.stack([vae.encode(x).moments, vae.encode(x.flip(-1)).moments], 1)
-            moments.append(both.cpu())
-            labels += [it[1] for it in items]
-    finally:
-        dataset.flip = flip
-    out = Path(out_path)
-    tensors = {"moments": torch.cat(moments).contiguous(), "labels": torch.tensor(labels),
-               "num_classes": torch.tensor(dataset.num_classes)}
-    atomic_write(out, lambda tmp: save_file(tensors, tmp))
-    return out
