@@ -1,4 +1,4 @@
-"""Command line: marengine train | sample | demo | cache-latents | export-onnx.
+"""Command line: marengine train | sample | demo | cache-latents | check-data | export-onnx.
 
 Training flags are generated from `TrainConfig`, so defaults live in one place.
 """
@@ -119,14 +119,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
-    from .models.vae import AutoencoderKL
-    from .training.data import ImageFolderDataset, cache_latents
+    """Encode an image folder into a sharded latent cache; torchrun splits the shards between ranks."""
+    import torch
 
-    vae = AutoencoderKL(embed_dim=args.vae_embed_dim, ckpt_path=args.vae_ckpt).eval().to(args.device)
-    out = cache_latents(ImageFolderDataset(args.data, args.img_size, crop=True), vae, args.out,
-                        args.batch_size, args.device)
-    print(f"wrote {out}")
+    from .config import VAE_LATENT_SCALE
+    from .models.vae import AutoencoderKL
+    from .training.data import ImageFolderDataset
+    from .training.distributed import barrier, init_distributed, shutdown
+    from .training.latent_cache import build_latent_cache, file_sha256
+
+    if not Path(args.vae_ckpt).is_file():
+        raise FileNotFoundError(f"VAE checkpoint {args.vae_ckpt} not found (the KL-16 kl16.ckpt of MAR)")
+    vae_config = {"embed_dim": args.vae_embed_dim, **args.vae_config}
+    device = torch.device(args.device)
+    info = init_distributed(device.type, timeout_s=24 * 3600)  # ranks may wait long for the slowest one
+    try:
+        if device.type == "cuda":
+            device = torch.device("cuda", info.local_rank)
+        dataset = ImageFolderDataset(args.data, args.img_size, crop=True, flip=False)
+        vae = AutoencoderKL(ckpt_path=args.vae_ckpt, **vae_config).eval().to(device)
+        index = build_latent_cache(dataset, vae, args.out, vae_sha256=file_sha256(args.vae_ckpt),
+                                   vae_config=vae_config, scale=VAE_LATENT_SCALE, shard_size=args.shard_size,
+                                   dtype=args.dtype, batch_size=args.batch_size, num_workers=args.num_workers,
+                                   device=device, rank=info.rank, world_size=info.world_size,
+                                   barrier=lambda: barrier(info), progress=args.progress and info.is_main)
+    finally:
+        shutdown(info)
+    if index is not None:
+        print(f"wrote {args.out}: {index['num_items']} items in {len(index['shards'])} shards"
+              + (f", {index['num_skipped']} unreadable images skipped" if index["num_skipped"] else ""))
     return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Open every image of a folder as training would; list the unreadable ones (exit status 1 if any)."""
+    from .training.data import ImageFolderDataset, check_image_folder
+
+    dataset = ImageFolderDataset(args.data, args.img_size, crop=args.crop, flip=False)
+    bad = check_image_folder(dataset, args.num_workers, progress=args.progress)
+    for it in bad:
+        print(f"unreadable: {it.path} ({it.reason})")
+    print(f"checked {len(dataset)} images in {dataset.num_classes} classes: "
+          + (f"{len(bad)} unreadable" if bad else "all readable"))
+    return 1 if bad else 0
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -166,15 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_flags(p, {})
     p.set_defaults(fn=cmd_sample)
 
-    p = sub.add_parser("cache-latents", help="encode an image folder with the VAE once (original + flipped)")
-    p.add_argument("--data", required=True)
+    p = sub.add_parser("cache-latents", help="encode an image folder with the VAE once (original + flipped) into "
+                       "a sharded cache; rerun to finish a killed run; torchrun --nproc_per_node=N splits the shards")
+    p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
     p.add_argument("--vae-ckpt", required=True)
-    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--out", required=True, help="output folder (index.json + shard files)")
     p.add_argument("--img-size", type=int, default=256)
     p.add_argument("--vae-embed-dim", type=int, default=16)
+    p.add_argument("--vae-config", type=json.loads, default={},
+                   help='JSON keywords of AutoencoderKL for a non-official VAE, e.g. \'{"ch": 32}\'')
+    p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage type of the moments")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (each torchrun rank takes its local GPU)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(fn=cmd_cache_latents)
+
+    p = sub.add_parser("check-data", help="open every image of a folder; list unreadable ones (exit 1 if any)")
+    p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
+    p.add_argument("--img-size", type=int, default=256)
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
+                   help="center crop as training does; --no-crop also flags images not img-size square")
+    p.add_argument("--num-workers", type=int, default=0, help="processes decoding images")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(fn=cmd_check_data)
 
     p = sub.add_parser("export-onnx", help="export backbone, head step and decoder to ONNX")
     p.add_argument("--checkpoint", required=True)

@@ -159,19 +159,20 @@ def test_bad_inputs(tmp_path):
 def test_image_folder_errors(tmp_path):
     from PIL import Image
 
-    from marengine.training.data import ImageFolderDataset
+    from marengine.training.data import BadItem, ImageFolderDataset
     root = tmp_path / "imgs"
     for cls, sizes in {"a": [(16, 16), (16, 16)], "b": [(16, 16), (20, 12)]}.items():
         (root / cls).mkdir(parents=True)
         for i, s in enumerate(sizes):
             Image.new("RGB", s, (i * 40, 0, 0)).save(root / cls / f"{i}.png")
-    with pytest.raises(ValueError, match="mixed sizes"):
-        ImageFolderDataset(root, 16, crop=False)
+    # files are opened when met: a wrong size (without cropping) or a broken file is a BadItem naming it
+    bad = ImageFolderDataset(root, 16, crop=False)[3]
+    assert isinstance(bad, BadItem) and bad.path.endswith("1.png") and "20x12, not 16x16" in bad.reason
     ds = ImageFolderDataset(root, 16, crop=True)  # the official crop handles any size
     assert ds[3][0].shape == (3, 16, 16) and ds.num_classes == 2
     (root / "b" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="unreadable"):
-        ImageFolderDataset(root, 16)
+    ds = ImageFolderDataset(root, 16)  # names only: construction does not open the broken file
+    assert isinstance(ds[4], BadItem) and ds[4].path.endswith("broken.png"), ds[4]  # b/0, b/1, b/broken
 
 
 def _eval_loss(model: torch.nn.Module) -> float:

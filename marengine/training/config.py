@@ -16,10 +16,13 @@ class TrainConfig:
     init_from: str | None = None                # official checkpoint-last.pth or a pretrained folder, to fine-tune
     # data
     data: str = "digits"                        # "digits", an image folder root/<class>/*, or a latent cache
+                                                # folder (cache-latents; an older single .safetensors also works)
     tokenizer: str = "pixel"                    # "pixel" (no VAE) or "vae" (KL-16)
     vae_ckpt: str | None = None                 # kl16.ckpt for tokenizer="vae"
     crop: bool = True                           # image folders: official center crop
-    num_workers: int = 0
+    num_workers: int = 0                        # DataLoader worker processes; 0 loads in the training process,
+                                                # which suits the in-memory digits on a CPU (workers would compete
+                                                # with the training step for the cores); use 4-8 per GPU for images
     # optimisation (official recipe)
     batch_size: int = 64                        # per process
     blr: float = 1e-4                           # lr = blr * global batch / 256

@@ -1,17 +1,24 @@
-"""Training data: the embedded digits set, image folders (official center crop +
-random flip), and VAE latents cached once to disk.
+"""Training data: the embedded digits set and image folders (official center crop +
+random flip); the sharded VAE latent cache is in `latent_cache.py`.
 
-Every dataset yields (x, label) with x either an image [C, H, W] in [-1, 1]
-(the tokenizer encodes it in the training step) or cached latents.
+Every dataset has `get(index, generator) -> (x, label)`, with x an image
+[C, H, W] in [-1, 1] (the tokenizer encodes it in the training step) or cached
+latents, and with its random choices drawn from `generator` (see `sampler.py`).
+An image folder returns a `BadItem` for a file it cannot use instead of
+raising: `collate_items` drops it and the trainer reports it, so one corrupt
+file never stops a run.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -37,8 +44,11 @@ class DigitsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def get(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])  # no random augmentation
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
+        return self.get(i)
 
 
 def center_crop(img, size: int):
@@ -55,114 +65,146 @@ def center_crop(img, size: int):
     return arr[top: top + size, left: left + size]
 
 
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[int], list[str]]:
-    """root/<class>/<image> -> (paths, labels, class names); classes sorted by name."""
+def _image_files(folder: str) -> list[tuple[str, ...]]:
+    """Relative paths (as tuples of parts) of the image files under `folder`, names only (no file is opened)."""
+    found: list[tuple[str, ...]] = []
+    stack: list[tuple[str, tuple[str, ...]]] = [(folder, ())]
+    while stack:
+        path, parts = stack.pop()
+        with os.scandir(path) as it:
+            for e in it:
+                if e.is_dir():
+                    stack.append((e.path, (*parts, e.name)))
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+                    found.append((*parts, e.name))
+    return sorted(found)  # the order Path sorting gives (part by part)
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """root/<class>/<image> -> (relative file names [N] (bytes), labels [N] (int64), class names).
+
+    Classes are sorted by name, files by path; only names are read, so this is
+    quick even for ImageNet (1.28 M files). Names are kept in one numpy array, not
+    a list of Python objects, so forked DataLoader workers do not copy them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist or is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise ValueError(f"data folder {root} has no class sub-folders: expected {root}/<class>/<image files>")
-    paths, labels = [], []
+    names: list[bytes] = []
+    labels: list[int] = []
     for i, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-        paths += files
+        files = [os.fsencode(os.path.join(c, *parts)) for parts in _image_files(str(root / c))]
+        names += files
         labels += [i] * len(files)
-    if not paths:
+    if not names:
         raise ValueError(f"data folder {root} holds no images ({', '.join(IMAGE_EXTS)}) in its class folders")
-    return paths, labels, classes
+    return np.array(names, dtype=np.bytes_), np.array(labels, dtype=np.int64), classes
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """An item that could not be loaded: what the dataset yields instead of raising."""
+
+    path: str
+    reason: str
 
 
 class ImageFolderDataset(Dataset):
     """Images under root/<class>/, RGB in [-1, 1], [3, size, size].
 
-    crop=True: the official center crop (any input size). crop=False: every image
-    must already be size x size; other sizes are an error naming the files.
-    Flip with probability 0.5 when `flip` (official random horizontal flip)."""
+    Construction lists file names only; a file is opened when its item is
+    loaded, and one that cannot be decoded gives a `BadItem`. crop=True: the
+    official center crop (any input size). crop=False: every image must already
+    be size x size; another size is a `BadItem` naming the file and its size.
+    Flip with probability 0.5 when `flip` (official random horizontal flip),
+    drawn from the item's generator. `marengine check-data` opens every file up
+    front."""
 
     def __init__(self, root: str | os.PathLike, size: int, crop: bool = True, flip: bool = True) -> None:
-        from PIL import Image
-
-        self.paths, self.labels, self.classes = scan_image_folder(root)
+        self.root = Path(root)
+        self.names, self.labels, self.classes = scan_image_folder(root)
         self.size, self.crop, self.flip = size, crop, flip
-        bad, unreadable = [], []
-        for p in self.paths:
-            try:
-                with Image.open(p) as im:
-                    w, h = im.size
-            except Exception as e:  # PIL raises several types for broken files
-                unreadable.append(f"{p} ({type(e).__name__})")
-                continue
-            if not crop and (w, h) != (size, size):
-                bad.append(f"{p.name}: {w}x{h}")
-        if unreadable:
-            raise ValueError(f"{len(unreadable)} unreadable image(s) in {root}: {', '.join(unreadable[:5])}")
-        if bad:
-            raise ValueError(f"images of mixed sizes: {len(bad)} are not {size}x{size} ({', '.join(bad[:5])}); "
-                             "resize them or train with center cropping enabled")
         self.num_classes = len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            im = im.convert("RGB")
-            arr = center_crop(im, self.size) if self.crop else np.asarray(im)
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x, self.labels[i]
-
-
-class CachedLatentsDataset(Dataset):
-    """VAE posterior moments cached by `cache_latents` ([N, 2, 2C, h, w]: original and
-    flipped); each item picks one view at random and samples the posterior."""
-
-    def __init__(self, path: str | os.PathLike, scale: float) -> None:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"latent cache {path} not found: run `marengine cache-latents` first")
-        d = load_file(path)
-        self.moments, self.labels, self.scale = d["moments"], d["labels"], scale
-        self.num_classes = int(d["num_classes"])
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        m = self.moments[i, int(torch.rand(()) < 0.5)].float()
-        mean, logvar = m.chunk(2, dim=0)
-        z = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn_like(mean)
-        return z * self.scale, int(self.labels[i])
+    def path(self, i: int) -> Path:
+        return self.root / os.fsdecode(self.names[i])
+
+    def load(self, i: int) -> np.ndarray | BadItem:  # [size, size, 3] uint8
+        from PIL import Image
+
+        path = self.path(i)
+        try:
+            with Image.open(path) as im:
+                if not self.crop and im.size != (self.size, self.size):
+                    return BadItem(str(path), f"{im.size[0]}x{im.size[1]}, not {self.size}x{self.size}; resize it "
+                                   "or train with center cropping (--crop)")
+                im = im.convert("RGB")  # decodes the whole file: truncated data fails here
+                arr = center_crop(im, self.size) if self.crop else np.asarray(im)
+        except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for broken files)
+            return BadItem(str(path), f"{type(e).__name__}: {e}")
+        return np.array(arr, dtype=np.uint8)  # a writable, contiguous copy
+
+    def get(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int] | BadItem:
+        arr = self.load(i)
+        if isinstance(arr, BadItem):
+            return arr
+        x = torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0  # [3, size, size]
+        if self.flip and torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        return x, int(self.labels[i])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | BadItem:
+        return self.get(i)
 
 
-@torch.no_grad()
-def cache_latents(dataset: ImageFolderDataset, vae, out_path: str | os.PathLike,
-                  batch_size: int = 32, device: str = "cpu") -> Path:
-    """Encode every image (and its mirror) once; write moments + labels to a safetensors file."""
-    from safetensors.torch import save_file
+class Batch(NamedTuple):
+    """A collated batch; x and y are None when every item was bad."""
 
-    from ..files import atomic_write
+    x: torch.Tensor | None     # [B, ...]
+    y: torch.Tensor | None     # [B] int64
+    bad: list[BadItem]         # the items dropped from it
 
-    flip = dataset.flip
-    dataset.flip = False
-    moments, labels = [], []
-    try:
-        for s in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-            x = torch.stack([it[0] for it in items]).to(device)
-            both = torch.stack([vae.encode(x).moments, vae.encode(x.flip(-1)).moments], 1)
-            moments.append(both.cpu())
-            labels += [it[1] for it in items]
-    finally:
-        dataset.flip = flip
-    out = Path(out_path)
-    tensors = {"moments": torch.cat(moments).contiguous(), "labels": torch.tensor(labels),
-               "num_classes": torch.tensor(dataset.num_classes)}
-    atomic_write(out, lambda tmp: save_file(tensors, tmp))
-    return out
+
+def collate_items(items: Sequence[tuple[torch.Tensor, int] | BadItem]) -> Batch:
+    """Stack the good items; drop (and list) the bad ones."""
+    good = [it for it in items if not isinstance(it, BadItem)]
+    bad = [it for it in items if isinstance(it, BadItem)]
+    if not good:
+        return Batch(None, None, bad)
+    x = torch.stack([it[0] for it in good])
+    y = torch.tensor([it[1] for it in good], dtype=torch.int64)
+    return Batch(x, y, bad)
+
+
+class _Unseeded(Dataset):
+    def __init__(self, source: ImageFolderDataset) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        return self.source.load(i)  # decode and crop, no augmentation
+
+    @staticmethod
+    def collate(items: Sequence[np.ndarray | BadItem]) -> list[BadItem]:
+        return [it for it in items if isinstance(it, BadItem)]
+
+
+def check_image_folder(dataset: ImageFolderDataset, num_workers: int = 0, batch_size: int = 64,
+                       progress: bool = False) -> list[BadItem]:
+    """Open, decode and crop every image as training would; return the ones that fail."""
+    loader = DataLoader(_Unseeded(dataset), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_Unseeded.collate)
+    bad: list[BadItem] = []
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc="check", unit="batch", dynamic_ncols=True)
+    for b in loader:
+        bad += b
+    return bad

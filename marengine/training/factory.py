@@ -9,7 +9,8 @@ import torch
 from ..config import MARConfig
 from ..models.mar import MAR
 from .config import TrainConfig
-from .data import CachedLatentsDataset, DigitsDataset, ImageFolderDataset
+from .data import DigitsDataset, ImageFolderDataset
+from .latent_dataset import is_latent_cache, open_latents
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
@@ -44,9 +45,16 @@ def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):
             raise ValueError(f"the digits are 8x8 images, the model config says img_size={model_cfg.img_size}")
         return DigitsDataset("train"), False
     path = Path(cfg.data)
-    if path.suffix == ".safetensors":
+    if is_latent_cache(path):
         from ..config import VAE_LATENT_SCALE
-        return CachedLatentsDataset(path, VAE_LATENT_SCALE), True
+        ds = open_latents(path, VAE_LATENT_SCALE)
+        side = model_cfg.img_size // model_cfg.vae_stride
+        want = (model_cfg.vae_embed_dim, side, side)
+        if tuple(ds.latent_shape) != want:
+            raise ValueError(f"the latent cache {path} holds latents of shape {tuple(ds.latent_shape)} [C, h, w], "
+                             f"the model expects {want} (vae_embed_dim, img_size / vae_stride, ...); set "
+                             "model_overrides img_size / vae_embed_dim to fit, or re-cache at the model's size")
+        return ds, True
     return ImageFolderDataset(path, model_cfg.img_size, crop=cfg.crop), False
 
 

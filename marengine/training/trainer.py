@@ -1,6 +1,7 @@
 """The training engine: one loop for one CPU or many GPUs (torchrun + DDP),
 mixed precision that skips non-finite steps, EMA, atomic checkpoints and
-exact resume."""
+exact resume. Batches come from a DataLoader (`loader.py`) whose data do not
+depend on the number of workers, so resume stays exact with workers too."""
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ from .config import TrainConfig
 from .distributed import all_reduce_mean, barrier, init_distributed, shutdown
 from .ema import EMA
 from .factory import autocast_dtype, build_dataset, build_model, param_groups, resolve_device, resolve_precision
+from .loader import StepLoader
 
 log = logging.getLogger("marengine.train")
 
@@ -54,10 +56,10 @@ class Trainer:
                              f"{self.model_cfg.class_num}; set model_overrides class_num")
         self.tokenizer = None if self.cached else build_tokenizer(self.tok_spec).to(self.device)
         self.global_batch = cfg.batch_size * self.dist.world_size
-        self.steps_per_epoch = len(self.dataset) // self.global_batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"the data has {len(self.dataset)} items, fewer than one global batch of "
-                             f"{self.global_batch}; lower --batch-size")
+        # page-locked batches only help copies to a GPU
+        self.loader = StepLoader(self.dataset, cfg.batch_size, cfg.seed, cfg.max_steps, self.dist.rank,
+                                 self.dist.world_size, cfg.num_workers, pin_memory=self.device.type == "cuda")
+        self.steps_per_epoch = self.loader.steps_per_epoch
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from, key="model")
         self.model.to(self.device)
@@ -83,6 +85,8 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        bad = ckpt.get("bad_inputs", [])
+        self.loader.bad.count = int(bad[self.dist.rank]) if len(bad) == self.dist.world_size else 0
         rngs = ckpt["rng"]
         if len(rngs) != self.dist.world_size:
             log.warning("resuming %d-process run on %d processes: RNG streams are re-seeded", len(rngs),
@@ -92,14 +96,15 @@ class Trainer:
             restore_rng(rngs[self.dist.rank], self.gen)
 
     def _state(self) -> dict[str, Any]:
-        rng = [rng_state(self.gen)]
+        rng, bad = [rng_state(self.gen)], [self.loader.bad.count]
         if self.dist.enabled:
-            rng = [None] * self.dist.world_size
+            rng, bad = [None] * self.dist.world_size, [None] * self.dist.world_size
             dist.all_gather_object(rng, rng_state(self.gen))
+            dist.all_gather_object(bad, self.loader.bad.count)
         return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict_for(self.model),
                 "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
-                "skipped": self.skipped, "rng": rng, "config": self.model_cfg.to_dict(),
+                "skipped": self.skipped, "bad_inputs": bad, "rng": rng, "config": self.model_cfg.to_dict(),
                 "tokenizer": self.tok_spec, "train_config": self.cfg.to_dict()}
 
     def save(self) -> Path | None:
@@ -123,17 +128,30 @@ class Trainer:
     # ------------------------------------------------------------ data
     def batch_indices(self, step: int) -> torch.Tensor:
         """This rank's sample indices at `step`: a fresh permutation per epoch, drop-last."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
-        perm = torch.randperm(len(self.dataset), generator=gen)
-        start = k * self.global_batch + self.dist.rank * self.cfg.batch_size
-        return perm[start: start + self.cfg.batch_size]
+        return torch.tensor([k.index for k in self.loader.sampler.keys(step)], dtype=torch.int64)
 
-    def load_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.dataset[int(i)] for i in self.batch_indices(step)]
-        x = torch.stack([it[0] for it in items]).to(self.device, non_blocking=True)
-        y = torch.tensor([it[1] for it in items], dtype=torch.int64, device=self.device)
-        return x, y
+    def load_batch(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch of `step` on the device, without its unreadable items; (None, None) when none was readable."""
+        b = self.loader.batch(step)
+        if b.x is None:
+            return None, None
+        return b.x.to(self.device, non_blocking=True), b.y.to(self.device, non_blocking=True)
+
+    def data_status(self, x: torch.Tensor | None) -> tuple[bool, int]:
+        """(every rank has a batch, unreadable items met so far on all ranks)."""
+        if not self.dist.enabled:
+            return x is not None, self.loader.bad.count
+        t = torch.tensor([float(x is None), float(self.loader.bad.count)], device=self.device)
+        dist.all_reduce(t)
+        return bool(t[0] == 0), int(t[1])
+
+    def skip_step(self) -> dict[str, float]:
+        """A step whose batch (on some rank) held no readable item: no update, the schedule moves on."""
+        log.warning("step %d: no readable item in the batch; step skipped", self.step)
+        lr = self.lr_at(self.step)
+        self.step += 1
+        self.skipped += 1
+        return {"loss": float("nan"), "grad_norm": float("nan"), "lr": lr, "finite": False}
 
     # ------------------------------------------------------------ loop
     def lr_at(self, step: int) -> float:
@@ -185,11 +203,14 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                out = self.train_step(*self.load_batch(self.step))
+                x, y = self.load_batch(self.step)
+                have_data, bad_inputs = self.data_status(x)
+                out = self.train_step(x, y) if have_data else self.skip_step()
                 out["imgs_per_s"] = self.global_batch / (time.perf_counter() - t0)
+                out["bad_inputs"] = bad_inputs
                 if out["finite"]:
                     history.append(out["loss"])
-                elif self.bad_run >= cfg.max_bad_steps:
+                elif have_data and self.bad_run >= cfg.max_bad_steps:
                     raise TrainingDiverged(
                         f"{self.bad_run} consecutive steps had a non-finite loss or gradient (step {self.step}, "
                         f"{self.skipped} skipped in all). The last good checkpoint is kept at {self.out_dir / LAST}. "
@@ -197,7 +218,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}",
-                                    img_s=f"{out['imgs_per_s']:.0f}", skipped=self.skipped)
+                                    img_s=f"{out['imgs_per_s']:.0f}", skipped=self.skipped, bad=bad_inputs)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     metrics.write(self.step, out, self.skipped)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
@@ -205,13 +226,14 @@ class Trainer:
                 if (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps) and self.bad_run == 0:
                     self.save()  # never during a run of skipped steps: the last good one stays
         finally:
+            self.loader.close()
             if bar is not None:
                 bar.close()
             metrics.close()
         barrier(self.dist)
         if main:
             self.export_ema(self.out_dir / "ema")
-        return {"step": self.step, "skipped": self.skipped, "losses": history}
+        return {"step": self.step, "skipped": self.skipped, "bad_inputs": self.loader.bad.count, "losses": history}
 
     def write_sample_grid(self, out: Path, per_class: int = 4) -> None:
         from ..imageio import save_samples
@@ -223,13 +245,14 @@ class Trainer:
         save_samples(out, images, labels, ncols=per_class)
 
     def close(self) -> None:
+        self.loader.close()
         shutdown(self.dist)
 
 
 class MetricsWriter:
     """metrics.csv, plus TensorBoard where it is installed."""
 
-    FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped")
+    FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped", "bad_inputs")
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.enabled, self.tb = enabled, None
@@ -250,7 +273,7 @@ class MetricsWriter:
     def write(self, step: int, out: dict[str, float], skipped: int) -> None:
         if not self.enabled:
             return
-        row = {**out, "step": step, "skipped": skipped}
+        row = {"bad_inputs": 0, **out, "step": step, "skipped": skipped}
         self.csv.writerow([row[k] for k in self.FIELDS])
         self.file.flush()
         if self.tb is not None:
