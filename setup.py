@@ -11,6 +11,7 @@ Environment flags:
 CUDA sources (csrc/cuda/*.cu, csrc/cuda/*.cpp) are built when torch has CUDA
 (`torch.version.cuda`), nvcc is found, and MARENGINE_SKIP_CUDA is not 1.
 """
+
 from __future__ import annotations
 
 import glob
@@ -62,12 +63,24 @@ def _extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         kw["include_dirs"].append(str(ROOT / "csrc" / "cuda"))
-        nvcc = opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fopenmp",
-                      "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
-                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__"]
+        nvcc = opt + [
+            "-std=c++17",
+            "-lineinfo",
+            "--expt-relaxed-constexpr",
+            "-Xcompiler",
+            "-fopenmp",
+            "-U__CUDA_NO_HALF_OPERATORS__",
+            "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+        ]
         print(f"marengine: building CPU + CUDA kernels (arch {os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
-        return CUDAExtension(sources=sources, define_macros=[("MARENGINE_WITH_CUDA", "1")],
-                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kw)
+        return CUDAExtension(
+            sources=sources,
+            define_macros=[("MARENGINE_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kw,
+        )
     print("marengine: building CPU kernels", file=sys.stderr)
     return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kw)
 
@@ -75,8 +88,7 @@ def _extension():
 def main() -> None:
     from torch.utils.cpp_extension import BuildExtension
 
-    setup(ext_modules=[_extension()],
-          cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+    setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
 
 
 if __name__ == "__main__":

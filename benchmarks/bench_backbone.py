@@ -14,6 +14,7 @@ Prints a table (median ms per call, speedups vs eager) and writes JSON with --js
     python benchmarks/bench_backbone.py                      # small default, ~1-2 min on 2 cores
     python benchmarks/bench_backbone.py --preset mar_base --img-size 256 --no-compile --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,16 @@ from marengine.models import MAR  # noqa: E402
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="mar_digits", help="MARConfig preset (default mar_digits)")
-    p.add_argument("--img-size", type=int, default=32,
-                   help="image size: sets L = (img/vae_stride/patch)^2 (default 32 -> 256 tokens with mar_digits)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=32,
+        help="image size: sets L = (img/vae_stride/patch)^2 (default 32 -> 256 tokens with mar_digits)",
+    )
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--known", nargs="+", default=["0", "half", "last"],
-                   help="K values: integers, 'half' (L/2) or 'last' (L-1)")
+    p.add_argument(
+        "--known", nargs="+", default=["0", "half", "last"], help="K values: integers, 'half' (L/2) or 'last' (L-1)"
+    )
     p.add_argument("--repeats", type=int, default=12, help="timed calls per backend and shape")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before each block of timed calls")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ORT CPU threads")
@@ -53,8 +59,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                   sync: Callable[[], None], rounds: int = 3) -> dict[str, float]:
+def interleaved_ms(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, sync: Callable[[], None], rounds: int = 3
+) -> dict[str, float]:
     """Median ms per call of each function, over `rounds` rounds that time each function in
     turn (a block of calls each), so that load from other processes on a shared machine
     hits all of them alike; blocks rather than single calls, so that one runtime's idle
@@ -118,8 +125,10 @@ def main() -> int:
         compiled = torch.compile(model.backbone, dynamic=True)
 
     rows = []
-    header = (f"{'B':>4} {'K':>5} {'eager':>9} {'compile':>9} {'ort-cpu':>9} {'ort-cuda':>9}"
-              f" {'eager/compile':>14} {'eager/ort-cpu':>14} {'eager/ort-cuda':>15} {'max rel err':>12}")
+    header = (
+        f"{'B':>4} {'K':>5} {'eager':>9} {'compile':>9} {'ort-cpu':>9} {'ort-cuda':>9}"
+        f" {'eager/compile':>14} {'eager/ort-cpu':>14} {'eager/ort-cuda':>15} {'max rel err':>12}"
+    )
     lines = []
     for b in a.batch:
         for k in ks:
@@ -155,20 +164,38 @@ def main() -> int:
             def ratio(key: str, width: int) -> str:
                 return f"{r['eager_ms'] / r[key]:{width}.2f}x" if key in r else f"{'-':>{width + 1}}"
 
-            lines.append(f"{b:>4} {k:>5} {fmt('eager_ms')} {fmt('compiled_ms')} {fmt('ort_cpu_ms')} "
-                         f"{fmt('ort_cuda_ms')} {ratio('compiled_ms', 13)} {ratio('ort_cpu_ms', 13)} "
-                         f"{ratio('ort_cuda_ms', 14)} {err:12.2e}")
+            lines.append(
+                f"{b:>4} {k:>5} {fmt('eager_ms')} {fmt('compiled_ms')} {fmt('ort_cpu_ms')} "
+                f"{fmt('ort_cuda_ms')} {ratio('compiled_ms', 13)} {ratio('ort_cpu_ms', 13)} "
+                f"{ratio('ort_cuda_ms', 14)} {err:12.2e}"
+            )
             print(lines[-1] if len(lines) > 1 else header + "\n" + lines[-1], flush=True)
 
-    info = {"preset": a.preset, "config": cfg.to_dict(), "seq_len": L, "token_dim": C, "embed_dim": D,
-            "device": str(device), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "exporter": ort_cpu.exporter, "threads": a.threads, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "export_s": round(export_s, 2), "first_compile_s": compile_s,
-            "repeats": a.repeats, "unit": "median ms per call", "results": rows}
-    print(f"\n{a.preset} img {a.img_size}: L={L}, C={C}, D={D}, {cfg.encoder_depth}+{cfg.decoder_depth} blocks; "
-          f"torch {torch.__version__} on {device}, onnxruntime {ort.__version__}, {a.threads} threads; "
-          f"export {export_s:.1f}s ({ort_cpu.exporter})"
-          + (f", first torch.compile {compile_s:.1f}s" if compile_s is not None else ""))
+    info = {
+        "preset": a.preset,
+        "config": cfg.to_dict(),
+        "seq_len": L,
+        "token_dim": C,
+        "embed_dim": D,
+        "device": str(device),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "exporter": ort_cpu.exporter,
+        "threads": a.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "export_s": round(export_s, 2),
+        "first_compile_s": compile_s,
+        "repeats": a.repeats,
+        "unit": "median ms per call",
+        "results": rows,
+    }
+    print(
+        f"\n{a.preset} img {a.img_size}: L={L}, C={C}, D={D}, {cfg.encoder_depth}+{cfg.decoder_depth} blocks; "
+        f"torch {torch.__version__} on {device}, onnxruntime {ort.__version__}, {a.threads} threads; "
+        f"export {export_s:.1f}s ({ort_cpu.exporter})"
+        + (f", first torch.compile {compile_s:.1f}s" if compile_s is not None else "")
+    )
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(info, indent=1))

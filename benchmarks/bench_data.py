@@ -15,6 +15,7 @@ Makes its own data in a temporary folder: JPEG images (--src-size, center-croppe
             (random weights: the cost is the same) encoding each batch in the step.
 The input pipeline keeps up when its items/s exceeds the training step's items/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,17 @@ from marengine.training.loader import StepLoader
 from marengine.training.trainer import Trainer
 
 MOMENTS = (2, 32, 16, 16)
-SMALL = {"img_size": 256, "encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 4,
-         "decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4, "diffloss_w": 96, "diffloss_d": 2}
+SMALL = {
+    "img_size": 256,
+    "encoder_embed_dim": 64,
+    "encoder_depth": 2,
+    "encoder_num_heads": 4,
+    "decoder_embed_dim": 64,
+    "decoder_depth": 2,
+    "decoder_num_heads": 4,
+    "diffloss_w": 96,
+    "diffloss_d": 2,
+}
 
 
 def make_images(root: Path, n: int, src: tuple[int, int], classes: int = 4) -> None:
@@ -55,16 +65,23 @@ def make_images(root: Path, n: int, src: tuple[int, int], classes: int = 4) -> N
 
 
 def make_cache(folder: Path, n: int, classes: int = 4) -> None:
-    settings = {"synthetic": True, "scale": VAE_LATENT_SCALE, "moments_shape": list(MOMENTS), "dtype": "float32",
-                "num_classes": classes, "class_names": [str(c) for c in range(classes)], "num_items": n,
-                "shard_size": 1024}
+    settings = {
+        "synthetic": True,
+        "scale": VAE_LATENT_SCALE,
+        "moments_shape": list(MOMENTS),
+        "dtype": "float32",
+        "num_classes": classes,
+        "class_names": [str(c) for c in range(classes)],
+        "num_items": n,
+        "shard_size": 1024,
+    }
     w = LatentCacheWriter(folder, settings)
     w.prepare()
     rng = np.random.default_rng(0)
     for i in w.pending():
         k = len(w.item_range(i))
         moments = rng.standard_normal((k, *MOMENTS), dtype=np.float32)
-        moments[:, :, MOMENTS[1] // 2:] = -4.0
+        moments[:, :, MOMENTS[1] // 2 :] = -4.0
         w.write(i, rng.integers(0, classes, k), moments)
     w.finalize()
 
@@ -112,8 +129,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--with-vae", action=argparse.BooleanOptionalAction, default=None,
-                    help="also time training from the folder with VAE encoding (default: on a GPU only)")
+    ap.add_argument(
+        "--with-vae",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time training from the folder with VAE encoding (default: on a GPU only)",
+    )
     ap.add_argument("--dir", default=None, help="where to write the data (default: a temporary folder)")
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args()
@@ -126,35 +147,50 @@ def main() -> None:
         folder, cache = Path(tmp) / "images", Path(tmp) / "cache"
         make_images(folder, args.images, tuple(args.src_size))
         make_cache(cache, args.latents)
-        sources = {"image folder": ImageFolderDataset(folder, args.img_size),
-                   "latent cache": LatentCacheDataset(cache)}
+        sources = {"image folder": ImageFolderDataset(folder, args.img_size), "latent cache": LatentCacheDataset(cache)}
         rows = []
         for name, src in sources.items():
             steps = len(src) // args.batch_size
             for w in args.workers:
                 r = pipeline_rate(src, args.batch_size, steps, w, pin)
                 rows.append({"what": f"{name}, {w} workers", **r})
-                print(f"{rows[-1]['what']:<32} {r['items_per_s']:9.0f} items/s  "
-                      f"(first batch {r['first_batch_s']:.2f} s)", flush=True)
-        common = {"model": "mar_tiny", "batch_size": args.batch_size, "device": args.device, "progress": False,
-                  "out_dir": str(Path(tmp) / "run"), "max_steps": 10 ** 6}
+                print(
+                    f"{rows[-1]['what']:<32} {r['items_per_s']:9.0f} items/s  (first batch {r['first_batch_s']:.2f} s)",
+                    flush=True,
+                )
+        common = {
+            "model": "mar_tiny",
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "progress": False,
+            "out_dir": str(Path(tmp) / "run"),
+            "max_steps": 10**6,
+        }
         warm = 2
-        train = {"train step, latents in": TrainConfig(data=str(cache), tokenizer="vae", model_overrides=SMALL,
-                                                       **common)}
+        train = {
+            "train step, latents in": TrainConfig(data=str(cache), tokenizer="vae", model_overrides=SMALL, **common)
+        }
         if args.with_vae if args.with_vae is not None else device.type == "cuda":
             from marengine.models.vae import AutoencoderKL
 
             torch.save({"model": AutoencoderKL(16).state_dict()}, Path(tmp) / "kl16-random.ckpt")
-            train["train step, images in (VAE)"] = TrainConfig(data=str(folder), tokenizer="vae", model_overrides=SMALL,
-                                                               vae_ckpt=str(Path(tmp) / "kl16-random.ckpt"), **common)
+            train["train step, images in (VAE)"] = TrainConfig(
+                data=str(folder),
+                tokenizer="vae",
+                model_overrides=SMALL,
+                vae_ckpt=str(Path(tmp) / "kl16-random.ckpt"),
+                **common,
+            )
         for name, cfg in train.items():
             r = train_rate(cfg, args.train_steps, warm)
             rows.append({"what": name, **r})
             print(f"{name:<32} {r['items_per_s']:9.0f} items/s  ({r['ms_per_step']:.0f} ms/step)", flush=True)
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"\nbatch {args.batch_size}, {args.images} JPEGs {args.src_size[0]}x{args.src_size[1]} -> {args.img_size}, "
-          f"{args.latents} latents {list(MOMENTS)} float32, on {dev}; "
-          f"loadavg {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nbatch {args.batch_size}, {args.images} JPEGs {args.src_size[0]}x{args.src_size[1]} -> {args.img_size}, "
+        f"{args.latents} latents {list(MOMENTS)} float32, on {dev}; "
+        f"loadavg {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     base = {"image folder": rows[0]["items_per_s"], "latent cache": rows[len(args.workers)]["items_per_s"]}
     print(f"{'what':<32} {'items/s':>9} {f'vs {args.workers[0]} workers':>13}")
     for r in rows:
@@ -162,8 +198,18 @@ def main() -> None:
         ratio = f"{r['items_per_s'] / ref:12.2f}x" if ref else f"{'-':>13}"
         print(f"{r['what']:<32} {r['items_per_s']:>9.0f} {ratio}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": dev, "args": vars(args), "loadavg_before": load0,
-                                              "loadavg_after": os.getloadavg(), "rows": rows}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "device": dev,
+                    "args": vars(args),
+                    "loadavg_before": load0,
+                    "loadavg_after": os.getloadavg(),
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ chain rows N (with CFG the network runs 2N rows).
 
 FLOPs per chain row per step: (10 depth + 4) width^2, doubled with CFG.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,12 +62,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--no-reference", action="store_true", help="time the native sampler only")
-    p.add_argument("--max-seconds", type=float, default=90.0,
-                   help="skip a measurement whose estimated single run exceeds this many seconds")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90.0,
+        help="skip a measurement whose estimated single run exceeds this many seconds",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--quiet-load", type=float, default=None,
-                   help="on a shared machine: before each measurement wait (up to 15 min) until the 1-minute "
-                        "load average is below this")
+    p.add_argument(
+        "--quiet-load",
+        type=float,
+        default=None,
+        help="on a shared machine: before each measurement wait (up to 15 min) until the 1-minute "
+        "load average is below this",
+    )
     return p.parse_args()
 
 
@@ -175,16 +184,23 @@ def main() -> None:
         dl = make_head(width, depth, args.steps, device)
         for cfg in cfgs:
             for n in (int(v) for v in args.rows.split(",")):
-                gflop = (10 * depth + 4) * width ** 2 * n * (2 if cfg else 1) * args.steps / 1e9
+                gflop = (10 * depth + 4) * width**2 * n * (2 if cfg else 1) * args.steps / 1e9
                 row = Row(width, depth, n, cfg, args.steps, gflop)
                 measure(dl, row, args, device)
                 results.append(row)
                 print_table([row], dtypes, header=len(results) == 1)
     print("\nsummary (ratios are torch fp32 ms / native ms, measured side by side):")
     print_table(results, dtypes)
-    meta = dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
-                cpu=platform.processor() or platform.machine(), cpu_kernels=native._C.cpu_kernels(),
-                loadavg_before=load0, loadavg_after=os.getloadavg(), argv=sys.argv[1:])
+    meta = dict(
+        torch=torch.__version__,
+        device=str(device),
+        threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        cpu_kernels=native._C.cpu_kernels(),
+        loadavg_before=load0,
+        loadavg_after=os.getloadavg(),
+        argv=sys.argv[1:],
+    )
     print(f"\nloadavg before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f} (other work on the machine skews timings)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ Modes
   eager    : the engine's precision without compile (to separate the two effects)
 Random latents and labels stand in for data. Prints a table and writes JSON (--json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
     elif gpu:
         dtype = torch.bfloat16
         torch.backends.cuda.matmul.allow_tf32 = True
-    opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4, betas=(0.9, 0.95),
-                            fused=(mode != "official" and gpu))
+    opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4, betas=(0.9, 0.95), fused=(mode != "official" and gpu))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if mode == "engine" and not args.no_compile:
         # compile the static-shape pieces in place (the masking gather/scatter is data-dependent)
@@ -71,8 +71,12 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
             times.append(time.perf_counter() - t0)
             losses.append(float(loss))
     med = statistics.median(times)
-    return {"mode": mode, "ms_per_step": 1e3 * med, "imgs_per_s": args.batch_size / med,
-            "mean_loss": sum(losses) / len(losses)}
+    return {
+        "mode": mode,
+        "ms_per_step": 1e3 * med,
+        "imgs_per_s": args.batch_size / med,
+        "mean_loss": sum(losses) / len(losses),
+    }
 
 
 def main() -> None:
@@ -97,8 +101,10 @@ def main() -> None:
     print(f"{'mode':<10} {'ms/step':>10} {'img/s':>10} {'vs ' + rows[0]['mode']:>12} {'mean loss':>10}")
     for r in rows:
         r["speedup"] = r["imgs_per_s"] / base
-        print(f"{r['mode']:<10} {r['ms_per_step']:>10.1f} {r['imgs_per_s']:>10.1f} {r['speedup']:>11.2f}x "
-              f"{r['mean_loss']:>10.4f}")
+        print(
+            f"{r['mode']:<10} {r['ms_per_step']:>10.1f} {r['imgs_per_s']:>10.1f} {r['speedup']:>11.2f}x "
+            f"{r['mean_loss']:>10.4f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "preset": args.preset, "batch_size": args.batch_size, "rows": rows}, f, indent=2)

@@ -1,4 +1,5 @@
 """`python -m marengine ...` (and `torchrun -m marengine train ...`)."""
+
 import sys
 
 from .cli import main

@@ -2,6 +2,7 @@
 
 Training flags are generated from `TrainConfig`, so defaults live in one place.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,21 +52,37 @@ def add_sample_flags(p: argparse.ArgumentParser, defaults: dict[str, Any], seed_
     p.add_argument(seed_flag, dest="sample_seed", type=int, default=0, help="sampling seed")
     p.add_argument("--sample-batch-size", type=int, default=64)
     p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto")
-    p.add_argument("--clip-denoised", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp x_0 predictions to [-1, 1] (default: on for pixel tokens, off for VAE latents)")
+    p.add_argument(
+        "--clip-denoised",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clamp x_0 predictions to [-1, 1] (default: on for pixel tokens, off for VAE latents)",
+    )
 
 
 def _settings(args: argparse.Namespace):
     from .sampling.engine import SampleSettings
-    return SampleSettings(args.num_iter, args.cfg, args.cfg_schedule, args.temperature, args.sample_seed,
-                          args.sample_batch_size, args.backend, args.clip_denoised)
+
+    return SampleSettings(
+        args.num_iter,
+        args.cfg,
+        args.cfg_schedule,
+        args.temperature,
+        args.sample_seed,
+        args.sample_batch_size,
+        args.backend,
+        args.clip_denoised,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import train
+
     out = train(train_config_from(args))
-    print(f"trained {out['step']} steps ({out['skipped']} skipped); checkpoint {Path(args.out_dir) / 'last.pth'}, "
-          f"EMA model {Path(args.out_dir) / 'ema'}")
+    print(
+        f"trained {out['step']} steps ({out['skipped']} skipped); checkpoint {Path(args.out_dir) / 'last.pth'}, "
+        f"EMA model {Path(args.out_dir) / 'ema'}"
+    )
     return 0
 
 
@@ -78,8 +95,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling.engine import generate
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(args.checkpoint, config=args.model, use_ema=not args.no_ema, vae_ckpt=args.vae_ckpt,
-                        device=device)
+    loaded = load_model(
+        args.checkpoint, config=args.model, use_ema=not args.no_ema, vae_ckpt=args.vae_ckpt, device=device
+    )
     if loaded.tokenizer_spec is None:
         raise ValueError(f"{args.checkpoint}: no tokenizer fits this model's latents; images cannot be decoded")
     model, tokenizer = loaded.model, build_tokenizer(loaded.tokenizer_spec).to(device)
@@ -138,16 +156,30 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
             device = torch.device("cuda", info.local_rank)
         dataset = ImageFolderDataset(args.data, args.img_size, crop=True, flip=False)
         vae = AutoencoderKL(ckpt_path=args.vae_ckpt, **vae_config).eval().to(device)
-        index = build_latent_cache(dataset, vae, args.out, vae_sha256=file_sha256(args.vae_ckpt),
-                                   vae_config=vae_config, scale=VAE_LATENT_SCALE, shard_size=args.shard_size,
-                                   dtype=args.dtype, batch_size=args.batch_size, num_workers=args.num_workers,
-                                   device=device, rank=info.rank, world_size=info.world_size,
-                                   barrier=lambda: barrier(info), progress=args.progress and info.is_main)
+        index = build_latent_cache(
+            dataset,
+            vae,
+            args.out,
+            vae_sha256=file_sha256(args.vae_ckpt),
+            vae_config=vae_config,
+            scale=VAE_LATENT_SCALE,
+            shard_size=args.shard_size,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=device,
+            rank=info.rank,
+            world_size=info.world_size,
+            barrier=lambda: barrier(info),
+            progress=args.progress and info.is_main,
+        )
     finally:
         shutdown(info)
     if index is not None:
-        print(f"wrote {args.out}: {index['num_items']} items in {len(index['shards'])} shards"
-              + (f", {index['num_skipped']} unreadable images skipped" if index["num_skipped"] else ""))
+        print(
+            f"wrote {args.out}: {index['num_items']} items in {len(index['shards'])} shards"
+            + (f", {index['num_skipped']} unreadable images skipped" if index["num_skipped"] else "")
+        )
     return 0
 
 
@@ -159,15 +191,25 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     bad = check_image_folder(dataset, args.num_workers, progress=args.progress)
     for it in bad:
         print(f"unreadable: {it.path} ({it.reason})")
-    print(f"checked {len(dataset)} images in {dataset.num_classes} classes: "
-          + (f"{len(bad)} unreadable" if bad else "all readable"))
+    print(
+        f"checked {len(dataset)} images in {dataset.num_classes} classes: "
+        + (f"{len(bad)} unreadable" if bad else "all readable")
+    )
     return 1 if bad else 0
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export.onnx import export_from_checkpoint
-    paths = export_from_checkpoint(args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
-                                   config=args.config, vae=args.vae, tokenizer=args.tokenizer)
+
+    paths = export_from_checkpoint(
+        args.checkpoint,
+        args.out,
+        fp16=args.fp16,
+        opset=args.opset,
+        config=args.config,
+        vae=args.vae,
+        tokenizer=args.tokenizer,
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -186,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p, DEMO)
     add_sample_flags(p, DEMO_SAMPLING, seed_flag="--sample-seed")
     p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                   help="score the samples with an independent digits classifier")
+    p.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the samples with an independent digits classifier",
+    )
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("sample", help="sample images from a checkpoint")
@@ -201,15 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_flags(p, {})
     p.set_defaults(fn=cmd_sample)
 
-    p = sub.add_parser("cache-latents", help="encode an image folder with the VAE once (original + flipped) into "
-                       "a sharded cache; rerun to finish a killed run; torchrun --nproc_per_node=N splits the shards")
+    p = sub.add_parser(
+        "cache-latents",
+        help="encode an image folder with the VAE once (original + flipped) into "
+        "a sharded cache; rerun to finish a killed run; torchrun --nproc_per_node=N splits the shards",
+    )
     p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
     p.add_argument("--vae-ckpt", required=True)
     p.add_argument("--out", required=True, help="output folder (index.json + shard files)")
     p.add_argument("--img-size", type=int, default=256)
     p.add_argument("--vae-embed-dim", type=int, default=16)
-    p.add_argument("--vae-config", type=json.loads, default={},
-                   help='JSON keywords of AutoencoderKL for a non-official VAE, e.g. \'{"ch": 32}\'')
+    p.add_argument(
+        "--vae-config",
+        type=json.loads,
+        default={},
+        help="JSON keywords of AutoencoderKL for a non-official VAE, e.g. '{\"ch\": 32}'",
+    )
     p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage type of the moments")
     p.add_argument("--batch-size", type=int, default=32)
@@ -221,8 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="open every image of a folder; list unreadable ones (exit 1 if any)")
     p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
     p.add_argument("--img-size", type=int, default=256)
-    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
-                   help="center crop as training does; --no-crop also flags images not img-size square")
+    p.add_argument(
+        "--crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="center crop as training does; --no-crop also flags images not img-size square",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="processes decoding images")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(fn=cmd_check_data)

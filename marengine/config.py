@@ -4,6 +4,7 @@
 the official defaults; `PRESETS` names the official sizes plus the small
 configurations this project uses (digits demo, tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,15 @@ class MARConfig:
 
 
 def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
-    return MARConfig(encoder_embed_dim=dim, encoder_depth=depth, encoder_num_heads=heads,
-                     decoder_embed_dim=dim, decoder_depth=depth, decoder_num_heads=heads, **kw)
+    return MARConfig(
+        encoder_embed_dim=dim,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        decoder_embed_dim=dim,
+        decoder_depth=depth,
+        decoder_num_heads=heads,
+        **kw,
+    )
 
 
 PRESETS: dict[str, MARConfig] = {
@@ -84,12 +92,36 @@ PRESETS: dict[str, MARConfig] = {
     "mar_large": _sized(1024, 16, 16, diffloss_d=8, diffloss_w=1280),
     "mar_huge": _sized(1280, 20, 16, diffloss_d=12, diffloss_w=1536),
     # 8x8 digits with the pixel-patch tokenizer (2x2 pixels -> 16 tokens of 4 channels)
-    "mar_digits": _sized(128, 3, 4, img_size=8, vae_stride=2, vae_embed_dim=4, patch_size=1,
-                         buffer_size=4, class_num=10, diffloss_d=3, diffloss_w=256,
-                         num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0, diffusion_batch_mul=2),
+    "mar_digits": _sized(
+        128,
+        3,
+        4,
+        img_size=8,
+        vae_stride=2,
+        vae_embed_dim=4,
+        patch_size=1,
+        buffer_size=4,
+        class_num=10,
+        diffloss_d=3,
+        diffloss_w=256,
+        num_sampling_steps="50",
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        diffusion_batch_mul=2,
+    ),
     # tiny, for tests
-    "mar_tiny": _sized(64, 2, 4, img_size=64, vae_stride=16, buffer_size=8, class_num=10,
-                       diffloss_d=2, diffloss_w=96, num_sampling_steps="20"),
+    "mar_tiny": _sized(
+        64,
+        2,
+        4,
+        img_size=64,
+        vae_stride=16,
+        buffer_size=8,
+        class_num=10,
+        diffloss_d=2,
+        diffloss_w=96,
+        num_sampling_steps="20",
+    ),
 }
 
 

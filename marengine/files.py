@@ -4,6 +4,7 @@
 renames it over the target: a crash at any point leaves either the old content or
 the new, never a torn file. Temporaries are named `.NAME.*.tmp`.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Writing sample images: a labelled grid PNG and an npz archive (numpy + pillow only,
 so the torch-free deployment sampler can use it too)."""
+
 from __future__ import annotations
 
 import math
@@ -22,12 +23,15 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscal
     grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[
+            i
+        ]
     return grid
 
 
-def save_samples(out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
-                 ncols: int | None = None) -> dict[str, Path]:
+def save_samples(
+    out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray, ncols: int | None = None
+) -> dict[str, Path]:
     """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N])."""
     from PIL import Image
 

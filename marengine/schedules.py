@@ -11,6 +11,7 @@ torch-free deploy sampler (marengine.export.deploy) import.
 
 Only the Python standard library is used here (no numpy, no torch).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
     "5" keeps 749 and not round(3 * 249.75) = 749.25 -> 749 by chance only).
     """
     if isinstance(spacing, bool) or not isinstance(spacing, (int, str)):
-        raise TypeError(f"num_sampling_steps must be an int or a string such as '100' or '10,20', "
-                        f"got {type(spacing).__name__}")
+        raise TypeError(
+            f"num_sampling_steps must be an int or a string such as '100' or '10,20', got {type(spacing).__name__}"
+        )
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"the number of training diffusion steps must be a positive int, got {num_steps!r}")
     text = str(spacing).strip()
@@ -44,8 +46,9 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
     try:
         counts = [int(s) for s in text.split(",")]
     except ValueError:
-        raise ValueError(f"num_sampling_steps must be an int, comma-separated ints or 'ddimN', "
-                         f"got {spacing!r}") from None
+        raise ValueError(
+            f"num_sampling_steps must be an int, comma-separated ints or 'ddimN', got {spacing!r}"
+        ) from None
     if len(counts) > num_steps:
         raise ValueError(f"{len(counts)} sections do not fit in {num_steps} diffusion steps")
     size, extra = divmod(num_steps, len(counts))
@@ -54,8 +57,10 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
     for i, count in enumerate(counts):
         section = size + (1 if i < extra else 0)
         if not 1 <= count <= section:
-            raise ValueError(f"cannot take {count} steps out of a section of {section} diffusion steps "
-                             f"(num_sampling_steps={spacing!r}); each count must be in [1, {section}]")
+            raise ValueError(
+                f"cannot take {count} steps out of a section of {section} diffusion steps "
+                f"(num_sampling_steps={spacing!r}); each count must be in [1, {section}]"
+            )
         stride = (section - 1) / (count - 1) if count > 1 else 1.0
         pos = 0.0
         for _ in range(count):
@@ -67,7 +72,7 @@ def space_timesteps(num_steps: int, spacing: str | int) -> list[int]:
 
 def _ddim_stride(num_steps: int, text: str) -> list[int]:
     try:
-        want = int(text[len("ddim"):])
+        want = int(text[len("ddim") :])
     except ValueError:
         raise ValueError(f"'ddimN' needs an integer N, got {text!r}") from None
     for stride in range(1, num_steps):

@@ -1,4 +1,5 @@
 """Shared fixtures: the golden tensors of the official implementation and small models."""
+
 from __future__ import annotations
 
 import ast
@@ -11,8 +12,11 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-GOLDEN = Path(os.environ.get("MARENGINE_GOLDEN",
-                             Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"))
+GOLDEN = Path(
+    os.environ.get(
+        "MARENGINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"
+    )
+)
 
 
 class Golden:
@@ -27,8 +31,7 @@ class Golden:
         return list(self.npz.files)
 
     def state(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        return {k[len("state/") + len(prefix):]: self[k] for k in self.npz.files
-                if k.startswith("state/" + prefix)}
+        return {k[len("state/") + len(prefix) :]: self[k] for k in self.npz.files if k.startswith("state/" + prefix)}
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +63,54 @@ def tiny_mar():
 
     torch.manual_seed(0)
     return MAR.from_config(MARConfig.from_name("mar_tiny", num_sampling_steps="5")).eval()
+
+
+# ---------------------------------------------------------------- tiny training runs
+# mar_digits shrunk to one block of width 32 and a 1x32 head: a training step takes milliseconds
+SMALL = dict(
+    encoder_embed_dim=32,
+    encoder_depth=1,
+    encoder_num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    diffloss_w=32,
+    diffloss_d=1,
+    diffusion_batch_mul=1,
+    attn_dropout=0.1,
+    proj_dropout=0.1,
+)
+
+
+def small_train_config(out: Path, **kw):
+    """A 6-step training run of the SMALL model on the digits, checkpoints every 3 steps."""
+    import dataclasses
+
+    from marengine.training.config import TrainConfig
+
+    base = TrainConfig(
+        model="mar_digits",
+        model_overrides=dict(SMALL),
+        batch_size=16,
+        blr=1e-2,
+        max_steps=6,
+        warmup_steps=2,
+        ema_rate=0.9,
+        out_dir=str(out),
+        ckpt_every=3,
+        log_every=1,
+        progress=False,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def run_training(cfg):
+    """Train to the end and close (also on failure); returns the Trainer."""
+    from marengine.training.trainer import Trainer
+
+    t = Trainer(cfg)
+    try:
+        t.fit()
+    finally:
+        t.close()
+    return t

@@ -1,4 +1,5 @@
 """Official-format checkpoints and the safetensors pretrained folder."""
+
 from __future__ import annotations
 
 import pytest
@@ -74,6 +75,7 @@ def test_pretrained_round_trip(tmp_path, tiny_mar):
 def test_official_sizes_build():
     sizes = {"mar_base": (768, 12, 6, 1024), "mar_large": (1024, 16, 8, 1280), "mar_huge": (1280, 20, 12, 1536)}
     from marengine.models import MODELS
+
     for name, (dim, depth, head_d, head_w) in sizes.items():
         with torch.device("meta"):
             m = MODELS[name]()
@@ -98,9 +100,21 @@ def test_official_constructor_arguments_are_kept():
 
     # the official signatures (LTH14/mar models/diffloss.py, models/vae.py)
     assert list(inspect.signature(DiffLoss).parameters) == [
-        "target_channels", "z_channels", "depth", "width", "num_sampling_steps", "grad_checkpointing"]
+        "target_channels",
+        "z_channels",
+        "depth",
+        "width",
+        "num_sampling_steps",
+        "grad_checkpointing",
+    ]
     assert list(inspect.signature(SimpleMLPAdaLN).parameters) == [
-        "in_channels", "model_channels", "out_channels", "z_channels", "num_res_blocks", "grad_checkpointing"]
+        "in_channels",
+        "model_channels",
+        "out_channels",
+        "z_channels",
+        "num_res_blocks",
+        "grad_checkpointing",
+    ]
     assert list(inspect.signature(AutoencoderKL).parameters)[:3] == ["embed_dim", "ch_mult", "ckpt_path"]
     loss = DiffLoss(4, 8, 2, 16, "10", grad_checkpointing=True)
     assert loss.net.grad_checkpointing
@@ -126,8 +140,15 @@ def test_one_loader_for_every_kind(tmp_path, tiny_mar, kind):
         path = tiny_mar.save_pretrained(tmp_path / "f", state=ema)
     elif kind == "training":
         path = tmp_path / "last.pth"
-        torch.save({"model": tiny_mar.state_dict(), "model_ema": ema, "config": tiny_mar.config.to_dict(),
-                    "tokenizer": {"kind": "vae", "embed_dim": 16, "ckpt": None}}, path)
+        torch.save(
+            {
+                "model": tiny_mar.state_dict(),
+                "model_ema": ema,
+                "config": tiny_mar.config.to_dict(),
+                "tokenizer": {"kind": "vae", "embed_dim": 16, "ckpt": None},
+            },
+            path,
+        )
     else:
         path = tmp_path / "checkpoint-last.pth"
         torch.save({"model": tiny_mar.state_dict(), "model_ema": ema}, path)

@@ -1,4 +1,5 @@
 """The training input: seeded resumable batches, DataLoader workers, unreadable images, the sharded latent cache."""
+
 from __future__ import annotations
 
 import csv
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL, run_training, small_train_config
 
 from marengine.training.config import TrainConfig
 from marengine.training.data import BadItem, ImageFolderDataset, collate_items
@@ -25,11 +27,8 @@ from marengine.training.sampler import ItemKey, SeededItems, StepBatchSampler, i
 from marengine.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, "decoder_embed_dim": 32,
-         "decoder_depth": 1, "decoder_num_heads": 2, "diffloss_w": 32, "diffloss_d": 1,
-         "diffusion_batch_mul": 1, "attn_dropout": 0.1, "proj_dropout": 0.1}
-RGB8 = {**SMALL, "vae_embed_dim": 12}            # mar_digits on 8x8 RGB images (pixel tokens of 3 x 2 x 2)
-VAE_CONFIG = {"ch": 32, "num_res_blocks": 1}     # a small KL-16-shaped VAE (5 levels, stride 16)
+RGB8 = {**SMALL, "vae_embed_dim": 12}  # mar_digits on 8x8 RGB images (pixel tokens of 3 x 2 x 2)
+VAE_CONFIG = {"ch": 32, "num_res_blocks": 1}  # a small KL-16-shaped VAE (5 levels, stride 16)
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -65,18 +64,10 @@ def save_vae(path: Path):
 
 
 def cfg_for(out: Path, **kw) -> TrainConfig:
-    base = TrainConfig(model="mar_digits", model_overrides=dict(RGB8), batch_size=6, blr=1e-2, max_steps=6,
-                       warmup_steps=2, ema_rate=0.9, out_dir=str(out), ckpt_every=3, log_every=1, progress=False)
-    return dataclasses.replace(base, **kw)
+    return small_train_config(out, **{"model_overrides": dict(RGB8), "batch_size": 6, **kw})
 
 
-def fit(cfg: TrainConfig) -> Trainer:
-    t = Trainer(cfg)
-    try:
-        t.fit()
-    finally:
-        t.close()
-    return t
+fit = run_training
 
 
 def same_weights(a: Trainer, b: Trainer) -> None:
@@ -93,7 +84,7 @@ def test_sampler_order_resume_and_ranks():
     for step in (0, 5, 11, 12, 29):  # the order the trainer has always used
         epoch, k = divmod(step, 12)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        assert [key.index for key in batches[step]] == perm[k * bs: (k + 1) * bs].tolist()
+        assert [key.index for key in batches[step]] == perm[k * bs : (k + 1) * bs].tolist()
         assert all(key.epoch == epoch for key in batches[step])
     epoch0 = [key.index for b in batches[:12] for key in b]
     assert len(set(epoch0)) == 48  # drop-last: no repeats within an epoch
@@ -106,7 +97,7 @@ def test_sampler_order_resume_and_ranks():
 
 def test_item_randomness_comes_from_the_item_key(tmp_path):
     seeds = {mix_seed(*p) for p in [(0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 0, 0)]}
-    assert len(seeds) == 4 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert len(seeds) == 4 and all(0 <= s < 2**63 for s in seeds)
     ds = ImageFolderDataset(make_folder(tmp_path, 3, 8), 8)
     items = SeededItems(ds, seed=5)
     torch.manual_seed(1)
@@ -197,8 +188,7 @@ def test_workers_and_resume_give_bitwise_the_same_run(tmp_path):
     add_corrupt(root)
     straight = fit(cfg_for(tmp_path / "a", data=str(root)))
     fit(cfg_for(tmp_path / "b", data=str(root), num_workers=2, max_steps=3))
-    resumed = fit(cfg_for(tmp_path / "b", data=str(root), num_workers=2,
-                          resume=str(tmp_path / "b" / "last.pth")))
+    resumed = fit(cfg_for(tmp_path / "b", data=str(root), num_workers=2, resume=str(tmp_path / "b" / "last.pth")))
     assert straight.step == resumed.step == 6
     same_weights(straight, resumed)
     for k, v in straight.ema.shadow.items():
@@ -211,8 +201,14 @@ def _build(root: Path, vae, vae_path: Path, out: Path, **kw):
     from marengine.config import VAE_LATENT_SCALE
 
     ds = ImageFolderDataset(root, kw.pop("img_size", 64), flip=False)
-    args = {"vae_sha256": file_sha256(vae_path), "vae_config": {"embed_dim": 16, **VAE_CONFIG},
-            "scale": VAE_LATENT_SCALE, "shard_size": 5, "batch_size": 3, **kw}
+    args = {
+        "vae_sha256": file_sha256(vae_path),
+        "vae_config": {"embed_dim": 16, **VAE_CONFIG},
+        "scale": VAE_LATENT_SCALE,
+        "shard_size": 5,
+        "batch_size": 3,
+        **kw,
+    }
     return build_latent_cache(ds, vae, out, **args)
 
 
@@ -257,9 +253,27 @@ def test_latent_cache_contents_rerun_and_refusal(tmp_path):
 
 
 def _cache_cmd(root: Path, vae: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "marengine", "cache-latents", "--data", str(root), "--vae-ckpt", str(vae),
-            "--vae-config", json.dumps(VAE_CONFIG), "--out", str(out), "--img-size", "128", "--shard-size", "4",
-            "--batch-size", "2", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "marengine",
+        "cache-latents",
+        "--data",
+        str(root),
+        "--vae-ckpt",
+        str(vae),
+        "--vae-config",
+        json.dumps(VAE_CONFIG),
+        "--out",
+        str(out),
+        "--img-size",
+        "128",
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 def _cache_files(folder: Path) -> dict[str, bytes]:
@@ -269,11 +283,22 @@ def _cache_files(folder: Path) -> dict[str, bytes]:
 def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
     root = make_folder(tmp_path / "imgs", 20, 128, seed=1)  # 40 images, 10 shards
     save_vae(tmp_path / "vae.ckpt")
-    subprocess.run(_cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "ref"), check=True, cwd=REPO, env=ENV,
-                   timeout=300, capture_output=True)
+    subprocess.run(
+        _cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "ref"),
+        check=True,
+        cwd=REPO,
+        env=ENV,
+        timeout=300,
+        capture_output=True,
+    )
     out = tmp_path / "cache"
-    proc = subprocess.Popen(_cache_cmd(root, tmp_path / "vae.ckpt", out), cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cache_cmd(root, tmp_path / "vae.ckpt", out),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(12000):  # up to ~60 s for the first shard
             if list(out.glob("shard-*.npy")) or proc.poll() is not None:
@@ -286,8 +311,9 @@ def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
     assert not (out / "index.json").exists() and 1 <= len(done) < 10, "killed too early or too late"
     before = {p.name: p.stat().st_mtime_ns for p in done}
     (out / ".shard-00009-of-00010.npy.stale.tmp").write_bytes(b"half a shard")  # as if killed mid-write
-    subprocess.run(_cache_cmd(root, tmp_path / "vae.ckpt", out), check=True, cwd=REPO, env=ENV, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        _cache_cmd(root, tmp_path / "vae.ckpt", out), check=True, cwd=REPO, env=ENV, timeout=300, capture_output=True
+    )
     assert {p.name: p.stat().st_mtime_ns for p in done} == before  # complete shards were kept, not redone
     assert not list(out.glob(".*tmp")) and not list(out.glob("*.tmp"))
     assert _cache_files(out) == _cache_files(tmp_path / "ref")  # bitwise the uninterrupted cache
@@ -298,8 +324,12 @@ def test_cache_latents_under_torchrun_matches_one_process(tmp_path):
     root = make_folder(tmp_path / "imgs", 5, 128)  # 10 images, 3 shards
     save_vae(tmp_path / "vae.ckpt")
     one = _cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "one")
-    two = ["torchrun", "--standalone", "--nproc_per_node=2", *_cache_cmd(root, tmp_path / "vae.ckpt",
-                                                                          tmp_path / "two")[1:]]
+    two = [
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node=2",
+        *_cache_cmd(root, tmp_path / "vae.ckpt", tmp_path / "two")[1:],
+    ]
     for cmd in (one, two):
         subprocess.run(cmd, check=True, cwd=REPO, env=ENV, timeout=300, capture_output=True)
     assert _cache_files(tmp_path / "two") == _cache_files(tmp_path / "one")
@@ -311,8 +341,16 @@ def test_training_from_the_cache(tmp_path):
     root = make_folder(tmp_path / "imgs", 8, 64)
     vae = save_vae(tmp_path / "vae.ckpt")
     _build(root, vae, tmp_path / "vae.ckpt", tmp_path / "cache")
-    cfg = cfg_for(tmp_path / "r0", data=str(tmp_path / "cache"), model="mar_tiny", model_overrides=dict(SMALL),
-                  tokenizer="vae", vae_ckpt=str(tmp_path / "vae.ckpt"), batch_size=4, max_steps=4)
+    cfg = cfg_for(
+        tmp_path / "r0",
+        data=str(tmp_path / "cache"),
+        model="mar_tiny",
+        model_overrides=dict(SMALL),
+        tokenizer="vae",
+        vae_ckpt=str(tmp_path / "vae.ckpt"),
+        batch_size=4,
+        max_steps=4,
+    )
     w0 = fit(cfg)
     w2 = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r2"), num_workers=2))
     same_weights(w0, w2)  # view choice and posterior sample are seeded per item
@@ -322,8 +360,10 @@ def test_training_from_the_cache(tmp_path):
     sharded = LatentCacheDataset(tmp_path / "cache")
     both = [np.stack([sharded.read(i, v)[0] for v in (0, 1)]) for i in range(len(sharded))]
     labels = [sharded.read(i, 0)[1] for i in range(len(sharded))]
-    save_file({"moments": torch.from_numpy(np.stack(both)), "labels": torch.tensor(labels),
-               "num_classes": torch.tensor(2)}, tmp_path / "old.safetensors")
+    save_file(
+        {"moments": torch.from_numpy(np.stack(both)), "labels": torch.tensor(labels), "num_classes": torch.tensor(2)},
+        tmp_path / "old.safetensors",
+    )
     old = SafetensorsLatentsDataset(tmp_path / "old.safetensors", sharded.scale)
     for i in (0, 5, 15):
         a, b = old.get(i, item_generator(0, 1, i)), sharded.get(i, item_generator(0, 1, i))

@@ -1,4 +1,5 @@
 """The main job end to end, with its quality gate, and the sample command."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cli(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "marengine", *args], cwd=REPO, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "marengine", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def test_demo_writes_outputs(demo_dir):
 def test_demo_quality_gate(demo_dir):
     """An independent classifier trained on real digits recognises >= 90% of the samples."""
     from marengine.evaluation.digits import evaluate
+
     data = np.load(demo_dir / "samples.npz")
     report = evaluate(data["images"], data["labels"])
     print(report)
@@ -47,21 +50,50 @@ def test_demo_quality_gate(demo_dir):
 
 def test_sample_command(demo_dir, tmp_path):
     out = tmp_path / "s"
-    proc = _cli("sample", "--checkpoint", str(demo_dir / "last.pth"), "--labels", "3", "3", "7",
-                "--num-iter", "8", "--cfg", "2.0", "--seed", "1", "--out", str(out))
+    proc = _cli(
+        "sample",
+        "--checkpoint",
+        str(demo_dir / "last.pth"),
+        "--labels",
+        "3",
+        "3",
+        "7",
+        "--num-iter",
+        "8",
+        "--cfg",
+        "2.0",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = np.load(out / "samples.npz")
     assert a["images"].shape == (3, 8, 8, 1) and a["labels"].tolist() == [3, 3, 7]
-    proc = _cli("sample", "--checkpoint", str(demo_dir / "ema"), "--labels", "3", "3", "7",
-                "--num-iter", "8", "--cfg", "2.0", "--seed", "1", "--out", str(tmp_path / "t"))
+    proc = _cli(
+        "sample",
+        "--checkpoint",
+        str(demo_dir / "ema"),
+        "--labels",
+        "3",
+        "3",
+        "7",
+        "--num-iter",
+        "8",
+        "--cfg",
+        "2.0",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     b = np.load(tmp_path / "t" / "samples.npz")
     assert np.array_equal(a["images"], b["images"])  # same EMA weights, same seed, same images
 
 
 def test_sample_command_bad_label(demo_dir, tmp_path):
-    proc = _cli("sample", "--checkpoint", str(demo_dir / "last.pth"), "--labels", "12",
-                "--out", str(tmp_path / "x"))
+    proc = _cli("sample", "--checkpoint", str(demo_dir / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "labels must be in [0, 10)" in proc.stderr
     proc = _cli("train", "--resume", str(tmp_path / "nothing.pth"), "--out-dir", str(tmp_path / "y"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr

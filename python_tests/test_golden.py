@@ -1,4 +1,5 @@
 """The modules against tensors produced by the official implementation (fp32, CPU)."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,38 +21,44 @@ def test_denoising_mlp(golden, golden_mar):
 
 def test_denoising_mlp_cfg(golden, golden_mar):
     net = golden_mar.diffloss.net
-    out = net.forward_with_cfg(golden["head_cfg/x"], golden["head_cfg/t"], golden["head_cfg/c"],
-                               float(golden["head_cfg/scale"]))
+    out = net.forward_with_cfg(
+        golden["head_cfg/x"], golden["head_cfg/t"], golden["head_cfg/c"], float(golden["head_cfg/scale"])
+    )
     assert rel_err(out, golden["head_cfg/out"]) <= TOL
 
 
 @pytest.mark.parametrize("term", ["loss", "mse", "vb"])
 def test_loss_terms(golden, golden_mar, term):
-    terms = golden_mar.diffloss.loss_terms(golden["loss/target"], golden["loss/c"], golden["loss/t"],
-                                           golden["loss/noise"])
+    terms = golden_mar.diffloss.loss_terms(
+        golden["loss/target"], golden["loss/c"], golden["loss/t"], golden["loss/noise"]
+    )
     assert rel_err(terms[term], golden[f"loss/{term}"]) <= TOL
 
 
 def test_masked_mean_loss(golden, golden_mar):
     mask = torch.tensor([1, 0] * 6, dtype=torch.float32)
     with torch.no_grad():
-        loss = golden_mar.diffloss(golden["loss/target"], golden["loss/c"], mask, t=golden["loss/t"],
-                                   noise=golden["loss/noise"])
+        loss = golden_mar.diffloss(
+            golden["loss/target"], golden["loss/c"], mask, t=golden["loss/t"], noise=golden["loss/noise"]
+        )
     ref = (golden["loss/loss"] * mask).sum() / mask.sum()
     assert abs(float(loss) - float(ref)) <= TOL * float(ref.abs())
 
 
 def test_reverse_diffusion(golden, golden_mar):
-    out = golden_mar.diffloss.sample(golden["sample/z"], temperature=0.0, noise=golden["sample/noise"],
-                                     backend="torch")
+    out = golden_mar.diffloss.sample(golden["sample/z"], temperature=0.0, noise=golden["sample/noise"], backend="torch")
     assert out.shape == golden["sample/out"].shape
     assert rel_err(out, golden["sample/out"]) <= SAMPLER_TOL
 
 
 def test_reverse_diffusion_cfg(golden, golden_mar):
-    out = golden_mar.diffloss.sample(golden["sample_cfg/z"], temperature=0.0,
-                                     cfg=float(golden["sample_cfg/scale"]), noise=golden["sample_cfg/noise"],
-                                     backend="torch")
+    out = golden_mar.diffloss.sample(
+        golden["sample_cfg/z"],
+        temperature=0.0,
+        cfg=float(golden["sample_cfg/scale"]),
+        noise=golden["sample_cfg/noise"],
+        backend="torch",
+    )
     assert out.shape == golden["sample_cfg/out"].shape  # 2N rows, as the official sampler returns
     assert rel_err(out, golden["sample_cfg/out"]) <= SAMPLER_TOL
 

@@ -5,6 +5,7 @@ Every `import` and `from ... import` of every module under marengine/ is parsed
 own package and of lower layers only. Packages that share a rank (training, export)
 may not import each other. The torch-free modules may not import torch at all.
 """
+
 from __future__ import annotations
 
 import ast
@@ -15,6 +16,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "marengine"
 
 # lowest first; a name is a top-level module or package of marengine
+# fmt: off
 LAYERS: list[tuple[str, ...]] = [
     ("config", "schedules", "files", "imageio", "_C"),   # torch-free foundations
     ("utils",),                                         # seeded noise on any device
@@ -29,6 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),                                           # the command line
     ("__main__",),                                      # python -m marengine
 ]
+# fmt: on
+
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # importing these never imports torch (export/runtime.py imports it inside the functions that
 # receive torch tensors; the deploy sampler's test runs it with torch made unimportable)
@@ -78,8 +82,10 @@ def violations(pkg: Path = PKG) -> list[str]:
             if other not in RANK:
                 bad.append(f"{module.relative_to(pkg)}:{line} imports unknown marengine.{other}")
             elif RANK[other] > RANK[own] or (RANK[other] == RANK[own] and other != own):
-                bad.append(f"{module.relative_to(pkg)}:{line} imports marengine.{other} "
-                           f"(layer {RANK[other]}) from {own} (layer {RANK[own]})")
+                bad.append(
+                    f"{module.relative_to(pkg)}:{line} imports marengine.{other} "
+                    f"(layer {RANK[other]}) from {own} (layer {RANK[own]})"
+                )
     return bad
 
 

@@ -4,6 +4,7 @@ PyTorch reference, the official golden tensors, and the statistics of the sample
 Skips (with the reason) when the extension is not built:
     pip install --no-build-isolation -e .
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ from marengine.models.diffloss import DiffLoss
 from marengine.models.head import ResBlock
 from marengine.ops import native, reference
 
-pytestmark = pytest.mark.skipif(not native.available("cpu"),
-                                reason="marengine._C is not built (pip install --no-build-isolation -e .)")
+pytestmark = pytest.mark.skipif(
+    not native.available("cpu"), reason="marengine._C is not built (pip install --no-build-isolation -e .)"
+)
 torch.set_num_threads(2)
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"
@@ -77,7 +79,7 @@ def test_matches_reference_with_step_noise(temperature: float, cfg: float) -> No
 def _golden_diffloss(data) -> DiffLoss:
     dl = DiffLoss(16, 64, 2, 96, "20")
     prefix = "state/diffloss."
-    state = {k[len(prefix):]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith(prefix)}
+    state = {k[len(prefix) :]: torch.from_numpy(data[k].copy()) for k in data.files if k.startswith(prefix)}
     dl.load_state_dict(state, strict=True)
     assert torch.equal(dl.gen_tables.timestep_map, torch.from_numpy(data["schedule/timestep_map"]).long())
     return dl.eval()
@@ -146,7 +148,7 @@ def _chain_moments(dl: DiffLoss, mu0: float, v0: float, temperature: float) -> t
         logvar = frac * float(co["log_betas"][s]) + (1 - frac) * float(co["post_logvar"][s])
         mean, var = a * mean, a * a * var
         if s > 0:
-            var += math.exp(logvar) * temperature ** 2
+            var += math.exp(logvar) * temperature**2
     return mean, var
 
 
@@ -228,8 +230,16 @@ def _resblock(width: int, seed: int = 0) -> ResBlock:
 def _adaln_args(blk: ResBlock, y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple:
     mod = blk.adaLN_modulation(y).detach().contiguous()
     cv = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
-    return (x, mod, blk.in_ln.weight.detach(), blk.in_ln.bias.detach(), cv(blk.mlp[0].weight), cv(blk.mlp[0].bias),
-            cv(blk.mlp[2].weight), cv(blk.mlp[2].bias))
+    return (
+        x,
+        mod,
+        blk.in_ln.weight.detach(),
+        blk.in_ln.bias.detach(),
+        cv(blk.mlp[0].weight),
+        cv(blk.mlp[0].bias),
+        cv(blk.mlp[2].weight),
+        cv(blk.mlp[2].bias),
+    )
 
 
 @pytest.mark.parametrize("m", ROWS)
@@ -293,8 +303,12 @@ def test_pack_cache_follows_weight_updates() -> None:
     with torch.no_grad():
         args[9][1].mul_(1.5)  # w1 of block 1, in place
     updated = _call(args)
-    fresh = _call([a.clone() if isinstance(a, torch.Tensor) else
-                   ([t.clone() for t in a] if isinstance(a, list) else a) for a in args])
+    fresh = _call(
+        [
+            a.clone() if isinstance(a, torch.Tensor) else ([t.clone() for t in a] if isinstance(a, list) else a)
+            for a in args
+        ]
+    )
     assert not torch.equal(updated, first)
     assert torch.equal(updated, fresh)
     _C.release_cpu_caches()
@@ -325,20 +339,46 @@ def test_base_kernels_match_reference() -> None:
 
 
 # ----------------------------------------------------------------------------- opcheck
-def _head_args(n: int = 3, c: int = 4, w: int = 16, d: int = 1, s: int = 3, cfg_on: bool = False,
-               wdtype: torch.dtype = torch.float32, noise: bool = True) -> list:
+def _head_args(
+    n: int = 3,
+    c: int = 4,
+    w: int = 16,
+    d: int = 1,
+    s: int = 3,
+    cfg_on: bool = False,
+    wdtype: torch.dtype = torch.float32,
+    noise: bool = True,
+) -> list:
     g = torch.Generator().manual_seed(0)
     r = lambda *shape, dt=torch.float32: (0.2 * torch.randn(*shape, generator=g)).to(dt)  # noqa: E731
     rows = 2 * n if cfg_on else n
     dl = make_diffloss(steps=str(s))
     coefs = dl.gen_tables.stacked("cpu")
-    return [r(n, c), r(rows, w), r(s, w), r(w, c, dt=wdtype), r(w, dt=wdtype),
-            [1 + r(w) for _ in range(d)], [r(w) for _ in range(d)],
-            [r(3 * w, w, dt=wdtype) for _ in range(d)], [r(3 * w, dt=wdtype) for _ in range(d)],
-            [r(w, w, dt=wdtype) for _ in range(d)], [r(w, dt=wdtype) for _ in range(d)],
-            [r(w, w, dt=wdtype) for _ in range(d)], [r(w, dt=wdtype) for _ in range(d)],
-            r(2 * w, w, dt=wdtype), r(2 * w, dt=wdtype), r(2 * c, w, dt=wdtype), r(2 * c, dt=wdtype),
-            coefs, 2.0 if cfg_on else 1.0, 0.5, r(s, n, c) if noise else None, 17, 0]
+    return [
+        r(n, c),
+        r(rows, w),
+        r(s, w),
+        r(w, c, dt=wdtype),
+        r(w, dt=wdtype),
+        [1 + r(w) for _ in range(d)],
+        [r(w) for _ in range(d)],
+        [r(3 * w, w, dt=wdtype) for _ in range(d)],
+        [r(3 * w, dt=wdtype) for _ in range(d)],
+        [r(w, w, dt=wdtype) for _ in range(d)],
+        [r(w, dt=wdtype) for _ in range(d)],
+        [r(w, w, dt=wdtype) for _ in range(d)],
+        [r(w, dt=wdtype) for _ in range(d)],
+        r(2 * w, w, dt=wdtype),
+        r(2 * w, dt=wdtype),
+        r(2 * c, w, dt=wdtype),
+        r(2 * c, dt=wdtype),
+        coefs,
+        2.0 if cfg_on else 1.0,
+        0.5,
+        r(s, n, c) if noise else None,
+        17,
+        0,
+    ]
 
 
 @pytest.mark.parametrize("cfg_on", [False, True])

@@ -7,6 +7,7 @@ odd row counts (1, 7, 59, 1025) with and without CFG, both head paths (persisten
 kernel / per-step kernels) agreeing, Philox reproducibility, CUDA Graph capture,
 opcheck, and bad calls raising. Skipped where no CUDA GPU is present.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ import pytest
 import torch
 from conftest import rel_err
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU: the CUDA kernels cannot run on this machine")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA kernels cannot run on this machine"
+)
 
 FP32_TOL = 1e-4
 ROWS = (1, 7, 59, 1025)
@@ -48,8 +50,15 @@ def exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def make_diffloss(width: int = 256, depth: int = 2, channels: int = 16, z_channels: int = 32,
-                  steps: str = "10", seed: int = 0, out_scale: float = 1.0):
+def make_diffloss(
+    width: int = 256,
+    depth: int = 2,
+    channels: int = 16,
+    z_channels: int = 32,
+    steps: str = "10",
+    seed: int = 0,
+    out_scale: float = 1.0,
+):
     """A DiffLoss with random weights everywhere (the official init zeroes the AdaLN and
     output layers, which would make eps identically zero). Random weights do not predict
     the noise, so the chain grows to |x| ~ 1e5 (see ../shared/golden/README.md); the
@@ -80,8 +89,7 @@ def inputs(dl, rows: int, cfg: float, seed: int = 1, x_scale: float = 1.0):
     return z, x_T
 
 
-def head_operands(dl, z, x_T, cfg=1.0, temperature=0.0, step_noise=None, seed=0, offset=0,
-                  dtype=torch.float32):
+def head_operands(dl, z, x_T, cfg=1.0, temperature=0.0, step_noise=None, seed=0, offset=0, dtype=torch.float32):
     """The argument tuple of torch.ops.marengine.head_sample for `dl` (weights cast to dtype)."""
     net, tab = dl.net, dl.gen_tables
     with torch.no_grad():
@@ -93,15 +101,31 @@ def head_operands(dl, z, x_T, cfg=1.0, temperature=0.0, step_noise=None, seed=0,
 
     blocks = list(net.res_blocks)
     fl = net.final_layer
-    return (x_T.float().contiguous(), c_emb, t_emb, w(net.input_proj.weight), w(net.input_proj.bias),
-            [b.in_ln.weight.detach().float().contiguous() for b in blocks],
-            [b.in_ln.bias.detach().float().contiguous() for b in blocks],
-            [w(b.adaLN_modulation[1].weight) for b in blocks], [w(b.adaLN_modulation[1].bias) for b in blocks],
-            [w(b.mlp[0].weight) for b in blocks], [w(b.mlp[0].bias) for b in blocks],
-            [w(b.mlp[2].weight) for b in blocks], [w(b.mlp[2].bias) for b in blocks],
-            w(fl.adaLN_modulation[1].weight), w(fl.adaLN_modulation[1].bias),
-            w(fl.linear.weight), w(fl.linear.bias), tab.stacked(z.device),
-            float(cfg), float(temperature), step_noise, int(seed), int(offset))
+    return (
+        x_T.float().contiguous(),
+        c_emb,
+        t_emb,
+        w(net.input_proj.weight),
+        w(net.input_proj.bias),
+        [b.in_ln.weight.detach().float().contiguous() for b in blocks],
+        [b.in_ln.bias.detach().float().contiguous() for b in blocks],
+        [w(b.adaLN_modulation[1].weight) for b in blocks],
+        [w(b.adaLN_modulation[1].bias) for b in blocks],
+        [w(b.mlp[0].weight) for b in blocks],
+        [w(b.mlp[0].bias) for b in blocks],
+        [w(b.mlp[2].weight) for b in blocks],
+        [w(b.mlp[2].bias) for b in blocks],
+        w(fl.adaLN_modulation[1].weight),
+        w(fl.adaLN_modulation[1].bias),
+        w(fl.linear.weight),
+        w(fl.linear.bias),
+        tab.stacked(z.device),
+        float(cfg),
+        float(temperature),
+        step_noise,
+        int(seed),
+        int(offset),
+    )
 
 
 def reference(dl, z, x_T, cfg, temperature=0.0, generator=None, autocast_dtype=None):
@@ -118,8 +142,10 @@ def reference(dl, z, x_T, cfg, temperature=0.0, generator=None, autocast_dtype=N
 @pytest.fixture
 def head_path(monkeypatch):
     """Force head_sample's path: 'persistent' or 'kernels' (read by the glue per call)."""
+
     def set_path(name: str) -> None:
         monkeypatch.setenv("MARENGINE_HEAD_PATH", name)
+
     return set_path
 
 
@@ -245,8 +271,9 @@ def test_philox_matches_cpu(ops, head_path, rows, cfg):
     dl = make_diffloss()
     z, x_T = inputs(dl, rows, cfg)
     args = head_operands(dl, z, x_T, cfg, temperature=1.0, seed=11, offset=3)
-    cpu_args = tuple([t.cpu() for t in a] if isinstance(a, list) else (a.cpu() if torch.is_tensor(a) else a)
-                     for a in args)
+    cpu_args = tuple(
+        [t.cpu() for t in a] if isinstance(a, list) else (a.cpu() if torch.is_tensor(a) else a) for a in args
+    )
     ref = ops.head_sample(*cpu_args)
     for path in ("persistent", "kernels"):
         head_path(path)
@@ -295,8 +322,10 @@ def test_adaln_block(ops, rows, dtype):
     mod = 0.5 * torch.randn(rows, 3 * 256, generator=g, device=DEV)
     with torch.no_grad():
         ref = adaln_reference(block, x, mod).double()
-        w = [t.detach().to(dtype) for t in (block.mlp[0].weight, block.mlp[0].bias, block.mlp[2].weight,
-                                            block.mlp[2].bias)]
+        w = [
+            t.detach().to(dtype)
+            for t in (block.mlp[0].weight, block.mlp[0].bias, block.mlp[2].weight, block.mlp[2].bias)
+        ]
         out = ops.adaln_block(x, mod, block.in_ln.weight.detach(), block.in_ln.bias.detach(), *w).double()
         if dtype == torch.float32:
             assert rel_err(out, ref) <= 1e-5
@@ -315,10 +344,22 @@ def test_opcheck(ops):
     block = dl.net.res_blocks[0]
     x = torch.randn(5, 96, device=DEV)
     mod = torch.randn(5, 288, device=DEV)
-    torch.library.opcheck(ops.adaln_block.default,
-                          tuple(t.detach() for t in (x, mod, block.in_ln.weight, block.in_ln.bias,
-                                                     block.mlp[0].weight, block.mlp[0].bias,
-                                                     block.mlp[2].weight, block.mlp[2].bias)))
+    torch.library.opcheck(
+        ops.adaln_block.default,
+        tuple(
+            t.detach()
+            for t in (
+                x,
+                mod,
+                block.in_ln.weight,
+                block.in_ln.bias,
+                block.mlp[0].weight,
+                block.mlp[0].bias,
+                block.mlp[2].weight,
+                block.mlp[2].bias,
+            )
+        ),
+    )
 
 
 def test_zero_rows(ops):
@@ -365,8 +406,17 @@ def test_bad_calls_raise(ops):
 
     block = dl.net.res_blocks[0]
     x = torch.randn(5, 96, device=DEV)
-    p = [t.detach() for t in (block.in_ln.weight, block.in_ln.bias, block.mlp[0].weight, block.mlp[0].bias,
-                              block.mlp[2].weight, block.mlp[2].bias)]
+    p = [
+        t.detach()
+        for t in (
+            block.in_ln.weight,
+            block.in_ln.bias,
+            block.mlp[0].weight,
+            block.mlp[0].bias,
+            block.mlp[2].weight,
+            block.mlp[2].bias,
+        )
+    ]
     with pytest.raises(RuntimeError):
         ops.adaln_block(x, torch.randn(5, 96, device=DEV), *p)  # mod must be [M, 3W]
     with pytest.raises(RuntimeError):

@@ -1,4 +1,5 @@
 """ONNX export, the onnxruntime wrappers and the torch-free sampler (marengine.export)."""
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,16 @@ def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # Larger weights where std 0.05 would leave the output almost blind to the class, the known
 # tokens and the guidance scale: the end-to-end test must see a wrong mask or label (tokens
 # then move by ~3e-3 relative) well above its tolerance.
-SENSITIVE = {"class_emb": 1.0, "fake_latent": 1.0, "attn.qkv": 0.2, "attn.proj": 0.15, "cond_embed": 0.5,
-             "adaLN": 0.3, "res_blocks.0.mlp": 0.2, "res_blocks.1.mlp": 0.2}
+SENSITIVE = {
+    "class_emb": 1.0,
+    "fake_latent": 1.0,
+    "attn.qkv": 0.2,
+    "attn.proj": 0.15,
+    "cond_embed": 0.5,
+    "adaLN": 0.3,
+    "res_blocks.0.mlp": 0.2,
+    "res_blocks.1.mlp": 0.2,
+}
 
 
 def make_model(cfg: MARConfig = CFG, seed: int = 0) -> MAR:
@@ -88,8 +97,12 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sessions(exported):
     _, out, _ = exported
-    return {"labels": OnnxBackbone(out / "backbone.onnx", CPU), "embed": OnnxBackbone(out / "backbone_embed.onnx", CPU),
-            "head": OnnxHead(out / "head.onnx", CPU), "decoder": OnnxDecoder(out / "decoder.onnx", CPU)}
+    return {
+        "labels": OnnxBackbone(out / "backbone.onnx", CPU),
+        "embed": OnnxBackbone(out / "backbone_embed.onnx", CPU),
+        "head": OnnxHead(out / "head.onnx", CPU),
+        "decoder": OnnxDecoder(out / "decoder.onnx", CPU),
+    }
 
 
 # ---------------------------------------------------------------- files and metadata
@@ -250,8 +263,16 @@ def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, sch
     def sample(z, temperature, cfg, generator=None, backend="auto", clip_denoised=False):
         guided = cfg != 1.0
         x_T, sn = noise(next(step), z.shape[0] // 2 if guided else z.shape[0])
-        out = reference.sample_head(model.diffloss.net, model.diffloss.gen_tables, z, torch.from_numpy(x_T),
-                                    temperature, cfg, None if sn is None else torch.from_numpy(sn), clip_denoised)
+        out = reference.sample_head(
+            model.diffloss.net,
+            model.diffloss.gen_tables,
+            z,
+            torch.from_numpy(x_T),
+            temperature,
+            cfg,
+            None if sn is None else torch.from_numpy(sn),
+            clip_denoised,
+        )
         return torch.cat([out, out]) if guided else out
 
     monkeypatch.setattr(masked_ar, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
@@ -261,14 +282,17 @@ def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, sch
     return model.patchify(latents).numpy()
 
 
-@pytest.mark.parametrize("labels,cfg,schedule,temperature,spacing", [
-    ([1, 2, 3], 1.0, "linear", 0.0, "ddim5"),
-    ([1, 2, 3], 1.0, "linear", 1.0, "ddim5"),
-    ([4, 5, 6], 3.0, "linear", 1.0, "ddim5"),
-    ([7, 8, 9], 2.0, "constant", 0.0, "ddim5"),
-    (None, 1.0, "linear", 0.7, "ddim5"),
-    ([1, 2, 3], 2.0, "linear", 1.0, "5"),  # ends at t=999: eps errors amplified ~300x
-])
+@pytest.mark.parametrize(
+    "labels,cfg,schedule,temperature,spacing",
+    [
+        ([1, 2, 3], 1.0, "linear", 0.0, "ddim5"),
+        ([1, 2, 3], 1.0, "linear", 1.0, "ddim5"),
+        ([4, 5, 6], 3.0, "linear", 1.0, "ddim5"),
+        ([7, 8, 9], 2.0, "constant", 0.0, "ddim5"),
+        (None, 1.0, "linear", 0.7, "ddim5"),
+        ([1, 2, 3], 2.0, "linear", 1.0, "5"),  # ends at t=999: eps errors amplified ~300x
+    ],
+)
 def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg, schedule, temperature, spacing):
     model, out, _ = exported
     dm = deploy.DeployedMAR.load(out, CPU)
@@ -299,8 +323,9 @@ def test_e2e_tolerance_sees_real_mistakes(exported):
         if backbone is not None:
             dm.backbone, saved = backbone, dm.backbone
         try:
-            return deploy.sample_tokens(dm, labels, 4, cfg, "linear", 1.0, orders=orders,
-                                        noise=noise_source(11, 4, dm.num_steps, 1.0))
+            return deploy.sample_tokens(
+                dm, labels, 4, cfg, "linear", 1.0, orders=orders, noise=noise_source(11, 4, dm.num_steps, 1.0)
+            )
         finally:
             if backbone is not None:
                 dm.backbone = saved
@@ -320,12 +345,14 @@ def test_deploy_uses_the_shared_schedules():
 
 def test_deploy_cli_runs_without_torch(exported, tmp_path):
     _, out, _ = exported
-    code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-            "from marengine.export import deploy\n"
-            f"rc = deploy.main(['--model', {str(out)!r}, '--labels', '1', '2', '3', '--num-iter', '4', '--cfg', '2.0',"
-            f" '--temperature', '1.0', '--seed', '0', '--device', 'cpu', '--out', {str(tmp_path / 'o')!r}])\n"
-            "assert not [m for m in sys.modules if m.startswith('torch') and sys.modules[m] is not None]\n"
-            "sys.exit(rc)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from marengine.export import deploy\n"
+        f"rc = deploy.main(['--model', {str(out)!r}, '--labels', '1', '2', '3', '--num-iter', '4', '--cfg', '2.0',"
+        f" '--temperature', '1.0', '--seed', '0', '--device', 'cpu', '--out', {str(tmp_path / 'o')!r}])\n"
+        "assert not [m for m in sys.modules if m.startswith('torch') and sys.modules[m] is not None]\n"
+        "sys.exit(rc)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -410,6 +437,7 @@ def test_missing_extras_name_the_install(monkeypatch):
     with pytest.raises(ImportError, match=r"marengine\[onnx\]"):
         import_onnxruntime()
     from marengine.export.onnx import require_export_deps
+
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     with pytest.raises(ImportError, match=r"onnxscript.*marengine\[onnx\].*marengine\[onnx-gpu\]"):
         require_export_deps()

@@ -1,4 +1,5 @@
 """sample_tokens: reproducibility, CFG batching, and clear errors on bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,18 +49,21 @@ def test_unconditional_sampling(tiny_mar):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    ({"labels": torch.tensor([1, 2, 10])}, ValueError, "labels must be in"),
-    ({"labels": torch.tensor([-1, 2, 3])}, ValueError, "labels must be in"),
-    ({"labels": torch.tensor([1.0, 2.0, 3.0])}, TypeError, "int64"),
-    ({"labels": torch.tensor([1, 2])}, ValueError, "shape"),
-    ({"num_iter": 0}, ValueError, "num_iter"),
-    ({"num_iter": 17}, ValueError, "num_iter"),
-    ({"temperature": -0.1}, ValueError, "temperature"),
-    ({"cfg": 0.5}, ValueError, "cfg"),
-    ({"cfg": 2.0, "cfg_schedule": "cosine"}, ValueError, "cfg_schedule"),
-    ({"backend": "cuda-magic"}, ValueError, "backend"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        ({"labels": torch.tensor([1, 2, 10])}, ValueError, "labels must be in"),
+        ({"labels": torch.tensor([-1, 2, 3])}, ValueError, "labels must be in"),
+        ({"labels": torch.tensor([1.0, 2.0, 3.0])}, TypeError, "int64"),
+        ({"labels": torch.tensor([1, 2])}, ValueError, "shape"),
+        ({"num_iter": 0}, ValueError, "num_iter"),
+        ({"num_iter": 17}, ValueError, "num_iter"),
+        ({"temperature": -0.1}, ValueError, "temperature"),
+        ({"cfg": 0.5}, ValueError, "cfg"),
+        ({"cfg": 2.0, "cfg_schedule": "cosine"}, ValueError, "cfg_schedule"),
+        ({"backend": "cuda-magic"}, ValueError, "backend"),
+    ],
+)
 def test_bad_sampling_arguments(tiny_mar, kw, exc, match):
     with pytest.raises(exc, match=match):
         _sample(tiny_mar, 0, **kw)
@@ -93,11 +97,27 @@ def test_bad_head_sampling_arguments(tiny_mar):
 
 def test_bad_config():
     with pytest.raises(ValueError, match="not divisible"):
-        MAR(img_size=64, vae_stride=16, patch_size=3, encoder_embed_dim=32, encoder_depth=1,
-            encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+        MAR(
+            img_size=64,
+            vae_stride=16,
+            patch_size=3,
+            encoder_embed_dim=32,
+            encoder_depth=1,
+            encoder_num_heads=2,
+            decoder_embed_dim=32,
+            decoder_depth=1,
+            decoder_num_heads=2,
+        )
     with pytest.raises(ValueError, match="num_heads"):
-        MAR(img_size=64, encoder_embed_dim=30, encoder_num_heads=4, encoder_depth=1,
-            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+        MAR(
+            img_size=64,
+            encoder_embed_dim=30,
+            encoder_num_heads=4,
+            encoder_depth=1,
+            decoder_embed_dim=32,
+            decoder_depth=1,
+            decoder_num_heads=2,
+        )
 
 
 def test_training_loss_and_gradients(tiny_mar):
@@ -115,6 +135,7 @@ def test_training_loss_and_gradients(tiny_mar):
 
 def test_mask_ratio_is_truncated_normal():
     from marengine.models.masking import sample_mask_ratio
+
     g = torch.Generator().manual_seed(0)
     r = torch.tensor([sample_mask_ratio(0.7, g) for _ in range(4000)])
     assert r.min() >= 0.7 and r.max() <= 1.0
@@ -122,7 +143,7 @@ def test_mask_ratio_is_truncated_normal():
     a = torch.tensor(-1.2, dtype=torch.float64)
     phi = lambda x: torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5  # noqa: E731
     mean = 1 + 0.25 * (phi(a) - phi(torch.tensor(0.0, dtype=torch.float64))) / (0.5 - torch.special.ndtr(a))
-    assert abs(float(r.double().mean()) - float(mean)) < 5 * float(r.double().std()) / 4000 ** 0.5
+    assert abs(float(r.double().mean()) - float(mean)) < 5 * float(r.double().std()) / 4000**0.5
 
 
 def test_bf16_autocast_sampling(tiny_mar):

@@ -1,7 +1,7 @@
 """The training engine: exact resume, checkpoint fault tolerance, bad input, DDP."""
+
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -12,28 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL, run_training, small_train_config
 
 from marengine.training.checkpoint import load_checkpoint, save_checkpoint
 from marengine.training.config import TrainConfig
 from marengine.training.trainer import Trainer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, "decoder_embed_dim": 32,
-         "decoder_depth": 1, "decoder_num_heads": 2, "diffloss_w": 32, "diffloss_d": 1,
-         "diffusion_batch_mul": 1, "attn_dropout": 0.1, "proj_dropout": 0.1}
 
 
 def small_cfg(out: Path, **kw) -> TrainConfig:
-    base = TrainConfig(model="mar_digits", model_overrides=dict(SMALL), batch_size=16, blr=1e-2, max_steps=6,
-                       warmup_steps=2, ema_rate=0.9, out_dir=str(out), ckpt_every=3, log_every=1, progress=False)
-    return dataclasses.replace(base, **kw)
+    return small_train_config(out, **kw)
 
 
-def run(cfg: TrainConfig) -> Trainer:
-    t = Trainer(cfg)
-    t.fit()
-    t.close()
-    return t
+run = run_training
 
 
 def test_exact_resume(tmp_path):
@@ -52,6 +44,7 @@ def test_exact_resume(tmp_path):
 
 def test_checkpoint_contents_and_official_layout(tmp_path):
     from marengine.models.checkpoints import load_official
+
     t = run(small_cfg(tmp_path, max_steps=3))
     ckpt = load_checkpoint(tmp_path / "last.pth")
     assert ckpt["step"] == 3 and {"model", "model_ema", "optimizer", "scaler", "rng", "config"} <= set(ckpt)
@@ -104,8 +97,9 @@ while True:
 def test_sigkill_while_writing_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pth"
     save_checkpoint(path, {"step": 1, "blob": torch.zeros(4)})
-    proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_WRITER, str(path)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     try:
         for _ in range(6000):  # up to ~60 s for the writer to start its first write
             if list(tmp_path.glob(".last.pth.*.tmp")):
@@ -160,6 +154,7 @@ def test_image_folder_errors(tmp_path):
     from PIL import Image
 
     from marengine.training.data import BadItem, ImageFolderDataset
+
     root = tmp_path / "imgs"
     for cls, sizes in {"a": [(16, 16), (16, 16)], "b": [(16, 16), (20, 12)]}.items():
         (root / cls).mkdir(parents=True)
@@ -177,6 +172,7 @@ def test_image_folder_errors(tmp_path):
 
 def _eval_loss(model: torch.nn.Module) -> float:
     from marengine.training.data import DigitsDataset
+
     ds = DigitsDataset("heldout")
     latents = torch.nn.functional.pixel_unshuffle(ds.images[:256], 2)  # the pixel tokenizer
     with torch.no_grad():
@@ -186,16 +182,59 @@ def _eval_loss(model: torch.nn.Module) -> float:
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_ddp_two_processes_matches_single_process(tmp_path):
     from marengine.models.checkpoints import load_official
-    common = ["--model-overrides", '{"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, '
-              '"decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "diffloss_w": 32, '
-              '"diffloss_d": 1}', "--max-steps", "8", "--blr", "2e-3", "--no-progress", "--ckpt-every", "8",
-              "--ema-rate", "0.0"]
+
+    common = [
+        "--model-overrides",
+        '{"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2, '
+        '"decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "diffloss_w": 32, '
+        '"diffloss_d": 1}',
+        "--max-steps",
+        "8",
+        "--blr",
+        "2e-3",
+        "--no-progress",
+        "--ckpt-every",
+        "8",
+        "--ema-rate",
+        "0.0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "marengine", "train",
-                    "--out-dir", str(tmp_path / "ddp"), "--batch-size", "32", *common],
-                   check=True, cwd=REPO, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "marengine", "train", "--out-dir", str(tmp_path / "single"),
-                    "--batch-size", "64", *common], check=True, cwd=REPO, env=env, timeout=600)
+    subprocess.run(
+        [
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "marengine",
+            "train",
+            "--out-dir",
+            str(tmp_path / "ddp"),
+            "--batch-size",
+            "32",
+            *common,
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "marengine",
+            "train",
+            "--out-dir",
+            str(tmp_path / "single"),
+            "--batch-size",
+            "64",
+            *common,
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     losses = {}
     for name in ("ddp", "single"):
         model = Trainer(small_cfg(tmp_path / "e")).model

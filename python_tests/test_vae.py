@@ -4,6 +4,7 @@ The official-layout checks use the default (66M-parameter) model built on the
 `meta` device, so no memory is allocated; everything numeric runs on a tiny
 configuration (ch=32) on the CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,14 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from marengine.models.vae import (
-    AttnBlock,
-    AutoencoderKL,
-    DiagonalGaussian,
-    Downsample,
-    ResnetBlock,
-    Upsample,
-)
+from marengine.models.vae import AttnBlock, AutoencoderKL, DiagonalGaussian, Downsample, ResnetBlock, Upsample
 
 torch.set_num_threads(2)
 

@@ -1,4 +1,5 @@
 """Sinusoidal timestep features (the input of the head's timestep embedder)."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ the reverse step with temperature.
 Every function takes the per-device float32 tables from
 `DiffusionTables.on(device)` and step indices `t` (int64, [N]).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,14 @@ def posterior(tab: Tables, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) 
     return mean, _at(tab, "post_logvar", t).expand_as(xt)
 
 
-def p_mean_logvar(tab: Tables, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                  var_values: torch.Tensor, clip_denoised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def p_mean_logvar(
+    tab: Tables,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    var_values: torch.Tensor,
+    clip_denoised: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and log-variance of p(x_{t-1} | x_t) from predicted eps and the
     learned-range variance output v in [-1, 1] (interpolating log beta_t and
     the clipped posterior log-variance). clip_denoised clamps the x_0
@@ -48,8 +55,7 @@ def p_mean_logvar(tab: Tables, xt: torch.Tensor, t: torch.Tensor, eps: torch.Ten
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +74,13 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def training_losses(tab: Tables, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+def training_losses(
+    tab: Tables,
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Per-sample Diffusion Loss terms: loss = mse(eps) + vb (in bits).
 
     net(x_t, t) -> [N, 2C] (eps, variance values). The VLB term only trains the
@@ -87,9 +98,14 @@ def training_losses(tab: Tables, net: Callable[[torch.Tensor, torch.Tensor], tor
     return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 
-def p_sample_loop(tab: Tables, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                  x_T: torch.Tensor, temperature: float, step_noise: torch.Tensor | None,
-                  clip_denoised: bool = False) -> torch.Tensor:
+def p_sample_loop(
+    tab: Tables,
+    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_T: torch.Tensor,
+    temperature: float,
+    step_noise: torch.Tensor | None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
     """Reverse diffusion from x_T over every step of the table, eagerly, one step per
     Python iteration (the official sampler's structure; the reference oracle).
 

@@ -4,6 +4,7 @@ Gaussian diffusion Diffusion Loss uses.
 Tables are computed once in float64 (as the official code does with numpy) and
 cast to float32 on first use per device; nothing is re-uploaded per step.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ COSINE_S = 0.008
 
 def cosine_betas(num_steps: int = TRAIN_DIFFUSION_STEPS) -> torch.Tensor:
     """betas_t = min(1 - abar(t+1)/abar(t), 0.999), abar(s) = cos((s + 0.008)/1.008 * pi/2)^2."""
+
     def abar(s: float) -> float:
         return math.cos((s + COSINE_S) / (1 + COSINE_S) * math.pi / 2) ** 2
 
@@ -78,8 +80,17 @@ class DiffusionTables:
         t = self.on(device)
         key = "_stacked"
         if key not in t:
-            t[key] = torch.stack([t["sqrt_recip_abar"], t["sqrt_recipm1_abar"], t["post_coef1"],
-                                  t["post_coef2"], t["post_logvar"], t["log_betas"]], 1).contiguous()
+            t[key] = torch.stack(
+                [
+                    t["sqrt_recip_abar"],
+                    t["sqrt_recipm1_abar"],
+                    t["post_coef1"],
+                    t["post_coef2"],
+                    t["post_logvar"],
+                    t["log_betas"],
+                ],
+                1,
+            ).contiguous()
         return t[key]
 
 
@@ -92,5 +103,7 @@ def make_tables(spacing: str | int = "", num_train_steps: int = TRAIN_DIFFUSION_
     for i in kept:
         betas.append(1.0 - float(abar[i]) / last)
         last = float(abar[i])
-    return DiffusionTables(betas=torch.tensor(betas, dtype=torch.float64, device="cpu"),
-                           timestep_map=torch.tensor(kept, dtype=torch.int64, device="cpu"))
+    return DiffusionTables(
+        betas=torch.tensor(betas, dtype=torch.float64, device="cpu"),
+        timestep_map=torch.tensor(kept, dtype=torch.int64, device="cpu"),
+    )

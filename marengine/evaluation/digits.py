@@ -1,6 +1,7 @@
 """Quality gate for the digits demo: an independent classifier trained on real
 digits judges the class-conditional samples; a Frechet distance in its hidden
 features compares samples with held-out real digits (real vs real is the floor)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,19 +11,22 @@ import numpy as np
 
 @dataclass
 class DigitsReport:
-    accuracy: float          # fraction of samples recognised as the class they were asked for
-    fd_samples: float        # Frechet distance: samples vs held-out real digits
-    fd_real: float           # the floor: as many real training-half digits (same labels) vs held-out real digits
+    accuracy: float  # fraction of samples recognised as the class they were asked for
+    fd_samples: float  # Frechet distance: samples vs held-out real digits
+    fd_real: float  # the floor: as many real training-half digits (same labels) vs held-out real digits
     classifier_accuracy: float  # the classifier's own accuracy on held-out real digits
 
     def __str__(self) -> str:
-        return (f"classifier recognises {100 * self.accuracy:.1f}% of samples as their class "
-                f"(it scores {100 * self.classifier_accuracy:.1f}% on held-out real digits); "
-                f"FD samples-vs-real {self.fd_samples:.2f}, real-vs-real floor {self.fd_real:.2f}")
+        return (
+            f"classifier recognises {100 * self.accuracy:.1f}% of samples as their class "
+            f"(it scores {100 * self.classifier_accuracy:.1f}% on held-out real digits); "
+            f"FD samples-vs-real {self.fd_samples:.2f}, real-vs-real floor {self.fd_real:.2f}"
+        )
 
 
 def _real_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
+
     d = load_digits()
     return d.images.reshape(len(d.images), -1).astype(np.float64) / 16.0, d.target
 

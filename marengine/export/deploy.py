@@ -10,6 +10,7 @@ constant guidance schedule); the head runs the reverse diffusion one .onnx step 
 time with the posterior update in numpy float32. Randomness comes from
 `numpy.random.Generator(PCG64(seed))`; orders and noise can be injected instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,10 @@ class DeployedMAR:
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
         if int(meta.get("format_version", -1)) > FORMAT_VERSION or "config" not in meta:
-            raise ValueError(f"{meta_path} has format version {meta.get('format_version')!r}; "
-                             f"this marengine reads versions <= {FORMAT_VERSION}")
+            raise ValueError(
+                f"{meta_path} has format version {meta.get('format_version')!r}; "
+                f"this marengine reads versions <= {FORMAT_VERSION}"
+            )
         files = meta.get("files", {})
         for role in ("backbone", "head"):
             if role not in files:
@@ -88,8 +91,10 @@ class DeployedMAR:
                 continue
             diff = config_mismatch(part.config, meta["config"])
             if diff:
-                raise ValueError(f"{part.path} was exported from a different model configuration than {meta_path} "
-                                 f"({'; '.join(diff[:6])}): re-export the whole folder from one checkpoint")
+                raise ValueError(
+                    f"{part.path} was exported from a different model configuration than {meta_path} "
+                    f"({'; '.join(diff[:6])}): re-export the whole folder from one checkpoint"
+                )
         diff = meta["diffusion"]
         tables = {k: np.asarray(v, dtype=np.float32) for k, v in diff["columns"].items()}
         tables["timestep_map"] = np.asarray(diff["timestep_map"], dtype=np.int64)
@@ -103,8 +108,9 @@ def random_orders(rng: np.random.Generator, bsz: int, seq_len: int) -> np.ndarra
 
 
 # ---------------------------------------------------------------- the head's reverse diffusion
-def p_sample_loop(dm: DeployedMAR, z: np.ndarray, x_T: np.ndarray, temperature: float, cfg: float,
-                  step_noise: np.ndarray | None) -> np.ndarray:
+def p_sample_loop(
+    dm: DeployedMAR, z: np.ndarray, x_T: np.ndarray, temperature: float, cfg: float, step_noise: np.ndarray | None
+) -> np.ndarray:
     """Tokens [N, C] from z [N, Z] (or [2N, Z]: cond then uncond when cfg != 1); step_noise[i]
     is used at step S-1-i; step 0 adds no noise (as marengine.diffusion.gaussian.p_sample_loop)."""
     tab, c = dm.tables, dm.channels
@@ -138,11 +144,19 @@ def default_noise(rng: np.random.Generator, channels: int, num_steps: int, tempe
         x_T = rng.standard_normal((rows, channels), dtype=np.float32)
         sn = rng.standard_normal((num_steps, rows, channels), dtype=np.float32) if temperature > 0 else None
         return x_T, sn
+
     return fn
 
 
-def check_args(dm: DeployedMAR, labels: np.ndarray | None, bsz: int, num_iter: int, cfg: float,
-               cfg_schedule: str, temperature: float) -> None:
+def check_args(
+    dm: DeployedMAR,
+    labels: np.ndarray | None,
+    bsz: int,
+    num_iter: int,
+    cfg: float,
+    cfg_schedule: str,
+    temperature: float,
+) -> None:
     if bsz < 1:
         raise ValueError(f"the batch must hold at least one image, got {bsz}")
     if not isinstance(num_iter, (int, np.integer)) or not 1 <= num_iter <= dm.seq_len:
@@ -159,10 +173,20 @@ def check_args(dm: DeployedMAR, labels: np.ndarray | None, bsz: int, num_iter: i
             raise ValueError(f"labels must be a list of class indices in [0, {num}), got {labels.tolist()}")
 
 
-def sample_tokens(dm: DeployedMAR, labels: Sequence[int] | np.ndarray | None, num_iter: int, cfg: float = 1.0,
-                  cfg_schedule: str = "linear", temperature: float = 1.0, *, seed: int = 0,
-                  bsz: int | None = None, orders: np.ndarray | None = None, noise: NoiseFn | None = None,
-                  progress: bool = False) -> np.ndarray:
+def sample_tokens(
+    dm: DeployedMAR,
+    labels: Sequence[int] | np.ndarray | None,
+    num_iter: int,
+    cfg: float = 1.0,
+    cfg_schedule: str = "linear",
+    temperature: float = 1.0,
+    *,
+    seed: int = 0,
+    bsz: int | None = None,
+    orders: np.ndarray | None = None,
+    noise: NoiseFn | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Tokens [B, L, C] float32 for class `labels` (None: the null class, `bsz` images).
 
     orders [B, L] and noise (see NoiseFn) default to draws from PCG64(seed): orders first,
@@ -188,8 +212,11 @@ def sample_tokens(dm: DeployedMAR, labels: Sequence[int] | np.ndarray | None, nu
     num_masked = L
     for step in range(num_iter):
         known_idx = np.nonzero(~mask)[1].reshape(bsz, L - num_masked).astype(np.int64)  # [B, K] sorted
-        x_in, idx_in = (np.concatenate([tokens, tokens]), np.concatenate([known_idx, known_idx])) if guided \
+        x_in, idx_in = (
+            (np.concatenate([tokens, tokens]), np.concatenate([known_idx, known_idx]))
+            if guided
             else (tokens, known_idx)
+        )
         z = dm.backbone(x_in, idx_in, lab, unc)  # [B(x2), L, D]
         mask_len = next_mask_len(step, num_iter, L, num_masked)
         mask_next = np.zeros((bsz, L), bool)
@@ -231,8 +258,10 @@ def decode(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m marengine.export.deploy",
-                                description="Sample images from an exported MAR model with numpy + onnxruntime.")
+    p = argparse.ArgumentParser(
+        prog="python -m marengine.export.deploy",
+        description="Sample images from an exported MAR model with numpy + onnxruntime.",
+    )
     p.add_argument("--model", required=True, help="folder written by `marengine export-onnx`")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels, one image each")
     p.add_argument("--num-images", type=int, default=None, help="without --labels: images of the null class")
@@ -258,11 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
-    providers = {"auto": None, "cpu": ["CPUExecutionProvider"],
-                 "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[a.device]
+    providers = {
+        "auto": None,
+        "cpu": ["CPUExecutionProvider"],
+        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    }[a.device]
     if a.device == "cuda" and "CUDAExecutionProvider" not in default_providers():
-        raise ImportError("--device cuda: this onnxruntime has no CUDAExecutionProvider; "
-                          "`pip install 'marengine[onnx-gpu]'` (onnxruntime-gpu, without the CPU onnxruntime)")
+        raise ImportError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider; "
+            "`pip install 'marengine[onnx-gpu]'` (onnxruntime-gpu, without the CPU onnxruntime)"
+        )
     if a.labels is not None and a.num_images is not None:
         raise ValueError("give either --labels or --num-images, not both")
     dm = DeployedMAR.load(a.model, providers)
@@ -272,10 +306,13 @@ def run(a: argparse.Namespace) -> int:
     out = Path(a.out)
     toks = []
     for i, start in enumerate(range(0, n, a.batch_size)):
-        lab = labels[start: start + a.batch_size] if a.labels else None
+        lab = labels[start : start + a.batch_size] if a.labels else None
         bsz = min(a.batch_size, n - start)
-        toks.append(sample_tokens(dm, lab, num_iter, a.cfg, a.cfg_schedule, a.temperature, seed=a.seed + i,
-                                  bsz=bsz, progress=a.progress))
+        toks.append(
+            sample_tokens(
+                dm, lab, num_iter, a.cfg, a.cfg_schedule, a.temperature, seed=a.seed + i, bsz=bsz, progress=a.progress
+            )
+        )
     tokens = np.concatenate(toks)
     saved_labels = labels if a.labels else np.full(n, -1, np.int64)
     if dm.decoder is None:

@@ -12,6 +12,7 @@ precision: with fp16=True the weights and arithmetic inside are fp16 and the gra
 casts at its edges. Each .onnx carries `marengine.*` metadata_props: format version,
 role, the MARConfig JSON, exporter (dynamo | torchscript), precision.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,9 @@ class _Backbone(nn.Module):
 class BackboneLabels(_Backbone):
     """class embedding = fake_latent (the null class) where uncond, else class_emb(labels)."""
 
-    def forward(self, tokens: torch.Tensor, known_idx: torch.Tensor, labels: torch.Tensor,
-                uncond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, known_idx: torch.Tensor, labels: torch.Tensor, uncond: torch.Tensor
+    ) -> torch.Tensor:
         safe = torch.where(uncond, torch.zeros_like(labels), labels)  # labels of null rows are ignored
         ce = torch.where(uncond.unsqueeze(-1), self.model.fake_latent, self.model.class_emb(safe))  # [B, D]
         return self.run(tokens, known_idx, ce)
@@ -116,9 +118,17 @@ def _dynamo_shapes(names: Sequence[str], dynamic: dict) -> dict[str, Any]:
     return shapes
 
 
-def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: Sequence[str],
-                  output: str, dynamic: dict[str, dict[int, tuple[str, int, int | None]]],
-                  metadata: dict[str, str], opset: int | None = None, exporter: str = "auto") -> tuple[str, int]:
+def export_module(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    names: Sequence[str],
+    output: str,
+    dynamic: dict[str, dict[int, tuple[str, int, int | None]]],
+    metadata: dict[str, str],
+    opset: int | None = None,
+    exporter: str = "auto",
+) -> tuple[str, int]:
     """Export `module(*args)` to `path`; dynamic: input name -> {axis: (dim name, min, max)}.
 
     Uses torch's default (dynamo) exporter; with exporter="auto" falls back to the
@@ -134,9 +144,18 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     if exporter != "torchscript":
         try:
-            prog = torch.onnx.export(module, args, None, dynamo=True, input_names=list(names),
-                                     output_names=[output], opset_version=opset,
-                                     dynamic_shapes=_dynamo_shapes(names, dynamic), verbose=False, optimize=True)
+            prog = torch.onnx.export(
+                module,
+                args,
+                None,
+                dynamo=True,
+                input_names=list(names),
+                output_names=[output],
+                opset_version=opset,
+                dynamic_shapes=_dynamo_shapes(names, dynamic),
+                verbose=False,
+                optimize=True,
+            )
             prog.model.metadata_props.update({**metadata, KEY_EXPORTER: "dynamo"})
             prog.save(str(path), external_data=external)
             onnx.checker.check_model(str(path))  # by path: works with external data too
@@ -144,11 +163,24 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
         except Exception as e:  # noqa: BLE001 - any failure of the default exporter -> fall back
             if exporter == "dynamo":
                 raise
-            log.warning("dynamo ONNX export of %s failed (%s: %s); falling back to the TorchScript exporter",
-                        path.name, type(e).__name__, (str(e).splitlines() or [""])[0][:200])
+            log.warning(
+                "dynamo ONNX export of %s failed (%s: %s); falling back to the TorchScript exporter",
+                path.name,
+                type(e).__name__,
+                (str(e).splitlines() or [""])[0][:200],
+            )
     axes = {name: {axis: dim for axis, (dim, _, _) in dynamic.get(name, {}).items()} for name in names}
-    torch.onnx.export(module, args, str(path), dynamo=False, input_names=list(names), output_names=[output],
-                      opset_version=opset or 17, dynamic_axes=axes, do_constant_folding=True)
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        dynamo=False,
+        input_names=list(names),
+        output_names=[output],
+        opset_version=opset or 17,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
     model = onnx.load(str(path))
     for k, v in {**metadata, KEY_EXPORTER: "torchscript"}.items():
         model.metadata_props.add(key=k, value=v)
@@ -162,25 +194,46 @@ def deploy_metadata(model: nn.Module, tok: dict[str, Any] | None) -> dict[str, A
     cfg: MARConfig = model.config
     tables: DiffusionTables = model.diffloss.gen_tables
     tab = tables.on("cpu")
-    columns = {k: [float(x) for x in v.tolist()] for k, v in tab.items()
-               if k != "timestep_map" and not k.startswith("_")}  # [S] float32 columns
+    columns = {
+        k: [float(x) for x in v.tolist()] for k, v in tab.items() if k != "timestep_map" and not k.startswith("_")
+    }  # [S] float32 columns
     return {
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
-        "sampling": {"seq_len": model.seq_len, "seq_h": model.seq_h, "seq_w": model.seq_w,
-                     "token_embed_dim": model.token_embed_dim, "patch_size": cfg.patch_size,
-                     "img_size": cfg.img_size, "class_num": cfg.class_num, "buffer_size": cfg.buffer_size,
-                     "vae_stride": cfg.vae_stride, "vae_embed_dim": cfg.vae_embed_dim,
-                     "encoder_embed_dim": cfg.encoder_embed_dim, "decoder_embed_dim": cfg.decoder_embed_dim},
+        "sampling": {
+            "seq_len": model.seq_len,
+            "seq_h": model.seq_h,
+            "seq_w": model.seq_w,
+            "token_embed_dim": model.token_embed_dim,
+            "patch_size": cfg.patch_size,
+            "img_size": cfg.img_size,
+            "class_num": cfg.class_num,
+            "buffer_size": cfg.buffer_size,
+            "vae_stride": cfg.vae_stride,
+            "vae_embed_dim": cfg.vae_embed_dim,
+            "encoder_embed_dim": cfg.encoder_embed_dim,
+            "decoder_embed_dim": cfg.decoder_embed_dim,
+        },
         "tokenizer": tok,
-        "diffusion": {"num_steps": tables.num_steps, "timestep_map": [int(t) for t in tables.timestep_map.tolist()],
-                      "columns": columns},  # float32 values, exact when read back as float32
+        "diffusion": {
+            "num_steps": tables.num_steps,
+            "timestep_map": [int(t) for t in tables.timestep_map.tolist()],
+            "columns": columns,
+        },  # float32 values, exact when read back as float32
     }
 
 
-def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: nn.Module | None = None,
-                fp16: bool = False, opset: int | None = None, parts: Sequence[str] = PARTS,
-                fp16_head: bool = False, exporter: str = "auto") -> dict[str, Path]:
+def export_onnx(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    tokenizer: nn.Module | None = None,
+    fp16: bool = False,
+    opset: int | None = None,
+    parts: Sequence[str] = PARTS,
+    fp16_head: bool = False,
+    exporter: str = "auto",
+) -> dict[str, Path]:
     """Export `model` (a MAR) for deployment; returns {role: path} plus "deploy" -> deploy.json.
 
     fp16 applies to the backbone and the decoder; the head stays fp32 unless fp16_head
@@ -199,8 +252,16 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, tokenizer: nn.M
             m.train(training)
 
 
-def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: bool, opset: int | None,
-                parts: Sequence[str], fp16_head: bool, exporter: str) -> dict[str, Path]:
+def _export_all(
+    model: nn.Module,
+    out: Path,
+    tokenizer: nn.Module | None,
+    fp16: bool,
+    opset: int | None,
+    parts: Sequence[str],
+    fp16_head: bool,
+    exporter: str,
+) -> dict[str, Path]:
     if next(model.parameters()).dtype != torch.float32:
         log.info("exporting from a float32 copy of the %s model", next(model.parameters()).dtype)
         model = copy.deepcopy(model).float()
@@ -223,12 +284,19 @@ def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: 
     precisions: dict[str, str] = {}
     opsets: dict[str, int] = {}
 
-    def one(role: str, module: nn.Module, args: tuple, names: list[str], output: str,
-            dynamic: dict, precision: str, extra: dict[str, str] | None = None) -> None:
+    def one(
+        role: str,
+        module: nn.Module,
+        args: tuple,
+        names: list[str],
+        output: str,
+        dynamic: dict,
+        precision: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         meta = {**common, KEY_ROLE: role, KEY_PRECISION: precision, **(extra or {})}
         path = out / FILES[role]
-        exporters[role], opsets[role] = export_module(module, args, path, names, output, dynamic, meta, opset,
-                                                      exporter)
+        exporters[role], opsets[role] = export_module(module, args, path, names, output, dynamic, meta, opset, exporter)
         paths[role], precisions[role] = path, precision
         log.info("exported %s (%s, %s exporter)", path, precision, exporters[role])
 
@@ -238,29 +306,63 @@ def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: 
     if "backbone" in parts:
         labels = torch.arange(b, device=device) % cfg.class_num
         uncond = torch.tensor([False, True][:b], device=device)
-        one("backbone", BackboneLabels(bb_model, bb_dtype), (tokens, known, labels, uncond),
-            ["tokens", "known_idx", "labels", "uncond"], "z",
-            {**bb_dyn, "labels": {0: batch}, "uncond": {0: batch}}, prec)
+        one(
+            "backbone",
+            BackboneLabels(bb_model, bb_dtype),
+            (tokens, known, labels, uncond),
+            ["tokens", "known_idx", "labels", "uncond"],
+            "z",
+            {**bb_dyn, "labels": {0: batch}, "uncond": {0: batch}},
+            prec,
+        )
     if "backbone_embed" in parts:
         ce = torch.randn(b, D, generator=gen).to(device)
-        one("backbone_embed", BackboneEmbedding(bb_model, bb_dtype), (tokens, known, ce),
-            ["tokens", "known_idx", "class_embedding"], "z", {**bb_dyn, "class_embedding": {0: batch}}, prec)
+        one(
+            "backbone_embed",
+            BackboneEmbedding(bb_model, bb_dtype),
+            (tokens, known, ce),
+            ["tokens", "known_idx", "class_embedding"],
+            "z",
+            {**bb_dyn, "class_embedding": {0: batch}},
+            prec,
+        )
     if "head" in parts:
         net, dt = (half.diffloss.net, torch.float16) if fp16 and fp16_head else (model.diffloss.net, torch.float32)
         n = 4
-        args = (torch.randn(n, C, generator=gen).to(device), torch.tensor([0, 1, 500, 999], device=device),
-                torch.randn(n, cfg.decoder_embed_dim, generator=gen).to(device))
+        args = (
+            torch.randn(n, C, generator=gen).to(device),
+            torch.tensor([0, 1, 500, 999], device=device),
+            torch.randn(n, cfg.decoder_embed_dim, generator=gen).to(device),
+        )
         rows = ("rows", 1, None)
-        one("head", HeadStep(net, dt), args, ["x", "t", "c"], "out", {"x": {0: rows}, "t": {0: rows}, "c": {0: rows}},
+        one(
+            "head",
+            HeadStep(net, dt),
+            args,
+            ["x", "t", "c"],
+            "out",
+            {"x": {0: rows}, "t": {0: rows}, "c": {0: rows}},
             "fp16" if dt == torch.float16 else "fp32",
-            {META_PREFIX + "train_steps": str(len(model.diffloss.train_tables.timestep_map))})
+            {META_PREFIX + "train_steps": str(len(model.diffloss.train_tables.timestep_map))},
+        )
     if "decoder" in parts and tokenizer is not None:
-        dec_tok, dt = (copy.deepcopy(tokenizer).half().eval(), torch.float16) if fp16 and tok["kind"] == "vae" \
+        dec_tok, dt = (
+            (copy.deepcopy(tokenizer).half().eval(), torch.float16)
+            if fp16 and tok["kind"] == "vae"
             else (tokenizer.eval(), torch.float32)
+        )
         side = cfg.img_size // cfg.vae_stride
         lat = torch.randn(b, cfg.vae_embed_dim, side, side, generator=gen).to(device)
-        one("decoder", Decoder(dec_tok, dt), (lat,), ["latents"], "images", {"latents": {0: batch}},
-            "fp16" if dt == torch.float16 else "fp32", {KEY_TOKENIZER: json.dumps(tok)})
+        one(
+            "decoder",
+            Decoder(dec_tok, dt),
+            (lat,),
+            ["latents"],
+            "images",
+            {"latents": {0: batch}},
+            "fp16" if dt == torch.float16 else "fp32",
+            {KEY_TOKENIZER: json.dumps(tok)},
+        )
     elif "decoder" in parts:
         log.warning("no tokenizer given: no decoder exported; the deployment will produce latents, not images")
 
@@ -277,10 +379,17 @@ def _export_all(model: nn.Module, out: Path, tokenizer: nn.Module | None, fp16: 
 
 
 # ---------------------------------------------------------------- the CLI's entry point
-def export_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fp16: bool = False,
-                           opset: int | None = None, *, config: str | os.PathLike | None = None,
-                           vae: str | os.PathLike | None = None, tokenizer: str = "auto",
-                           parts: Sequence[str] = PARTS) -> dict[str, Path]:
+def export_from_checkpoint(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fp16: bool = False,
+    opset: int | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    tokenizer: str = "auto",
+    parts: Sequence[str] = PARTS,
+) -> dict[str, Path]:
     """Load a model and export it. tokenizer: "auto" (the VAE if `vae` is given, else the pixel
     tokenizer when the latent channels fit it, else none), "vae", "pixel" or "none"."""
     if tokenizer not in ("auto", "vae", "pixel", "none"):

@@ -10,6 +10,7 @@ With the CUDA provider, inputs and outputs are bound to device buffers through
 `session.io_binding()` (torch CUDA tensors are bound in place, numpy arrays are
 copied into `OrtValue`s on the device); on CPU a plain `session.run` is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,17 @@ KEY_EXPORTER = META_PREFIX + "exporter"
 KEY_PRECISION = META_PREFIX + "precision"
 KEY_TOKENIZER = META_PREFIX + "tokenizer"
 # role -> file name inside an export folder
-FILES = {"backbone": "backbone.onnx", "backbone_embed": "backbone_embed.onnx",
-         "head": "head.onnx", "decoder": "decoder.onnx"}
+FILES = {
+    "backbone": "backbone.onnx",
+    "backbone_embed": "backbone_embed.onnx",
+    "head": "head.onnx",
+    "decoder": "decoder.onnx",
+}
 DEPLOY_JSON = "deploy.json"
-INSTALL_HINT = ("install the extra: `pip install 'marengine[onnx]'` (CPU: onnx, onnxscript, onnxruntime) "
-                "or `pip install 'marengine[onnx-gpu]'` (onnxruntime-gpu)")
+INSTALL_HINT = (
+    "install the extra: `pip install 'marengine[onnx]'` (CPU: onnx, onnxscript, onnxruntime) "
+    "or `pip install 'marengine[onnx-gpu]'` (onnxruntime-gpu)"
+)
 
 
 def import_onnxruntime():
@@ -40,8 +47,9 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as e:
-        raise ImportError(f"running exported MAR models needs onnxruntime, which is not installed: "
-                          f"{INSTALL_HINT}") from e
+        raise ImportError(
+            f"running exported MAR models needs onnxruntime, which is not installed: {INSTALL_HINT}"
+        ) from e
     return onnxruntime
 
 
@@ -98,31 +106,36 @@ class OnnxModel:
     roles: tuple[str, ...] = ()
     output: str = ""
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 session_options: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
+    ) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} does not exist")
         self.providers = list(providers) if providers is not None else default_providers()
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options,
-                                                providers=self.providers)
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options, providers=self.providers)
         except Exception as e:  # ORT raises its own InvalidProtobuf / Fail / NoSuchFile types
-            raise ValueError(f"{self.path} could not be loaded as an ONNX model ({type(e).__name__}: "
-                             f"{str(e).strip()[:300]}); expected a file written by `marengine export-onnx`") from e
+            raise ValueError(
+                f"{self.path} could not be loaded as an ONNX model ({type(e).__name__}: "
+                f"{str(e).strip()[:300]}); expected a file written by `marengine export-onnx`"
+            ) from e
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         if KEY_FORMAT not in self.metadata or KEY_CONFIG not in self.metadata:
-            raise ValueError(f"{self.path} is an ONNX model but not one exported by marengine "
-                             f"(no {KEY_FORMAT!r} / {KEY_CONFIG!r} metadata)")
+            raise ValueError(
+                f"{self.path} is an ONNX model but not one exported by marengine "
+                f"(no {KEY_FORMAT!r} / {KEY_CONFIG!r} metadata)"
+            )
         version = int(self.metadata[KEY_FORMAT])
         if version > FORMAT_VERSION:
-            raise ValueError(f"{self.path} has export format version {version}; this marengine reads "
-                             f"versions <= {FORMAT_VERSION}: upgrade marengine")
+            raise ValueError(
+                f"{self.path} has export format version {version}; this marengine reads "
+                f"versions <= {FORMAT_VERSION}: upgrade marengine"
+            )
         self.role = self.metadata.get(KEY_ROLE, "")
         if self.roles and self.role not in self.roles:
-            raise ValueError(f"{self.path} holds the {self.role!r} part of a MAR export, "
-                             f"expected one of {self.roles}")
+            raise ValueError(f"{self.path} holds the {self.role!r} part of a MAR export, expected one of {self.roles}")
         self.config: dict[str, Any] = json.loads(self.metadata[KEY_CONFIG])
         self.precision = self.metadata.get(KEY_PRECISION, "fp32")
         self.exporter = self.metadata.get(KEY_EXPORTER, "")
@@ -140,6 +153,7 @@ class OnnxModel:
         out = self.session.run([self.output], {name: _numpy(x) for name, x in feeds.items()})[0]
         if _is_torch(first):
             import torch
+
             return torch.from_numpy(out).to(first.device)
         return out
 
@@ -154,6 +168,7 @@ class OnnxModel:
         keep = []  # buffers that must outlive the run
         if _is_torch(first):
             import torch
+
             dev = torch.device(kind, dev_id) if kind == "cuda" else torch.device("cpu")
             torch_dt = {"f": torch.float32, "i": torch.int64, "b": torch.bool}
             for name, x in feeds.items():
@@ -199,8 +214,9 @@ class OnnxBackbone(OnnxModel):
     roles = ("backbone", "backbone_embed")
     output = "z"
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 session_options: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
+    ) -> None:
         super().__init__(path, providers, session_options)
         c = self.config
         self.seq_h = self.seq_w = c["img_size"] // c["vae_stride"] // c["patch_size"]
@@ -226,18 +242,22 @@ class OnnxBackbone(OnnxModel):
                 raise ValueError("known_idx holds a position twice in a row: each row must list distinct positions")
         if not self.takes_labels:
             if uncond is not None:
-                raise ValueError(f"{self.path.name} takes class_embedding; `uncond` is for the labels variant "
-                                 f"(backbone.onnx): pass the null class (fake_latent) as the embedding instead")
+                raise ValueError(
+                    f"{self.path.name} takes class_embedding; `uncond` is for the labels variant "
+                    f"(backbone.onnx): pass the null class (fake_latent) as the embedding instead"
+                )
             _check("class_embedding", cond, "f", 2, (b, self.embed_dim))
             return {"tokens": tokens, "known_idx": known_idx, "class_embedding": cond}
         if (isinstance(cond, np.ndarray) or _is_torch(cond)) and _kind(cond) == "f":
-            raise TypeError(f"{self.path.name} takes integer class labels [B]; for a class embedding use "
-                            f"backbone_embed.onnx")
+            raise TypeError(
+                f"{self.path.name} takes integer class labels [B]; for a class embedding use backbone_embed.onnx"
+            )
         _check("labels", cond, "i", 1, (b,))
         if uncond is None:
             uncond = np.zeros(b, dtype=bool)
             if _is_torch(cond):
                 import torch
+
                 uncond = torch.from_numpy(uncond).to(cond.device)
         _check("uncond", uncond, "b", 1, (b,))
         cond_rows = cond[~uncond]
@@ -254,14 +274,17 @@ class OnnxBackboneModule:
     torch tensors in, a torch tensor (float32, on the tokens' device) out. Needs the
     class-embedding variant (`backbone_embed.onnx`)."""
 
-    def __init__(self, path_or_backbone: str | os.PathLike | OnnxBackbone,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, path_or_backbone: str | os.PathLike | OnnxBackbone, providers: Sequence[str] | None = None
+    ) -> None:
         bb = path_or_backbone
         if not isinstance(bb, OnnxBackbone):
             bb = OnnxBackbone(bb, providers)
         if bb.takes_labels:
-            raise ValueError(f"{bb.path} takes class labels; OnnxBackboneModule needs the class-embedding "
-                             f"variant ({FILES['backbone_embed']})")
+            raise ValueError(
+                f"{bb.path} takes class labels; OnnxBackboneModule needs the class-embedding "
+                f"variant ({FILES['backbone_embed']})"
+            )
         self.onnx = bb
         self.config = bb.config
 
@@ -276,8 +299,9 @@ class OnnxHead(OnnxModel):
     roles = ("head",)
     output = "out"
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 session_options: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
+    ) -> None:
         super().__init__(path, providers, session_options)
         c = self.config
         self.channels = c["vae_embed_dim"] * c["patch_size"] ** 2
@@ -300,8 +324,9 @@ class OnnxDecoder(OnnxModel):
     roles = ("decoder",)
     output = "images"
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 session_options: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
+    ) -> None:
         super().__init__(path, providers, session_options)
         self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}"))
         c = self.config

@@ -11,6 +11,7 @@
 Which kind of file a path is, and building the model it describes, is
 `marengine.models.loading` (the one loader).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             except RuntimeError:  # files written by torch < 1.6 (not zip) cannot be memory-mapped
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-                         f"{type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {type(e).__name__}: {e}"
+        ) from e
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dictionary "
-                         "(expected {'model': state_dict, ...} or a state dict)")
+        raise ValueError(
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dictionary "
+            "(expected {'model': state_dict, ...} or a state dict)"
+        )
     return dict(ckpt)
 
 
@@ -65,8 +69,10 @@ def pick_state_dict(ckpt: Mapping[str, Any], key: str | None = None) -> dict[str
         if state is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             state = ckpt
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"no model weights found: expected an entry among {OFFICIAL_KEYS} holding a state dict, "
-                         f"found {sorted(ckpt)}")
+        raise ValueError(
+            f"no model weights found: expected an entry among {OFFICIAL_KEYS} holding a state dict, "
+            f"found {sorted(ckpt)}"
+        )
     return dict(state)
 
 
@@ -76,15 +82,23 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], assign: boo
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or shapes:
-        parts = [f"{name} ({len(v)}): {', '.join(v[:20])}{' ...' if len(v) > 20 else ''}"
-                 for name, v in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", shapes)) if v]
-        raise ValueError("checkpoint does not match the model; " + "; ".join(parts) +
-                         ". Check that the model configuration (size, head depth/width, class_num) "
-                         "matches the one the checkpoint was trained with.")
+        parts = [
+            f"{name} ({len(v)}): {', '.join(v[:20])}{' ...' if len(v) > 20 else ''}"
+            for name, v in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes))
+            if v
+        ]
+        raise ValueError(
+            "checkpoint does not match the model; "
+            + "; ".join(parts)
+            + ". Check that the model configuration (size, head depth/width, class_num) "
+            "matches the one the checkpoint was trained with."
+        )
     model.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -95,8 +109,12 @@ def load_official(model: nn.Module, path: str | os.PathLike, key: str | None = N
 
 
 # ---------------------------------------------------------------- pretrained folders
-def save_pretrained(model: nn.Module, folder: str | os.PathLike, state: Mapping[str, torch.Tensor] | None = None,
-                    tokenizer: Mapping[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: nn.Module,
+    folder: str | os.PathLike,
+    state: Mapping[str, torch.Tensor] | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
+) -> Path:
     """Write `config.json` and `model.safetensors` (the model's weights, or `state`, e.g. the
     EMA) and, when given, `tokenizer.json` (a tokenizer spec, see models.tokenizers)."""
     from safetensors.torch import save_file
@@ -118,8 +136,10 @@ def read_folder_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: a pretrained folder holds {CONFIG_NAME} and "
-                                    f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/)")
+            raise FileNotFoundError(
+                f"{folder / name} not found: a pretrained folder holds {CONFIG_NAME} and "
+                f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/)"
+            )
     try:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -148,8 +168,12 @@ class PretrainedMixin:
 
     architecture: str = ""
 
-    def save_pretrained(self, folder: str | os.PathLike, state: Mapping[str, torch.Tensor] | None = None,
-                        tokenizer: Mapping[str, Any] | None = None) -> Path:
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        state: Mapping[str, torch.Tensor] | None = None,
+        tokenizer: Mapping[str, Any] | None = None,
+    ) -> Path:
         return save_pretrained(self, folder, state, tokenizer)  # type: ignore[arg-type]
 
     @classmethod
@@ -157,8 +181,10 @@ class PretrainedMixin:
         """Build from config.json on the meta device and assign the weights (no init cost)."""
         arch, cfg = read_folder_config(folder)
         if arch != cls.architecture:
-            raise ValueError(f"{folder} holds a {arch!r} model, not a {cls.architecture!r} one: load it with "
-                             "marengine.models.loading.from_pretrained, which picks the class")
+            raise ValueError(
+                f"{folder} holds a {arch!r} model, not a {cls.architecture!r} one: load it with "
+                "marengine.models.loading.from_pretrained, which picks the class"
+            )
         with torch.device("meta"):
             model = cls.from_config(cfg)  # type: ignore[attr-defined]
         load_strict(model, read_folder_weights(folder, device), assign=True)

@@ -1,4 +1,5 @@
 """Diffusion Loss: the per-token denoising head, its training loss and its sampler."""
+
 from __future__ import annotations
 
 import torch
@@ -14,23 +15,38 @@ from .head import SimpleMLPAdaLN
 class DiffLoss(nn.Module):
     """Diffusion Loss (official arguments). `net` is the official `SimpleMLPAdaLN`."""
 
-    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
-                 num_sampling_steps: str | int, grad_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        target_channels: int,
+        z_channels: int,
+        depth: int,
+        width: int,
+        num_sampling_steps: str | int,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
         self.train_tables = make_tables("")
         self.gen_tables = make_tables(str(num_sampling_steps))
 
-    def loss_terms(self, target: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, target: torch.Tensor, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Per-row `loss`, `mse`, `vb` for given timesteps t [N] and noise [N, C]."""
         tab = self.train_tables.on(target.device)
         return training_losses(tab, lambda xt, tt: self.net(xt, tt, z), target, t, noise)
 
-    def forward(self, target: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None, *,
-                t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        target: torch.Tensor,
+        z: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Mean loss over rows (over rows with mask=1 when a mask is given).
 
         target [N, C], z [N, Z]; t and noise are drawn (from `generator`) unless given.
@@ -38,8 +54,13 @@ class DiffLoss(nn.Module):
         _check_rows(target, z, self.in_channels)
         n = target.shape[0]
         if t is None:
-            t = torch.randint(0, self.train_tables.num_steps, (n,), generator=generator,
-                              device=generator.device if generator is not None else target.device).to(target.device)
+            t = torch.randint(
+                0,
+                self.train_tables.num_steps,
+                (n,),
+                generator=generator,
+                device=generator.device if generator is not None else target.device,
+            ).to(target.device)
         if noise is None:
             noise = randn((n, self.in_channels), generator, target.device, target.dtype)
         loss = self.loss_terms(target, z, t, noise)["loss"]
@@ -49,9 +70,17 @@ class DiffLoss(nn.Module):
         return loss.mean()
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, *,
-               noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               backend: str = "auto", clip_denoised: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        z: torch.Tensor,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        *,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+        clip_denoised: bool = False,
+    ) -> torch.Tensor:
         """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
 
         With cfg != 1, z holds M = 2N rows (conditional first, unconditional
@@ -75,10 +104,20 @@ class DiffLoss(nn.Module):
         elif tuple(noise.shape) != (n, self.in_channels):
             raise ValueError(f"noise must be x_T of shape {(n, self.in_channels)}, got {tuple(noise.shape)}")
         steps = self.gen_tables.num_steps
-        step_noise = (randn((steps, n, self.in_channels), generator, z.device, torch.float32)
-                      if temperature > 0 else None)
-        out = dispatch.sample_head(self.net, self.gen_tables, z, noise.float(), float(temperature),
-                                   float(cfg), step_noise, backend=backend, clip_denoised=clip_denoised)  # [N, C]
+        step_noise = (
+            randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None
+        )
+        out = dispatch.sample_head(
+            self.net,
+            self.gen_tables,
+            z,
+            noise.float(),
+            float(temperature),
+            float(cfg),
+            step_noise,
+            backend=backend,
+            clip_denoised=clip_denoised,
+        )  # [N, C]
         return torch.cat([out, out]) if guided else out
 
 

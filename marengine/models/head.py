@@ -5,6 +5,7 @@ D x ResBlock:   h += gate * MLP(LN(h) * (1 + scale) + shift),  (shift, scale, ga
 FinalLayer:     out = Linear(LN(h) * (1 + scale) + shift)   -> [N, 2C]  (eps, variance values)
 Parameter names are the official ones.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,8 +57,15 @@ class FinalLayer(nn.Module):
 
 
 class SimpleMLPAdaLN(nn.Module):
-    def __init__(self, in_channels: int, model_channels: int, out_channels: int,
-                 z_channels: int, num_res_blocks: int, grad_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        z_channels: int,
+        num_res_blocks: int,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.grad_checkpointing = grad_checkpointing
         self.in_channels = in_channels
@@ -102,7 +110,7 @@ class SimpleMLPAdaLN(nn.Module):
         variance values per half as predicted."""
         half = x[: len(x) // 2]
         out = self.forward(torch.cat([half, half]), t, c)
-        eps, rest = out[:, : self.in_channels], out[:, self.in_channels:]
+        eps, rest = out[:, : self.in_channels], out[:, self.in_channels :]
         cond, uncond = eps.chunk(2, dim=0)
         guided = cfg_combine(cond, uncond, cfg_scale)
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)

@@ -4,6 +4,7 @@ Parameter names follow timm's VisionTransformer `Block` (norm1, attn.qkv,
 attn.proj, norm2, mlp.fc1, mlp.fc2) so official checkpoints load strictly;
 attention runs on `scaled_dot_product_attention`.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,8 +20,9 @@ default_norm: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=LAYERNORM_E
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
@@ -54,9 +56,16 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 proj_drop: float = 0.0, attn_drop: float = 0.0,
-                 norm_layer: Callable[[int], nn.Module] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         norm_layer = norm_layer or default_norm
         self.norm1 = norm_layer(dim)

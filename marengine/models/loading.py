@@ -11,6 +11,7 @@
 init, no pickle code run); `load_weights` loads any of them into an existing model
 (fine-tuning with `--init-from`).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {MAR.architecture: MAR}
 
 @dataclass
 class LoadedModel:
-    model: nn.Module                          # in eval mode, on the requested device
-    tokenizer_spec: dict[str, Any] | None     # see models.tokenizers.build_tokenizer
-    kind: str                                 # "folder" | "training" | "official"
+    model: nn.Module  # in eval mode, on the requested device
+    tokenizer_spec: dict[str, Any] | None  # see models.tokenizers.build_tokenizer
+    kind: str  # "folder" | "training" | "official"
 
 
 def resolve_config(config: ConfigLike) -> MARConfig:
@@ -66,8 +67,9 @@ def resolve_config(config: ConfigLike) -> MARConfig:
     return MARConfig.from_name(text)
 
 
-def build_model(architecture: str, config: Mapping[str, Any] | MARConfig,
-                device: str | torch.device = "meta") -> nn.Module:
+def build_model(
+    architecture: str, config: Mapping[str, Any] | MARConfig, device: str | torch.device = "meta"
+) -> nn.Module:
     """An (uninitialised on meta) model of a registered architecture."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown model architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
@@ -83,8 +85,14 @@ def from_pretrained(folder: str | os.PathLike, device: torch.device | str = "cpu
     return model.eval()
 
 
-def load_model(path: str | os.PathLike, *, config: ConfigLike | None = None, use_ema: bool = True,
-               vae_ckpt: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    config: ConfigLike | None = None,
+    use_ema: bool = True,
+    vae_ckpt: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
     """Load a model for sampling or export from a folder, a training checkpoint or an
     official checkpoint (which needs `config`). EMA weights unless use_ema=False.
     `vae_ckpt` fills in (or replaces) the VAE weights path of the tokenizer spec."""
@@ -92,8 +100,10 @@ def load_model(path: str | os.PathLike, *, config: ConfigLike | None = None, use
     vae = None if vae_ckpt is None else str(vae_ckpt)
     if p.is_dir():
         if not use_ema:
-            raise ValueError(f"{p} is a pretrained folder, which holds one set of weights (the EMA for ema/); "
-                             "for the raw weights load the training checkpoint (last.pth)")
+            raise ValueError(
+                f"{p} is a pretrained folder, which holds one set of weights (the EMA for ema/); "
+                "for the raw weights load the training checkpoint (last.pth)"
+            )
         model = from_pretrained(p, device)
         spec_file = p / TOKENIZER_NAME
         spec = _read_spec(spec_file) if spec_file.is_file() else default_tokenizer_spec(model.config, vae)
@@ -102,15 +112,19 @@ def load_model(path: str | os.PathLike, *, config: ConfigLike | None = None, use
     if "config" in ckpt:  # written by the marengine trainer: it carries its configuration
         cfg, kind = MARConfig.from_dict(dict(ckpt["config"])), "training"
         if config is not None and resolve_config(config) != cfg:
-            raise ValueError(f"{p} is a training checkpoint of another configuration than the one named; "
-                             "drop --model/--config (the checkpoint carries its own)")
+            raise ValueError(
+                f"{p} is a training checkpoint of another configuration than the one named; "
+                "drop --model/--config (the checkpoint carries its own)"
+            )
         spec = with_vae_ckpt(ckpt.get("tokenizer") or default_tokenizer_spec(cfg, vae), vae)
     elif config is not None:
         cfg, kind = resolve_config(config), "official"
         spec = default_tokenizer_spec(cfg, vae)
     else:
-        raise ValueError(f"{p} is an official checkpoint without its configuration: name it (--model/--config "
-                         "mar_base, mar_large, mar_huge, or a JSON configuration)")
+        raise ValueError(
+            f"{p} is an official checkpoint without its configuration: name it (--model/--config "
+            "mar_base, mar_large, mar_huge, or a JSON configuration)"
+        )
     key = ("model_ema" if "model_ema" in ckpt else None) if use_ema else "model"
     model = build_model(MAR.architecture, cfg)
     load_strict(model, pick_state_dict(ckpt, key), assign=True)
@@ -139,5 +153,5 @@ def _read_spec(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise ValueError(f"{path} must hold a tokenizer spec such as {{\"kind\": \"pixel\", ...}}")
+        raise ValueError(f'{path} must hold a tokenizer spec such as {{"kind": "pixel", ...}}')
     return spec

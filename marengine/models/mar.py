@@ -6,6 +6,7 @@ class embedding; the decoder fills unknown positions with a learned mask token
 and returns z for every position. Dropping uses the indices of the known
 positions (`known_idx`), so the same code runs eagerly and exports to ONNX.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,35 +28,69 @@ from .masking import random_orders, sample_mask_ratio
 class MAR(nn.Module, PretrainedMixin):
     architecture = "mar"
 
-    def __init__(self, img_size: int = 256, vae_stride: int = 16, patch_size: int = 1,
-                 encoder_embed_dim: int = 1024, encoder_depth: int = 16, encoder_num_heads: int = 16,
-                 decoder_embed_dim: int = 1024, decoder_depth: int = 16, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0, norm_layer: Callable[[int], nn.Module] | None = None,
-                 vae_embed_dim: int = 16, mask_ratio_min: float = 0.7, label_drop_prob: float = 0.1,
-                 class_num: int = 1000, attn_dropout: float = 0.1, proj_dropout: float = 0.1,
-                 buffer_size: int = 64, diffloss_d: int = 3, diffloss_w: int = 1024,
-                 num_sampling_steps: str = "100", diffusion_batch_mul: int = 4,
-                 grad_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        img_size: int = 256,
+        vae_stride: int = 16,
+        patch_size: int = 1,
+        encoder_embed_dim: int = 1024,
+        encoder_depth: int = 16,
+        encoder_num_heads: int = 16,
+        decoder_embed_dim: int = 1024,
+        decoder_depth: int = 16,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        vae_embed_dim: int = 16,
+        mask_ratio_min: float = 0.7,
+        label_drop_prob: float = 0.1,
+        class_num: int = 1000,
+        attn_dropout: float = 0.1,
+        proj_dropout: float = 0.1,
+        buffer_size: int = 64,
+        diffloss_d: int = 3,
+        diffloss_w: int = 1024,
+        num_sampling_steps: str = "100",
+        diffusion_batch_mul: int = 4,
+        grad_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if img_size % (vae_stride * patch_size):
-            raise ValueError(f"img_size {img_size} is not divisible by vae_stride*patch_size = "
-                             f"{vae_stride * patch_size}: the image does not split into tokens")
+            raise ValueError(
+                f"img_size {img_size} is not divisible by vae_stride*patch_size = "
+                f"{vae_stride * patch_size}: the image does not split into tokens"
+            )
         if not 0.0 <= mask_ratio_min <= 1.0:
             raise ValueError(f"mask_ratio_min must be in [0, 1], got {mask_ratio_min}")
         self.config = MARConfig(
-            img_size=img_size, vae_stride=vae_stride, patch_size=patch_size,
-            encoder_embed_dim=encoder_embed_dim, encoder_depth=encoder_depth, encoder_num_heads=encoder_num_heads,
-            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-            mlp_ratio=mlp_ratio, vae_embed_dim=vae_embed_dim, mask_ratio_min=mask_ratio_min,
-            label_drop_prob=label_drop_prob, class_num=class_num, attn_dropout=attn_dropout,
-            proj_dropout=proj_dropout, buffer_size=buffer_size, diffloss_d=diffloss_d, diffloss_w=diffloss_w,
-            num_sampling_steps=str(num_sampling_steps), diffusion_batch_mul=diffusion_batch_mul,
-            grad_checkpointing=grad_checkpointing)
+            img_size=img_size,
+            vae_stride=vae_stride,
+            patch_size=patch_size,
+            encoder_embed_dim=encoder_embed_dim,
+            encoder_depth=encoder_depth,
+            encoder_num_heads=encoder_num_heads,
+            decoder_embed_dim=decoder_embed_dim,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            mlp_ratio=mlp_ratio,
+            vae_embed_dim=vae_embed_dim,
+            mask_ratio_min=mask_ratio_min,
+            label_drop_prob=label_drop_prob,
+            class_num=class_num,
+            attn_dropout=attn_dropout,
+            proj_dropout=proj_dropout,
+            buffer_size=buffer_size,
+            diffloss_d=diffloss_d,
+            diffloss_w=diffloss_w,
+            num_sampling_steps=str(num_sampling_steps),
+            diffusion_batch_mul=diffusion_batch_mul,
+            grad_checkpointing=grad_checkpointing,
+        )
         self.vae_embed_dim = vae_embed_dim
         self.img_size, self.vae_stride, self.patch_size = img_size, vae_stride, patch_size
         self.seq_h = self.seq_w = img_size // vae_stride // patch_size
         self.seq_len = self.seq_h * self.seq_w
-        self.token_embed_dim = vae_embed_dim * patch_size ** 2
+        self.token_embed_dim = vae_embed_dim * patch_size**2
         self.num_classes = class_num
         self.label_drop_prob = label_drop_prob
         self.mask_ratio_min = mask_ratio_min
@@ -70,23 +105,30 @@ class MAR(nn.Module, PretrainedMixin):
         self.z_proj = nn.Linear(self.token_embed_dim, enc)
         self.z_proj_ln = nn.LayerNorm(enc, eps=1e-6)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, total, enc))
-        self.encoder_blocks = nn.ModuleList([
-            Block(enc, encoder_num_heads, mlp_ratio, True, proj_dropout, attn_dropout, norm_layer)
-            for _ in range(encoder_depth)])
+        self.encoder_blocks = nn.ModuleList(
+            [
+                Block(enc, encoder_num_heads, mlp_ratio, True, proj_dropout, attn_dropout, norm_layer)
+                for _ in range(encoder_depth)
+            ]
+        )
         self.encoder_norm = (norm_layer or default_norm)(enc)
 
         self.decoder_embed = nn.Linear(enc, dec)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, total, dec))
-        self.decoder_blocks = nn.ModuleList([
-            Block(dec, decoder_num_heads, mlp_ratio, True, proj_dropout, attn_dropout, norm_layer)
-            for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(dec, decoder_num_heads, mlp_ratio, True, proj_dropout, attn_dropout, norm_layer)
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = (norm_layer or default_norm)(dec)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, dec))
         self.initialize_weights()
 
-        self.diffloss = DiffLoss(self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps,
-                                 grad_checkpointing)
+        self.diffloss = DiffLoss(
+            self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps, grad_checkpointing
+        )
 
     @classmethod
     def from_config(cls, cfg: MARConfig | dict[str, Any]) -> MAR:
@@ -95,8 +137,14 @@ class MAR(nn.Module, PretrainedMixin):
 
     def initialize_weights(self) -> None:
         """Official init: N(0, 0.02) embeddings, xavier Linear with zero bias, unit LayerNorm."""
-        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
-                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+        for p in (
+            self.class_emb.weight,
+            self.fake_latent,
+            self.mask_token,
+            self.encoder_pos_embed_learned,
+            self.decoder_pos_embed_learned,
+            self.diffusion_pos_embed_learned,
+        ):
             nn.init.normal_(p, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -124,8 +172,9 @@ class MAR(nn.Module, PretrainedMixin):
     def sample_orders(self, bsz: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return random_orders(bsz, self.seq_len, generator, self.fake_latent.device)
 
-    def random_masking(self, x: torch.Tensor, orders: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def random_masking(
+        self, x: torch.Tensor, orders: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """[B, L] float mask (1 = masked) hiding ceil(L r) tokens, r ~ truncated normal on [min, 1]."""
         bsz, seq_len, _ = x.shape
         n = math.ceil(seq_len * sample_mask_ratio(self.mask_ratio_min, generator))
@@ -140,8 +189,10 @@ class MAR(nn.Module, PretrainedMixin):
         known = mask == 0
         k = known.sum(1)
         if k.numel() and bool((k != k[0]).any()):
-            raise ValueError(f"every row of the mask must hide the same number of tokens, got "
-                             f"{sorted(set((self.seq_len - k).tolist()))} hidden per row")
+            raise ValueError(
+                f"every row of the mask must hide the same number of tokens, got "
+                f"{sorted(set((self.seq_len - k).tolist()))} hidden per row"
+            )
         kk = int(k[0]) if k.numel() else 0
         return known.nonzero()[:, 1].reshape(mask.shape[0], kk)
 
@@ -176,14 +227,19 @@ class MAR(nn.Module, PretrainedMixin):
         idx = self._with_buffer(known_idx)
         x = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, dim), x) + self.decoder_pos_embed_learned
         x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
-        return x[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+        return x[:, self.buffer_size :] + self.diffusion_pos_embed_learned
 
     def backbone(self, tokens: torch.Tensor, known_idx: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """z [B, L, D] for tokens [B, L, C] whose known positions are known_idx [B, K]."""
         return self.decode_known(self.encode_known(tokens, known_idx, class_embedding), known_idx)
 
-    def forward_mae_encoder(self, x: torch.Tensor, mask: torch.Tensor, class_embedding: torch.Tensor,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward_mae_encoder(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        class_embedding: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Official form: x [B, L, C], mask [B, L] (1 = unknown). Drops the class
         embedding (-> null class) with probability label_drop_prob in training."""
         self._check_tokens(x)
@@ -196,8 +252,9 @@ class MAR(nn.Module, PretrainedMixin):
         return self.decode_known(x, self.known_indices(mask))
 
     # ---------------------------------------------------------------- training
-    def forward_loss(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward_loss(
+        self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         bsz, seq_len, _ = target.shape
         mul = self.diffusion_batch_mul
         target = target.reshape(bsz * seq_len, -1).repeat(mul, 1)
@@ -205,8 +262,9 @@ class MAR(nn.Module, PretrainedMixin):
         mask = mask.reshape(bsz * seq_len).repeat(mul)
         return self.diffloss(z=z, target=target, mask=mask, generator=generator)
 
-    def forward(self, imgs: torch.Tensor, labels: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, imgs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Training loss for latents imgs [B, C, h, w] and class labels [B]."""
         self._check_labels(labels, imgs.shape[0])
         class_embedding = self.class_emb(labels)
@@ -220,36 +278,62 @@ class MAR(nn.Module, PretrainedMixin):
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_tokens(self, bsz: int, num_iter: int = SAMPLE_DEFAULTS.num_iter, cfg: float = SAMPLE_DEFAULTS.cfg,
-                      cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule, labels: torch.Tensor | None = None,
-                      temperature: float = SAMPLE_DEFAULTS.temperature, progress: bool = False, *,
-                      generator: torch.Generator | None = None, backend: str = "auto",
-                      backbone: Callable | None = None, clip_denoised: bool = False) -> torch.Tensor:
+    def sample_tokens(
+        self,
+        bsz: int,
+        num_iter: int = SAMPLE_DEFAULTS.num_iter,
+        cfg: float = SAMPLE_DEFAULTS.cfg,
+        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
+        labels: torch.Tensor | None = None,
+        temperature: float = SAMPLE_DEFAULTS.temperature,
+        progress: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+        backbone: Callable | None = None,
+        clip_denoised: bool = False,
+    ) -> torch.Tensor:
         """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps.
 
         generator: all randomness (orders, noise); backend: the head sampler ("auto" |
         "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime);
         clip_denoised: clamp the head's x_0 predictions to [-1, 1] (pixel tokens; off as official)."""
-        return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress,
-                                      generator=generator, backend=backend, backbone=backbone,
-                                      clip_denoised=clip_denoised)
+        return masked_ar.sample_tokens(
+            self,
+            bsz,
+            num_iter,
+            cfg,
+            cfg_schedule,
+            labels,
+            temperature,
+            progress,
+            generator=generator,
+            backend=backend,
+            backbone=backbone,
+            clip_denoised=clip_denoised,
+        )
 
     # ---------------------------------------------------------------- checks
     def _check_tokens(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.token_embed_dim:
-            raise ValueError(f"tokens must be [batch, {self.seq_len}, {self.token_embed_dim}] "
-                             f"(latents [batch, {self.vae_embed_dim}, {self.seq_h * self.patch_size}, "
-                             f"{self.seq_w * self.patch_size}]), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"tokens must be [batch, {self.seq_len}, {self.token_embed_dim}] "
+                f"(latents [batch, {self.vae_embed_dim}, {self.seq_h * self.patch_size}, "
+                f"{self.seq_w * self.patch_size}]), got shape {tuple(x.shape)}"
+            )
 
     def _check_labels(self, labels: torch.Tensor, bsz: int) -> None:
         if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"labels must be an int64 tensor of class indices, got {type(labels).__name__} "
-                            f"{getattr(labels, 'dtype', '')}")
+            raise TypeError(
+                f"labels must be an int64 tensor of class indices, got {type(labels).__name__} "
+                f"{getattr(labels, 'dtype', '')}"
+            )
         if labels.shape != (bsz,):
             raise ValueError(f"labels must have shape ({bsz},), got {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}), got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
 
 
 def _build(preset: str, **kwargs: Any) -> MAR:

@@ -4,6 +4,7 @@ Step k: the backbone predicts z for every position from the known tokens;
 the head samples the tokens the cosine schedule releases at this step, in a
 random order per image. With CFG the batch is doubled with the null class.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     from .mar import MAR
 
 
-def check_sampling_args(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
-                        labels: torch.Tensor | None, temperature: float) -> None:
+def check_sampling_args(
+    model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule: str, labels: torch.Tensor | None, temperature: float
+) -> None:
     if not isinstance(bsz, int) or bsz < 1:
         raise ValueError(f"bsz must be a positive int, got {bsz!r}")
     if not isinstance(num_iter, int) or not 1 <= num_iter <= model.seq_len:
@@ -33,11 +35,21 @@ def check_sampling_args(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_sch
         model._check_labels(labels, bsz)
 
 
-def sample_tokens(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule: str,
-                  labels: torch.Tensor | None, temperature: float, progress: bool = False, *,
-                  generator: torch.Generator | None = None, backend: str = "auto",
-                  backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  clip_denoised: bool = False) -> torch.Tensor:
+def sample_tokens(
+    model: MAR,
+    bsz: int,
+    num_iter: int,
+    cfg: float,
+    cfg_schedule: str,
+    labels: torch.Tensor | None,
+    temperature: float,
+    progress: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
     """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`.
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone`
@@ -58,6 +70,7 @@ def sample_tokens(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule:
     steps = range(num_iter)
     if progress:
         from tqdm.auto import tqdm
+
         steps = tqdm(steps, desc="sampling")
     num_masked = seq_len
     for step in steps:
@@ -75,8 +88,9 @@ def sample_tokens(model: MAR, bsz: int, num_iter: int, cfg: float, cfg_schedule:
         if guided:
             zs = torch.cat([zs, z[bsz:][pred_idx]])
         scale = cfg_at(cfg, cfg_schedule, seq_len, mask_len)
-        sampled = model.diffloss.sample(zs, temperature, scale, generator=generator, backend=backend,
-                                        clip_denoised=clip_denoised)
+        sampled = model.diffloss.sample(
+            zs, temperature, scale, generator=generator, backend=backend, clip_denoised=clip_denoised
+        )
         if guided:
             sampled = sampled[: zs.shape[0] // 2]  # the null-class rows only guided the chain
         tokens = tokens.clone()

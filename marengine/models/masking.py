@@ -1,6 +1,7 @@
 """Random generation orders and masks of MAR (torch): the training mask ratio, a random
 permutation per image and the mask of the first positions of each order. The masking
 schedule itself (how many tokens per iteration) is torch-free: marengine.schedules."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ def sample_mask_ratio(ratio_min: float, generator: torch.Generator | None) -> fl
     return float(1.0 + 0.25 * torch.special.ndtri(u))
 
 
-def random_orders(bsz: int, seq_len: int, generator: torch.Generator | None,
-                  device: torch.device | str) -> torch.Tensor:
+def random_orders(
+    bsz: int, seq_len: int, generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
     """[B, L] int64: a uniformly random permutation of positions per row."""
     return rand((bsz, seq_len), generator, device).argsort(dim=1)
 

@@ -6,6 +6,7 @@ for MAR, `decode(latents)` returns images in [-1, 1]; `embed_dim` and `stride`
 give the latent channels and the downsampling factor (MAR's `vae_embed_dim`
 and `vae_stride`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ TOKENIZER_KINDS = ("pixel", "vae")
 
 def pixel_channels(cfg: MARConfig) -> int | None:
     """Image channels of a pixel tokenizer that fits `cfg` (1 or 3), or None when none does."""
-    channels, rem = divmod(cfg.vae_embed_dim, cfg.vae_stride ** 2)
+    channels, rem = divmod(cfg.vae_embed_dim, cfg.vae_stride**2)
     return channels if rem == 0 and channels in (1, 3) else None
 
 
@@ -111,8 +112,10 @@ def tokenizer_spec(kind: str, cfg: MARConfig, vae_ckpt: str | None = None) -> di
     if kind == "pixel":
         channels = pixel_channels(cfg)
         if channels is None:
-            raise ValueError(f"the pixel tokenizer needs vae_embed_dim = channels * vae_stride^2 with 1 or 3 channels; "
-                             f"got vae_embed_dim={cfg.vae_embed_dim}, vae_stride={cfg.vae_stride}")
+            raise ValueError(
+                f"the pixel tokenizer needs vae_embed_dim = channels * vae_stride^2 with 1 or 3 channels; "
+                f"got vae_embed_dim={cfg.vae_embed_dim}, vae_stride={cfg.vae_stride}"
+            )
         return {"kind": "pixel", "channels": channels, "stride": cfg.vae_stride}
     if kind == "vae":
         if cfg.vae_stride != 16:
@@ -157,6 +160,8 @@ def describe_tokenizer(tokenizer: nn.Module, cfg: MARConfig | None = None) -> di
     else:
         raise TypeError(f"tokenizer must be a PixelTokenizer or a VAETokenizer, got {type(tokenizer).__name__}")
     if cfg is not None and (tokenizer.embed_dim != cfg.vae_embed_dim or tokenizer.stride != cfg.vae_stride):
-        raise ValueError(f"tokenizer (embed_dim {tokenizer.embed_dim}, stride {tokenizer.stride}) does not match "
-                         f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})")
+        raise ValueError(
+            f"tokenizer (embed_dim {tokenizer.embed_dim}, stride {tokenizer.stride}) does not match "
+            f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})"
+        )
     return {**info, "embed_dim": tokenizer.embed_dim, "stride": tokenizer.stride}

@@ -19,6 +19,7 @@ Layout (default settings, ch=128, ch_mult=(1, 1, 2, 2, 4)):
 
 Nothing here assumes a device: tensors follow the module and the inputs.
 """
+
 from __future__ import annotations
 
 import os
@@ -321,8 +322,7 @@ class AutoencoderKL(nn.Module):
         self.embed_dim = embed_dim
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         common: dict[str, Any] = dict(
-            ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-            resolution=resolution, z_channels=embed_dim,
+            ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, resolution=resolution, z_channels=embed_dim
         )
         self.encoder = Encoder(attn_resolutions=encoder_attn_resolutions, double_z=True, **common)
         self.decoder = Decoder(attn_resolutions=decoder_attn_resolutions, **common)
@@ -349,10 +349,7 @@ class AutoencoderKL(nn.Module):
         return self.decoder(self.post_quant_conv(z))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        sample_posterior: bool = True,
-        generator: torch.Generator | None = None,
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, DiagonalGaussian]:
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()

@@ -1,4 +1,5 @@
 """Backend choice for the head sampler: the native kernel where it is built, else the reference."""
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,17 @@ def native_unsupported(net, device: torch.device) -> str | None:
     return native.unsupported(net, device)
 
 
-def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
-                cfg: float, step_noise: torch.Tensor | None, backend: str = "auto",
-                clip_denoised: bool = False) -> torch.Tensor:
+def sample_head(
+    net,
+    tables: DiffusionTables,
+    z: torch.Tensor,
+    x_T: torch.Tensor,
+    temperature: float,
+    cfg: float,
+    step_noise: torch.Tensor | None,
+    backend: str = "auto",
+    clip_denoised: bool = False,
+) -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if clip_denoised:  # the native loop implements the official (unclipped) sampler only
@@ -42,10 +51,13 @@ def sample_head(net, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor
         return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, clip_denoised=True)
     why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
     if backend == "native" and why_not:
-        raise RuntimeError(f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
-                           "build it with `pip install --no-build-isolation -e .` or use backend='auto'")
+        raise RuntimeError(
+            f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
+            "build it with `pip install --no-build-isolation -e .` or use backend='auto'"
+        )
     if why_not is None:
         from . import native
+
         log.debug("head sampler: native (%s)", z.device.type)
         return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
     log.debug("head sampler: torch reference (%s: %s)", z.device.type, why_not)

@@ -13,6 +13,7 @@
 The extension is loaded tolerantly: if it is missing, this says so once (logging) and
 `available()` is False; nothing raises at import.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,12 +31,16 @@ log = logging.getLogger("marengine.ops")
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.marengine.*)
+
     _LOAD_ERROR: Exception | None = None
 except (ImportError, OSError) as exc:  # not built, or built against another torch
     _C = None
     _LOAD_ERROR = exc
-    log.info("marengine._C is not available (%s); the native head sampler is disabled, "
-             "the PyTorch reference is used. Build it with `pip install --no-build-isolation -e .`", exc)
+    log.info(
+        "marengine._C is not available (%s); the native head sampler is disabled, "
+        "the PyTorch reference is used. Build it with `pip install --no-build-isolation -e .`",
+        exc,
+    )
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -49,7 +54,8 @@ def available(device: torch.device | str = "cpu") -> bool:
         return True
     if dev.type == "cuda":
         return bool(_C.built_with_cuda()) and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "marengine::head_sample", "CUDA")
+            "marengine::head_sample", "CUDA"
+        )
     return False
 
 
@@ -75,19 +81,23 @@ def unsupported(net: nn.Module, device: torch.device | str) -> str | None:
 def _require(device: torch.device) -> None:
     if not available(device):
         why = f" ({_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
-        raise RuntimeError(f"the native head sampler is not available for {device.type}{why}; "
-                           "build it with `pip install --no-build-isolation -e .` or use the torch backend")
+        raise RuntimeError(
+            f"the native head sampler is not available for {device.type}{why}; "
+            "build it with `pip install --no-build-isolation -e .` or use the torch backend"
+        )
 
 
 # ---------------------------------------------------------------------------- fake kernels
 def _same_device(op: str, ref: torch.Tensor, tensors: dict[str, torch.Tensor | None]) -> None:
     for name, t in tensors.items():
         if t is not None and t.device != ref.device:
-            raise RuntimeError(f"{op}: all tensors must be on one device; x is on {ref.device} "
-                               f"but {name} is on {t.device}")
+            raise RuntimeError(
+                f"{op}: all tensors must be on one device; x is on {ref.device} but {name} is on {t.device}"
+            )
 
 
 if _C is not None:
+
     @torch.library.register_fake("marengine::adaln_block")
     def _adaln_block_fake(x, mod, ln_w, ln_b, w1, b1, w2, b2):
         _same_device("marengine::adaln_block", x, dict(mod=mod, ln_w=ln_w, ln_b=ln_b, w1=w1, b1=b1, w2=w2, b2=b2))
@@ -96,10 +106,43 @@ if _C is not None:
         return torch.empty_like(x)
 
     @torch.library.register_fake("marengine::head_sample")
-    def _head_sample_fake(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2,
-                          fmod_w, fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, seed, offset):
-        named = dict(c_emb=c_emb, t_emb=t_emb, in_w=in_w, in_b=in_b, fmod_w=fmod_w, fmod_b=fmod_b,
-                     out_w=out_w, out_b=out_b, coefs=coefs, step_noise=step_noise)
+    def _head_sample_fake(
+        x_T,
+        c_emb,
+        t_emb,
+        in_w,
+        in_b,
+        ln_w,
+        ln_b,
+        mod_w,
+        mod_b,
+        w1,
+        b1,
+        w2,
+        b2,
+        fmod_w,
+        fmod_b,
+        out_w,
+        out_b,
+        coefs,
+        cfg,
+        temperature,
+        step_noise,
+        seed,
+        offset,
+    ):
+        named = dict(
+            c_emb=c_emb,
+            t_emb=t_emb,
+            in_w=in_w,
+            in_b=in_b,
+            fmod_w=fmod_w,
+            fmod_b=fmod_b,
+            out_w=out_w,
+            out_b=out_b,
+            coefs=coefs,
+            step_noise=step_noise,
+        )
         for name, lst in dict(ln_w=ln_w, ln_b=ln_b, mod_w=mod_w, mod_b=mod_b, w1=w1, b1=b1, w2=w2, b2=b2).items():
             named.update({f"{name}[{i}]": t for i, t in enumerate(lst)})
         _same_device("marengine::head_sample", x_T, named)
@@ -129,8 +172,22 @@ class HeadWeights:
     out_b: torch.Tensor
 
     def args(self) -> tuple:
-        return (self.in_w, self.in_b, self.ln_w, self.ln_b, self.mod_w, self.mod_b, self.w1, self.b1,
-                self.w2, self.b2, self.fmod_w, self.fmod_b, self.out_w, self.out_b)
+        return (
+            self.in_w,
+            self.in_b,
+            self.ln_w,
+            self.ln_b,
+            self.mod_w,
+            self.mod_b,
+            self.w1,
+            self.b1,
+            self.w2,
+            self.b2,
+            self.fmod_w,
+            self.fmod_b,
+            self.out_w,
+            self.out_b,
+        )
 
 
 # net -> {(dtype, device): (fingerprint, HeadWeights)}; entries die with the module.
@@ -168,18 +225,31 @@ def _gather(net: nn.Module, dtype: torch.dtype, device: torch.device) -> HeadWei
     cv = lambda t: _convert(t.to(device), dtype)  # noqa: E731
     lin = lambda m: (cv(m.weight), cv(m.bias))  # noqa: E731
     blocks = list(net.res_blocks)
-    pairs = [lin(b.adaLN_modulation[-1]) for b in blocks], [lin(b.mlp[0]) for b in blocks], \
-        [lin(b.mlp[2]) for b in blocks]
+    pairs = (
+        [lin(b.adaLN_modulation[-1]) for b in blocks],
+        [lin(b.mlp[0]) for b in blocks],
+        [lin(b.mlp[2]) for b in blocks],
+    )
     in_w, in_b = lin(net.input_proj)
     fmod_w, fmod_b = lin(net.final_layer.adaLN_modulation[-1])
     out_w, out_b = lin(net.final_layer.linear)
     ln_f32 = lambda t: t.detach().to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
-    return HeadWeights(in_w=in_w, in_b=in_b,
-                       ln_w=[ln_f32(b.in_ln.weight) for b in blocks], ln_b=[ln_f32(b.in_ln.bias) for b in blocks],
-                       mod_w=[p[0] for p in pairs[0]], mod_b=[p[1] for p in pairs[0]],
-                       w1=[p[0] for p in pairs[1]], b1=[p[1] for p in pairs[1]],
-                       w2=[p[0] for p in pairs[2]], b2=[p[1] for p in pairs[2]],
-                       fmod_w=fmod_w, fmod_b=fmod_b, out_w=out_w, out_b=out_b)
+    return HeadWeights(
+        in_w=in_w,
+        in_b=in_b,
+        ln_w=[ln_f32(b.in_ln.weight) for b in blocks],
+        ln_b=[ln_f32(b.in_ln.bias) for b in blocks],
+        mod_w=[p[0] for p in pairs[0]],
+        mod_b=[p[1] for p in pairs[0]],
+        w1=[p[0] for p in pairs[1]],
+        b1=[p[1] for p in pairs[1]],
+        w2=[p[0] for p in pairs[2]],
+        b2=[p[1] for p in pairs[2]],
+        fmod_w=fmod_w,
+        fmod_b=fmod_b,
+        out_w=out_w,
+        out_b=out_b,
+    )
 
 
 def pick_weight_dtype(net: nn.Module, device: torch.device, weight_dtype: torch.dtype | None) -> torch.dtype:
@@ -217,9 +287,18 @@ def _check_rows(z: torch.Tensor, x_T: torch.Tensor, cfg: float) -> None:
         raise ValueError(f"z must have {what} = {want} rows for x_T with N = {n} rows, got shape {tuple(z.shape)}")
 
 
-def _run(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor, temperature: float,
-         cfg: float, step_noise: torch.Tensor | None, seed: int, offset: int,
-         weight_dtype: torch.dtype | None) -> torch.Tensor:
+def _run(
+    net: nn.Module,
+    tables: DiffusionTables,
+    z: torch.Tensor,
+    x_T: torch.Tensor,
+    temperature: float,
+    cfg: float,
+    step_noise: torch.Tensor | None,
+    seed: int,
+    offset: int,
+    weight_dtype: torch.dtype | None,
+) -> torch.Tensor:
     dev = z.device
     _require(dev)
     _check_rows(z, x_T, cfg)
@@ -228,13 +307,31 @@ def _run(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Te
         c_emb, t_emb = embeddings(net, tables, z)
         coefs = tables.stacked(dev)
         noise = step_noise.float().contiguous() if step_noise is not None and temperature > 0 else None
-        return torch.ops.marengine.head_sample(x_T.float().contiguous(), c_emb, t_emb, *w.args(), coefs,
-                                               float(cfg), float(temperature), noise, int(seed), int(offset))
+        return torch.ops.marengine.head_sample(
+            x_T.float().contiguous(),
+            c_emb,
+            t_emb,
+            *w.args(),
+            coefs,
+            float(cfg),
+            float(temperature),
+            noise,
+            int(seed),
+            int(offset),
+        )
 
 
-def sample_head(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
-                temperature: float, cfg: float, step_noise: torch.Tensor | None, *,
-                weight_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sample_head(
+    net: nn.Module,
+    tables: DiffusionTables,
+    z: torch.Tensor,
+    x_T: torch.Tensor,
+    temperature: float,
+    cfg: float,
+    step_noise: torch.Tensor | None,
+    *,
+    weight_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
 
     z [N, Z] (or [2N, Z] with cfg != 1), x_T [N, C], step_noise [S, N, C] (needed when
@@ -246,17 +343,26 @@ def sample_head(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: t
     return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype)
 
 
-def sample_head_philox(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
-                       temperature: float, cfg: float, seed: int, offset: int = 0, *,
-                       weight_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sample_head_philox(
+    net: nn.Module,
+    tables: DiffusionTables,
+    z: torch.Tensor,
+    x_T: torch.Tensor,
+    temperature: float,
+    cfg: float,
+    seed: int,
+    offset: int = 0,
+    *,
+    weight_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h).
 
     The same (seed, offset) gives the same result on the same device; calls that must use
     fresh noise advance offset by `philox_groups(tables.num_steps, N, C)`.
     """
-    if seed < -(2 ** 63) or seed >= 2 ** 64:
+    if seed < -(2**63) or seed >= 2**64:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
-    seed = seed - 2 ** 64 if seed >= 2 ** 63 else seed
+    seed = seed - 2**64 if seed >= 2**63 else seed
     return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype)
 
 
@@ -273,8 +379,16 @@ def philox_groups(steps: int, rows: int, channels: int) -> int:
     return math.ceil(steps * rows * channels / 4)
 
 
-def adaln_block(x: torch.Tensor, mod: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor,
-                b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+def adaln_block(
+    x: torch.Tensor,
+    mod: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+) -> torch.Tensor:
     """x + gate * (W2 SiLU(W1 (LN(x)(1 + scale) + shift) + b1) + b2); mod = (shift, scale, gate)."""
     _require(x.device)
     return torch.ops.marengine.adaln_block(x, mod, ln_w, ln_b, w1, b1, w2, b2)

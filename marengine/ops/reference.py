@@ -3,6 +3,7 @@
 It runs the way the official sampler runs: eager, one Python iteration per
 diffusion step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,17 +27,25 @@ def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: floa
         if cfg == 1.0:
             return net(x.to(z.dtype), t, z)
         out = net(torch.cat([x, x]).to(z.dtype), torch.cat([t, t]), z).float()
-        cond, uncond = out[: x.shape[0]], out[x.shape[0]:]
+        cond, uncond = out[: x.shape[0]], out[x.shape[0] :]
         eps = cfg_combine(cond[:, :c], uncond[:, :c], cfg)
         return torch.cat([eps, cond[:, c:]], dim=1)
 
     return fn
 
 
-def sample_head(net: nn.Module, tables: DiffusionTables, z: torch.Tensor, x_T: torch.Tensor,
-                temperature: float, cfg: float, step_noise: torch.Tensor | None,
-                clip_denoised: bool = False) -> torch.Tensor:
+def sample_head(
+    net: nn.Module,
+    tables: DiffusionTables,
+    z: torch.Tensor,
+    x_T: torch.Tensor,
+    temperature: float,
+    cfg: float,
+    step_noise: torch.Tensor | None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
     """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or None."""
     tab = tables.on(z.device)
-    return p_sample_loop(tab, guided_eps_fn(net, tab["timestep_map"], z, cfg), x_T, temperature, step_noise,
-                         clip_denoised)
+    return p_sample_loop(
+        tab, guided_eps_fn(net, tab["timestep_map"], z, cfg), x_T, temperature, step_noise, clip_denoised
+    )

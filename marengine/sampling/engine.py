@@ -1,4 +1,5 @@
 """Generation end to end: class labels -> tokens (backbone + head) -> images."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ class SampleSettings:
 
 
 @torch.no_grad()
-def generate(model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: SampleSettings,
-             progress: bool = False) -> np.ndarray:
+def generate(
+    model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: SampleSettings, progress: bool = False
+) -> np.ndarray:
     """uint8 images [N, H, W, C] for `labels`, in batches, seeded by settings.seed."""
     device = model.fake_latent.device
     labels = torch.as_tensor(labels, dtype=torch.int64)
@@ -40,9 +42,18 @@ def generate(model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: 
     clip = settings.clip_denoised if settings.clip_denoised is not None else getattr(tokenizer, "bounded", False)
     out = []
     for start in range(0, len(labels), settings.batch_size):
-        batch = labels[start: start + settings.batch_size].to(device)
-        latents = model.sample_tokens(len(batch), num_iter, settings.cfg, settings.cfg_schedule, batch,
-                                      settings.temperature, progress, generator=gen, backend=settings.backend,
-                                      clip_denoised=clip)
+        batch = labels[start : start + settings.batch_size].to(device)
+        latents = model.sample_tokens(
+            len(batch),
+            num_iter,
+            settings.cfg,
+            settings.cfg_schedule,
+            batch,
+            settings.temperature,
+            progress,
+            generator=gen,
+            backend=settings.backend,
+            clip_denoised=clip,
+        )
         out.append(to_uint8(tokenizer.decode(latents.float())).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)

@@ -1,6 +1,7 @@
 """Training checkpoints: model, EMA, optimizer, scaler, step/epoch, RNG states,
 config; written atomically (temporary file, fsync, rename) so that a crash
 while writing leaves the previous checkpoint intact."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{e}; it cannot be resumed from: use an earlier checkpoint in the same folder") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a marengine training checkpoint (format {FORMAT!r} expected); "
-                         "to start from official weights use --init-from instead of --resume")
+        raise ValueError(
+            f"{path} is not a marengine training checkpoint (format {FORMAT!r} expected); "
+            "to start from official weights use --init-from instead of --resume"
+        )
     return ckpt
 
 

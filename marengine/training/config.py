@@ -1,4 +1,5 @@
 """Training settings: the official recipe as defaults, written once (the CLI reads them from here)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ from ..config import checked_fields
 
 @dataclass
 class TrainConfig:
+    # fmt: off
     # model
     model: str = "mar_digits"                   # a preset of marengine.config.PRESETS
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +51,7 @@ class TrainConfig:
     log_every: int = 10
     resume: str | None = None                   # a training checkpoint (or its folder) to continue exactly
     progress: bool = True
+    # fmt: on
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +65,16 @@ class TrainConfig:
 
 
 # The main job: a small MAR on the bundled digits, on the CPU, in minutes.
-DEMO = TrainConfig(model="mar_digits", data="digits", batch_size=128, blr=1e-3, max_steps=800,
-                   warmup_steps=100, ema_rate=0.999, ema_warmup=True, out_dir="runs/demo",
-                   ckpt_every=250, log_every=25)
+DEMO = TrainConfig(
+    model="mar_digits",
+    data="digits",
+    batch_size=128,
+    blr=1e-3,
+    max_steps=800,
+    warmup_steps=100,
+    ema_rate=0.999,
+    ema_warmup=True,
+    out_dir="runs/demo",
+    ckpt_every=250,
+    log_every=25,
+)

@@ -8,6 +8,7 @@ An image folder returns a `BadItem` for a file it cannot use instead of
 raising: `collate_items` drops it and the trainer reports it, so one corrupt
 file never stops a run.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,7 @@ def center_crop(img, size: int):
     img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
     arr = np.asarray(img)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return arr[top: top + size, left: left + size]
+    return arr[top : top + size, left : left + size]
 
 
 def _image_files(folder: str) -> list[tuple[str, ...]]:
@@ -141,8 +142,11 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as im:
                 if not self.crop and im.size != (self.size, self.size):
-                    return BadItem(str(path), f"{im.size[0]}x{im.size[1]}, not {self.size}x{self.size}; resize it "
-                                   "or train with center cropping (--crop)")
+                    return BadItem(
+                        str(path),
+                        f"{im.size[0]}x{im.size[1]}, not {self.size}x{self.size}; resize it "
+                        "or train with center cropping (--crop)",
+                    )
                 im = im.convert("RGB")  # decodes the whole file: truncated data fails here
                 arr = center_crop(im, self.size) if self.crop else np.asarray(im)
         except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for broken files)
@@ -165,9 +169,9 @@ class ImageFolderDataset(Dataset):
 class Batch(NamedTuple):
     """A collated batch; x and y are None when every item was bad."""
 
-    x: torch.Tensor | None     # [B, ...]
-    y: torch.Tensor | None     # [B] int64
-    bad: list[BadItem]         # the items dropped from it
+    x: torch.Tensor | None  # [B, ...]
+    y: torch.Tensor | None  # [B] int64
+    bad: list[BadItem]  # the items dropped from it
 
 
 def collate_items(items: Sequence[tuple[torch.Tensor, int] | BadItem]) -> Batch:
@@ -196,14 +200,17 @@ class _Unseeded(Dataset):
         return [it for it in items if isinstance(it, BadItem)]
 
 
-def check_image_folder(dataset: ImageFolderDataset, num_workers: int = 0, batch_size: int = 64,
-                       progress: bool = False) -> list[BadItem]:
+def check_image_folder(
+    dataset: ImageFolderDataset, num_workers: int = 0, batch_size: int = 64, progress: bool = False
+) -> list[BadItem]:
     """Open, decode and crop every image as training would; return the ones that fail."""
-    loader = DataLoader(_Unseeded(dataset), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_Unseeded.collate)
+    loader = DataLoader(
+        _Unseeded(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=_Unseeded.collate
+    )
     bad: list[BadItem] = []
     if progress:
         from tqdm.auto import tqdm
+
         loader = tqdm(loader, desc="check", unit="batch", dynamic_ncols=True)
     for b in loader:
         bad += b

@@ -1,4 +1,5 @@
 """torchrun / DistributedDataParallel glue: NCCL on GPUs, gloo on CPU."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Exponential moving average of every parameter (official rate 0.9999)."""
+
 from __future__ import annotations
 
 import torch

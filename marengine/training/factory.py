@@ -1,4 +1,5 @@
 """Building what a run needs from its settings: device, precision, data, tokenizer, model."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,13 +48,16 @@ def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):
     path = Path(cfg.data)
     if is_latent_cache(path):
         from ..config import VAE_LATENT_SCALE
+
         ds = open_latents(path, VAE_LATENT_SCALE)
         side = model_cfg.img_size // model_cfg.vae_stride
         want = (model_cfg.vae_embed_dim, side, side)
         if tuple(ds.latent_shape) != want:
-            raise ValueError(f"the latent cache {path} holds latents of shape {tuple(ds.latent_shape)} [C, h, w], "
-                             f"the model expects {want} (vae_embed_dim, img_size / vae_stride, ...); set "
-                             "model_overrides img_size / vae_embed_dim to fit, or re-cache at the model's size")
+            raise ValueError(
+                f"the latent cache {path} holds latents of shape {tuple(ds.latent_shape)} [C, h, w], "
+                f"the model expects {want} (vae_embed_dim, img_size / vae_stride, ...); set "
+                "model_overrides img_size / vae_embed_dim to fit, or re-cache at the model's size"
+            )
         return ds, True
     return ImageFolderDataset(path, model_cfg.img_size, crop=cfg.crop), False
 

@@ -15,6 +15,7 @@ rest. Under torchrun, rank r encodes shards i with i % world_size == r.
 Training reads a cache with `latent_dataset.LatentCacheDataset`. The files are
 plain .npy: `np.load(path, mmap_mode="r")` reads them too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,16 +98,19 @@ class LatentCacheWriter:
     settings: JSON-able description of what is cached; it must include
     "num_items", "shard_size", "moments_shape" ([2, 2C, h, w]) and "dtype"."""
 
-    def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any], rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, settings: dict[str, Any], rank: int = 0, world_size: int = 1
+    ) -> None:
         if settings.get("dtype") not in DTYPES:
             raise ValueError(f"cache dtype must be one of {DTYPES}, got {settings.get('dtype')!r}")
         if int(settings["shard_size"]) < 1:
             raise ValueError(f"shard size must be >= 1, got {settings['shard_size']}")
         self.out = Path(out_dir)
         if self.out.suffix == ".safetensors" or self.out.is_file():
-            raise ValueError(f"{self.out}: the latent cache is now a folder (index.json + shards); pass a folder "
-                             "name to --out (existing single-file .safetensors caches can still be trained from)")
+            raise ValueError(
+                f"{self.out}: the latent cache is now a folder (index.json + shards); pass a folder "
+                "name to --out (existing single-file .safetensors caches can still be trained from)"
+            )
         n, size = int(settings["num_items"]), int(settings["shard_size"])
         self.settings = {**json.loads(json.dumps(settings)), "num_shards": -(-n // size)}
         self.rank, self.world_size = rank, world_size
@@ -132,8 +136,10 @@ class LatentCacheWriter:
                 found = found.get("settings", {}) if name == INDEX else found
                 if found != self.settings:
                     diff = "; ".join(_settings_diff(found, self.settings)[:6])
-                    raise ValueError(f"{self.out} holds a latent cache made with other settings ({diff}); "
-                                     "write to another --out folder, or delete this one to start over")
+                    raise ValueError(
+                        f"{self.out} holds a latent cache made with other settings ({diff}); "
+                        "write to another --out folder, or delete this one to start over"
+                    )
                 if name == INDEX:
                     return True
         self.out.mkdir(parents=True, exist_ok=True)
@@ -181,24 +187,49 @@ class LatentCacheWriter:
         for i in range(self.num_shards):
             count = self.shard_count(i)
             if count is None:
-                raise RuntimeError(f"shard {self.shard_path(i)} is missing or incomplete; run cache-latents again "
-                                   "with the same arguments to finish the cache")
+                raise RuntimeError(
+                    f"shard {self.shard_path(i)} is missing or incomplete; run cache-latents again "
+                    "with the same arguments to finish the cache"
+                )
             shards.append({"name": shard_name(i, self.num_shards), "count": count})
         total = sum(s["count"] for s in shards)
-        index = {"format": FORMAT, "settings": self.settings, "num_items": total,
-                 "num_skipped": self.num_items - total, "shards": shards}
+        index = {
+            "format": FORMAT,
+            "settings": self.settings,
+            "num_items": total,
+            "num_skipped": self.num_items - total,
+            "shards": shards,
+        }
         _write_shared(self.out / INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
         return index
 
 
 # ---------------------------------------------------------------- encoding
-def cache_settings(dataset: ImageFolderDataset, *, vae_sha256: str, vae_config: dict[str, Any],
-                   moments_shape: Sequence[int], scale: float, dtype: str, shard_size: int) -> dict[str, Any]:
+def cache_settings(
+    dataset: ImageFolderDataset,
+    *,
+    vae_sha256: str,
+    vae_config: dict[str, Any],
+    moments_shape: Sequence[int],
+    scale: float,
+    dtype: str,
+    shard_size: int,
+) -> dict[str, Any]:
     """Everything a cache depends on; a rerun into the same folder must give the same."""
-    return {"img_size": dataset.size, "crop": dataset.crop, "vae_sha256": vae_sha256, "vae_config": vae_config,
-            "scale": scale, "moments_shape": list(moments_shape), "dtype": dtype,
-            "num_classes": dataset.num_classes, "class_names": list(dataset.classes),
-            "num_items": len(dataset), "files_sha256": folder_fingerprint(dataset), "shard_size": shard_size}
+    return {
+        "img_size": dataset.size,
+        "crop": dataset.crop,
+        "vae_sha256": vae_sha256,
+        "vae_config": vae_config,
+        "scale": scale,
+        "moments_shape": list(moments_shape),
+        "dtype": dtype,
+        "num_classes": dataset.num_classes,
+        "class_names": list(dataset.classes),
+        "num_items": len(dataset),
+        "files_sha256": folder_fingerprint(dataset),
+        "shard_size": shard_size,
+    }
 
 
 class _CacheItems(Dataset):
@@ -213,9 +244,15 @@ class _CacheItems(Dataset):
 
 
 @torch.no_grad()
-def encode_pending(writer: LatentCacheWriter, dataset: ImageFolderDataset,
-                   encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 32, num_workers: int = 0,
-                   device: str | torch.device = "cpu", progress: bool = False) -> list[BadItem]:
+def encode_pending(
+    writer: LatentCacheWriter,
+    dataset: ImageFolderDataset,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[BadItem]:
     """Encode this rank's pending shards and write them; returns the unreadable images met.
 
     encode: images [B, 3, H, W] in [-1, 1] -> posterior moments [B, 2C, h, w]. A
@@ -224,17 +261,36 @@ def encode_pending(writer: LatentCacheWriter, dataset: ImageFolderDataset,
     if dataset.flip:
         raise ValueError("encode the dataset with flip=False (the mirror image is cached beside each image)")
     pending = writer.pending()
-    log.info("rank %d: %d of its shards to encode (%d shards of up to %d images in all)", writer.rank, len(pending),
-             writer.num_shards, writer.shard_size)
-    batches = [list(r[s: s + batch_size]) for i in pending for r in [writer.item_range(i)]
-               for s in range(0, len(r), batch_size)]
-    loader = DataLoader(_CacheItems(dataset), batch_sampler=batches, num_workers=num_workers,
-                        collate_fn=collate_items, pin_memory=torch.device(device).type == "cuda")
+    log.info(
+        "rank %d: %d of its shards to encode (%d shards of up to %d images in all)",
+        writer.rank,
+        len(pending),
+        writer.num_shards,
+        writer.shard_size,
+    )
+    batches = [
+        list(r[s : s + batch_size])
+        for i in pending
+        for r in [writer.item_range(i)]
+        for s in range(0, len(r), batch_size)
+    ]
+    loader = DataLoader(
+        _CacheItems(dataset),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate_items,
+        pin_memory=torch.device(device).type == "cuda",
+    )
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(len(writer.item_range(i)) for i in pending), desc=f"cache rank {writer.rank}",
-                   unit="img", dynamic_ncols=True)
+
+        bar = tqdm(
+            total=sum(len(writer.item_range(i)) for i in pending),
+            desc=f"cache rank {writer.rank}",
+            unit="img",
+            dynamic_ncols=True,
+        )
     shard_of = iter(i for i in pending for _ in range(-(-len(writer.item_range(i)) // batch_size)))
     bad: list[BadItem] = []
     current, labels, moments = None, [], []
@@ -263,11 +319,24 @@ def encode_pending(writer: LatentCacheWriter, dataset: ImageFolderDataset,
     return bad
 
 
-def build_latent_cache(dataset: ImageFolderDataset, vae: torch.nn.Module, out_dir: str | os.PathLike, *,
-                       vae_sha256: str, vae_config: dict[str, Any], scale: float, shard_size: int = 1024,
-                       dtype: str = "float32", batch_size: int = 32, num_workers: int = 0,
-                       device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                       barrier: Callable[[], None] = lambda: None, progress: bool = False) -> dict[str, Any] | None:
+def build_latent_cache(
+    dataset: ImageFolderDataset,
+    vae: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    vae_sha256: str,
+    vae_config: dict[str, Any],
+    scale: float,
+    shard_size: int = 1024,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    progress: bool = False,
+) -> dict[str, Any] | None:
     """Encode an image folder into a sharded cache (or finish one); returns the index on rank 0.
 
     vae: `encode(x).moments` gives [B, 2C, h, w]. All ranks call this with the
@@ -276,9 +345,15 @@ def build_latent_cache(dataset: ImageFolderDataset, vae: torch.nn.Module, out_di
     if dataset.size % ds:
         raise ValueError(f"image size {dataset.size} is not a multiple of the VAE's downsampling factor {ds}")
     side = dataset.size // ds
-    settings = cache_settings(dataset, vae_sha256=vae_sha256, vae_config=vae_config,
-                              moments_shape=(2, 2 * vae.embed_dim, side, side), scale=scale, dtype=dtype,
-                              shard_size=shard_size)
+    settings = cache_settings(
+        dataset,
+        vae_sha256=vae_sha256,
+        vae_config=vae_config,
+        moments_shape=(2, 2 * vae.embed_dim, side, side),
+        scale=scale,
+        dtype=dtype,
+        shard_size=shard_size,
+    )
     writer = LatentCacheWriter(out_dir, settings, rank, world_size)
     done = writer.prepare()
     barrier()  # settings.json exists before any rank writes a shard
@@ -287,7 +362,10 @@ def build_latent_cache(dataset: ImageFolderDataset, vae: torch.nn.Module, out_di
         return json.loads((writer.out / INDEX).read_text()) if rank == 0 else None
     bad = encode_pending(writer, dataset, lambda x: vae.encode(x).moments, batch_size, num_workers, device, progress)
     if bad:
-        log.warning("rank %d: %d unreadable image(s) skipped (listed above); `marengine check-data` lists them all",
-                    rank, len(bad))
+        log.warning(
+            "rank %d: %d unreadable image(s) skipped (listed above); `marengine check-data` lists them all",
+            rank,
+            len(bad),
+        )
     barrier()  # every shard is written
     return writer.finalize() if rank == 0 else None

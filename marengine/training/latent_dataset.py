@@ -8,6 +8,7 @@ cache an epoch reads (the OS page cache still caches the files; see
 benchmarks/bench_cache_memory.py), and `pread` has no file position to share,
 so it is safe in forked DataLoader workers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,10 @@ class LatentCacheDataset(Dataset):
         index_path = self.folder / INDEX
         if not index_path.is_file():
             if (self.folder / SETTINGS).is_file():
-                raise ValueError(f"latent cache {self.folder} is incomplete (no {INDEX}): run the same "
-                                 "`marengine cache-latents` command again to finish it")
+                raise ValueError(
+                    f"latent cache {self.folder} is incomplete (no {INDEX}): run the same "
+                    "`marengine cache-latents` command again to finish it"
+                )
             raise FileNotFoundError(f"latent cache {self.folder} not found (no {INDEX}): run `marengine cache-latents`")
         index = json.loads(index_path.read_text())
         if index.get("format") != FORMAT:
@@ -58,8 +61,10 @@ class LatentCacheDataset(Dataset):
         self.shards = [self.folder / s["name"] for s in index["shards"]]
         missing = [p.name for p in self.shards if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"latent cache {self.folder} lacks {len(missing)} shard(s) "
-                                    f"({', '.join(missing[:3])}); copy the whole folder, or re-run cache-latents")
+            raise FileNotFoundError(
+                f"latent cache {self.folder} lacks {len(missing)} shard(s) "
+                f"({', '.join(missing[:3])}); copy the whole folder, or re-run cache-latents"
+            )
         self.ends = np.cumsum([s["count"] for s in index["shards"]])  # [num_shards]
         self.scale = float(self.settings["scale"])
         self.num_classes = int(self.settings["num_classes"])
@@ -68,7 +73,7 @@ class LatentCacheDataset(Dataset):
         self.dtype = record_dtype(self.moments_shape, self.settings["dtype"])
         self.max_open = max_open
         self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> open descriptor, least recently used first
-        self._offsets: dict[int, int] = {}                 # shard -> offset of its data (header checked)
+        self._offsets: dict[int, int] = {}  # shard -> offset of its data (header checked)
         self._pid = os.getpid()
 
     @property
@@ -98,8 +103,10 @@ class LatentCacheDataset(Dataset):
             size = os.fstat(fd).st_size
             if dtype != self.dtype or shape != (expected,) or size != offset + expected * dtype.itemsize:
                 os.close(fd)
-                raise ValueError(f"shard {path} does not match {self.folder / INDEX} (or is truncated); "
-                                 "re-run cache-latents into a new folder")
+                raise ValueError(
+                    f"shard {path} does not match {self.folder / INDEX} (or is truncated); "
+                    "re-run cache-latents into a new folder"
+                )
             self._offsets[s] = offset
         self._fds[s] = fd
         if len(self._fds) > self.max_open:
@@ -172,9 +179,12 @@ class SafetensorsLatentsDataset(Dataset):
         d = load_file(path)
         self.moments, self.labels, self.scale = d["moments"], d["labels"], scale
         self.num_classes = int(d["num_classes"])
-        log.warning("%s is a single-file latent cache, loaded whole into memory (%.2f GB); run "
-                    "`marengine cache-latents --out DIR` for a sharded cache read from disk",
-                    path, self.moments.nbytes / 1e9)
+        log.warning(
+            "%s is a single-file latent cache, loaded whole into memory (%.2f GB); run "
+            "`marengine cache-latents --out DIR` for a sharded cache read from disk",
+            path,
+            self.moments.nbytes / 1e9,
+        )
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -8,6 +8,7 @@ jump (resume, a test asking for step 0 again) starts a new iterator at that
 step. Items are seeded per (seed, epoch, index) and batches arrive in sampler
 order, so the result does not depend on `num_workers`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,17 @@ class StepLoader:
     Unreadable items are dropped from their batch and reported (`bad`) when a
     batch is first fetched."""
 
-    def __init__(self, source: ItemSource, batch_size: int, seed: int, max_steps: int, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        source: ItemSource,
+        batch_size: int,
+        seed: int,
+        max_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.items = SeededItems(source, seed)
@@ -49,15 +59,28 @@ class StepLoader:
         return self.sampler.steps_per_epoch
 
     def _sampler(self, start: int) -> StepBatchSampler:
-        return StepBatchSampler(len(self.items), self.batch_size, self.seed, start, max(self.max_steps, start + 1),
-                                self.rank, self.world_size)
+        return StepBatchSampler(
+            len(self.items),
+            self.batch_size,
+            self.seed,
+            start,
+            max(self.max_steps, start + 1),
+            self.rank,
+            self.world_size,
+        )
 
     def _start(self, step: int) -> None:
         self.close()
         # the loader's own generator (not the global RNG, which the training step uses) seeds the workers
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, step))
-        loader = DataLoader(self.items, batch_sampler=self._sampler(step), num_workers=self.num_workers,
-                            collate_fn=collate_items, pin_memory=self.pin_memory, generator=gen)
+        loader = DataLoader(
+            self.items,
+            batch_sampler=self._sampler(step),
+            num_workers=self.num_workers,
+            collate_fn=collate_items,
+            pin_memory=self.pin_memory,
+            generator=gen,
+        )
         self._iter = iter(loader)
         self._next_step = step
 
@@ -86,7 +109,7 @@ class BadItemLog:
     """Counts unreadable items and logs each file once (per process)."""
 
     def __init__(self) -> None:
-        self.count = 0            # bad items met (a file met in two epochs counts twice)
+        self.count = 0  # bad items met (a file met in two epochs counts twice)
         self.files: set[str] = set()
 
     def report(self, bad: list[BadItem], step: int, rank: int = 0) -> None:
@@ -94,5 +117,10 @@ class BadItemLog:
             self.count += 1
             if it.path not in self.files:
                 self.files.add(it.path)
-                log.warning("step %d%s: skipped unreadable input %s (%s); run `marengine check-data` to list all",
-                            step, f" rank {rank}" if rank else "", it.path, it.reason)
+                log.warning(
+                    "step %d%s: skipped unreadable input %s (%s); run `marengine check-data` to list all",
+                    step,
+                    f" rank {rank}" if rank else "",
+                    it.path,
+                    it.reason,
+                )

@@ -11,6 +11,7 @@ RNG state: an item is the same whichever process or worker loads it, and
 whatever happened before, so the number of DataLoader workers and resuming
 cannot change a single bit of the data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -75,12 +76,22 @@ class StepBatchSampler(Sampler):
     its r-th slice of `batch_size` (items past the last full global batch are
     dropped). The same (seed, step) always gives the same keys."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        start_step: int,
+        end_step: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.global_batch = batch_size * world_size
         if num_items < self.global_batch:
-            raise ValueError(f"the data has {num_items} items, fewer than one global batch of "
-                             f"{self.global_batch}; lower --batch-size")
+            raise ValueError(
+                f"the data has {num_items} items, fewer than one global batch of "
+                f"{self.global_batch}; lower --batch-size"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
@@ -97,7 +108,7 @@ class StepBatchSampler(Sampler):
     def keys(self, step: int) -> list[ItemKey]:
         epoch, k = divmod(step, self.steps_per_epoch)
         start = k * self.global_batch + self.rank * self.batch_size
-        return [ItemKey(epoch, int(i)) for i in self.permutation(epoch)[start: start + self.batch_size]]
+        return [ItemKey(epoch, int(i)) for i in self.permutation(epoch)[start : start + self.batch_size]]
 
     def __iter__(self) -> Iterator[list[ItemKey]]:
         for step in range(self.start_step, self.end_step):

@@ -2,6 +2,7 @@
 mixed precision that skips non-finite steps, EMA, atomic checkpoints and
 exact resume. Batches come from a DataLoader (`loader.py`) whose data do not
 depend on the number of workers, so resume stays exact with workers too."""
+
 from __future__ import annotations
 
 import copy
@@ -52,13 +53,23 @@ class Trainer:
         self.tok_spec = tokenizer_spec(cfg.tokenizer, self.model_cfg, cfg.vae_ckpt)
         self.dataset, self.cached = build_dataset(cfg, self.model_cfg)
         if self.dataset.num_classes > self.model_cfg.class_num:
-            raise ValueError(f"the data has {self.dataset.num_classes} classes but the model's class_num is "
-                             f"{self.model_cfg.class_num}; set model_overrides class_num")
+            raise ValueError(
+                f"the data has {self.dataset.num_classes} classes but the model's class_num is "
+                f"{self.model_cfg.class_num}; set model_overrides class_num"
+            )
         self.tokenizer = None if self.cached else build_tokenizer(self.tok_spec).to(self.device)
         self.global_batch = cfg.batch_size * self.dist.world_size
         # page-locked batches only help copies to a GPU
-        self.loader = StepLoader(self.dataset, cfg.batch_size, cfg.seed, cfg.max_steps, self.dist.rank,
-                                 self.dist.world_size, cfg.num_workers, pin_memory=self.device.type == "cuda")
+        self.loader = StepLoader(
+            self.dataset,
+            cfg.batch_size,
+            cfg.seed,
+            cfg.max_steps,
+            self.dist.rank,
+            self.dist.world_size,
+            cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         self.steps_per_epoch = self.loader.steps_per_epoch
         if cfg.init_from and not resume:
             load_weights(self.model, cfg.init_from, key="model")
@@ -72,14 +83,19 @@ class Trainer:
         self.step, self.skipped, self.bad_run = 0, 0, 0
         if resume:
             self._restore(resume)
-        self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
-            if self.dist.enabled else self.model
+        self.ddp = (
+            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled
+            else self.model
+        )
 
     # ------------------------------------------------------------ state
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt["config"] != self.model_cfg.to_dict():
-            raise ValueError("the resume checkpoint was trained with another model configuration: "
-                             f"{ckpt['config']} vs {self.model_cfg.to_dict()}")
+            raise ValueError(
+                "the resume checkpoint was trained with another model configuration: "
+                f"{ckpt['config']} vs {self.model_cfg.to_dict()}"
+            )
         load_strict(self.model, ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
@@ -89,8 +105,9 @@ class Trainer:
         self.loader.bad.count = int(bad[self.dist.rank]) if len(bad) == self.dist.world_size else 0
         rngs = ckpt["rng"]
         if len(rngs) != self.dist.world_size:
-            log.warning("resuming %d-process run on %d processes: RNG streams are re-seeded", len(rngs),
-                        self.dist.world_size)
+            log.warning(
+                "resuming %d-process run on %d processes: RNG streams are re-seeded", len(rngs), self.dist.world_size
+            )
             self.gen.manual_seed(self.cfg.seed * 1000 + self.dist.rank + 7919 * self.step)
         else:
             restore_rng(rngs[self.dist.rank], self.gen)
@@ -101,11 +118,21 @@ class Trainer:
             rng, bad = [None] * self.dist.world_size, [None] * self.dist.world_size
             dist.all_gather_object(rng, rng_state(self.gen))
             dist.all_gather_object(bad, self.loader.bad.count)
-        return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict_for(self.model),
-                "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
-                "skipped": self.skipped, "bad_inputs": bad, "rng": rng, "config": self.model_cfg.to_dict(),
-                "tokenizer": self.tok_spec, "train_config": self.cfg.to_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "model_ema": self.ema.state_dict_for(self.model),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "skipped": self.skipped,
+            "bad_inputs": bad,
+            "rng": rng,
+            "config": self.model_cfg.to_dict(),
+            "tokenizer": self.tok_spec,
+            "train_config": self.cfg.to_dict(),
+        }
 
     def save(self) -> Path | None:
         state = self._state()  # every rank joins the RNG gather
@@ -190,8 +217,12 @@ class Trainer:
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": float(loss_avg), "grad_norm": float(gnorm), "lr": self.opt.param_groups[0]["lr"],
-                "finite": finite}
+        return {
+            "loss": float(loss_avg),
+            "grad_norm": float(gnorm),
+            "lr": self.opt.param_groups[0]["lr"],
+            "finite": finite,
+        }
 
     def fit(self) -> dict[str, Any]:
         cfg, main = self.cfg, self.dist.is_main
@@ -214,11 +245,17 @@ class Trainer:
                     raise TrainingDiverged(
                         f"{self.bad_run} consecutive steps had a non-finite loss or gradient (step {self.step}, "
                         f"{self.skipped} skipped in all). The last good checkpoint is kept at {self.out_dir / LAST}. "
-                        "Lower the learning rate, or train with --precision bf16 or fp32.")
+                        "Lower the learning rate, or train with --precision bf16 or fp32."
+                    )
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{out['lr']:.2e}",
-                                    img_s=f"{out['imgs_per_s']:.0f}", skipped=self.skipped, bad=bad_inputs)
+                    bar.set_postfix(
+                        loss=f"{out['loss']:.4f}",
+                        lr=f"{out['lr']:.2e}",
+                        img_s=f"{out['imgs_per_s']:.0f}",
+                        skipped=self.skipped,
+                        bad=bad_inputs,
+                    )
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     metrics.write(self.step, out, self.skipped)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
@@ -240,8 +277,9 @@ class Trainer:
         from ..sampling.engine import SampleSettings, generate
 
         labels = [c for c in range(self.dataset.num_classes) for _ in range(per_class)][:64]
-        images = generate(self.ema_model(), self.tokenizer, labels,
-                          SampleSettings(num_iter=min(16, self.model.seq_len), seed=0))
+        images = generate(
+            self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=min(16, self.model.seq_len), seed=0)
+        )
         save_samples(out, images, labels, ncols=per_class)
 
     def close(self) -> None:
@@ -266,6 +304,7 @@ class MetricsWriter:
             self.csv.writerow(self.FIELDS)
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out_dir / "tb"))
         except Exception:  # tensorboard not installed
             self.tb = None
@@ -291,6 +330,7 @@ def _progress(total: int, start: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
+
     return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 
 
