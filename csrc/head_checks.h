@@ -111,18 +111,27 @@ inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_e
   const at::Device dev = x_T.device();
   check_tensor(op, x_T, "x_T", dev, {N, C});
   check_dtype(op, x_T, "x_T", at::kFloat);
+  // the head width W comes from the weights (input_proj is [W, C]), so that a wrong c_emb or
+  // t_emb is named as such instead of being taken as the reference the others must match
+  TORCH_CHECK(in_w.defined() && in_w.dim() == 2, op, ": in_w (input_proj weight) must be [W, C], got ",
+              in_w.defined() ? shape_str(in_w.sizes()) : std::string("None"));
+  const int64_t W = in_w.size(0);
+  TORCH_CHECK(W > 0, op, ": the head width W (rows of input_proj) must be positive");
   TORCH_CHECK(c_emb.defined() && c_emb.dim() == 2, op, ": c_emb must be [R, W] (R = N, or 2N with CFG), got ",
               c_emb.defined() ? shape_str(c_emb.sizes()) : std::string("None"));
-  const int64_t R = c_emb.size(0), W = c_emb.size(1);
+  const int64_t R = c_emb.size(0);
   TORCH_CHECK(R == N || R == 2 * N, op, ": c_emb must have N (=", N, ") rows, or 2N (=", 2 * N,
               ") rows with CFG (conditional first, then unconditional); got ", R);
-  TORCH_CHECK(W > 0, op, ": width W must be positive");
+  TORCH_CHECK(c_emb.size(1) == W, op, ": c_emb must have the head width W = ", W, " columns (cond_embed(z)), got ",
+              c_emb.size(1));
   check_tensor(op, c_emb, "c_emb", dev, {R, W});
   check_dtype(op, c_emb, "c_emb", at::kFloat);
   TORCH_CHECK(t_emb.defined() && t_emb.dim() == 2, op, ": t_emb must be [S, W], got ",
               t_emb.defined() ? shape_str(t_emb.sizes()) : std::string("None"));
   const int64_t S = t_emb.size(0);
   TORCH_CHECK(S >= 1, op, ": need at least one diffusion step (t_emb has 0 rows)");
+  TORCH_CHECK(t_emb.size(1) == W, op, ": t_emb must have the head width W = ", W,
+              " columns (time_embed of the timesteps), got ", t_emb.size(1));
   check_tensor(op, t_emb, "t_emb", dev, {S, W});
   check_dtype(op, t_emb, "t_emb", at::kFloat);
   check_tensor(op, coefs, "coefs (DiffusionTables.stacked())", dev, {S, 6});

@@ -67,6 +67,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         marengine::cpu::release_workspaces();
       },
       "Free the CPU sampler's cached packed weights and workspaces (they are rebuilt on demand).");
+  m.def("content_hash", &marengine::cpu::content_hash_all,
+        "A 64-bit fingerprint of the bytes of CPU tensors, in order (catches writes that bypass version counters).");
+  m.def("forget_packed", &marengine::cpu::forget_packed,
+        "Drop the CPU sampler's packed copies of these weight tensors (their bytes changed).");
   m.def("philox_normals", &philox_normals, "Normals e0..e0+count-1 of the head_sample noise stream (CPU).",
         pybind11::arg("seed"), pybind11::arg("offset"), pybind11::arg("e0"), pybind11::arg("count"));
 }

@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .checks import Rules, check_bool, check_fields, check_float, check_int
+from .schedules import space_timesteps
+
 # Diffusion Loss (paper section 3 / official DiffLoss): fixed constants of the process.
 TRAIN_DIFFUSION_STEPS = 1000
 LAYERNORM_EPS = 1e-6
@@ -25,6 +28,36 @@ def checked_fields(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; valid keys are {sorted(names)}")
     return dict(d)
+
+
+_POSITIVE = (check_int, {"lo": 1})
+_FRACTION = (check_float, {"lo": 0.0, "hi": 1.0})
+MAR_CONFIG_RULES: Rules = {
+    **{
+        k: _POSITIVE
+        for k in (
+            "img_size",
+            "vae_stride",
+            "patch_size",
+            "encoder_embed_dim",
+            "encoder_depth",
+            "encoder_num_heads",
+            "decoder_embed_dim",
+            "decoder_depth",
+            "decoder_num_heads",
+            "vae_embed_dim",
+            "class_num",
+            "diffloss_d",
+            "diffloss_w",
+            "diffusion_batch_mul",
+        )
+    },
+    "buffer_size": (check_int, {"lo": 0}),
+    "mlp_ratio": (check_float, {"lo": 0.0, "lo_open": True}),
+    **{k: _FRACTION for k in ("mask_ratio_min", "label_drop_prob")},
+    **{k: (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True}) for k in ("attn_dropout", "proj_dropout")},
+    "grad_checkpointing": (check_bool, {}),
+}
 
 
 @dataclass
@@ -54,6 +87,11 @@ class MARConfig:
     diffusion_batch_mul: int = 4
     grad_checkpointing: bool = False
 
+    def __post_init__(self) -> None:
+        check_fields(self, MAR_CONFIG_RULES, "MAR config")
+        self.num_sampling_steps = str(self.num_sampling_steps)
+        space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)  # a clear error for a bad spacing
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -71,7 +109,7 @@ class MARConfig:
     def from_name(cls, name: str, **overrides: Any) -> MARConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        return dataclasses.replace(PRESETS[name], **checked_fields(cls, overrides, "MAR config keys"))
 
 
 def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
@@ -136,3 +174,5 @@ class SampleDefaults:
 
 
 SAMPLE_DEFAULTS = SampleDefaults()
+# the head sampler's backends: native kernels where built, else torch ("auto"), or one forced
+HEAD_BACKENDS = ("auto", "torch", "native")

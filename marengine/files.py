@@ -2,12 +2,16 @@
 
 `atomic_write` writes through a temporary file in the same folder, fsyncs it and
 renames it over the target: a crash at any point leaves either the old content or
-the new, never a torn file. Temporaries are named `.NAME.*.tmp`.
+the new, never a torn file. `atomic_copy` publishes a second name for a finished file
+the same way, and `replace_folder` moves a finished folder into place whole.
+Temporaries are named `.NAME.*.tmp`; `remove_stale_temporaries` deletes what a
+killed writer left behind.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +37,65 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     return path
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """`dst` becomes a copy of the finished file `src`, whole or not at all (a hard link where
+    the filesystem has them, so no second write)."""
+    src, dst = Path(src), Path(dst)
+
+    def write(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FAT filesystems)
+            shutil.copyfile(src, tmp)
+
+    return atomic_write(dst, write)
+
+
+def replace_folder(built: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the finished folder `built` to `target`, replacing what was there.
+
+    `target` is never a mix of old and new files: the old folder is first renamed aside
+    (`.NAME.old.tmp`), then `built` is renamed into place, then the old one is deleted. A
+    crash between the two renames leaves no `target` (and the old folder aside, which
+    `remove_stale_temporaries` cleans), never a half-written one."""
+    built, target = Path(built), Path(target)
+    aside = target.parent / f".{target.name}.old{TMP_SUFFIX}"
+    if aside.exists():
+        shutil.rmtree(aside)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(built, target)
+    _fsync_dir(target.parent)
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    return target
+
+
+def temporary_folder(target: str | os.PathLike) -> Path:
+    """A new empty folder beside `target` to build it in (then `replace_folder`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the `.NAME.*.tmp` files and folders a killed writer left in `folder` (call it
+    only where no other process is writing); returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -48,3 +111,29 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Fail before any work when `path` cannot become a folder we can write: it is an
+    existing file, or the nearest existing folder above it is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output {path} is an existing file, not a folder: choose another output path")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"output {path} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output {path} cannot be written: {parent} is not writable; choose another output path")
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Like `check_output_folder` for a file path: its folder must be writable, and the path
+    must not be an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is an existing folder; give a file path")
+    check_output_folder(path.parent)
+    return path

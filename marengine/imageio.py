@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
+
 
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscale: int = 1) -> np.ndarray:
     """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] image."""
@@ -40,6 +42,17 @@ def save_samples(
     labels = np.asarray(labels, dtype=np.int64)
     upscale = max(1, 64 // images.shape[1])  # tiny images (digits) are enlarged to be seen
     grid = make_grid(images, ncols=ncols, upscale=upscale)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out / "grid.png")
-    np.savez(out / "samples.npz", images=images, labels=labels)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    atomic_write(out / "grid.png", lambda tmp: picture.save(tmp, format="PNG"))
+    save_npz(out / "samples.npz", images=images, labels=labels)
     return {"grid": out / "grid.png", "samples": out / "samples.npz"}
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """np.savez, written whole or not at all."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)

@@ -355,7 +355,7 @@ def test_training_from_the_cache(tmp_path):
     w2 = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r2"), num_workers=2))
     same_weights(w0, w2)  # view choice and posterior sample are seeded per item
     with pytest.raises(ValueError, match=r"latents of shape \(16, 4, 4\).*expects \(16, 2, 2\)"):
-        Trainer(dataclasses.replace(cfg, model_overrides={**SMALL, "img_size": 32}))
+        Trainer(dataclasses.replace(cfg, out_dir=str(tmp_path / "r3"), model_overrides={**SMALL, "img_size": 32}))
     # an earlier single-file cache still trains, and gives the same items
     sharded = LatentCacheDataset(tmp_path / "cache")
     both = [np.stack([sharded.read(i, v)[0] for v in (0, 1)]) for i in range(len(sharded))]
@@ -368,5 +368,5 @@ def test_training_from_the_cache(tmp_path):
     for i in (0, 5, 15):
         a, b = old.get(i, item_generator(0, 1, i)), sharded.get(i, item_generator(0, 1, i))
         assert torch.equal(a[0], b[0]) and a[1] == b[1]
-    legacy = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r3"), data=str(tmp_path / "old.safetensors")))
+    legacy = fit(dataclasses.replace(cfg, out_dir=str(tmp_path / "r4"), data=str(tmp_path / "old.safetensors")))
     same_weights(w0, legacy)

@@ -18,7 +18,9 @@ PKG = Path(__file__).resolve().parents[1] / "marengine"
 # lowest first; a name is a top-level module or package of marengine
 # fmt: off
 LAYERS: list[tuple[str, ...]] = [
-    ("config", "schedules", "files", "imageio", "_C"),   # torch-free foundations
+    ("checks", "files", "schedules", "_C"),             # argument checks; atomic writes; torch-free schedules
+    ("config", "imageio"),                              # presets and defaults; image grids and archives
+    ("options",),                                       # the command-line options of sampling
     ("utils",),                                         # seeded noise on any device
     ("diffusion",),                                     # schedules, tables, loss, reverse steps
     ("ops",),                                           # the head sampler: reference, native kernels, dispatch
@@ -36,7 +38,16 @@ LAYERS: list[tuple[str, ...]] = [
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # importing these never imports torch (export/runtime.py imports it inside the functions that
 # receive torch tensors; the deploy sampler's test runs it with torch made unimportable)
-TORCH_FREE = ("config.py", "schedules.py", "files.py", "imageio.py", "export/deploy.py", "export/runtime.py")
+TORCH_FREE = (
+    "config.py",
+    "files.py",
+    "checks.py",
+    "schedules.py",
+    "imageio.py",
+    "options.py",
+    "export/deploy.py",
+    "export/runtime.py",
+)
 
 
 def top_level(module: Path, pkg: Path = PKG) -> str:

@@ -446,3 +446,106 @@ def test_sample_head_wrong_rows_raise() -> None:
         native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
     with pytest.raises(ValueError, match="step_noise"):
         native.sample_head(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, None)
+
+
+# ----------------------------------------------------------------------------- stale weights
+def _update_weights(dl: DiffLoss, kind: str) -> None:
+    """Change the head's weights the way `kind` of user code does (most bypass nothing, some
+    bypass the version counter that the caches key on)."""
+    params = list(dl.net.parameters())
+    w = dl.net.res_blocks[0].mlp[0].weight
+    if kind == "data_copy":  # EMA code: p.data.copy_(...)
+        w.data.copy_(w.data * 0.5 + 0.01)
+    elif kind == "data_mul":
+        for p in params:
+            p.data.mul_(0.97)
+    elif kind == "numpy_view":  # writes through a numpy view of the storage
+        w.detach().numpy()[:3] += 0.25
+    elif kind == "data_assign":  # a new storage under the same Parameter
+        w.data = w.data.clone() * 1.1
+    elif kind == "no_grad_inplace":
+        with torch.no_grad():
+            w.add_(0.05)
+    elif kind == "load_state_dict":
+        dl.load_state_dict({k: v * 0.9 for k, v in dl.state_dict().items()})
+    elif kind == "vector_to_parameters":
+        vec = torch.nn.utils.parameters_to_vector(params)
+        torch.nn.utils.vector_to_parameters(vec * 1.05, params)
+    elif kind == "optimizer_step":
+        opt = torch.optim.SGD(params, lr=0.1)
+        for p in params:
+            p.grad = torch.full_like(p, 0.01)
+        opt.step()
+    elif kind == "single_element_data":  # one element of one matrix
+        w.data[7, 3] += 0.5
+    else:
+        raise AssertionError(kind)
+
+
+KINDS = [
+    "data_copy",
+    "data_mul",
+    "numpy_view",
+    "data_assign",
+    "no_grad_inplace",
+    "load_state_dict",
+    "vector_to_parameters",
+    "optimizer_step",
+    "single_element_data",
+]
+
+
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_caches_never_serve_stale_weights(kind: str, wdtype: torch.dtype) -> None:
+    from marengine.ops import native
+
+    dl = make_diffloss(width=48, depth=2, steps="10")
+    z, x_T = inputs(9, 2.0)
+
+    def native_out() -> torch.Tensor:
+        return native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None, weight_dtype=wdtype)
+
+    before = native_out()
+    assert torch.equal(native_out(), before)  # the cached path is the same computation
+    _update_weights(dl, kind)
+    after = native_out()
+    fresh = make_diffloss(width=48, depth=2, steps="10")
+    fresh.load_state_dict(dl.state_dict())  # new tensors: nothing cached for them
+    want = native.sample_head(fresh.net, fresh.gen_tables, z, x_T, 0.0, 2.0, None, weight_dtype=wdtype)
+    assert torch.equal(after, want), f"{kind}: the native sampler used stale weights"
+    assert not torch.equal(after, before)
+
+
+def test_weights_frozen_checks_bytes_once_per_block() -> None:
+    from marengine.ops import native
+
+    dl = make_diffloss(width=32, depth=1, steps="5")
+    z, x_T = inputs(4, 1.0)
+    calls = []
+    real = native.content_fingerprint
+    native.content_fingerprint = lambda ts: calls.append(1) or real(ts)
+    try:
+        with native.weights_frozen():
+            for _ in range(3):
+                native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None)
+        assert len(calls) == 1  # the first call of the block fingerprints, the others trust it
+        native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None)
+        assert len(calls) == 2  # outside a block: every call
+    finally:
+        native.content_fingerprint = real
+
+
+def test_content_fingerprint_sees_every_byte() -> None:
+    from marengine.ops import native
+
+    t = torch.randn(1000, 7)
+    h = native.content_fingerprint([t])
+    for idx in [(0, 0), (999, 6), (500, 3)]:
+        u = t.clone()
+        u[idx] = torch.nextafter(u[idx], torch.tensor(0.0))
+        assert native.content_fingerprint([u]) != h
+    assert native.content_fingerprint([t.clone()]) == h
+    assert native.content_fingerprint([t[:, :3].contiguous(), t]) != native.content_fingerprint(
+        [t, t[:, :3].contiguous()]
+    )

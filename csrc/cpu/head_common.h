@@ -119,11 +119,17 @@ inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight) {
 
 // Packed weights survive between calls: an entry is valid while its source tensor is
 // alive (weak reference), has the same data pointer and the same version counter (so
-// in-place updates, e.g. an optimizer step, repack). Inference tensors have no version
-// counter and are packed per call. Bounded (LRU, MARENGINE_CPU_PACK_CACHE_MB, default
-// 2048); release_pack_cache() empties it.
+// in-place updates, e.g. an optimizer step, repack). Writes that bypass the version
+// counter (`.data`, numpy views) are caught by the Python side's content fingerprint
+// (content_hash), which then evicts the entries of those tensors (forget_packed).
+// Inference tensors have no version counter and are packed per call. Bounded (LRU,
+// MARENGINE_CPU_PACK_CACHE_MB, default 2048); release_pack_cache() empties it.
 PackedWeight cached_pack(const Kernels& K, const at::Tensor& w);
+void forget_packed(const std::vector<at::Tensor>& sources);
 void release_pack_cache();
+// A 64-bit fingerprint of a CPU tensor's bytes, and of a list of them in order (content_hash.cpp).
+uint64_t content_hash(const at::Tensor& tensor);
+uint64_t content_hash_all(const std::vector<at::Tensor>& tensors);
 // Frees head_sample's cached per-thread workspaces (head_sample_cpu.cpp).
 void release_workspaces();
 

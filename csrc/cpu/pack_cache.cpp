@@ -97,6 +97,15 @@ PackedWeight cached_pack(const Kernels& K, const at::Tensor& w) {
   return packed;
 }
 
+void forget_packed(const std::vector<at::Tensor>& sources) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> g(c.mu);
+  for (const at::Tensor& t : sources) {
+    auto it = c.map.find(t.unsafeGetTensorImpl());
+    if (it != c.map.end()) c.erase(it);
+  }
+}
+
 void release_pack_cache() {
   Cache& c = cache();
   std::lock_guard<std::mutex> g(c.mu);

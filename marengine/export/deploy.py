@@ -24,6 +24,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import imageio
+from ..checks import arg, check_int, check_labels, check_sampling
+from ..files import check_output_folder
+from ..options import ArgumentParser, add_sampling_options
 from ..schedules import CFG_SCHEDULES, cfg_at, cfg_combine, next_mask_len
 from .runtime import (
     DEPLOY_JSON,
@@ -150,27 +153,19 @@ def default_noise(rng: np.random.Generator, channels: int, num_steps: int, tempe
 
 def check_args(
     dm: DeployedMAR,
-    labels: np.ndarray | None,
+    labels: Sequence[int] | np.ndarray | None,
     bsz: int,
     num_iter: int,
     cfg: float,
     cfg_schedule: str,
     temperature: float,
-) -> None:
-    if bsz < 1:
-        raise ValueError(f"the batch must hold at least one image, got {bsz}")
-    if not isinstance(num_iter, (int, np.integer)) or not 1 <= num_iter <= dm.seq_len:
-        raise ValueError(f"num_iter must be an int in [1, {dm.seq_len}] (the sequence length), got {num_iter!r}")
-    if cfg < 1:
-        raise ValueError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
-    if cfg_schedule not in CFG_SCHEDULES:
-        raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}; choose one of {CFG_SCHEDULES}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+) -> tuple[np.ndarray | None, int, int, float, str, float]:
+    """The checked (labels [B] int64 or None, bsz, num_iter, cfg, cfg_schedule, temperature)."""
     if labels is not None:
-        num = dm.meta["sampling"]["class_num"]
-        if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num)):
-            raise ValueError(f"labels must be a list of class indices in [0, {num}), got {labels.tolist()}")
+        labels = np.asarray(check_labels(labels, dm.meta["sampling"]["class_num"]), dtype=np.int64)
+        bsz = len(labels)
+    checked = check_sampling(dm.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES)
+    return (labels, *checked)
 
 
 def sample_tokens(
@@ -192,9 +187,9 @@ def sample_tokens(
     orders [B, L] and noise (see NoiseFn) default to draws from PCG64(seed): orders first,
     then per MAR step x_T and the per-step noise of the conditional rows.
     """
-    labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-    bsz = len(labels) if labels is not None else int(bsz or 1)
-    check_args(dm, labels, bsz, num_iter, cfg, cfg_schedule, temperature)
+    labels, bsz, num_iter, cfg, cfg_schedule, temperature = check_args(
+        dm, labels, 1 if bsz is None else bsz, num_iter, cfg, cfg_schedule, temperature
+    )
     L, C = dm.seq_len, dm.channels
     rng = np.random.Generator(np.random.PCG64(seed))
     orders = random_orders(rng, bsz, L) if orders is None else np.asarray(orders, dtype=np.int64)
@@ -258,19 +253,19 @@ def decode(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m marengine.export.deploy",
         description="Sample images from an exported MAR model with numpy + onnxruntime.",
     )
     p.add_argument("--model", required=True, help="folder written by `marengine export-onnx`")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels, one image each")
-    p.add_argument("--num-images", type=int, default=None, help="without --labels: images of the null class")
-    p.add_argument("--num-iter", type=int, default=64)
-    p.add_argument("--cfg", type=float, default=1.0)
-    p.add_argument("--cfg-schedule", default="linear", choices=CFG_SCHEDULES)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--num-images",
+        type=arg(check_int, "--num-images", lo=1),
+        default=None,
+        help="without --labels: images of the null class",
+    )
+    add_sampling_options(p, {"batch_size": 16}, seed_flag="--seed", batch_flag="--batch-size")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="onnxruntime provider")
     p.add_argument("--out", required=True, help="output folder: grid.png and samples.npz")
     p.add_argument("--progress", action="store_true")
@@ -281,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     try:
         return run(a)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, TypeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -299,25 +294,40 @@ def run(a: argparse.Namespace) -> int:
         )
     if a.labels is not None and a.num_images is not None:
         raise ValueError("give either --labels or --num-images, not both")
+    out = check_output_folder(a.out)  # before any work
     dm = DeployedMAR.load(a.model, providers)
-    labels = np.asarray(a.labels if a.labels else [], np.int64)
+    labels = np.asarray(check_labels(a.labels or [], dm.meta["sampling"]["class_num"], "--labels"), np.int64)
     n = len(labels) if a.labels else (a.num_images or 1)
-    num_iter = min(a.num_iter, dm.seq_len)
-    out = Path(a.out)
+    num_iter = a.num_iter
+    if num_iter > dm.seq_len:  # as `marengine sample` does: the official default 64 on a small model
+        print(
+            f"warning: --num-iter {num_iter} exceeds the {dm.seq_len} tokens of an image: using {dm.seq_len}",
+            file=sys.stderr,
+        )
+        num_iter = dm.seq_len
     toks = []
-    for i, start in enumerate(range(0, n, a.batch_size)):
-        lab = labels[start : start + a.batch_size] if a.labels else None
-        bsz = min(a.batch_size, n - start)
+    bs = a.sample_batch_size
+    for i, start in enumerate(range(0, n, bs)):
+        lab = labels[start : start + bs] if a.labels else None
+        bsz = min(bs, n - start)
         toks.append(
             sample_tokens(
-                dm, lab, num_iter, a.cfg, a.cfg_schedule, a.temperature, seed=a.seed + i, bsz=bsz, progress=a.progress
+                dm,
+                lab,
+                num_iter,
+                a.cfg,
+                a.cfg_schedule,
+                a.temperature,
+                seed=a.sample_seed + i,
+                bsz=bsz,
+                progress=a.progress,
             )
         )
     tokens = np.concatenate(toks)
     saved_labels = labels if a.labels else np.full(n, -1, np.int64)
     if dm.decoder is None:
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "samples.npz", latents=tokens_to_latents(dm, tokens), labels=saved_labels)
+        latents = tokens_to_latents(dm, tokens)
+        imageio.save_npz(out / "samples.npz", latents=latents, labels=saved_labels)
         print(f"no decoder in {a.model}: wrote latents to {out / 'samples.npz'} (no grid.png)")
         return 0
     paths = imageio.save_samples(out, decode(dm, tokens), saved_labels)

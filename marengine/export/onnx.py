@@ -19,14 +19,18 @@ import copy
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..checks import check_int
 from ..config import MARConfig
 from ..diffusion.schedule import DiffusionTables
+from ..files import atomic_write_text, check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
+from ..models.checkpoints import non_finite_keys
 from ..models.loading import load_model
 from ..models.tokenizers import build_tokenizer, describe_tokenizer, tokenizer_spec
 from .runtime import (
@@ -45,6 +49,7 @@ from .runtime import (
 
 log = logging.getLogger("marengine.export")
 PARTS = ("backbone", "backbone_embed", "head", "decoder")
+MIN_OPSET = 18  # the oldest opset torch's (dynamo) exporter writes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a file at 2 GiB: larger weights go to <name>.onnx.data
 
 
@@ -238,18 +243,46 @@ def export_onnx(
 
     fp16 applies to the backbone and the decoder; the head stays fp32 unless fp16_head
     (its first reverse step amplifies eps errors ~300x). The decoder is exported only when
-    a tokenizer is given.
+    a tokenizer is given. The files are written to a temporary folder beside `out_dir`
+    that replaces it only when the export is complete: `out_dir` is always one whole
+    export (the previous one until the new one is finished).
     """
     require_export_deps()
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown parts {unknown}; choose among {PARTS}")
+    opset = check_opset(opset)
+    bad = non_finite_keys(model.state_dict())
+    if bad:
+        raise ValueError(f"the model's weights are not finite (NaN or inf) in {', '.join(bad[:5])}: nothing exported")
+    out = check_output_folder(out_dir)
+    remove_stale_temporaries(out.parent)
     modes = [(m, m.training) for m in (model, tokenizer) if m is not None]
+    built = temporary_folder(out)
     try:
-        return _export_all(model, Path(out_dir), tokenizer, fp16, opset, parts, fp16_head, exporter)
+        paths = _export_all(model, built, tokenizer, fp16, opset, parts, fp16_head, exporter)
+        replace_folder(built, out)
+        return {role: out / p.name for role, p in paths.items()}
     finally:  # the wrappers' eval() must not leave the caller's modules in eval mode
+        shutil.rmtree(built, ignore_errors=True)
         for m, training in modes:
             m.train(training)
+
+
+def check_opset(opset: int | None) -> int | None:
+    """None (the exporter's default) or an opset the installed onnx and torch's exporter support."""
+    if opset is None:
+        return None
+    import onnx
+
+    opset = check_int("opset", opset)
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(
+            f"opset {opset} is not supported: torch's ONNX exporter writes opset {MIN_OPSET} or newer, and the "
+            f"installed onnx knows up to {newest}; choose one in [{MIN_OPSET}, {newest}] or leave it out"
+        )
+    return opset
 
 
 def _export_all(
@@ -297,6 +330,11 @@ def _export_all(
         meta = {**common, KEY_ROLE: role, KEY_PRECISION: precision, **(extra or {})}
         path = out / FILES[role]
         exporters[role], opsets[role] = export_module(module, args, path, names, output, dynamic, meta, opset, exporter)
+        if opset is not None and opsets[role] != opset:
+            raise ValueError(
+                f"{role}: the {exporters[role]} exporter wrote opset {opsets[role]}, not the {opset} asked for; "
+                "choose another --opset or leave it out"
+            )
         paths[role], precisions[role] = path, precision
         log.info("exported %s (%s, %s exporter)", path, precision, exporters[role])
 
@@ -372,8 +410,7 @@ def _export_all(
     meta["precision"] = precisions
     meta["opset"] = opsets
     meta["torch_version"] = torch.__version__
-    deploy = out / DEPLOY_JSON
-    deploy.write_text(json.dumps(meta, indent=1))
+    deploy = atomic_write_text(out / DEPLOY_JSON, json.dumps(meta, indent=1))
     paths["deploy"] = deploy
     return paths
 

@@ -76,9 +76,15 @@ def pick_state_dict(ckpt: Mapping[str, Any], key: str | None = None) -> dict[str
     return dict(state)
 
 
+def non_finite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors of `state` that hold NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], assign: bool = False) -> None:
     """load_state_dict(strict=True), raising a ValueError that lists missing and
-    unexpected keys and shape mismatches."""
+    unexpected keys, shape mismatches and weights that are not finite (NaN/inf: the
+    checkpoint of a diverged run, which would sample black images)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -98,6 +104,13 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], assign: boo
             + "; ".join(parts)
             + ". Check that the model configuration (size, head depth/width, class_num) "
             "matches the one the checkpoint was trained with."
+        )
+    bad = non_finite_keys(state)
+    if bad:
+        raise ValueError(
+            f"the checkpoint's weights are not finite (NaN or inf) in {len(bad)} tensor(s): "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; it comes from a diverged run, "
+            "use an earlier checkpoint"
         )
     model.load_state_dict(state, strict=True, assign=assign)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..checks import check_float
 from ..diffusion.gaussian import training_losses
 from ..diffusion.schedule import make_tables
 from ..ops import dispatch
-from ..utils import randn
+from ..utils import check_generator, check_tensor, randn
 from .head import SimpleMLPAdaLN
 
 
@@ -29,6 +30,11 @@ class DiffLoss(nn.Module):
         self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
         self.train_tables = make_tables("")
         self.gen_tables = make_tables(str(num_sampling_steps))
+
+    def check_z(self, z: object) -> torch.Tensor:
+        """z [rows, z_channels] as the head's dtype (any floating dtype is accepted)."""
+        z = check_tensor("z", z, (None, self.net.cond_embed.in_features), floating=True)
+        return z.to(self.net.cond_embed.weight.dtype) if not torch.is_autocast_enabled(z.device.type) else z
 
     def loss_terms(
         self, target: torch.Tensor, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -89,20 +95,18 @@ class DiffLoss(nn.Module):
         noise is drawn from `generator`. backend: "auto" | "torch" | "native".
         clip_denoised clamps x_0 predictions to [-1, 1] (bounded data such as pixels).
         """
-        if z.ndim != 2:
-            raise ValueError(f"z must be [rows, z_channels], got shape {tuple(z.shape)}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if cfg < 1:
-            raise ValueError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
+        temperature = check_float("temperature", temperature, lo=0.0)
+        cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
+        z = self.check_z(z)
+        check_generator(generator)
         guided = cfg != 1.0
         if guided and z.shape[0] % 2:
             raise ValueError(f"with cfg != 1, z needs an even number of rows (cond then uncond), got {z.shape[0]}")
         n = z.shape[0] // 2 if guided else z.shape[0]
         if noise is None:
             noise = randn((n, self.in_channels), generator, z.device, torch.float32)
-        elif tuple(noise.shape) != (n, self.in_channels):
-            raise ValueError(f"noise must be x_T of shape {(n, self.in_channels)}, got {tuple(noise.shape)}")
+        else:
+            check_tensor("noise (x_T)", noise, (n, self.in_channels), floating=True)
         steps = self.gen_tables.num_steps
         step_noise = (
             randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None

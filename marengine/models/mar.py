@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import SAMPLE_DEFAULTS, MARConfig
-from ..utils import rand
+from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
 from .checkpoints import PretrainedMixin
 from .diffloss import DiffLoss
@@ -266,6 +266,12 @@ class MAR(nn.Module, PretrainedMixin):
         self, imgs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Training loss for latents imgs [B, C, h, w] and class labels [B]."""
+        side = self.seq_h * self.patch_size
+        imgs = check_tensor("imgs (latents)", imgs, (None, self.vae_embed_dim, side, side), floating=True)
+        if imgs.shape[0] == 0:
+            raise ValueError("the training batch is empty: imgs has 0 rows")
+        check_generator(generator)
+        self.check_weights()
         self._check_labels(labels, imgs.shape[0])
         class_embedding = self.class_emb(labels)
         x = self.patchify(imgs)
@@ -314,6 +320,14 @@ class MAR(nn.Module, PretrainedMixin):
         )
 
     # ---------------------------------------------------------------- checks
+    def check_weights(self) -> None:
+        """A clear error when the model was built on the meta device and never given weights."""
+        if self.fake_latent.is_meta:
+            raise ValueError(
+                "the model's weights are on the meta device (shapes only, no data): load weights with "
+                "load_state_dict(..., assign=True), MAR.from_pretrained or marengine.models.load_model"
+            )
+
     def _check_tokens(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.token_embed_dim:
             raise ValueError(
@@ -328,6 +342,8 @@ class MAR(nn.Module, PretrainedMixin):
                 f"labels must be an int64 tensor of class indices, got {type(labels).__name__} "
                 f"{getattr(labels, 'dtype', '')}"
             )
+        if labels.is_meta:
+            raise ValueError("labels are on the meta device (no data): pass a tensor of class indices")
         if labels.shape != (bsz,):
             raise ValueError(f"labels must have shape ({bsz},), got {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):

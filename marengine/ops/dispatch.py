@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
+from ..config import HEAD_BACKENDS as BACKENDS
 from ..diffusion.schedule import DiffusionTables
 from . import reference
 
 log = logging.getLogger("marengine.ops")
-BACKENDS = ("auto", "torch", "native")
 
 
 def native_available(device: torch.device | str = "cpu") -> bool:
@@ -29,6 +30,16 @@ def native_unsupported(net, device: torch.device) -> str | None:
     except ImportError as e:
         return f"native module unavailable ({e})"
     return native.unsupported(net, device)
+
+
+def weights_frozen() -> contextlib.AbstractContextManager:
+    """A block in which the head's weights do not change (one generation): the native
+    sampler then checks their bytes once, not on every call. A no-op without it."""
+    try:
+        from . import native
+    except ImportError:
+        return contextlib.nullcontext()
+    return native.weights_frozen()
 
 
 def sample_head(

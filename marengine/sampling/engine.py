@@ -8,15 +8,32 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_labels
+from ..config import HEAD_BACKENDS as BACKENDS
 from ..config import SAMPLE_DEFAULTS
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
+from ..schedules import CFG_SCHEDULES
 
 log = logging.getLogger("marengine.sampling")
 
 
+SETTINGS_RULES: Rules = {
+    "num_iter": (check_int, {"lo": 1}),
+    "cfg": (check_float, {"lo": 1.0, "hint": "1 disables guidance"}),
+    "cfg_schedule": (check_choice, {"choices": CFG_SCHEDULES}),
+    "temperature": (check_float, {"lo": 0.0}),
+    "seed": (check_int, {"lo": 0, "hi": 2**63 - 1}),
+    "batch_size": (check_int, {"lo": 1}),
+    "backend": (check_choice, {"choices": BACKENDS}),
+    "clip_denoised": (check_bool, {"optional": True}),
+}
+
+
 @dataclass
 class SampleSettings:
+    """How to sample (checked when made): the official defaults unless changed."""
+
     num_iter: int = SAMPLE_DEFAULTS.num_iter
     cfg: float = SAMPLE_DEFAULTS.cfg
     cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule
@@ -26,14 +43,19 @@ class SampleSettings:
     backend: str = "auto"
     clip_denoised: bool | None = None  # None: as the tokenizer says (pixels are bounded, VAE latents are not)
 
+    def __post_init__(self) -> None:
+        check_fields(self, SETTINGS_RULES, "sampling setting")
+
 
 @torch.no_grad()
 def generate(
     model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: SampleSettings, progress: bool = False
 ) -> np.ndarray:
-    """uint8 images [N, H, W, C] for `labels`, in batches, seeded by settings.seed."""
+    """uint8 images [N, H, W, C] for `labels` (class indices), in batches, seeded by settings.seed."""
+    if not isinstance(settings, SampleSettings):
+        raise TypeError(f"settings must be a SampleSettings, got {type(settings).__name__}")
     device = model.fake_latent.device
-    labels = torch.as_tensor(labels, dtype=torch.int64)
+    labels = torch.tensor(check_labels(labels, model.num_classes), dtype=torch.int64)
     gen = torch.Generator(device=device).manual_seed(settings.seed)
     num_iter = settings.num_iter
     if num_iter > model.seq_len:

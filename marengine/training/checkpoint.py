@@ -5,22 +5,38 @@ while writing leaves the previous checkpoint intact."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_copy, atomic_write
 from ..models.checkpoints import read_checkpoint
 
 FORMAT = "marengine-train-v1"
 LAST = "last.pth"
+STEP_FILE = re.compile(r"step-\d+\.pth")
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], also: str | os.PathLike | None = None) -> Path:
+    """Write `path` whole or not at all; then, if given, publish the same file as `also`
+    (e.g. step-N.pth first, then last.pth), so a kill at any moment leaves each name
+    either its previous checkpoint or the new one."""
     path = Path(path)
     atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    if also is not None:
+        atomic_copy(path, also)
     return path
+
+
+def run_files(folder: str | os.PathLike) -> list[str]:
+    """The names of a training run's files in `folder` (empty when it holds none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = {LAST, "metrics.csv", "ema"}
+    return sorted(p.name for p in folder.iterdir() if p.name in names or STEP_FILE.fullmatch(p.name))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Training settings: the official recipe as defaults, written once (the CLI reads them from here)."""
+"""Training settings: the official recipe as defaults, written once (the CLI reads them from
+here), each checked for type and range when a TrainConfig is made."""
 
 from __future__ import annotations
 
@@ -6,7 +7,50 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import checked_fields
+from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_str
+from ..config import PRESETS, MARConfig, checked_fields
+from ..models.tokenizers import TOKENIZER_KINDS
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+_COUNT = (check_int, {"lo": 0})
+_EVERY = (check_int, {"lo": 1})
+_RATE = (check_float, {"lo": 0.0, "lo_open": True})
+_TEXT = (check_str, {})
+_FLAG = (check_bool, {})
+TRAIN_CONFIG_RULES: Rules = {
+    "model": (check_choice, {"choices": tuple(PRESETS)}),
+    "init_from": (check_str, {"optional": True}),
+    "data": _TEXT,
+    "tokenizer": (check_choice, {"choices": TOKENIZER_KINDS}),
+    "vae_ckpt": (check_str, {"optional": True}),
+    "crop": _FLAG,
+    "num_workers": _COUNT,
+    "batch_size": _EVERY,
+    "blr": _RATE,
+    "lr": (check_float, {"lo": 0.0, "lo_open": True, "optional": True}),
+    "min_lr": (check_float, {"lo": 0.0}),
+    "lr_schedule": (check_choice, {"choices": LR_SCHEDULES}),
+    "warmup_steps": _COUNT,
+    "max_steps": (check_int, {"lo": 1, "hint": "the number of optimizer steps to train"}),
+    "weight_decay": (check_float, {"lo": 0.0}),
+    "grad_clip": _RATE,
+    "ema_rate": (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True}),
+    "ema_warmup": _FLAG,
+    "precision": (check_choice, {"choices": PRECISIONS}),
+    "grad_checkpointing": _FLAG,
+    "max_bad_steps": _EVERY,
+    "seed": (check_int, {"lo": 0, "hi": 2**31 - 1}),
+    "device": _TEXT,
+    "out_dir": _TEXT,
+    "save_every": _COUNT,
+    "ckpt_every": _EVERY,
+    "sample_every": _COUNT,
+    "log_every": _EVERY,
+    "resume": (check_str, {"optional": True}),
+    "overwrite": _FLAG,
+    "progress": _FLAG,
+}
 
 
 @dataclass
@@ -50,8 +94,23 @@ class TrainConfig:
     sample_every: int = 0                       # sample grid every N steps (0: never)
     log_every: int = 10
     resume: str | None = None                   # a training checkpoint (or its folder) to continue exactly
+    overwrite: bool = False                     # start over in an out_dir that holds a run (replaces its files)
     progress: bool = True
     # fmt: on
+
+    def __post_init__(self) -> None:
+        check_fields(self, TRAIN_CONFIG_RULES, "training setting")
+        self.betas = tuple(
+            check_float(f"training setting betas[{i}]", b, 0.0, 1.0, hi_open=True) for i, b in enumerate(self.betas)
+        )
+        if len(self.betas) != 2:
+            raise ValueError(f"training setting betas must be two numbers (beta1, beta2), got {list(self.betas)}")
+        if not isinstance(self.model_overrides, dict):
+            raise TypeError(
+                f"training setting model_overrides must be a JSON object (a dict), "
+                f"got {type(self.model_overrides).__name__}"
+            )
+        MARConfig.from_name(self.model, **self.model_overrides)  # unknown preset or override: an error now
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,7 +118,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = checked_fields(cls, d, "training settings")
-        if "betas" in d:
+        if "betas" in d and isinstance(d["betas"], (list, tuple)):
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 

@@ -9,20 +9,9 @@ import torch
 
 from ..config import MARConfig
 from ..models.mar import MAR
-from .config import TrainConfig
+from .config import PRECISIONS, TrainConfig
 from .data import DigitsDataset, ImageFolderDataset
 from .latent_dataset import is_latent_cache, open_latents
-
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no GPU; use --device cpu")
-    return dev
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

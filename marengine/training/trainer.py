@@ -9,6 +9,7 @@ import copy
 import csv
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..models.checkpoints import load_strict
+from ..files import check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
+from ..models.checkpoints import load_strict, non_finite_keys
 from ..models.loading import load_weights
 from ..models.tokenizers import build_tokenizer, tokenizer_spec
-from .checkpoint import LAST, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from ..utils import resolve_device
+from .checkpoint import LAST, load_checkpoint, restore_rng, rng_state, run_files, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_mean, barrier, init_distributed, shutdown
 from .ema import EMA
-from .factory import autocast_dtype, build_dataset, build_model, param_groups, resolve_device, resolve_precision
+from .factory import autocast_dtype, build_dataset, build_model, param_groups, resolve_precision
 from .loader import StepLoader
 
 log = logging.getLogger("marengine.train")
@@ -46,6 +49,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.out_dir = Path(cfg.out_dir)
         resume = load_checkpoint(cfg.resume) if cfg.resume else None  # fail before any work
+        if self.dist.is_main:
+            prepare_out_dir(self.out_dir, resuming=resume is not None, overwrite=cfg.overwrite)
+        self.written: Path | None = None  # the newest checkpoint this run wrote
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         self.model = build_model(cfg)
@@ -135,17 +141,35 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        """Write last.pth (and step-N.pth every save_every steps) unless the weights are not
+        finite: a checkpoint is never written from a diverged model."""
         state = self._state()  # every rank joins the RNG gather
+        bad = first_non_finite(self.model.state_dict()) or first_non_finite(
+            state["model_ema"]
+        )  # the same on every rank
+        if bad:
+            log.warning("step %d: not saving a checkpoint, %s is not finite", self.step, bad)
+            return None
+        self.written = self.out_dir / LAST
         if not self.dist.is_main:
             return None
-        path = save_checkpoint(self.out_dir / LAST, state)
         if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-            save_checkpoint(self.out_dir / f"step-{self.step}.pth", state)
-        return path
+            return save_checkpoint(self.out_dir / f"step-{self.step}.pth", state, also=self.written)
+        return save_checkpoint(self.written, state)
 
     def export_ema(self, folder: Path) -> Path:
-        """A pretrained folder (config, EMA weights, tokenizer) for `marengine sample`."""
-        return self.model.save_pretrained(folder, state=self.ema.state_dict_for(self.model), tokenizer=self.tok_spec)
+        """A pretrained folder (config, EMA weights, tokenizer) for `marengine sample`, written
+        beside `folder` and moved into place whole."""
+        state = self.ema.state_dict_for(self.model)
+        bad = first_non_finite(state)
+        if bad:
+            raise TrainingDiverged(f"the EMA weights are not finite ({bad}): no {folder} written")
+        built = temporary_folder(folder)
+        try:
+            self.model.save_pretrained(built, state=state, tokenizer=self.tok_spec)
+            return replace_folder(built, folder)
+        finally:
+            shutil.rmtree(built, ignore_errors=True)
 
     def ema_model(self):
         model = copy.deepcopy(self.model).eval()
@@ -228,7 +252,7 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsWriter(self.out_dir, enabled=main)
+        metrics = MetricsWriter(self.out_dir, enabled=main, append=self.cfg.resume is not None)
         bar = _progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
         history: list[float] = []
         try:
@@ -268,9 +292,23 @@ class Trainer:
                 bar.close()
             metrics.close()
         barrier(self.dist)
-        if main:
-            self.export_ema(self.out_dir / "ema")
-        return {"step": self.step, "skipped": self.skipped, "bad_inputs": self.loader.bad.count, "losses": history}
+        saved_last = self.written is not None and self.bad_run == 0
+        if not saved_last or first_non_finite(self.model.state_dict()):
+            last = self.out_dir / LAST
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"training ended at step {self.step} without finite weights to save ({self.skipped} non-finite "
+                f"steps skipped in all); {kept}. Lower the learning rate, or train with --precision bf16 or fp32."
+            )
+        ema = self.export_ema(self.out_dir / "ema") if main else None
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "bad_inputs": self.loader.bad.count,
+            "losses": history,
+            "checkpoint": self.written,
+            "ema": ema,
+        }
 
     def write_sample_grid(self, out: Path, per_class: int = 4) -> None:
         from ..imageio import save_samples
@@ -287,18 +325,38 @@ class Trainer:
         shutdown(self.dist)
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    bad = non_finite_keys(state)
+    return bad[0] if bad else None
+
+
+def prepare_out_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Before any work: the output folder is writable, holds no other run unless we resume
+    or are told to overwrite it, and loses what killed writers left behind."""
+    check_output_folder(out_dir)
+    existing = run_files(out_dir)
+    if existing and not resuming and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds a training run ({', '.join(existing)}): continue it with "
+            f"--resume {out_dir / LAST}, start over with --overwrite (its checkpoints are replaced), "
+            "or choose another --out-dir"
+        )
+    for p in remove_stale_temporaries(out_dir):
+        log.info("removed %s, left by an interrupted write", p)
+
+
 class MetricsWriter:
     """metrics.csv, plus TensorBoard where it is installed."""
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped", "bad_inputs")
 
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, append: bool = False) -> None:
         self.enabled, self.tb = enabled, None
         if not enabled:
             return
         path = out_dir / "metrics.csv"
-        new = not path.exists()
-        self.file = open(path, "a", newline="")
+        new = not (append and path.exists())
+        self.file = open(path, "a" if append else "w", newline="")
         self.csv = csv.writer(self.file)
         if new:
             self.csv.writerow(self.FIELDS)

@@ -1,0 +1,36 @@
+"""`marengine export-onnx`: backbone, head step and decoder to ONNX, plus deploy.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checks import arg, check_int
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..export.onnx import export_from_checkpoint
+
+    paths = export_from_checkpoint(
+        args.checkpoint,
+        args.out,
+        fp16=args.fp16,
+        opset=args.opset,
+        config=args.config,
+        vae=args.vae,
+        tokenizer=args.tokenizer,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-onnx", help="export backbone, head step and decoder to ONNX")
+    p.add_argument("--checkpoint", required=True, help="pretrained folder, training .pth, or official .pth")
+    p.add_argument("--out", required=True, help="output folder (replaced whole when the export is complete)")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--opset", type=arg(check_int, "--opset", lo=1), default=None, help="ONNX opset (18 or newer)")
+    p.add_argument("--config", default=None, help="preset name or JSON config, required for an official .pth")
+    p.add_argument("--vae", default=None, help="kl16.ckpt: export the VAE decoder")
+    p.add_argument("--tokenizer", choices=("auto", "vae", "pixel", "none"), default="auto")
+    p.set_defaults(fn=cmd_export_onnx)

@@ -1,0 +1,64 @@
+"""The command-line options of sampling, shared by `marengine sample`, `marengine demo` and
+the torch-free deploy sampler (so this module imports neither torch nor numpy).
+
+Every number is parsed with the checks of `marengine.checks`, so a bad value is an
+argparse error naming the option before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .checks import arg, check_float, check_int
+from .config import SAMPLE_DEFAULTS
+from .schedules import CFG_SCHEDULES
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported as one line (no usage block) naming the option."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_sampling_options(
+    p: argparse.ArgumentParser,
+    defaults: dict[str, Any] | None = None,
+    seed_flag: str = "--seed",
+    batch_flag: str = "--sample-batch-size",
+) -> None:
+    """--num-iter, --cfg, --cfg-schedule, --temperature, the seed and the batch size."""
+    d = defaults or {}
+    p.add_argument(
+        "--num-iter",
+        type=arg(check_int, "--num-iter", lo=1),
+        default=d.get("num_iter", SAMPLE_DEFAULTS.num_iter),
+        help="autoregressive iterations (at most the tokens of an image)",
+    )
+    p.add_argument(
+        "--cfg",
+        type=arg(check_float, "--cfg", lo=1.0),
+        default=d.get("cfg", SAMPLE_DEFAULTS.cfg),
+        help="classifier-free guidance scale (1: none)",
+    )
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule)
+    p.add_argument(
+        "--temperature",
+        type=arg(check_float, "--temperature", lo=0.0),
+        default=d.get("temperature", SAMPLE_DEFAULTS.temperature),
+    )
+    p.add_argument(
+        seed_flag,
+        dest="sample_seed",
+        type=arg(check_int, seed_flag, lo=0, hi=2**63 - 1),
+        default=0,
+        help="sampling seed",
+    )
+    p.add_argument(
+        batch_flag,
+        dest="sample_batch_size",
+        type=arg(check_int, batch_flag, lo=1),
+        default=d.get("batch_size", 64),
+        help="images per sampling batch",
+    )
