@@ -94,6 +94,6 @@ def test_sample_command(demo_dir, tmp_path):
 
 def test_sample_command_bad_label(demo_dir, tmp_path):
     proc = _cli("sample", "--checkpoint", str(demo_dir / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x"))
-    assert proc.returncode == 2 and "labels must be in [0, 10)" in proc.stderr
+    assert proc.returncode == 2 and "--labels must be class indices in [0, 10)" in proc.stderr
     proc = _cli("train", "--resume", str(tmp_path / "nothing.pth"), "--out-dir", str(tmp_path / "y"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr

@@ -403,7 +403,7 @@ def _call(args: list) -> torch.Tensor:
 BAD_HEAD_CALLS = {
     "x_T float64": (lambda a: a.__setitem__(0, a[0].double()), "x_T must be Float"),
     "c_emb rows": (lambda a: a.__setitem__(1, torch.randn(5, 16)), "c_emb must have N"),
-    "t_emb width": (lambda a: a.__setitem__(2, torch.randn(3, 8)), "t_emb must have shape"),
+    "t_emb width": (lambda a: a.__setitem__(2, torch.randn(3, 8)), "t_emb must have the head width"),
     "non-contiguous": (lambda a: a.__setitem__(1, torch.randn(16, 3).t()), "contiguous"),
     "list lengths": (lambda a: a.__setitem__(9, a[9] + a[9]), "one entry per block"),
     "coefs shape": (lambda a: a.__setitem__(17, torch.randn(3, 5)), "coefs"),
