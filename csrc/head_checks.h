@@ -18,6 +18,10 @@
 namespace marengine {
 namespace checks {
 
+// Columns of head_sample's per-step table (marengine/diffusion/samplers.py):
+// a, b, c1, c2, c3, lp, lb, nw.
+constexpr int64_t kCoefColumns = 8;
+
 inline std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -134,7 +138,8 @@ inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_e
               " columns (time_embed of the timesteps), got ", t_emb.size(1));
   check_tensor(op, t_emb, "t_emb", dev, {S, W});
   check_dtype(op, t_emb, "t_emb", at::kFloat);
-  check_tensor(op, coefs, "coefs (DiffusionTables.stacked())", dev, {S, 6});
+  check_tensor(op, coefs, "coefs (DiffusionTables.sampler_table(...): a, b, c1, c2, c3, lp, lb, nw)", dev,
+               {S, kCoefColumns});
   check_dtype(op, coefs, "coefs", at::kFloat);
 
   const int64_t D = static_cast<int64_t>(ln_w.size());

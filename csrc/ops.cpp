@@ -4,11 +4,15 @@
 // kernels for torch.compile / export live in marengine/ops/native.py.
 //
 //   adaln_block(x, mod, ln_w, ln_b, w1, b1, w2, b2) -> x + gate * MLP(LN(x) * (1 + scale) + shift)
-//   head_sample(x_T, c_emb, t_emb, <head weights>, coefs, cfg, temperature, step_noise?, seed, offset)
-//       -> x_0: the whole reverse diffusion of the Diffusion-Loss head in one call. CFG is on
-//       iff c_emb has 2N rows (conditional, then unconditional); `cfg` is then the scale.
-//       Per-step noise: step_noise[i] at iteration i if given, else Philox(seed, offset)
-//       (csrc/philox.h); none at temperature 0 or at the last step.
+//   head_sample(x_T, c_emb, t_emb, <head weights>, coefs, cfg, temperature, step_noise?, seed, offset,
+//               clip_denoised)
+//       -> x_0: the whole reverse diffusion of the Diffusion-Loss head in one call, for any
+//       sampler whose per-step coefficients are in coefs [S, 8] (a, b, c1, c2, c3, lp, lb, nw;
+//       marengine/diffusion/samplers.py): x0 = a x - b eps (clamped to [-1, 1] with
+//       clip_denoised), x = c1 x0 + c2 x + c3 x0_prev + nw exp(logvar / 2) noise temperature.
+//       CFG is on iff c_emb has 2N rows (conditional, then unconditional); `cfg` is then the
+//       scale. Per-step noise: step_noise[i] at iteration i if given, else Philox(seed, offset)
+//       (csrc/philox.h); none at temperature 0 or where nw = 0.
 //
 // Test: pytest python_tests/test_native_cpu.py (opcheck runs the schema checks).
 #include <torch/extension.h>
@@ -30,7 +34,7 @@ TORCH_LIBRARY(marengine, m) {
       "head_sample(Tensor x_T, Tensor c_emb, Tensor t_emb, Tensor in_w, Tensor in_b, Tensor[] ln_w, "
       "Tensor[] ln_b, Tensor[] mod_w, Tensor[] mod_b, Tensor[] w1, Tensor[] b1, Tensor[] w2, Tensor[] b2, "
       "Tensor fmod_w, Tensor fmod_b, Tensor out_w, Tensor out_b, Tensor coefs, float cfg, float temperature, "
-      "Tensor? step_noise, int seed, int offset) -> Tensor");
+      "Tensor? step_noise, int seed, int offset, bool clip_denoised=False) -> Tensor");
 }
 
 namespace {

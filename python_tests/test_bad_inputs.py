@@ -22,6 +22,7 @@ from conftest import SMALL, run_training, small_train_config
 
 from marengine.cli import main as cli_main
 from marengine.config import MARConfig
+from marengine.diffusion.samplers import DDPM
 from marengine.models import MAR, load_model
 from marengine.sampling.engine import SampleSettings, generate
 
@@ -261,7 +262,7 @@ def test_operator_errors_name_the_argument(tiny):
     w = native.collect_weights(net, torch.float32, torch.device("cpu"))
     x = torch.randn(3, 16)
     c_emb, t_emb = native.embeddings(net, tables, torch.randn(3, 64))
-    coefs = tables.stacked("cpu")
+    coefs = tables.sampler_table(DDPM, "cpu")
 
     def call(**kw):
         a = dict(x_T=x, c_emb=c_emb, t_emb=t_emb, coefs=coefs, cfg=1.0, temperature=0.0)

@@ -43,6 +43,7 @@ TORCH_FREE = (
     "files.py",
     "checks.py",
     "schedules.py",
+    "diffusion/samplers.py",
     "imageio.py",
     "options.py",
     "export/deploy.py",

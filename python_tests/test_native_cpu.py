@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from marengine.diffusion.samplers import DDPM
 from marengine.models.diffloss import DiffLoss
 from marengine.models.head import ResBlock
 from marengine.ops import native, reference
@@ -353,7 +354,7 @@ def _head_args(
     r = lambda *shape, dt=torch.float32: (0.2 * torch.randn(*shape, generator=g)).to(dt)  # noqa: E731
     rows = 2 * n if cfg_on else n
     dl = make_diffloss(steps=str(s))
-    coefs = dl.gen_tables.stacked("cpu")
+    coefs = dl.gen_tables.sampler_table(DDPM, "cpu")
     return [
         r(n, c),
         r(rows, w),

@@ -271,7 +271,7 @@ def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, sch
             temperature,
             cfg,
             None if sn is None else torch.from_numpy(sn),
-            clip_denoised,
+            clip_denoised=clip_denoised,
         )
         return torch.cat([out, out]) if guided else out
 

@@ -49,7 +49,7 @@ constexpr float kLnEps = 1e-6f;
 
 struct Problem {
   int64_t N, R, C, W, D, S, Pn, Fm;
-  bool cfg_on;
+  bool cfg_on, clip;
   float cfg, temp;
   WType wt;
   const float* t_emb;
@@ -81,7 +81,7 @@ class Worker {
   static int64_t floats_needed(const Problem& P, int64_t unit_panels, int64_t chunk) {
     const int64_t L = kLanes, np = unit_panels * (P.cfg_on ? 2 : 1);
     const int64_t mpanels = (chunk * np * L + L - 1) / L;
-    return np * L * (3 * P.W + 2 * P.C) + chunk * np * P.Fm * L + mpanels * P.W * L + 8 * 64;
+    return np * L * (3 * P.W + 2 * P.C) + unit_panels * P.C * L + chunk * np * P.Fm * L + mpanels * P.W * L + 8 * 64;
   }
 
   Worker(const Problem& pb, int64_t unit_panels, int64_t chunk, float* ws) : P(pb), K(kernels()), chunk_(chunk) {
@@ -91,6 +91,7 @@ class Worker {
     a_ = take(ws, np * W * L);
     u_ = take(ws, np * W * L);
     fo_ = take(ws, np * 2 * P.C * L);
+    x0p_ = take(ws, unit_panels * P.C * L);
     mods_ = take(ws, chunk_ * np * P.Fm * L);
     ma_ = take(ws, mpanels * W * L);
     row_off_.resize(static_cast<size_t>(mpanels * L));
@@ -105,6 +106,7 @@ class Worker {
     np_ = nu_ * (P.cfg_on ? 2 : 1);
     nvalid_ = std::min(P.N, u1 * L) - u0 * L;
     rows_ = nvalid_ * (P.cfg_on ? 2 : 1);
+    std::fill(x0p_, x0p_ + nu_ * P.C * kLanes, 0.0f);  // no previous x0 before the first step
     for (int64_t i0 = 0; i0 < P.S; i0 += chunk_) {
       const int64_t cnt = std::min(chunk_, P.S - i0);
       compute_mods(i0, cnt);
@@ -210,7 +212,7 @@ class Worker {
     ef.out = fo_;
     ef.out_pstride = 2 * C * L;
     gemm(a_, W * L, np, P.out_w, ef);
-    posterior(i);
+    update(i);
   }
 
   // a = round(LN(h) * (1 + scale) + shift) for every local panel.
@@ -224,17 +226,20 @@ class Worker {
     });
   }
 
-  // x <- posterior mean (+ noise) from eps and the variance values, chain panels of this worker.
-  void posterior(int64_t i) {
+  // x <- the sampler's update (coefs row s: a, b, c1, c2, c3, lp, lb, nw; csrc/ops.cpp) from
+  // eps and the variance values, for the chain panels of this worker. With c3 = 0 (ddpm,
+  // ddim) the arithmetic is exactly the official posterior step's.
+  void update(int64_t i) {
     const int64_t C = P.C, L = kLanes, s = P.S - 1 - i;
-    const float* cf = P.coefs + s * 6;
-    const float sra = cf[0], srm1 = cf[1], pc1 = cf[2], pc2 = cf[3], plv = cf[4], lbeta = cf[5];
-    const bool noisy = s > 0 && P.temp > 0;
+    const float* cf = P.coefs + s * checks::kCoefColumns;
+    const float a = cf[0], b = cf[1], c1 = cf[2], c2 = cf[3], c3 = cf[4], lp = cf[5], lb = cf[6];
+    const bool noisy = cf[7] != 0.0f && P.temp > 0;
     for (int64_t u = 0; u < nu_; ++u) {
       const int64_t cp = u0_ + u;
       const float* fc = fo_ + u * 2 * C * L;
       const float* fu = P.cfg_on ? fo_ + (nu_ + u) * 2 * C * L : nullptr;
       float* x = P.xs + cp * C * L;
+      float* x0p = x0p_ + u * C * L;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t row = cp * L + l;
         if (row >= P.N) break;
@@ -254,12 +259,17 @@ class Worker {
             const float un = fu[c * L + l];
             eps = un + P.cfg * (eps - un);
           }
-          const float frac = (fc[(C + c) * L + l] + 1.0f) / 2.0f;
-          const float logvar = frac * lbeta + (1.0f - frac) * plv;
           const float xv = x[c * L + l];
-          const float x0 = sra * xv - srm1 * eps;
-          float mean = pc1 * x0 + pc2 * xv;
-          if (noisy) mean = mean + std::exp(0.5f * logvar) * nz[c] * P.temp;
+          float x0 = a * xv - b * eps;
+          if (P.clip) x0 = std::min(1.0f, std::max(-1.0f, x0));
+          float mean = c1 * x0 + c2 * xv;
+          if (c3 != 0.0f) mean = mean + c3 * x0p[c * L + l];
+          x0p[c * L + l] = x0;
+          if (noisy) {
+            const float frac = (fc[(C + c) * L + l] + 1.0f) / 2.0f;
+            const float logvar = frac * lb + (1.0f - frac) * lp;
+            mean = mean + std::exp(0.5f * logvar) * nz[c] * P.temp;
+          }
           x[c * L + l] = mean;
         }
       }
@@ -273,7 +283,7 @@ class Worker {
   int64_t nvalid_ = 0;  // valid chain rows of the current unit
   int64_t rows_ = 0;    // network rows per step (valid rows, twice with CFG)
   std::vector<int64_t> row_off_;
-  float *h_, *a_, *u_, *fo_, *mods_, *ma_;
+  float *h_, *a_, *u_, *fo_, *x0p_, *mods_, *ma_;
   std::vector<float> noise_;
 };
 
@@ -353,7 +363,7 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
                            at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
                            const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
                            double temperature, const c10::optional<at::Tensor>& step_noise, int64_t seed,
-                           int64_t offset) {
+                           int64_t offset, bool clip_denoised) {
   const checks::HeadShapes sh =
       checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
                                 out_w, out_b, coefs, cfg, temperature, step_noise, offset);
@@ -370,6 +380,7 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
   P.Pn = (sh.N + kLanes - 1) / kLanes;
   P.Fm = 3 * sh.W * sh.D + 2 * sh.W;
   P.cfg_on = sh.cfg_on;
+  P.clip = clip_denoised;
   P.cfg = static_cast<float>(cfg);
   P.temp = static_cast<float>(temperature);
   P.wt = wtype_of(sh.wdtype);

@@ -1,6 +1,6 @@
 """The parts of Gaussian diffusion that Diffusion Loss uses: epsilon
 prediction with learned-range variance, the training loss (MSE + VLB term) and
-the reverse step with temperature.
+the reverse-diffusion loop with temperature for any sampler table (samplers.py).
 
 Every function takes the per-device float32 tables from
 `DiffusionTables.on(device)` and step indices `t` (int64, [N]).
@@ -98,30 +98,41 @@ def training_losses(
     return {"loss": mse + vb, "mse": mse, "vb": vb}
 
 
-def p_sample_loop(
-    tab: Tables,
+def sample_loop(
+    table: torch.Tensor,
     eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x_T: torch.Tensor,
     temperature: float,
     step_noise: torch.Tensor | None,
     clip_denoised: bool = False,
 ) -> torch.Tensor:
-    """Reverse diffusion from x_T over every step of the table, eagerly, one step per
-    Python iteration (the official sampler's structure; the reference oracle).
+    """Reverse diffusion from x_T with the per-step coefficients `table` [S, 8] of a sampler
+    (diffusion/samplers.py), eagerly, one step per Python iteration (the official sampler's
+    structure; the reference oracle of the native kernels).
 
-    eps_fn(x, t) -> [N, 2C]. step_noise: [S, N, C], step_noise[i] used at
-    step S-1-i, or None at temperature 0. Step 0 adds no noise.
+    eps_fn(x, t) -> [N, 2C] (eps, variance values) at step index t [N]. step_noise: [S, N, C],
+    step_noise[i] used at step S-1-i, or None (temperature 0 or a deterministic sampler).
+    For the ddpm table this is op for op the official p_sample loop.
     """
     x = x_T.float()
     n = x.shape[0]
-    steps = tab["post_coef1"].shape[0]
-    for i, step in enumerate(range(steps - 1, -1, -1)):
-        t = torch.full((n,), step, dtype=torch.int64, device=x.device)
-        out = eps_fn(x, t).float()
+    x0_prev = torch.zeros_like(x)
+    uses_prev, noisy = (table[:, [4, 7]] != 0).cpu().unbind(1)  # branch flags read once, not per step
+    for i, step in enumerate(range(table.shape[0] - 1, -1, -1)):
+        a, b, c1, c2, c3, lp, lb, _ = table[step]  # 0-d float32 tensors
+        out = eps_fn(x, torch.full((n,), step, dtype=torch.int64, device=x.device)).float()
         eps, var_values = out.chunk(2, dim=-1)
-        mean, logvar = p_mean_logvar(tab, x, t, eps, var_values, clip_denoised)
-        if step > 0 and temperature > 0 and step_noise is not None:
+        x0 = a * x - b * eps
+        if clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean = c1 * x0 + c2 * x
+        if uses_prev[step]:
+            mean = mean + c3 * x0_prev
+        if noisy[step] and temperature > 0 and step_noise is not None:
+            frac = (var_values + 1) / 2
+            logvar = frac * lb + (1 - frac) * lp
             x = mean + torch.exp(0.5 * logvar) * step_noise[i] * temperature
         else:
             x = mean
+        x0_prev = x0
     return x

@@ -7,26 +7,18 @@ cast to float32 on first use per device; nothing is re-uploaded per step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..config import TRAIN_DIFFUSION_STEPS
-from ..schedules import space_timesteps
-
-MAX_BETA = 0.999
-COSINE_S = 0.008
+from . import samplers
+from .samplers import HeadSampler
 
 
 def cosine_betas(num_steps: int = TRAIN_DIFFUSION_STEPS) -> torch.Tensor:
-    """betas_t = min(1 - abar(t+1)/abar(t), 0.999), abar(s) = cos((s + 0.008)/1.008 * pi/2)^2."""
-
-    def abar(s: float) -> float:
-        return math.cos((s + COSINE_S) / (1 + COSINE_S) * math.pi / 2) ** 2
-
-    betas = [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), MAX_BETA) for i in range(num_steps)]
-    return torch.tensor(betas, dtype=torch.float64, device="cpu")
+    """The cosine schedule's betas [num_steps] (float64, CPU)."""
+    return torch.tensor(samplers.cosine_betas(num_steps), dtype=torch.float64, device="cpu")
 
 
 @dataclass
@@ -54,8 +46,9 @@ class DiffusionTables:
             "sqrt_recip_abar": (1.0 / abar).sqrt(),
             "sqrt_recipm1_abar": (1.0 / abar - 1).sqrt(),
             "post_var": post_var,
-            # the posterior variance is 0 at step 0: its log is clipped to step 1's
-            "post_logvar": torch.cat([post_var[1:2], post_var[1:]]).log() if len(b) > 1 else b.new_zeros(0),
+            # the posterior variance is 0 at step 0: its log is clipped to step 1's (one step: unused, as
+            # step 0 adds no noise; log beta keeps it finite)
+            "post_logvar": torch.cat([post_var[1:2], post_var[1:]]).log() if len(b) > 1 else b.log(),
             "log_betas": b.log(),
             "post_coef1": b * abar_prev.sqrt() / (1.0 - abar),
             "post_coef2": (1.0 - abar_prev) * (1.0 - b).sqrt() / (1.0 - abar),
@@ -74,35 +67,20 @@ class DiffusionTables:
             self._cache[key] = t
         return self._cache[key]
 
-    def stacked(self, device: torch.device | str) -> torch.Tensor:
-        """[S, 6] float32: (sqrt_recip_abar, sqrt_recipm1_abar, post_coef1, post_coef2,
-        post_logvar, log_betas) per step: the table the native sampler reads."""
+    def sampler_table(self, sampler: HeadSampler, device: torch.device | str) -> torch.Tensor:
+        """[S, 8] float32 coefficients of `sampler` (diffusion/samplers.py) on `device`, computed
+        once per (sampler, device): the table the reference loop and the native kernels read."""
         t = self.on(device)
-        key = "_stacked"
+        key = "_sampler:" + sampler.key
         if key not in t:
-            t[key] = torch.stack(
-                [
-                    t["sqrt_recip_abar"],
-                    t["sqrt_recipm1_abar"],
-                    t["post_coef1"],
-                    t["post_coef2"],
-                    t["post_logvar"],
-                    t["log_betas"],
-                ],
-                1,
-            ).contiguous()
+            rows = samplers.step_table(self.betas.tolist(), sampler)
+            t[key] = torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=torch.float32).contiguous()
         return t[key]
 
 
 def make_tables(spacing: str | int = "", num_train_steps: int = TRAIN_DIFFUSION_STEPS) -> DiffusionTables:
     """Tables for the cosine schedule, respaced to `spacing` ("" keeps every step)."""
-    base = cosine_betas(num_train_steps)
-    kept = space_timesteps(num_train_steps, spacing)
-    abar = torch.cumprod(1.0 - base, 0)
-    betas, last = [], 1.0
-    for i in kept:
-        betas.append(1.0 - float(abar[i]) / last)
-        last = float(abar[i])
+    betas, kept = samplers.respaced(num_train_steps, spacing)
     return DiffusionTables(
         betas=torch.tensor(betas, dtype=torch.float64, device="cpu"),
         timestep_map=torch.tensor(kept, dtype=torch.int64, device="cpu"),

@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from ..checks import check_float
 from ..diffusion.gaussian import training_losses
-from ..diffusion.schedule import make_tables
+from ..diffusion.samplers import DDPM, HeadSampler, scales_start_noise
+from ..diffusion.schedule import DiffusionTables, make_tables
 from ..ops import dispatch
 from ..utils import check_generator, check_tensor, randn
 from .head import SimpleMLPAdaLN
@@ -30,6 +31,19 @@ class DiffLoss(nn.Module):
         self.net = SimpleMLPAdaLN(target_channels, width, target_channels * 2, z_channels, depth, grad_checkpointing)
         self.train_tables = make_tables("")
         self.gen_tables = make_tables(str(num_sampling_steps))
+        self._tables: dict[str, DiffusionTables] = {}  # other step counts (DiSA-style schedules), on demand
+
+    def tables(self, steps: int | str | None = None) -> DiffusionTables:
+        """The sampling tables for `steps` diffusion steps (an int or a respacing string; None:
+        the model's num_sampling_steps), made once per value."""
+        if steps is None:
+            return self.gen_tables
+        key = str(steps).strip()
+        if key not in self._tables:
+            if len(self._tables) >= 64:  # a bounded cache: step schedules use a few dozen counts at most
+                self._tables.clear()
+            self._tables[key] = make_tables(key)
+        return self._tables[key]
 
     def check_z(self, z: object) -> torch.Tensor:
         """z [rows, z_channels] as the head's dtype (any floating dtype is accepted)."""
@@ -86,6 +100,8 @@ class DiffLoss(nn.Module):
         generator: torch.Generator | None = None,
         backend: str = "auto",
         clip_denoised: bool = False,
+        sampler: str | HeadSampler = DDPM,
+        steps: int | str | None = None,
     ) -> torch.Tensor:
         """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
 
@@ -94,6 +110,10 @@ class DiffLoss(nn.Module):
         the official sampler returns it. `noise` is x_T with N rows; per-step
         noise is drawn from `generator`. backend: "auto" | "torch" | "native".
         clip_denoised clamps x_0 predictions to [-1, 1] (bounded data such as pixels).
+        sampler: "ddpm" (official), "ddim[:eta]" or "dpm++2m" (diffusion/samplers.py);
+        steps: diffusion steps of this call, an int or a respacing string (default: the
+        model's num_sampling_steps). A deterministic sampler (DDIM with eta 0, DPM-Solver++)
+        injects no noise along the chain: the temperature then scales x_T instead.
         """
         temperature = check_float("temperature", temperature, lo=0.0)
         cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
@@ -107,20 +127,14 @@ class DiffLoss(nn.Module):
             noise = randn((n, self.in_channels), generator, z.device, torch.float32)
         else:
             check_tensor("noise (x_T)", noise, (n, self.in_channels), floating=True)
-        steps = self.gen_tables.num_steps
-        step_noise = (
-            randn((steps, n, self.in_channels), generator, z.device, torch.float32) if temperature > 0 else None
-        )
+        sampler = HeadSampler.parse(sampler)
+        tables = self.tables(steps)
+        x_T = noise.float() * temperature if scales_start_noise(sampler) else noise.float()
+        step_noise = None
+        if temperature > 0 and not sampler.deterministic:
+            step_noise = randn((tables.num_steps, n, self.in_channels), generator, z.device, torch.float32)
         out = dispatch.sample_head(
-            self.net,
-            self.gen_tables,
-            z,
-            noise.float(),
-            float(temperature),
-            float(cfg),
-            step_noise,
-            backend=backend,
-            clip_denoised=clip_denoised,
+            self.net, tables, z, x_T, float(temperature), float(cfg), step_noise, backend, clip_denoised, sampler
         )  # [N, C]
         return torch.cat([out, out]) if guided else out
 

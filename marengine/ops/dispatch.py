@@ -8,6 +8,7 @@ import logging
 import torch
 
 from ..config import HEAD_BACKENDS as BACKENDS
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..diffusion.schedule import DiffusionTables
 from . import reference
 
@@ -52,24 +53,23 @@ def sample_head(
     step_noise: torch.Tensor | None,
     backend: str = "auto",
     clip_denoised: bool = False,
+    sampler: HeadSampler = DDPM,
 ) -> torch.Tensor:
+    """The head's reverse diffusion on the native kernels where they are built and take this
+    head (backend="auto"), else the PyTorch reference; "native" / "torch" force one."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if clip_denoised:  # the native loop implements the official (unclipped) sampler only
-        if backend == "native":
-            raise ValueError("clip_denoised is not implemented by the native sampler; use backend='auto' or 'torch'")
-        log.debug("head sampler: torch reference (clip_denoised)")
-        return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, clip_denoised=True)
     why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
     if backend == "native" and why_not:
         raise RuntimeError(
             f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
             "build it with `pip install --no-build-isolation -e .` or use backend='auto'"
         )
+    kw = dict(sampler=sampler, clip_denoised=clip_denoised)
     if why_not is None:
         from . import native
 
-        log.debug("head sampler: native (%s)", z.device.type)
-        return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
+        log.debug("head sampler: native (%s, %s)", z.device.type, sampler.key)
+        return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)
     log.debug("head sampler: torch reference (%s: %s)", z.device.type, why_not)
-    return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise)
+    return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..diffusion.embedding import timestep_frequencies
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..diffusion.schedule import DiffusionTables
 
 log = logging.getLogger("marengine.ops")
@@ -132,6 +133,7 @@ if _C is not None:
         step_noise,
         seed,
         offset,
+        clip_denoised=False,
     ):
         named = dict(
             c_emb=c_emb,
@@ -344,6 +346,8 @@ def _run(
     seed: int,
     offset: int,
     weight_dtype: torch.dtype | None,
+    sampler: HeadSampler,
+    clip_denoised: bool,
 ) -> torch.Tensor:
     dev = z.device
     _require(dev)
@@ -351,7 +355,7 @@ def _run(
     with torch.no_grad():
         w = collect_weights(net, pick_weight_dtype(net, dev, weight_dtype), dev)
         c_emb, t_emb = embeddings(net, tables, z)
-        coefs = tables.stacked(dev)
+        coefs = tables.sampler_table(sampler, dev)
         noise = step_noise.float().contiguous() if step_noise is not None and temperature > 0 else None
         return torch.ops.marengine.head_sample(
             x_T.float().contiguous(),
@@ -364,6 +368,7 @@ def _run(
             noise,
             int(seed),
             int(offset),
+            bool(clip_denoised),
         )
 
 
@@ -376,6 +381,8 @@ def sample_head(
     cfg: float,
     step_noise: torch.Tensor | None,
     *,
+    sampler: HeadSampler = DDPM,
+    clip_denoised: bool = False,
     weight_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
@@ -384,9 +391,9 @@ def sample_head(
     temperature > 0). weight_dtype: GEMM weight precision (default: the net's dtype, or
     the autocast dtype when autocast is enabled).
     """
-    if temperature > 0 and step_noise is None:
+    if temperature > 0 and step_noise is None and not sampler.deterministic:
         raise ValueError("temperature > 0 needs step_noise [S, N, C]; use sample_head_philox for in-kernel noise")
-    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype)
+    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype, sampler, clip_denoised)
 
 
 def sample_head_philox(
@@ -399,6 +406,8 @@ def sample_head_philox(
     seed: int,
     offset: int = 0,
     *,
+    sampler: HeadSampler = DDPM,
+    clip_denoised: bool = False,
     weight_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h).
@@ -409,7 +418,7 @@ def sample_head_philox(
     if seed < -(2**63) or seed >= 2**64:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
     seed = seed - 2**64 if seed >= 2**63 else seed
-    return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype)
+    return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype, sampler, clip_denoised)
 
 
 def release_caches() -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..diffusion.gaussian import p_sample_loop
+from ..diffusion.gaussian import sample_loop
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..diffusion.schedule import DiffusionTables
 from ..schedules import cfg_combine
 
@@ -42,10 +43,12 @@ def sample_head(
     temperature: float,
     cfg: float,
     step_noise: torch.Tensor | None,
+    *,
+    sampler: HeadSampler = DDPM,
     clip_denoised: bool = False,
 ) -> torch.Tensor:
-    """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or None."""
-    tab = tables.on(z.device)
-    return p_sample_loop(
-        tab, guided_eps_fn(net, tab["timestep_map"], z, cfg), x_T, temperature, step_noise, clip_denoised
-    )
+    """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or
+    None; `sampler` picks the per-step coefficients (diffusion/samplers.py)."""
+    tmap = tables.on(z.device)["timestep_map"]
+    table = tables.sampler_table(sampler, z.device)
+    return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised)
