@@ -176,3 +176,45 @@ class SampleDefaults:
 SAMPLE_DEFAULTS = SampleDefaults()
 # the head sampler's backends: native kernels where built, else torch ("auto"), or one forced
 HEAD_BACKENDS = ("auto", "torch", "native")
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """How the head and the backbone are run (not what is sampled: num_iter, cfg and the
+    temperature stay the caller's). Strings are parsed where they are used:
+    sampler by diffusion.samplers.HeadSampler.parse, steps by schedules.step_schedule,
+    cache by models.backbone_cache.CachePolicy.parse."""
+
+    sampler: str = "ddpm"  # ddpm | ddim[:eta] | dpm++2m
+    steps: int | str | list[int] | None = None  # head diffusion steps per iteration; None: the model's own
+    cache: str | None = None  # cross-iteration backbone reuse, e.g. "refresh=3,warmup=2"; None: off
+    note: str = ""
+
+
+# Named sampling presets, the one place they are written (SampleSettings, MAR.sample_tokens
+# through the pipeline, `marengine sample --preset`, the deploy sampler).
+SAMPLING_PRESETS: dict[str, SamplingPreset] = {
+    "official": SamplingPreset(note="the official sampler: DDPM with the model's steps at every iteration"),
+    "fast": SamplingPreset(
+        sampler="dpm++2m",
+        steps="20-6",
+        cache="refresh=3,warmup=2",
+        note="DPM-Solver++(2M) annealed from 20 to 6 steps over the iterations, backbone reuse between refreshes",
+    ),
+}
+
+
+def resolve_preset(
+    preset: str = "official",
+    sampler: str | None = None,
+    steps: int | str | list[int] | None = None,
+    cache: str | None = None,
+) -> SamplingPreset:
+    """The named preset with the explicitly given fields replacing its own (None: keep)."""
+    if preset not in SAMPLING_PRESETS:
+        raise ValueError(f"unknown sampling preset {preset!r}; choose one of {', '.join(SAMPLING_PRESETS)}")
+    base = SAMPLING_PRESETS[preset]
+    given = {k: v for k, v in dict(sampler=sampler, steps=steps, cache=cache).items() if v is not None}
+    if given.get("cache") in ("off", "none", ""):
+        given["cache"] = None
+    return dataclasses.replace(base, **given)

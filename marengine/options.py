@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from .checks import arg, check_float, check_int
-from .config import SAMPLE_DEFAULTS
+from .config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from .schedules import CFG_SCHEDULES
 
 
@@ -62,3 +62,28 @@ def add_sampling_options(
         default=d.get("batch_size", 64),
         help="images per sampling batch",
     )
+
+
+def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
+    """--preset and the knobs it sets: --sampler, --steps (and --cache), --clip-denoised."""
+    names = ", ".join(f"{k} ({v.note})" for k, v in SAMPLING_PRESETS.items())
+    p.add_argument("--preset", choices=tuple(SAMPLING_PRESETS), default="official", help=f"sampling preset: {names}")
+    p.add_argument("--sampler", default=None, help="head sampler: ddpm, ddim, ddim:ETA or dpm++2m (default: preset's)")
+    p.add_argument(
+        "--steps", default=None, help="head diffusion steps per iteration: N, or A-B annealed (default: preset's)"
+    )
+    if cache:
+        p.add_argument(
+            "--cache", default=None, help="backbone reuse: off, or refresh=N,warmup=N,tokens=0|1,cfg=0|1 (preset's)"
+        )
+    p.add_argument(
+        "--clip-denoised",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clamp x_0 predictions to [-1, 1] (default: on for pixel tokens, off for VAE latents)",
+    )
+
+
+def resolve_speed(args: argparse.Namespace) -> SamplingPreset:
+    """The preset named on the command line with the explicitly given knobs applied."""
+    return resolve_preset(args.preset, args.sampler, args.steps, getattr(args, "cache", None))

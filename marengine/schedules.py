@@ -5,6 +5,7 @@ torch-free deploy sampler (marengine.export.deploy) import.
   (the official `diffusion/respace.py` semantics, float stride accumulated per step).
 - The cosine masking schedule of MAR sampling: how many tokens stay unknown after
   each autoregressive iteration (`next_mask_len`, `mask_lengths`, `tokens_per_step`).
+- The head's diffusion steps per iteration (`step_schedule`: DiSA-style annealing).
 - Classifier-free guidance: the per-iteration scale (`cfg_at`) and the combination of
   conditional and unconditional predictions (`cfg_combine`), written with arithmetic
   operators only so that it serves torch tensors and numpy arrays alike.
@@ -15,7 +16,7 @@ Only the Python standard library is used here (no numpy, no torch).
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Sequence, TypeVar
 
 CFG_SCHEDULES = ("linear", "constant")
 T = TypeVar("T")
@@ -136,3 +137,56 @@ def cfg_at(cfg: float, schedule: str, seq_len: int, mask_len: int) -> float:
 def cfg_combine(cond: T, uncond: T, scale: float) -> T:
     """Guided prediction uncond + scale (cond - uncond), for tensors or arrays alike."""
     return uncond + scale * (cond - uncond)
+
+
+# ---------------------------------------------------------------- diffusion steps per iteration
+def step_schedule(spec: int | str | Sequence[int] | None, num_iter: int) -> list[int | None]:
+    """Diffusion steps of the head at each of the `num_iter` autoregressive iterations.
+
+    None: the model's own count everywhere (official). An int n: n everywhere. A list: one
+    count per iteration (it may not be longer than the iterations; a shorter list repeats
+    its last entry). "A-B": from A at the first iteration to B at the last, linearly
+    (DiSA's step annealing: many steps while few tokens are known, few at the end);
+    "A-B:cos" anneals along a cosine instead; "N" is the int N."""
+    if spec is None:
+        return [None] * num_iter
+    if isinstance(spec, bool):
+        raise TypeError(f"diffusion steps must be an int, 'A-B' or a list of ints, got {spec!r}")
+    if isinstance(spec, int):
+        return [_steps(spec)] * num_iter
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.isdigit():
+            return [_steps(int(text))] * num_iter
+        body, _, curve = text.partition(":")
+        upper, sep, lower = body.partition("-")
+        if not sep or not upper.strip().isdigit() or not lower.strip().isdigit() or curve not in ("", "lin", "cos"):
+            raise ValueError(f"a diffusion-step schedule is an int, 'A-B' or 'A-B:cos' (e.g. '50-5'), got {spec!r}")
+        hi, lo = _steps(int(upper)), _steps(int(lower))
+        out = []
+        for k in range(num_iter):
+            frac = k / (num_iter - 1) if num_iter > 1 else 1.0
+            if curve == "cos":
+                frac = 1.0 - math.cos(math.pi / 2.0 * frac)
+            out.append(max(1, round(hi + (lo - hi) * frac)))
+        return out
+    if not isinstance(spec, (list, tuple)):
+        raise TypeError(f"diffusion steps must be an int, 'A-B' or a list of ints, got {type(spec).__name__} {spec!r}")
+    counts = [_steps(int(v)) if not isinstance(v, bool) and float(v) == int(v) else _bad(v) for v in spec]
+    if not counts:
+        raise ValueError("a diffusion-step schedule list needs at least one entry")
+    if len(counts) > num_iter:
+        raise ValueError(
+            f"the diffusion-step schedule has {len(counts)} entries but there are only {num_iter} iterations"
+        )
+    return counts + [counts[-1]] * (num_iter - len(counts))
+
+
+def _steps(n: int) -> int:
+    if not 1 <= n <= 1000:
+        raise ValueError(f"diffusion steps must be in [1, 1000] (the training steps), got {n}")
+    return n
+
+
+def _bad(v: object) -> int:
+    raise TypeError(f"diffusion steps must be integers, got {v!r}")

@@ -20,8 +20,11 @@ pytest.importorskip("onnxscript")
 
 from marengine import schedules  # noqa: E402
 from marengine.config import MARConfig  # noqa: E402
-from marengine.diffusion.schedule import make_tables  # noqa: E402
-from marengine.export import deploy  # noqa: E402
+from marengine.diffusion.samplers import HeadSampler  # noqa: E402
+from marengine.export import (
+    deploy,  # noqa: E402
+    deploy_loop,  # noqa: E402
+)
 from marengine.export.onnx import export_from_checkpoint, export_onnx  # noqa: E402
 from marengine.export.runtime import OnnxBackbone, OnnxBackboneModule, OnnxDecoder, OnnxHead, import_onnxruntime  # noqa: E402
 from marengine.models import (  # noqa: E402
@@ -122,10 +125,13 @@ def test_files_metadata_and_deploy_json(exported):
     s = meta["sampling"]
     assert (s["seq_len"], s["seq_h"], s["token_embed_dim"], s["class_num"]) == (16, 4, 4, 10)
     assert meta["tokenizer"]["kind"] == "pixel" and meta["tokenizer"]["image_channels"] == 1
-    tab = model.diffloss.gen_tables.on("cpu")
-    assert meta["diffusion"]["timestep_map"] == tab["timestep_map"].tolist()
-    for name in ("post_coef1", "post_coef2", "post_logvar", "log_betas", "sqrt_recip_abar", "sqrt_recipm1_abar"):
-        np.testing.assert_array_equal(np.asarray(meta["diffusion"]["columns"][name], np.float32), tab[name].numpy())
+    tables = model.diffloss.gen_tables
+    assert meta["diffusion"]["timestep_map"] == tables.timestep_map.tolist()
+    dm = deploy.DeployedMAR.load(out, CPU)
+    for sampler in ("ddpm", "ddim:0.5", "dpm++2m"):  # the deploy sampler's tables are the engine's, bit for bit
+        table, timesteps = deploy_loop.head_table(dm, None, HeadSampler.parse(sampler))
+        np.testing.assert_array_equal(table, tables.sampler_table(HeadSampler.parse(sampler), "cpu").numpy())
+        assert timesteps.tolist() == tables.timestep_map.tolist()
 
 
 def test_one_file_has_dynamic_batch_and_known_axes(exported):
@@ -250,66 +256,71 @@ def test_torchscript_exporter_path(tmp_path):
 
 
 # ---------------------------------------------------------------- end to end: torch engine vs numpy sampler
-def noise_source(seed: int, channels: int, steps: int, temperature: float):
+def noise_source(seed: int, channels: int, temperature: float):
     rng = np.random.Generator(np.random.PCG64(seed))
-    return deploy.default_noise(rng, channels, steps, temperature)
+    return deploy_loop.default_noise(rng, channels, temperature)
 
 
-def torch_engine_tokens(model: MAR, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed):
+def torch_engine_tokens(
+    model: MAR, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed, **options
+):
     """MAR.sample_tokens (the real torch loop) with the orders and the noise injected."""
-    noise = noise_source(seed, model.token_embed_dim, model.diffloss.gen_tables.num_steps, temperature)
+    noise = noise_source(seed, model.token_embed_dim, temperature)
     step = iter(range(num_iter))
 
-    def sample(z, temperature, cfg, generator=None, backend="auto", clip_denoised=False):
-        guided = cfg != 1.0
-        x_T, sn = noise(next(step), z.shape[0] // 2 if guided else z.shape[0])
+    def sample(z, temperature, cfg, generator=None, backend="auto", clip_denoised=False, sampler="ddpm", steps=None):
+        # DiffLoss.sample's contract with the deploy sampler's noise stream
+        guided, s = cfg != 1.0, HeadSampler.parse(sampler)
+        tables = model.diffloss.tables(steps)
+        x_T, sn = noise(next(step), z.shape[0] // 2 if guided else z.shape[0], tables.num_steps, not s.deterministic)
+        x_T = torch.from_numpy(x_T) * (temperature if s.deterministic else 1.0)
+        sn = None if sn is None else torch.from_numpy(sn)
         out = reference.sample_head(
-            model.diffloss.net,
-            model.diffloss.gen_tables,
-            z,
-            torch.from_numpy(x_T),
-            temperature,
-            cfg,
-            None if sn is None else torch.from_numpy(sn),
-            clip_denoised=clip_denoised,
+            model.diffloss.net, tables, z, x_T, temperature, cfg, sn, sampler=s, clip_denoised=clip_denoised
         )
         return torch.cat([out, out]) if guided else out
 
     monkeypatch.setattr(masked_ar, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
     monkeypatch.setattr(model.diffloss, "sample", sample)
     lab = None if labels is None else torch.tensor(labels)
-    latents = model.sample_tokens(bsz, num_iter, cfg, schedule, lab, temperature)
+    latents = model.sample_tokens(bsz, num_iter, cfg, schedule, lab, temperature, **options)
     return model.patchify(latents).numpy()
 
 
 @pytest.mark.parametrize(
-    "labels,cfg,schedule,temperature,spacing",
+    "labels,cfg,schedule,temperature,options",
     [
-        ([1, 2, 3], 1.0, "linear", 0.0, "ddim5"),
-        ([1, 2, 3], 1.0, "linear", 1.0, "ddim5"),
-        ([4, 5, 6], 3.0, "linear", 1.0, "ddim5"),
-        ([7, 8, 9], 2.0, "constant", 0.0, "ddim5"),
-        (None, 1.0, "linear", 0.7, "ddim5"),
-        ([1, 2, 3], 2.0, "linear", 1.0, "5"),  # ends at t=999: eps errors amplified ~300x
+        ([1, 2, 3], 1.0, "linear", 0.0, {}),
+        ([1, 2, 3], 1.0, "linear", 1.0, {}),
+        ([4, 5, 6], 3.0, "linear", 1.0, {}),
+        ([7, 8, 9], 2.0, "constant", 0.0, {}),
+        (None, 1.0, "linear", 0.7, {}),
+        ([1, 2, 3], 2.0, "linear", 1.0, {"steps": "5"}),  # ends at t=999: eps errors amplified ~300x
+        ([1, 2, 3], 2.0, "linear", 1.0, {"sampler": "ddim", "steps": "8-3", "clip_denoised": True}),
+        ([4, 5, 6], 3.0, "linear", 0.9, {"sampler": "ddim:1.0", "steps": [6, 5, 4]}),
+        ([7, 8, 9], 2.0, "linear", 1.0, {"sampler": "dpm++2m", "steps": "10-4", "clip_denoised": True}),
     ],
 )
-def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg, schedule, temperature, spacing):
+def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg, schedule, temperature, options):
     model, out, _ = exported
     dm = deploy.DeployedMAR.load(out, CPU)
-    if spacing != CFG.num_sampling_steps:  # same network, other diffusion tables on both sides
-        tables = make_tables(spacing)
-        dm.tables = {k: v.numpy() for k, v in tables.on("cpu").items()}
-        monkeypatch.setattr(model.diffloss, "gen_tables", tables)
     bsz, num_iter, seed = 3, 4, 11
+    options = {"clip_denoised": False, **options}
     orders = deploy.random_orders(np.random.Generator(np.random.PCG64(5)), bsz, 16)
-    noise = noise_source(seed, 4, dm.num_steps, temperature)
-    toks = deploy.sample_tokens(dm, labels, num_iter, cfg, schedule, temperature, bsz=bsz, orders=orders, noise=noise)
-    ref = torch_engine_tokens(model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed)
+    noise = noise_source(seed, 4, temperature)
+    toks = deploy.sample_tokens(
+        dm, labels, num_iter, cfg, schedule, temperature, bsz=bsz, orders=orders, noise=noise, **options
+    )
+    ref = torch_engine_tokens(
+        model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed, **options
+    )
     assert toks.shape == (bsz, 16, 4) and np.abs(ref).max() > 0.1
     assert rel_err(toks, ref) <= 1e-4
     # the ORT backbone in the torch engine (the `backbone=` hook of masked_ar.sample_tokens)
     monkeypatch.setattr(model, "backbone", OnnxBackboneModule(out / "backbone_embed.onnx", CPU))
-    ref_ort = torch_engine_tokens(model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed)
+    ref_ort = torch_engine_tokens(
+        model, monkeypatch, labels, bsz, num_iter, cfg, schedule, temperature, orders, seed, **options
+    )
     assert rel_err(ref_ort, ref) <= 1e-4
 
 
@@ -324,7 +335,7 @@ def test_e2e_tolerance_sees_real_mistakes(exported):
             dm.backbone, saved = backbone, dm.backbone
         try:
             return deploy.sample_tokens(
-                dm, labels, 4, cfg, "linear", 1.0, orders=orders, noise=noise_source(11, 4, dm.num_steps, 1.0)
+                dm, labels, 4, cfg, "linear", 1.0, orders=orders, noise=noise_source(11, 4, 1.0)
             )
         finally:
             if backbone is not None:
@@ -339,8 +350,11 @@ def test_e2e_tolerance_sees_real_mistakes(exported):
 
 def test_deploy_uses_the_shared_schedules():
     # one implementation of the masking and CFG schedules for the torch engine and the deploy sampler
-    for name in ("next_mask_len", "cfg_at", "cfg_combine", "CFG_SCHEDULES"):
-        assert getattr(deploy, name) is getattr(schedules, name), name
+    for name in ("next_mask_len", "cfg_at", "cfg_combine", "CFG_SCHEDULES", "first_iteration", "step_schedule"):
+        assert getattr(deploy_loop, name) is getattr(schedules, name), name
+    from marengine.diffusion import samplers
+
+    assert deploy_loop.step_table is samplers.step_table  # and the same head coefficient tables
 
 
 def test_deploy_cli_runs_without_torch(exported, tmp_path):

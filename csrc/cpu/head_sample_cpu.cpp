@@ -5,7 +5,7 @@
 // Linear(SiLU(t_emb[s] + c_emb[r])), are computed as big GEMMs over the densely packed
 // (step, row) pairs, [chunk * rows, W] x [W, 3W] (they do not depend on x and are ~65%
 // of the FLOPs), and scattered into per-step P16 panels (kernels.h); then each step runs input_proj, D fused AdaLN
-// blocks (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the posterior update, all in
+// blocks (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the sampler's update, all in
 // preallocated buffers, no Python, no allocation per step. All GEMM weights are packed to fp32 k-major tiles once per
 // call (a few ms; bf16/fp16 are widened exactly), so no step repacks them.
 //
@@ -19,7 +19,10 @@
 // Tuning knobs: MARENGINE_CPU_ROW_MIN (panels per thread needed for row mode, default 1),
 // MARENGINE_CPU_MOD_ROWS (rows per modulation GEMM, default 512).
 //
-// Numerics: residual stream, LN statistics, eps / variance outputs and the posterior in
+// Samplers: one update for all (coefs [S, 8] from marengine/diffusion/samplers.py; x0_prev kept per
+// worker for the multistep solver; clip_denoised clamps x0).
+//
+// Numerics: residual stream, LN statistics, eps / variance outputs and the sampler update in
 // fp32; with bf16/fp16 weights the GEMM inputs (LN+modulate outputs, SiLU outputs, the
 // modulation GEMM's SiLU(y)) are rounded to that type and products are accumulated in
 // fp32 (what a bf16 tensor-core GEMM computes); the input projection reads the fp32

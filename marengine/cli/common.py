@@ -46,15 +46,12 @@ def dataclass_from(cls: type, args: argparse.Namespace) -> Any:
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend, and the sampling preset with its knobs (options.add_speed_options)."""
     from ..config import HEAD_BACKENDS as BACKENDS
+    from ..options import add_speed_options
 
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="head sampler: native kernels or torch")
-    p.add_argument(
-        "--clip-denoised",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="clamp x_0 predictions to [-1, 1] (default: on for pixel tokens, off for VAE latents)",
-    )
+    add_speed_options(p)
 
 
 def sample_settings(args: argparse.Namespace):
@@ -69,4 +66,8 @@ def sample_settings(args: argparse.Namespace):
         batch_size=args.sample_batch_size,
         backend=args.backend,
         clip_denoised=args.clip_denoised,
+        preset=args.preset,
+        sampler=args.sampler,
+        steps=args.steps,
+        cache=args.cache,
     )

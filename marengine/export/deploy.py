@@ -17,17 +17,19 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .. import imageio
-from ..checks import arg, check_int, check_labels, check_sampling
+from ..checks import arg, check_int, check_labels
+from ..diffusion.samplers import HeadSampler
 from ..files import check_output_folder
-from ..options import ArgumentParser, add_sampling_options
-from ..schedules import CFG_SCHEDULES, cfg_at, cfg_combine, next_mask_len
+from ..options import ArgumentParser, add_sampling_options, add_speed_options, resolve_speed
+from ..schedules import step_schedule
+from .deploy_loop import NoiseFn, random_orders, sample_tokens  # noqa: F401  (the sampler's API)
 from .runtime import (
     DEPLOY_JSON,
     FORMAT_VERSION,
@@ -38,9 +40,6 @@ from .runtime import (
     default_providers,
 )
 
-# noise(step, rows) -> (x_T [rows, C], step_noise [S, rows, C] or None): the noise of one MAR step
-NoiseFn = Callable[[int, int], "tuple[np.ndarray, np.ndarray | None]"]
-
 
 # ---------------------------------------------------------------- the exported model
 @dataclass
@@ -49,7 +48,7 @@ class DeployedMAR:
     backbone: OnnxBackbone
     head: OnnxHead
     decoder: OnnxDecoder | None
-    tables: dict[str, np.ndarray]  # float32 columns [S] and int64 timestep_map [S]
+    head_tables: dict = field(default_factory=dict)  # (steps, sampler) -> (coefficients, timesteps)
 
     @property
     def seq_len(self) -> int:
@@ -60,8 +59,9 @@ class DeployedMAR:
         return self.meta["sampling"]["token_embed_dim"]
 
     @property
-    def num_steps(self) -> int:
-        return len(self.tables["timestep_map"])
+    def bounded(self) -> bool:
+        """Pixel tokens lie in [-1, 1]: sampling clips the x_0 predictions by default."""
+        return (self.meta.get("tokenizer") or {}).get("kind") == "pixel"
 
     @classmethod
     def load(cls, folder: str | os.PathLike, providers: Sequence[str] | None = None) -> DeployedMAR:
@@ -98,137 +98,7 @@ class DeployedMAR:
                     f"{part.path} was exported from a different model configuration than {meta_path} "
                     f"({'; '.join(diff[:6])}): re-export the whole folder from one checkpoint"
                 )
-        diff = meta["diffusion"]
-        tables = {k: np.asarray(v, dtype=np.float32) for k, v in diff["columns"].items()}
-        tables["timestep_map"] = np.asarray(diff["timestep_map"], dtype=np.int64)
-        return cls(meta, backbone, head, decoder, tables)
-
-
-# ---------------------------------------------------------------- orders
-def random_orders(rng: np.random.Generator, bsz: int, seq_len: int) -> np.ndarray:
-    """[B, L] int64: a uniformly random permutation per row."""
-    return np.argsort(rng.random((bsz, seq_len)), axis=1, kind="stable").astype(np.int64)
-
-
-# ---------------------------------------------------------------- the head's reverse diffusion
-def p_sample_loop(
-    dm: DeployedMAR, z: np.ndarray, x_T: np.ndarray, temperature: float, cfg: float, step_noise: np.ndarray | None
-) -> np.ndarray:
-    """Tokens [N, C] from z [N, Z] (or [2N, Z]: cond then uncond when cfg != 1); step_noise[i]
-    is used at step S-1-i; step 0 adds no noise (as marengine.diffusion.gaussian.p_sample_loop)."""
-    tab, c = dm.tables, dm.channels
-    x = np.asarray(x_T, dtype=np.float32)
-    n = x.shape[0]
-    guided = cfg != 1.0
-    steps = dm.num_steps
-    for i, step in enumerate(range(steps - 1, -1, -1)):
-        t = np.full((2 * n if guided else n,), tab["timestep_map"][step], dtype=np.int64)
-        out = dm.head(np.concatenate([x, x]) if guided else x, t, z).astype(np.float32, copy=False)
-        if guided:
-            cond, uncond = out[:n], out[n:]
-            eps = cfg_combine(cond[:, :c], uncond[:, :c], np.float32(cfg))
-            var_values = cond[:, c:]
-        else:
-            eps, var_values = out[:, :c], out[:, c:]
-        frac = (var_values + np.float32(1)) / np.float32(2)
-        logvar = frac * tab["log_betas"][step] + (np.float32(1) - frac) * tab["post_logvar"][step]
-        x0 = tab["sqrt_recip_abar"][step] * x - tab["sqrt_recipm1_abar"][step] * eps
-        mean = tab["post_coef1"][step] * x0 + tab["post_coef2"][step] * x
-        if step > 0 and temperature > 0 and step_noise is not None:
-            x = mean + np.exp(np.float32(0.5) * logvar) * step_noise[i] * np.float32(temperature)
-        else:
-            x = mean
-    return x.astype(np.float32, copy=False)
-
-
-# ---------------------------------------------------------------- the MAR loop
-def default_noise(rng: np.random.Generator, channels: int, num_steps: int, temperature: float) -> NoiseFn:
-    def fn(step: int, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
-        x_T = rng.standard_normal((rows, channels), dtype=np.float32)
-        sn = rng.standard_normal((num_steps, rows, channels), dtype=np.float32) if temperature > 0 else None
-        return x_T, sn
-
-    return fn
-
-
-def check_args(
-    dm: DeployedMAR,
-    labels: Sequence[int] | np.ndarray | None,
-    bsz: int,
-    num_iter: int,
-    cfg: float,
-    cfg_schedule: str,
-    temperature: float,
-) -> tuple[np.ndarray | None, int, int, float, str, float]:
-    """The checked (labels [B] int64 or None, bsz, num_iter, cfg, cfg_schedule, temperature)."""
-    if labels is not None:
-        labels = np.asarray(check_labels(labels, dm.meta["sampling"]["class_num"]), dtype=np.int64)
-        bsz = len(labels)
-    checked = check_sampling(dm.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES)
-    return (labels, *checked)
-
-
-def sample_tokens(
-    dm: DeployedMAR,
-    labels: Sequence[int] | np.ndarray | None,
-    num_iter: int,
-    cfg: float = 1.0,
-    cfg_schedule: str = "linear",
-    temperature: float = 1.0,
-    *,
-    seed: int = 0,
-    bsz: int | None = None,
-    orders: np.ndarray | None = None,
-    noise: NoiseFn | None = None,
-    progress: bool = False,
-) -> np.ndarray:
-    """Tokens [B, L, C] float32 for class `labels` (None: the null class, `bsz` images).
-
-    orders [B, L] and noise (see NoiseFn) default to draws from PCG64(seed): orders first,
-    then per MAR step x_T and the per-step noise of the conditional rows.
-    """
-    labels, bsz, num_iter, cfg, cfg_schedule, temperature = check_args(
-        dm, labels, 1 if bsz is None else bsz, num_iter, cfg, cfg_schedule, temperature
-    )
-    L, C = dm.seq_len, dm.channels
-    rng = np.random.Generator(np.random.PCG64(seed))
-    orders = random_orders(rng, bsz, L) if orders is None else np.asarray(orders, dtype=np.int64)
-    if orders.shape != (bsz, L) or not (np.sort(orders, 1) == np.arange(L)).all():
-        raise ValueError(f"orders must be [{bsz}, {L}] permutations of 0..{L - 1}, got shape {orders.shape}")
-    noise = noise or default_noise(rng, C, dm.num_steps, temperature)
-    guided = cfg != 1.0
-    lab = labels if labels is not None else np.zeros(bsz, np.int64)
-    unc = np.full(bsz, labels is None)
-    if guided:
-        lab, unc = np.concatenate([lab, np.zeros(bsz, np.int64)]), np.concatenate([unc, np.ones(bsz, bool)])
-
-    tokens = np.zeros((bsz, L, C), np.float32)
-    mask = np.ones((bsz, L), bool)  # True = still unknown
-    num_masked = L
-    for step in range(num_iter):
-        known_idx = np.nonzero(~mask)[1].reshape(bsz, L - num_masked).astype(np.int64)  # [B, K] sorted
-        x_in, idx_in = (
-            (np.concatenate([tokens, tokens]), np.concatenate([known_idx, known_idx]))
-            if guided
-            else (tokens, known_idx)
-        )
-        z = dm.backbone(x_in, idx_in, lab, unc)  # [B(x2), L, D]
-        mask_len = next_mask_len(step, num_iter, L, num_masked)
-        mask_next = np.zeros((bsz, L), bool)
-        np.put_along_axis(mask_next, orders[:, :mask_len], True, axis=1)
-        to_pred = mask if step >= num_iter - 1 else mask & ~mask_next
-        rows, cols = np.nonzero(to_pred)  # row-major, as the torch engine's nonzero
-        zs = z[:bsz][rows, cols]
-        if guided:
-            zs = np.concatenate([zs, z[bsz:][rows, cols]])
-        x_T, step_noise = noise(step, len(rows))
-        scale = cfg_at(cfg, cfg_schedule, L, mask_len)
-        tokens = tokens.copy()
-        tokens[rows, cols] = p_sample_loop(dm, zs, x_T, temperature, scale, step_noise)
-        mask, num_masked = mask_next, mask_len
-        if progress:
-            print(f"step {step + 1}/{num_iter}: {len(rows)} tokens", file=sys.stderr)
-    return tokens
+        return cls(meta, backbone, head, decoder)
 
 
 def tokens_to_latents(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:
@@ -266,6 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="without --labels: images of the null class",
     )
     add_sampling_options(p, {"batch_size": 16}, seed_flag="--seed", batch_flag="--batch-size")
+    add_speed_options(p, cache=False)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="onnxruntime provider")
     p.add_argument("--out", required=True, help="output folder: grid.png and samples.npz")
     p.add_argument("--progress", action="store_true")
@@ -295,6 +166,15 @@ def run(a: argparse.Namespace) -> int:
     if a.labels is not None and a.num_images is not None:
         raise ValueError("give either --labels or --num-images, not both")
     out = check_output_folder(a.out)  # before any work
+    speed = resolve_speed(a)
+    sampler = HeadSampler.parse(speed.sampler)
+    step_schedule(speed.steps, a.num_iter)  # a bad --steps fails here, before the model is read
+    if speed.cache is not None:
+        print(
+            f"note: preset {a.preset!r} caches the backbone, which the deploy sampler cannot (one ONNX graph); "
+            "sampling without it",
+            file=sys.stderr,
+        )
     dm = DeployedMAR.load(a.model, providers)
     labels = np.asarray(check_labels(a.labels or [], dm.meta["sampling"]["class_num"], "--labels"), np.int64)
     n = len(labels) if a.labels else (a.num_images or 1)
@@ -321,6 +201,9 @@ def run(a: argparse.Namespace) -> int:
                 seed=a.sample_seed + i,
                 bsz=bsz,
                 progress=a.progress,
+                sampler=sampler,
+                steps=speed.steps,
+                clip_denoised=a.clip_denoised,
             )
         )
     tokens = np.concatenate(toks)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..checks import check_int
-from ..config import MARConfig
+from ..config import TRAIN_DIFFUSION_STEPS, MARConfig
 from ..diffusion.schedule import DiffusionTables
 from ..files import atomic_write_text, check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
 from ..models.checkpoints import non_finite_keys
@@ -198,10 +198,6 @@ def export_module(
 def deploy_metadata(model: nn.Module, tok: dict[str, Any] | None) -> dict[str, Any]:
     cfg: MARConfig = model.config
     tables: DiffusionTables = model.diffloss.gen_tables
-    tab = tables.on("cpu")
-    columns = {
-        k: [float(x) for x in v.tolist()] for k, v in tab.items() if k != "timestep_map" and not k.startswith("_")
-    }  # [S] float32 columns
     return {
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
@@ -220,11 +216,12 @@ def deploy_metadata(model: nn.Module, tok: dict[str, Any] | None) -> dict[str, A
             "decoder_embed_dim": cfg.decoder_embed_dim,
         },
         "tokenizer": tok,
+        # the deploy sampler makes its coefficient tables from these (diffusion/samplers.py)
         "diffusion": {
-            "num_steps": tables.num_steps,
+            "num_train_steps": TRAIN_DIFFUSION_STEPS,
+            "num_sampling_steps": cfg.num_sampling_steps,
             "timestep_map": [int(t) for t in tables.timestep_map.tolist()],
-            "columns": columns,
-        },  # float32 values, exact when read back as float32
+        },
     }
 
 

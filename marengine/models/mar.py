@@ -293,31 +293,18 @@ class MAR(nn.Module, PretrainedMixin):
         labels: torch.Tensor | None = None,
         temperature: float = SAMPLE_DEFAULTS.temperature,
         progress: bool = False,
-        *,
-        generator: torch.Generator | None = None,
-        backend: str = "auto",
-        backbone: Callable | None = None,
-        clip_denoised: bool = False,
+        **options: Any,
     ) -> torch.Tensor:
-        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps.
+        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps (the
+        official signature; the official semantics unless options say otherwise).
 
-        generator: all randomness (orders, noise); backend: the head sampler ("auto" |
-        "torch" | "native"); backbone: a stand-in for `self.backbone` (e.g. onnxruntime);
-        clip_denoised: clamp the head's x_0 predictions to [-1, 1] (pixel tokens; off as official)."""
-        return masked_ar.sample_tokens(
-            self,
-            bsz,
-            num_iter,
-            cfg,
-            cfg_schedule,
-            labels,
-            temperature,
-            progress,
-            generator=generator,
-            backend=backend,
-            backbone=backbone,
-            clip_denoised=clip_denoised,
-        )
+        Keyword options (models/masked_ar.sample_tokens): generator (all randomness), backend
+        ("auto" | "torch" | "native" head sampler), backbone (a stand-in for self.backbone,
+        e.g. onnxruntime), clip_denoised (clamp x_0 predictions to [-1, 1]; pixel tokens),
+        sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"), steps (diffusion steps per iteration:
+        an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
+        known_tokens [bsz, L, C] with known_mask [bsz, L] (editing)."""
+        return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
 
     # ---------------------------------------------------------------- checks
     def check_weights(self) -> None:

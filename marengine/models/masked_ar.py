@@ -1,24 +1,34 @@
 """MAR's masked-autoregressive sampling loop (`MAR.sample_tokens`).
 
-Step k: the backbone predicts z for every position from the known tokens;
-the head samples the tokens the cosine schedule releases at this step, in a
-random order per image. With CFG the batch is doubled with the null class.
+Iteration k: the backbone predicts z for every position from the known tokens; the head
+samples the tokens the cosine schedule releases at this iteration, in a random order per
+image. With CFG the batch is doubled with the null class.
+
+The policies the loop applies come in as plain arguments, defined in the layers below:
+the head sampler and its diffusion steps per iteration (diffusion/samplers.py,
+schedules.step_schedule), backbone caching (backbone_cache.CachePolicy), and known
+tokens (editing: inpainting, outpainting, completion). With none of them the loop is
+the official one, bit for bit what it was.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from ..checks import check_sampling
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, cfg_at, next_mask_len
-from ..utils import check_generator
+from ..schedules import CFG_SCHEDULES, cfg_at, first_iteration, next_mask_len, step_schedule
+from ..utils import check_generator, check_tensor, rand
+from .backbone_cache import BackboneCache, CachePolicy
 from .masking import mask_by_order, random_orders
 
 if TYPE_CHECKING:
     from .mar import MAR
+
+Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_sampling_args(
@@ -29,6 +39,38 @@ def check_sampling_args(
     if labels is not None:
         model._check_labels(labels, out[0])
     return out
+
+
+def check_known(
+    model: MAR, bsz: int, known_tokens: torch.Tensor | None, known_mask: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """known_tokens [B, L, C] float and known_mask [B, L] bool (True = given), both or neither;
+    every image must have the same number of known tokens (the backbone batches them)."""
+    if (known_tokens is None) != (known_mask is None):
+        raise ValueError("give known_tokens and known_mask together (or neither)")
+    if known_tokens is None:
+        return None, None
+    L, C = model.seq_len, model.token_embed_dim
+    check_tensor("known_tokens", known_tokens, (bsz, L, C), floating=True)
+    check_tensor("known_mask", known_mask, (bsz, L))
+    if known_mask.dtype != torch.bool:
+        raise TypeError(f"known_mask must be a bool tensor (True = the token is given), got {known_mask.dtype}")
+    counts = known_mask.sum(1)
+    if bsz and bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"every image must have the same number of known tokens, got {sorted(set(counts.tolist()))}; "
+            "sample images with different masks in separate calls (the pipeline groups them)"
+        )
+    if not torch.isfinite(known_tokens[known_mask]).all():
+        raise ValueError("known_tokens are not finite (NaN or inf) at known positions")
+    return known_tokens, known_mask
+
+
+def editing_orders(known: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, L] orders whose first positions are a random permutation of the unknown positions
+    and whose last are the known ones (the loop reveals an order from its end)."""
+    keys = rand(known.shape, generator, known.device) + known.to(torch.float32) * 2.0  # known sort last
+    return keys.argsort(dim=1)
 
 
 def sample_tokens(
@@ -43,54 +85,90 @@ def sample_tokens(
     *,
     generator: torch.Generator | None = None,
     backend: str = "auto",
-    backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    backbone: Backbone | None = None,
     clip_denoised: bool = False,
+    sampler: str | HeadSampler = DDPM,
+    steps: int | str | Sequence[int] | None = None,
+    cache: str | CachePolicy | None = None,
+    known_tokens: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`.
 
-    `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone`
-    (e.g. `marengine.export.runtime.OnnxBackboneModule`)."""
-    backbone = backbone or model.backbone
+    `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone` (e.g.
+    `marengine.export.runtime.OnnxBackboneModule`; not with `cache`). sampler / steps: the
+    head's sampler and its diffusion steps per iteration (see schedules.step_schedule);
+    cache: a CachePolicy (or its string form) for cross-iteration reuse in the backbone;
+    known_tokens [B, L, C] with known_mask [B, L] (True = given): those tokens are kept
+    exactly, the order covers only the others, and the schedule starts where the cosine
+    schedule has that many tokens known."""
     model.check_weights()
     check_generator(generator)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
     )
+    sampler = HeadSampler.parse(sampler)
+    per_iter = step_schedule(steps, num_iter)
+    policy = CachePolicy.parse(cache)
+    if policy is not None and backbone is not None:
+        raise ValueError("cache works on the model's own backbone; drop backbone= or cache=")
+    known_tokens, known_mask = check_known(model, bsz, known_tokens, known_mask)
+    backbone = backbone or model.backbone
     device = model.fake_latent.device
     seq_len = model.seq_len
-    tokens = torch.zeros(bsz, seq_len, model.token_embed_dim, device=device)
-    mask = torch.ones(bsz, seq_len, dtype=torch.bool, device=device)
-    orders = random_orders(bsz, seq_len, generator, device)
+    if known_tokens is None:
+        tokens = torch.zeros(bsz, seq_len, model.token_embed_dim, device=device)
+        mask = torch.ones(bsz, seq_len, dtype=torch.bool, device=device)
+        orders = random_orders(bsz, seq_len, generator, device)
+    else:
+        known_mask = known_mask.to(device)
+        tokens = torch.where(known_mask.unsqueeze(-1), known_tokens.to(device).float(), 0.0)
+        mask = ~known_mask
+        orders = editing_orders(known_mask, generator)
+    num_masked = int(mask[0].sum()) if bsz else seq_len
+    if num_masked == 0:  # nothing to generate: the given tokens are the image
+        return model.unpatchify(tokens)
     guided = cfg != 1.0
     null = model.fake_latent.expand(bsz, -1)
     class_embedding = model.class_emb(labels.to(device)) if labels is not None else null
     if guided:
         class_embedding = torch.cat([class_embedding, null])
+    lazy = BackboneCache(model, policy, guided) if policy is not None else None
 
+    start = first_iteration(seq_len, num_iter, num_masked) if num_masked < seq_len else 0
+    steps_iter = range(start, num_iter)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps_iter = tqdm(steps_iter, desc="sampling")
     with weights_frozen():  # the head's weights are fingerprinted once for the whole loop
-        steps = range(num_iter)
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="sampling")
-        num_masked = seq_len
-        for step in steps:
-            known_idx = model.known_indices(mask)  # [B, K]
-            x_in, idx_in = (tokens, known_idx)
-            if guided:
-                x_in, idx_in = torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])
-            z = backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
-
+        for step in steps_iter:
             mask_len = next_mask_len(step, num_iter, seq_len, num_masked)
             mask_next = mask_by_order(mask_len, orders)
             to_pred = mask if step >= num_iter - 1 else mask & ~mask_next  # [B, L]
+            if lazy is not None:
+                z = lazy.z(step, tokens, ~mask, to_pred, class_embedding)
+            else:
+                known_idx = model.known_indices(mask)  # [B, K]
+                x_in, idx_in = tokens, known_idx
+                if guided:
+                    x_in, idx_in = torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])
+                z = backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
+
             pred_idx = to_pred.nonzero(as_tuple=True)
             zs = z[:bsz][pred_idx]  # [P, D] row-major, as the official nonzero order
             if guided:
                 zs = torch.cat([zs, z[bsz:][pred_idx]])
             scale = cfg_at(cfg, cfg_schedule, seq_len, mask_len)
             sampled = model.diffloss.sample(
-                zs, temperature, scale, generator=generator, backend=backend, clip_denoised=clip_denoised
+                zs,
+                temperature,
+                scale,
+                generator=generator,
+                backend=backend,
+                clip_denoised=clip_denoised,
+                sampler=sampler,
+                steps=per_iter[step],
             )
             if guided:
                 sampled = sampled[: zs.shape[0] // 2]  # the null-class rows only guided the chain

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_labels
+from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_labels, check_str
 from ..config import HEAD_BACKENDS as BACKENDS
-from ..config import SAMPLE_DEFAULTS
+from ..config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from ..diffusion.samplers import HeadSampler
+from ..models.backbone_cache import CachePolicy
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
-from ..schedules import CFG_SCHEDULES
+from ..schedules import CFG_SCHEDULES, step_schedule
 
 log = logging.getLogger("marengine.sampling")
 
@@ -27,6 +30,9 @@ SETTINGS_RULES: Rules = {
     "batch_size": (check_int, {"lo": 1}),
     "backend": (check_choice, {"choices": BACKENDS}),
     "clip_denoised": (check_bool, {"optional": True}),
+    "preset": (check_choice, {"choices": tuple(SAMPLING_PRESETS)}),
+    "sampler": (check_str, {"optional": True}),
+    "cache": (check_str, {"optional": True}),
 }
 
 
@@ -42,9 +48,26 @@ class SampleSettings:
     batch_size: int = 64
     backend: str = "auto"
     clip_denoised: bool | None = None  # None: as the tokenizer says (pixels are bounded, VAE latents are not)
+    preset: str = "official"  # config.SAMPLING_PRESETS: how the head and the backbone run
+    sampler: str | None = None  # the preset's head sampler unless given: ddpm | ddim[:eta] | dpm++2m
+    steps: int | str | list[int] | None = None  # the preset's head steps per iteration unless given
+    cache: str | None = None  # the preset's backbone reuse unless given ("off" disables it)
 
     def __post_init__(self) -> None:
         check_fields(self, SETTINGS_RULES, "sampling setting")
+        speed = self.speed()  # every knob checked now, before any work
+        HeadSampler.parse(speed.sampler)
+        step_schedule(speed.steps, self.num_iter)
+        CachePolicy.parse(speed.cache)
+
+    def speed(self) -> SamplingPreset:
+        """The preset with the explicitly given knobs applied."""
+        return resolve_preset(self.preset, self.sampler, self.steps, self.cache)
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options of MAR.sample_tokens these settings ask for."""
+        speed = self.speed()
+        return {"backend": self.backend, "sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache}
 
 
 @torch.no_grad()
@@ -74,8 +97,8 @@ def generate(
             settings.temperature,
             progress,
             generator=gen,
-            backend=settings.backend,
             clip_denoised=clip,
+            **settings.options(),
         )
         out.append(to_uint8(tokenizer.decode(latents.float())).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)

@@ -1,0 +1,226 @@
+"""Cross-iteration caching of the MAR backbone (LazyMAR-style, training-free).
+
+Between two autoregressive iterations only a few tokens change (those predicted in the
+previous one), and the features of the others move little. A `CachePolicy` runs the
+backbone in full on some iterations (the first `warmup`, then every `refresh_every`-th)
+and, on the others, reuses what the last iterations computed:
+
+- token cache: the encoder computes only the tokens that became known since the previous
+  iteration (their keys/values join the cache; the other known tokens keep theirs and
+  their outputs), and the decoder computes only those same rows plus the positions this
+  iteration predicts; every other position attends with the keys/values it last had.
+- CFG cache: with guidance, a cached iteration runs the conditional half only and takes
+  the unconditional prediction as cond - (cond - uncond) of the last full iteration.
+
+The full iterations are the plain backbone; with no policy the MAR loop never calls this
+module, so sampling without caching is bitwise what it was. Keys/values are kept per
+position ([rows, heads, buffer + L, head_dim] per layer), so gathers need no bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checks import check_bool, check_int
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Which iterations reuse the backbone's features, and which reuses are on."""
+
+    refresh_every: int = 3  # a full pass every n-th iteration after the warm-up (1: every iteration)
+    warmup: int = 2  # the first iterations always run in full (few known tokens: features move most)
+    tokens: bool = True  # cached iterations recompute only changed / predicted rows
+    cfg: bool = True  # cached iterations with guidance run the conditional half only
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refresh_every", check_int("cache refresh_every", self.refresh_every, lo=1))
+        object.__setattr__(self, "warmup", check_int("cache warmup", self.warmup, lo=1, hint="the first is full"))
+        object.__setattr__(self, "tokens", check_bool("cache tokens", self.tokens))
+        object.__setattr__(self, "cfg", check_bool("cache cfg", self.cfg))
+
+    def is_full(self, iteration: int) -> bool:
+        return iteration < self.warmup or (iteration - self.warmup) % self.refresh_every == 0
+
+    @classmethod
+    def parse(cls, text: str | CachePolicy | None) -> CachePolicy | None:
+        """None/'off', or 'refresh=3,warmup=2,tokens=1,cfg=1' (any subset of the fields)."""
+        if text is None or isinstance(text, CachePolicy):
+            return text
+        if not isinstance(text, str):
+            raise TypeError(f"a cache policy is 'off' or 'refresh=N,warmup=N,tokens=0|1,cfg=0|1', got {text!r}")
+        if text.strip() in ("", "off", "none"):
+            return None
+        names = {"refresh": "refresh_every", "refresh_every": "refresh_every", "warmup": "warmup",
+                 "tokens": "tokens", "cfg": "cfg"}  # fmt: skip
+        kw: dict[str, object] = {}
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            key = key.strip()
+            if key not in names or not value.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"bad cache setting {part!r} in {text!r}: use refresh=N, warmup=N, tokens=0|1, cfg=0|1"
+                )
+            field = names[key]
+            kw[field] = bool(int(value)) if field in ("tokens", "cfg") else int(value)
+        return cls(**kw)
+
+
+class BackboneCache:
+    """The cached state of one generation (one batch through the MAR loop).
+
+    `z(...)` returns the backbone's z [R, L, D] for an iteration (on a cached iteration only
+    the rows at `to_pred` are meaningful). R = B rows, 2B with guidance (cond then uncond).
+    """
+
+    def __init__(self, model: nn.Module, policy: CachePolicy, guided: bool) -> None:
+        self.m, self.policy, self.guided = model, policy, guided
+        self.enc_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: [R', H, T, hd] each
+        self.dec_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.delta: torch.Tensor | None = None  # [B, L, D] z_cond - z_uncond of the last full iteration
+        self.prev_known: torch.Tensor | None = None  # [B, L] bool: known at the previous iteration
+
+    def z(
+        self, it: int, tokens: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, class_embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """tokens [B, L, C], known/to_pred [B, L] bool, class_embedding [R, D] -> z [R, L, D]."""
+        bsz = tokens.shape[0]
+        reusable = self.policy.tokens or (self.guided and self.policy.cfg)
+        if not reusable or self.policy.is_full(it) or self.prev_known is None:
+            z = self._full(tokens, known, class_embedding)
+        else:
+            rows = bsz if (self.guided and self.policy.cfg) else class_embedding.shape[0]
+            x = tokens if rows == bsz else torch.cat([tokens, tokens])
+            if self.policy.tokens:
+                z = self._partial(x, known, to_pred, rows)
+            else:  # the CFG cache alone: a plain backbone pass on the conditional half
+                z = self.m.backbone(x, self.m.known_indices(~known[:rows]), class_embedding[:rows])
+            if rows < class_embedding.shape[0]:  # the unconditional half from the cached difference
+                z = torch.cat([z, z - self.delta])
+        self.prev_known = known.clone()
+        return z
+
+    # ---------------------------------------------------------------- full iterations
+    def _full(self, tokens: torch.Tensor, known: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
+        m, bsz = self.m, tokens.shape[0]
+        rows_all = class_embedding.shape[0]
+        x = tokens if rows_all == bsz else torch.cat([tokens, tokens])
+        known_idx = m.known_indices(~known)
+        if rows_all != bsz:
+            known_idx = torch.cat([known_idx, known_idx])
+        keep = bsz if (self.guided and self.policy.cfg) else rows_all  # rows cached iterations will compute
+        if not self.policy.tokens:
+            z = m.backbone(x, known_idx, class_embedding)
+        else:
+            z = self._recorded(x, known_idx, class_embedding, keep)
+        if rows_all != bsz:
+            self.delta = z[:bsz] - z[bsz:]
+        return z
+
+    def _recorded(self, x: torch.Tensor, known_idx: torch.Tensor, ce: torch.Tensor, keep: int) -> torch.Tensor:
+        """The backbone (as MAR.encode_known / decode_known), recording per-position K/V and the
+        encoder outputs of the first `keep` rows."""
+        m = self.m
+        T = m.seq_len + m.buffer_size
+        idx = m._with_buffer(known_idx)  # [R, buffer + K] positions
+        h = m.z_proj(x)
+        rows, _, dim = h.shape
+        buf = ce.to(h.dtype).unsqueeze(1).expand(rows, m.buffer_size, dim)
+        h = m.z_proj_ln(torch.cat([buf, h], dim=1) + m.encoder_pos_embed_learned)
+        h = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
+        self.enc_kv = []
+        for blk in m.encoder_blocks:
+            h, k, v = _block(blk, h, None, None)
+            self.enc_kv.append(_scatter_kv(k[:keep], v[:keep], idx[:keep], T))
+        d = m.decoder_embed(m.encoder_norm(h))
+        ddim = d.shape[-1]
+        full = m.mask_token.to(d.dtype).expand(rows, T, ddim)
+        d = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, ddim), d) + m.decoder_pos_embed_learned
+        self.dec_kv = []
+        for blk in m.decoder_blocks:
+            d, k, v = _block(blk, d, None, None)
+            self.dec_kv.append((k[:keep].contiguous(), v[:keep].contiguous()))
+        d = m.decoder_norm(d)
+        return d[:, m.buffer_size :] + m.diffusion_pos_embed_learned
+
+    # ---------------------------------------------------------------- cached iterations
+    def _partial(self, x: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, rows: int) -> torch.Tensor:
+        m = self.m
+        bsz, L = known.shape
+        buf = m.buffer_size
+        prev = self.prev_known
+        if rows != bsz:  # token cache without the CFG cache: both halves share the positions
+            known, to_pred, prev = known.repeat(2, 1), to_pred.repeat(2, 1), prev.repeat(2, 1)
+        new = known & ~prev  # [R, L] tokens predicted in the previous iteration
+        new_idx = new.nonzero()[:, 1].reshape(rows, -1) + buf  # [R, n] positions
+        known_pos = m._with_buffer(m.known_indices(~known))  # [R, buffer + K]
+        # encoder: only the new tokens are computed; they attend to every known position
+        h = m.z_proj(x.gather(1, (new_idx - buf).unsqueeze(-1).expand(-1, -1, x.shape[-1])))
+        pos = m.encoder_pos_embed_learned.expand(rows, -1, -1)
+        h = m.z_proj_ln(h + pos.gather(1, new_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
+        for layer, blk in enumerate(m.encoder_blocks):
+            k_all, v_all = self.enc_kv[layer]
+            h, _, _ = _block(blk, h, (k_all, v_all, new_idx), known_pos)
+        h = m.encoder_norm(h)
+        # decoder: the new tokens' rows and the rows to predict; every other position keeps its K/V
+        pred_idx = to_pred.nonzero()[:, 1].reshape(rows, -1) + buf  # [R, p]
+        q_idx = torch.cat([new_idx, pred_idx], dim=1)
+        d_new = m.decoder_embed(h)
+        ddim = d_new.shape[-1]
+        d_pred = m.mask_token.to(d_new.dtype).expand(rows, pred_idx.shape[1], ddim)
+        dpos = m.decoder_pos_embed_learned.expand(rows, -1, -1)
+        d = torch.cat([d_new, d_pred], dim=1) + dpos.gather(1, q_idx.unsqueeze(-1).expand(-1, -1, ddim))
+        for layer, blk in enumerate(m.decoder_blocks):
+            k_all, v_all = self.dec_kv[layer]
+            d, _, _ = _block(blk, d, (k_all, v_all, q_idx), None)
+        d = m.decoder_norm(d[:, new_idx.shape[1] :])  # [R, p, D] at the predicted positions
+        z = d.new_zeros(rows, L, ddim)
+        tok = pred_idx - buf
+        z.scatter_(1, tok.unsqueeze(-1).expand(-1, -1, ddim), d)
+        diff_pos = m.diffusion_pos_embed_learned.expand(rows, -1, -1)
+        return z + diff_pos  # rows outside to_pred are not used by the caller
+
+
+def _scatter_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K, V [R, H, n, hd] at positions idx [R, n] -> position-indexed [R, H, T, hd]."""
+    r, hh, _, hd = k.shape
+    where = idx.view(r, 1, -1, 1).expand(-1, hh, -1, hd)
+    return (k.new_zeros(r, hh, T, hd).scatter(2, where, k), v.new_zeros(r, hh, T, hd).scatter(2, where, v))
+
+
+def _block(
+    blk: nn.Module,
+    x: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    keys_at: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One transformer block (layers.Block) on the rows x [R, n, D]: (out, k, v).
+
+    cache = (K_all, V_all [R, H, T, hd], positions [R, n] of these rows): the rows' fresh
+    keys/values are written into the cache (in place), and they attend to every cached
+    position, or to `keys_at` [R, m] positions only. Without a cache: plain self-attention."""
+    attn = blk.attn
+    r, n, dim = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(blk.norm1(x)).reshape(r, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [R, H, n, hd]
+    if cache is not None:
+        k_all, v_all, pos = cache
+        where = pos.view(r, 1, n, 1).expand(-1, heads, -1, k.shape[-1])
+        k_all.scatter_(2, where, k)
+        v_all.scatter_(2, where, v)
+        if keys_at is not None:
+            sel = keys_at.view(r, 1, -1, 1).expand(-1, heads, -1, k.shape[-1])
+            k_use, v_use = k_all.gather(2, sel), v_all.gather(2, sel)
+        else:
+            k_use, v_use = k_all, v_all
+        out = F.scaled_dot_product_attention(q, k_use, v_use)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    x = x + attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(r, n, dim)))
+    x = x + blk.mlp(blk.norm2(x))
+    return x, k, v
