@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "marengine"
 LAYERS: list[tuple[str, ...]] = [
     ("checks", "files", "schedules", "_C"),             # argument checks; atomic writes; torch-free schedules
     ("config", "imageio"),                              # presets and defaults; image grids and archives
-    ("options",),                                       # the command-line options of sampling
+    ("options", "editing"),                             # sampling's command-line options; editing images/masks
     ("utils",),                                         # seeded noise on any device
     ("diffusion",),                                     # schedules, tables, loss, reverse steps
     ("ops",),                                           # the head sampler: reference, native kernels, dispatch
@@ -46,6 +46,7 @@ TORCH_FREE = (
     "diffusion/samplers.py",
     "imageio.py",
     "options.py",
+    "editing.py",
     "export/deploy.py",
     "export/runtime.py",
 )

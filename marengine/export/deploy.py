@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import imageio
+from .. import editing, imageio
 from ..checks import arg, check_int, check_labels
 from ..diffusion.samplers import HeadSampler
 from ..files import check_output_folder
@@ -35,6 +35,7 @@ from .runtime import (
     FORMAT_VERSION,
     OnnxBackbone,
     OnnxDecoder,
+    OnnxEncoder,
     OnnxHead,
     config_mismatch,
     default_providers,
@@ -48,6 +49,7 @@ class DeployedMAR:
     backbone: OnnxBackbone
     head: OnnxHead
     decoder: OnnxDecoder | None
+    encoder: OnnxEncoder | None = None  # editing: images -> the known tokens
     head_tables: dict = field(default_factory=dict)  # (steps, sampler) -> (coefficients, timesteps)
 
     @property
@@ -89,7 +91,8 @@ class DeployedMAR:
             raise ValueError(f"{files['backbone']} is the class-embedding variant; the sampler needs backbone.onnx")
         head = OnnxHead(folder / files["head"], providers)
         decoder = OnnxDecoder(folder / files["decoder"], providers) if files.get("decoder") else None
-        for part in (backbone, head, decoder):
+        encoder = OnnxEncoder(folder / files["encoder"], providers) if files.get("encoder") else None
+        for part in (backbone, head, decoder, encoder):
             if part is None:
                 continue
             diff = config_mismatch(part.config, meta["config"])
@@ -98,7 +101,7 @@ class DeployedMAR:
                     f"{part.path} was exported from a different model configuration than {meta_path} "
                     f"({'; '.join(diff[:6])}): re-export the whole folder from one checkpoint"
                 )
-        return cls(meta, backbone, head, decoder)
+        return cls(meta, backbone, head, decoder, encoder)
 
 
 def tokens_to_latents(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:
@@ -121,6 +124,24 @@ def decode(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:
     return to_uint8(dm.decoder(tokens_to_latents(dm, tokens)))
 
 
+def latents_to_tokens(dm: DeployedMAR, latents: np.ndarray) -> np.ndarray:
+    """[B, C, seq_h p, seq_w p] -> [B, L, C p p] (MAR.patchify)."""
+    s = dm.meta["sampling"]
+    b, p, c, h, w = latents.shape[0], s["patch_size"], s["vae_embed_dim"], s["seq_h"], s["seq_w"]
+    x = latents.reshape(b, c, h, p, w, p).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(x.reshape(b, h * w, c * p * p))
+
+
+def known_from_images(dm: DeployedMAR, images: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(known tokens [N, L, C], known mask [N, L]) of uint8 images [N, H, W, C] whose pixels
+    `mask` [N, H, W] (True) are to be generated; through encoder.onnx."""
+    if dm.encoder is None:
+        raise ValueError("this export has no encoder.onnx: re-export it (export-onnx writes one with a tokenizer)")
+    latents = dm.encoder(editing.to_unit_range(images))
+    patch = dm.meta["tokenizer"]["stride"] * dm.meta["sampling"]["patch_size"]
+    return latents_to_tokens(dm, latents), editing.token_mask(mask, patch)
+
+
 # ---------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(
@@ -137,6 +158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_sampling_options(p, {"batch_size": 16}, seed_flag="--seed", batch_flag="--batch-size")
     add_speed_options(p, cache=False)
+    editing.add_edit_options(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="onnxruntime provider")
     p.add_argument("--out", required=True, help="output folder: grid.png and samples.npz")
     p.add_argument("--progress", action="store_true")
@@ -178,6 +200,14 @@ def run(a: argparse.Namespace) -> int:
     dm = DeployedMAR.load(a.model, providers)
     labels = np.asarray(check_labels(a.labels or [], dm.meta["sampling"]["class_num"], "--labels"), np.int64)
     n = len(labels) if a.labels else (a.num_images or 1)
+    edit = editing.edit_inputs(
+        a, (dm.meta.get("tokenizer") or {}).get("image_channels", 3), dm.meta["config"]["img_size"]
+    )
+    known_tokens = known_mask = None
+    if edit is not None:
+        if len(labels) != len(edit[0]):
+            raise ValueError(f"{len(edit[0])} images to edit but {len(labels)} --labels: give one label per image")
+        known_tokens, known_mask = known_from_images(dm, *edit)
     num_iter = a.num_iter
     if num_iter > dm.seq_len:  # as `marengine sample` does: the official default 64 on a small model
         print(
@@ -185,28 +215,24 @@ def run(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         num_iter = dm.seq_len
-    toks = []
-    bs = a.sample_batch_size
-    for i, start in enumerate(range(0, n, bs)):
-        lab = labels[start : start + bs] if a.labels else None
-        bsz = min(bs, n - start)
-        toks.append(
-            sample_tokens(
-                dm,
-                lab,
-                num_iter,
-                a.cfg,
-                a.cfg_schedule,
-                a.temperature,
-                seed=a.sample_seed + i,
-                bsz=bsz,
-                progress=a.progress,
-                sampler=sampler,
-                steps=speed.steps,
-                clip_denoised=a.clip_denoised,
-            )
+    tokens = np.zeros((n, dm.seq_len, dm.channels), np.float32)
+    for i, idx in enumerate(editing.batches(known_mask, n, a.sample_batch_size)):
+        kw = {} if known_mask is None else {"known_tokens": known_tokens[idx], "known_mask": known_mask[idx]}
+        tokens[idx] = sample_tokens(
+            dm,
+            labels[idx] if a.labels else None,
+            num_iter,
+            a.cfg,
+            a.cfg_schedule,
+            a.temperature,
+            seed=a.sample_seed + i,
+            bsz=len(idx),
+            progress=a.progress,
+            sampler=sampler,
+            steps=speed.steps,
+            clip_denoised=a.clip_denoised,
+            **kw,
         )
-    tokens = np.concatenate(toks)
     saved_labels = labels if a.labels else np.full(n, -1, np.int64)
     if dm.decoder is None:
         latents = tokens_to_latents(dm, tokens)

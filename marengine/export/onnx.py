@@ -6,6 +6,8 @@ Files written to `out_dir` (roles in parentheses, also stored in each file's met
   backbone_embed.onnx  (backbone_embed)  tokens, known_idx, class_embedding [B, D] f32 -> z
   head.onnx            (head)            x [N, C] f32, t [N] i64 (training timestep), c [N, Z] f32 -> out [N, 2C]
   decoder.onnx         (decoder)         latents [B, C, h, w] f32 (scaled as MAR sees them) -> images [B, ch, H, W]
+  encoder.onnx         (encoder)         images [B, ch, H, W] f32 in [-1, 1] -> latents [B, C, h, w] (the posterior's
+                                         mode, scaled: the known tokens of editing)
   deploy.json          sampling metadata and the float32 diffusion tables
 B, K (0 allowed) and N are dynamic axes. Inputs and outputs are float32 in every
 precision: with fp16=True the weights and arithmetic inside are fp16 and the graph
@@ -48,7 +50,7 @@ from .runtime import (
 )
 
 log = logging.getLogger("marengine.export")
-PARTS = ("backbone", "backbone_embed", "head", "decoder")
+PARTS = ("backbone", "backbone_embed", "head", "decoder", "encoder")
 MIN_OPSET = 18  # the oldest opset torch's (dynamo) exporter writes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a file at 2 GiB: larger weights go to <name>.onnx.data
 
@@ -103,6 +105,11 @@ class Decoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(latents.to(self.dtype)).float()
+
+
+class Encoder(Decoder):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode(images.to(self.dtype)).mode().float()
 
 
 # ---------------------------------------------------------------- one module -> one .onnx
@@ -398,8 +405,21 @@ def _export_all(
             "fp16" if dt == torch.float16 else "fp32",
             {KEY_TOKENIZER: json.dumps(tok)},
         )
-    elif "decoder" in parts:
-        log.warning("no tokenizer given: no decoder exported; the deployment will produce latents, not images")
+    if "encoder" in parts and tokenizer is not None:
+        enc_tok, dt = (tokenizer.eval(), torch.float32)  # editing keeps the encoded tokens: full precision
+        images = torch.rand(b, tok["image_channels"], cfg.img_size, cfg.img_size, generator=gen).to(device) * 2 - 1
+        one(
+            "encoder",
+            Encoder(enc_tok, dt),
+            (images,),
+            ["images"],
+            "latents",
+            {"images": {0: batch}},
+            "fp32",
+            {KEY_TOKENIZER: json.dumps(tok)},
+        )
+    if {"decoder", "encoder"} & set(parts) and tokenizer is None:
+        log.warning("no tokenizer given: no decoder or encoder exported; the deployment yields latents, not images")
 
     meta = deploy_metadata(model, tok)
     meta["files"] = {role: p.name for role, p in paths.items()}

@@ -34,6 +34,7 @@ FILES = {
     "backbone_embed": "backbone_embed.onnx",
     "head": "head.onnx",
     "decoder": "decoder.onnx",
+    "encoder": "encoder.onnx",
 }
 DEPLOY_JSON = "deploy.json"
 INSTALL_HINT = (
@@ -342,3 +343,25 @@ class OnnxDecoder(OnnxModel):
 def config_mismatch(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two MAR config dicts, as 'key: a vs b'."""
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+class OnnxEncoder(OnnxModel):
+    """The exported tokenizer's encoder: MAR latents [B, C, h, w] (the posterior's mode, scaled
+    as MAR sees them) from images [B, ch, H, W] in [-1, 1]; editing's known tokens."""
+
+    roles = ("encoder",)
+    output = "latents"
+
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
+    ) -> None:
+        super().__init__(path, providers, session_options)
+        self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}"))
+        c = self.config
+        side = c["img_size"] // c["vae_stride"]
+        self.latent_shape = (c["vae_embed_dim"], side, side)
+        self.image_shape = (self.tokenizer.get("image_channels", 3), c["img_size"], c["img_size"])
+
+    def __call__(self, images: Any) -> Any:
+        _check("images", images, "f", 4, (None, *self.image_shape))
+        return self._run({"images": images}, (images.shape[0], *self.latent_shape))

@@ -1,0 +1,57 @@
+"""`marengine edit`: inpaint, outpaint or complete image files with a model (any checkpoint kind)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..editing import add_edit_options
+from ..options import add_sampling_options
+from .common import add_backend_options, sample_settings
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..editing import edit_inputs
+    from ..files import check_output_folder
+    from ..imageio import save_samples
+    from ..pipeline import MARPipeline
+
+    settings = sample_settings(args)  # every setting checked before the model is read
+    if args.images is None:
+        raise ValueError("give the images to edit with --images (and --mask, --box, --padding or --region)")
+    check_output_folder(args.out)
+    pipe = MARPipeline.from_pretrained(
+        args.checkpoint,
+        device=args.device,
+        config=args.model,
+        vae_ckpt=args.vae_ckpt,
+        use_ema=not args.no_ema,
+        settings=settings,
+    )
+    images, mask = edit_inputs(args, pipe.image_channels, pipe.image_size)
+    if len(args.labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(args.labels)} --labels: give one label per image")
+    out = pipe.inpaint(images, mask, args.labels)
+    shown = images.copy()
+    shown[mask] = 127  # what the model was given: the region to generate greyed out
+    paths = save_samples(
+        args.out, np.concatenate([shown, out.array]), np.concatenate([args.labels, args.labels]), ncols=len(images)
+    )
+    print(f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and {paths['samples']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("edit", help="inpaint / outpaint image files (known pixels are kept exactly)")
+    p.add_argument("--checkpoint", required=True, help="training .pth, pretrained folder, or official .pth")
+    p.add_argument("--labels", type=int, nargs="+", required=True, help="the class to complete each image as")
+    p.add_argument("--out", required=True, help="output folder: grid.png (inputs and results) and samples.npz")
+    p.add_argument("--model", default=None, help="preset for official checkpoints (mar_base, mar_large, mar_huge)")
+    p.add_argument("--vae-ckpt", default=None)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_edit_options(p)
+    add_sampling_options(p)
+    add_backend_options(p)
+    p.set_defaults(fn=cmd_edit)

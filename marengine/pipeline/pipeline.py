@@ -1,0 +1,272 @@
+"""MARPipeline: one object holding the model, its tokenizer and the sampling settings.
+
+    pipe = MARPipeline.from_pretrained("runs/demo/ema")            # or last.pth, or an official file
+    out = pipe([3, 1, 4], seed=0)                                   # out.images: PIL, out.array: uint8
+    out = pipe.inpaint(images, mask, labels=[7, 2])                 # mask: pixels to fill (True)
+    out = pipe.outpaint(small_images, labels, padding=(0, 0, 4, 0)) # extend to the model's size
+    out = pipe.complete(latents, known_mask, labels)                # known tokens in latent space
+
+Editing keeps the known tokens exactly (pixels bit for bit with the pixel tokenizer, the
+encoded latents with the VAE), generates the others with the same loop as sampling (the
+random order covers the unknown tokens only, the cosine schedule starts where that many
+tokens are known, CFG as usual), and batches images with the same number of known tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import editing
+from ..checks import check_labels
+from ..models.loading import load_model
+from ..models.tokenizers import build_tokenizer, describe_tokenizer, to_uint8
+from ..sampling.engine import SampleSettings
+from ..utils import check_generator, resolve_device
+
+
+@dataclass
+class PipelineOutput:
+    array: np.ndarray  # uint8 [N, H, W, C]
+    labels: list[int]
+    latents: torch.Tensor | None = None  # [N, C, h, w] as MAR sees them, when asked for
+
+    @property
+    def images(self) -> list:
+        """PIL images."""
+        from PIL import Image
+
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in self.array]
+
+
+class MARPipeline:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: nn.Module,
+        settings: SampleSettings | None = None,
+        tokenizer_spec: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer.eval()
+        self.settings = settings or SampleSettings()
+        self.tokenizer_spec = tokenizer_spec
+        self.device = model.fake_latent.device
+
+    # ---------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+        config: Any = None,
+        vae_ckpt: str | os.PathLike | None = None,
+        use_ema: bool = True,
+        settings: SampleSettings | None = None,
+    ) -> MARPipeline:
+        """A pretrained folder (ours), a training checkpoint or an official checkpoint (with
+        `config`, e.g. "mar_base", and the VAE's `vae_ckpt`). dtype: the model's weights
+        (e.g. torch.bfloat16 on a GPU; the head's chain state stays fp32)."""
+        dev = resolve_device(device)
+        loaded = load_model(path, config=config, use_ema=use_ema, vae_ckpt=vae_ckpt, device=dev)
+        if loaded.tokenizer_spec is None:
+            raise ValueError(f"{path}: no tokenizer fits this model's latents; images cannot be made")
+        model = loaded.model if dtype is None else loaded.model.to(dtype)
+        tokenizer = build_tokenizer(loaded.tokenizer_spec).to(dev)
+        return cls(model, tokenizer, settings, loaded.tokenizer_spec)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """A folder from_pretrained reads back: config.json, model.safetensors, tokenizer.json."""
+        spec = self.tokenizer_spec or _spec_of(self.tokenizer)
+        return self.model.save_pretrained(folder, tokenizer=spec)
+
+    # ---------------------------------------------------------------- generation
+    @property
+    def image_size(self) -> int:
+        return self.model.img_size
+
+    @property
+    def image_channels(self) -> int:
+        return int(getattr(self.tokenizer, "channels", 3))  # the pixel tokenizer's, else RGB (the VAE)
+
+    def __call__(
+        self,
+        labels: Sequence[int] | Any,
+        settings: SampleSettings | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        return_latents: bool = False,
+        progress: bool | None = None,
+        **overrides: Any,
+    ) -> PipelineOutput:
+        """Images for class `labels` (one each). settings: this call's (default: the pipeline's),
+        with keyword overrides (num_iter=, cfg=, preset=, ...); generator: the randomness
+        (default: a generator seeded with settings.seed)."""
+        return self._run(labels, None, None, settings, generator, return_latents, progress, overrides)
+
+    def inpaint(
+        self, images: Any, mask: Any, labels: Sequence[int] | Any, settings: SampleSettings | None = None, **kw: Any
+    ) -> PipelineOutput:
+        """Fill the pixels where `mask` is True (a [H, W] mask for all images or [N, H, W]).
+        A token is kept when all its pixels are known; the rest is generated for `labels`."""
+        x = self._images(images)
+        return self._edit(x, editing.pixel_mask(mask, x.shape[0], self.image_size), labels, settings, kw)
+
+    def outpaint(
+        self,
+        images: Any,
+        labels: Sequence[int] | Any,
+        *,
+        padding: Sequence[int] | None = None,
+        region: Sequence[int] | None = None,
+        settings: SampleSettings | None = None,
+        **kw: Any,
+    ) -> PipelineOutput:
+        """Generate around the given content. padding=(left, top, right, bottom): the images
+        are smaller than the model's and placed inside its canvas; or region=(x0, y0, x1, y1):
+        full-size images whose region is kept and the rest generated."""
+        if (padding is None) == (region is None):
+            raise ValueError("give exactly one of padding=(left, top, right, bottom) or region=(x0, y0, x1, y1)")
+        if padding is not None:
+            small = editing.as_uint8_images(images)
+            if small.shape[-1] != self.image_channels:
+                raise ValueError(f"the model's images have {self.image_channels} channel(s), got {small.shape[-1]}")
+            canvas, pixel = editing.pad_images(small, padding, self.image_size)
+            x = self._images(canvas)
+        else:
+            x = self._images(images)
+            pixel = ~editing.box_mask(region, self.image_size)
+        return self._edit(x, editing.pixel_mask(pixel, x.shape[0], self.image_size), labels, settings, kw)
+
+    def complete(
+        self,
+        latents: torch.Tensor,
+        known_mask: Any,
+        labels: Sequence[int] | Any,
+        settings: SampleSettings | None = None,
+        **kw: Any,
+    ) -> PipelineOutput:
+        """Class-conditional completion in latent space: latents [N, C, h, w] (as MAR sees them,
+        e.g. tokenizer.encode(x).mode()), known_mask [N, h, w] or [h, w] (True = the latent
+        position is given); the others are generated."""
+        m = self.model
+        side = m.seq_h * m.patch_size
+        if (
+            not isinstance(latents, torch.Tensor)
+            or latents.ndim != 4
+            or latents.shape[1:] != (m.vae_embed_dim, side, side)
+        ):
+            raise ValueError(f"latents must be a tensor [N, {m.vae_embed_dim}, {side}, {side}]")
+        n = latents.shape[0]
+        given = editing.pixel_mask(known_mask, n, side)  # True = given, at latent resolution
+        known = torch.from_numpy(editing.token_mask(~given, m.patch_size)).to(self.device)  # all its cells given
+        return self._run(
+            labels,
+            m.patchify(latents.float().to(self.device)),
+            known,
+            settings,
+            kw.pop("generator", None),
+            kw.pop("return_latents", False),
+            kw.pop("progress", None),
+            kw,
+        )
+
+    # ---------------------------------------------------------------- internals
+    def _images(self, images: Any) -> torch.Tensor:
+        """[N, C, H, W] float32 in [-1, 1] on the device: float tensors as given, else uint8 images."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            x = images.detach().float().unsqueeze(0) if images.ndim == 3 else images.detach().float()
+            shape = (self.image_channels, self.image_size, self.image_size)
+            if x.ndim != 4 or x.shape[1:] != shape:
+                raise ValueError(f"float images must be [N, {', '.join(map(str, shape))}], got {list(x.shape)}")
+            if not torch.isfinite(x).all() or x.abs().max() > 1.0:
+                raise ValueError("float images must be finite and in [-1, 1]")
+            return x.to(self.device)
+        arr = editing.as_uint8_images(images.cpu().numpy() if isinstance(images, torch.Tensor) else images)
+        editing.check_images(arr, self.image_channels, self.image_size)
+        return torch.from_numpy(editing.to_unit_range(arr)).to(self.device)
+
+    def _edit(self, x: torch.Tensor, pixel: np.ndarray, labels: Any, settings: Any, kw: dict) -> PipelineOutput:
+        patch = self.tokenizer.stride * self.model.patch_size
+        known = torch.from_numpy(editing.token_mask(pixel, patch)).to(self.device)  # [N, L]
+        with torch.no_grad():
+            latents = self.tokenizer.encode(x.to(self.device)).mode()  # [N, C, h, w], scaled as MAR sees them
+        tokens = self.model.patchify(latents)
+        return self._run(
+            labels,
+            tokens,
+            known,
+            settings,
+            kw.pop("generator", None),
+            kw.pop("return_latents", False),
+            kw.pop("progress", None),
+            kw,
+        )
+
+    @torch.no_grad()
+    def _run(
+        self,
+        labels: Any,
+        tokens: torch.Tensor | None,
+        known: torch.Tensor | None,
+        settings: Any,
+        generator: torch.Generator | None,
+        return_latents: bool,
+        progress: bool | None,
+        overrides: dict,
+    ) -> PipelineOutput:
+        s = settings or self.settings
+        if not isinstance(s, SampleSettings):
+            raise TypeError(f"settings must be a SampleSettings, got {type(s).__name__}")
+        s = replace(s, **overrides) if overrides else s
+        labels = check_labels(labels, self.model.num_classes)
+        n = len(labels)
+        if tokens is not None and tokens.shape[0] != n:
+            raise ValueError(f"{tokens.shape[0]} images but {n} labels: give one label per image")
+        gen = check_generator(generator) or torch.Generator(device=self.device).manual_seed(s.seed)
+        num_iter = min(s.num_iter, self.model.seq_len)
+        clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.tokenizer, "bounded", False))
+        out = torch.empty(
+            n,
+            self.model.vae_embed_dim,
+            self.model.seq_h * self.model.patch_size,
+            self.model.seq_w * self.model.patch_size,
+            device=self.device,
+        )
+        groups = [g.tolist() for g in editing.batches(None if known is None else known.cpu().numpy(), n, s.batch_size)]
+        if progress or (progress is None and len(groups) > 1):
+            from tqdm.auto import tqdm
+
+            groups = tqdm(groups, desc="generating")
+        for idx in groups:
+            lab = torch.tensor([labels[i] for i in idx], dtype=torch.int64, device=self.device)
+            kw = {} if known is None else {"known_tokens": tokens[idx], "known_mask": known[idx]}
+            out[idx] = self.model.sample_tokens(
+                len(idx),
+                num_iter,
+                s.cfg,
+                s.cfg_schedule,
+                lab,
+                s.temperature,
+                generator=gen,
+                clip_denoised=clip,
+                **s.options(),
+                **kw,
+            ).float()
+        images = to_uint8(self.tokenizer.decode(out)).cpu().numpy()
+        return PipelineOutput(images, labels, out if return_latents else None)
+
+
+def _spec_of(tokenizer: nn.Module) -> dict[str, Any]:
+    info = describe_tokenizer(tokenizer)
+    if info["kind"] == "pixel":
+        return {"kind": "pixel", "channels": info["image_channels"], "stride": info["stride"]}
+    raise ValueError("a VAE tokenizer's spec needs its weights path: build the pipeline with from_pretrained")
