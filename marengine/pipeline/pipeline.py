@@ -27,8 +27,8 @@ from .. import editing
 from ..checks import check_labels
 from ..models.loading import load_model
 from ..models.tokenizers import build_tokenizer, describe_tokenizer, to_uint8
-from ..sampling.engine import SampleSettings
-from ..utils import check_generator, resolve_device
+from ..sampling.engine import SampleSettings, generate_latents
+from ..utils import resolve_device
 
 
 @dataclass
@@ -110,7 +110,9 @@ class MARPipeline:
         """Images for class `labels` (one each). settings: this call's (default: the pipeline's),
         with keyword overrides (num_iter=, cfg=, preset=, ...); generator: the randomness
         (default: a generator seeded with settings.seed)."""
-        return self._run(labels, None, None, settings, generator, return_latents, progress, overrides)
+        return self._run(
+            labels, settings, dict(overrides, generator=generator, return_latents=return_latents, progress=progress)
+        )
 
     def inpaint(
         self, images: Any, mask: Any, labels: Sequence[int] | Any, settings: SampleSettings | None = None, **kw: Any
@@ -168,16 +170,7 @@ class MARPipeline:
         n = latents.shape[0]
         given = editing.pixel_mask(known_mask, n, side)  # True = given, at latent resolution
         known = torch.from_numpy(editing.token_mask(~given, m.patch_size)).to(self.device)  # all its cells given
-        return self._run(
-            labels,
-            m.patchify(latents.float().to(self.device)),
-            known,
-            settings,
-            kw.pop("generator", None),
-            kw.pop("return_latents", False),
-            kw.pop("progress", None),
-            kw,
-        )
+        return self._run(labels, settings, kw, m.patchify(latents.float().to(self.device)), known)
 
     # ---------------------------------------------------------------- internals
     def _images(self, images: Any) -> torch.Tensor:
@@ -200,69 +193,41 @@ class MARPipeline:
         with torch.no_grad():
             latents = self.tokenizer.encode(x.to(self.device)).mode()  # [N, C, h, w], scaled as MAR sees them
         tokens = self.model.patchify(latents)
-        return self._run(
-            labels,
-            tokens,
-            known,
-            settings,
-            kw.pop("generator", None),
-            kw.pop("return_latents", False),
-            kw.pop("progress", None),
-            kw,
-        )
+        return self._run(labels, settings, kw, tokens, known)
 
     @torch.no_grad()
     def _run(
         self,
         labels: Any,
-        tokens: torch.Tensor | None,
-        known: torch.Tensor | None,
-        settings: Any,
-        generator: torch.Generator | None,
-        return_latents: bool,
-        progress: bool | None,
-        overrides: dict,
+        settings: SampleSettings | None,
+        kw: dict[str, Any],
+        tokens: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
     ) -> PipelineOutput:
+        """Generate (or complete) through sampling.engine.generate_latents, decode, package. kw:
+        generator, return_latents, progress, and overrides of the settings' fields."""
+        generator, want_latents, progress = (
+            kw.pop("generator", None),
+            kw.pop("return_latents", False),
+            kw.pop("progress", None),
+        )
         s = settings or self.settings
         if not isinstance(s, SampleSettings):
             raise TypeError(f"settings must be a SampleSettings, got {type(s).__name__}")
-        s = replace(s, **overrides) if overrides else s
+        s = replace(s, **kw) if kw else s
         labels = check_labels(labels, self.model.num_classes)
-        n = len(labels)
-        if tokens is not None and tokens.shape[0] != n:
-            raise ValueError(f"{tokens.shape[0]} images but {n} labels: give one label per image")
-        gen = check_generator(generator) or torch.Generator(device=self.device).manual_seed(s.seed)
-        num_iter = min(s.num_iter, self.model.seq_len)
-        clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.tokenizer, "bounded", False))
-        out = torch.empty(
-            n,
-            self.model.vae_embed_dim,
-            self.model.seq_h * self.model.patch_size,
-            self.model.seq_w * self.model.patch_size,
-            device=self.device,
+        latents = generate_latents(
+            self.model,
+            labels,
+            s,
+            bounded=bool(getattr(self.tokenizer, "bounded", False)),
+            generator=generator,
+            known_tokens=tokens,
+            known_mask=known,
+            progress=True if progress is None else progress,
         )
-        groups = [g.tolist() for g in editing.batches(None if known is None else known.cpu().numpy(), n, s.batch_size)]
-        if progress or (progress is None and len(groups) > 1):
-            from tqdm.auto import tqdm
-
-            groups = tqdm(groups, desc="generating")
-        for idx in groups:
-            lab = torch.tensor([labels[i] for i in idx], dtype=torch.int64, device=self.device)
-            kw = {} if known is None else {"known_tokens": tokens[idx], "known_mask": known[idx]}
-            out[idx] = self.model.sample_tokens(
-                len(idx),
-                num_iter,
-                s.cfg,
-                s.cfg_schedule,
-                lab,
-                s.temperature,
-                generator=gen,
-                clip_denoised=clip,
-                **s.options(),
-                **kw,
-            ).float()
-        images = to_uint8(self.tokenizer.decode(out)).cpu().numpy()
-        return PipelineOutput(images, labels, out if return_latents else None)
+        images = to_uint8(self.tokenizer.decode(latents)).cpu().numpy()
+        return PipelineOutput(images, labels, latents if want_latents else None)
 
 
 def _spec_of(tokenizer: nn.Module) -> dict[str, Any]:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_labels, check_str
 from ..config import HEAD_BACKENDS as BACKENDS
 from ..config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from ..diffusion.samplers import HeadSampler
+from ..editing import batches
 from ..models.backbone_cache import CachePolicy
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
 from ..schedules import CFG_SCHEDULES, step_schedule
+from ..utils import check_generator
 
 log = logging.getLogger("marengine.sampling")
 
@@ -71,34 +74,64 @@ class SampleSettings:
 
 
 @torch.no_grad()
-def generate(
-    model: MAR, tokenizer, labels: list[int] | torch.Tensor, settings: SampleSettings, progress: bool = False
-) -> np.ndarray:
-    """uint8 images [N, H, W, C] for `labels` (class indices), in batches, seeded by settings.seed."""
+def generate_latents(
+    model: MAR,
+    labels: Sequence[int] | Any,
+    settings: SampleSettings,
+    *,
+    bounded: bool = False,
+    generator: torch.Generator | None = None,
+    known_tokens: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Latents [N, C, h, w] for class `labels`, in batches of settings.batch_size (images with
+    the same number of known tokens batched together when editing), all randomness from
+    `generator` (default: one seeded with settings.seed). bounded: the tokenizer's latents lie
+    in [-1, 1] (clip_denoised=None then clips). known_tokens [N, L, C] / known_mask [N, L]:
+    editing, those tokens are kept exactly."""
     if not isinstance(settings, SampleSettings):
         raise TypeError(f"settings must be a SampleSettings, got {type(settings).__name__}")
     device = model.fake_latent.device
-    labels = torch.tensor(check_labels(labels, model.num_classes), dtype=torch.int64)
-    gen = torch.Generator(device=device).manual_seed(settings.seed)
+    labels = check_labels(labels, model.num_classes)
+    n = len(labels)
+    if known_tokens is not None and known_tokens.shape[0] != n:
+        raise ValueError(f"{known_tokens.shape[0]} images but {n} labels: give one label per image")
+    gen = check_generator(generator) or torch.Generator(device=device).manual_seed(settings.seed)
     num_iter = settings.num_iter
     if num_iter > model.seq_len:
         log.warning("num_iter %d exceeds the %d tokens of an image: using %d", num_iter, model.seq_len, model.seq_len)
         num_iter = model.seq_len
-    clip = settings.clip_denoised if settings.clip_denoised is not None else getattr(tokenizer, "bounded", False)
-    out = []
-    for start in range(0, len(labels), settings.batch_size):
-        batch = labels[start : start + settings.batch_size].to(device)
-        latents = model.sample_tokens(
-            len(batch),
+    clip = settings.clip_denoised if settings.clip_denoised is not None else bounded
+    side = model.seq_h * model.patch_size
+    out = torch.empty(n, model.vae_embed_dim, side, side, device=device)
+    groups = batches(None if known_mask is None else known_mask.cpu().numpy(), n, settings.batch_size)
+    for idx in tqdm(groups, desc="generating", disable=not progress or len(groups) < 2):
+        idx = idx.tolist()
+        edit = {} if known_mask is None else {"known_tokens": known_tokens[idx], "known_mask": known_mask[idx]}
+        batch = torch.tensor([labels[i] for i in idx], dtype=torch.int64, device=device)
+        out[idx] = model.sample_tokens(
+            len(idx),
             num_iter,
             settings.cfg,
             settings.cfg_schedule,
             batch,
             settings.temperature,
-            progress,
+            progress and len(groups) == 1,
             generator=gen,
             clip_denoised=clip,
             **settings.options(),
-        )
-        out.append(to_uint8(tokenizer.decode(latents.float())).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.uint8)
+            **edit,
+        ).float()
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model: MAR, tokenizer, labels: Sequence[int] | Any, settings: SampleSettings, progress: bool = False
+) -> np.ndarray:
+    """uint8 images [N, H, W, C] for `labels` (class indices), in batches, seeded by settings.seed."""
+    latents = generate_latents(model, labels, settings, bounded=getattr(tokenizer, "bounded", False), progress=progress)
+    if latents.shape[0] == 0:
+        return np.zeros((0, 1, 1, 1), np.uint8)
+    return to_uint8(tokenizer.decode(latents)).cpu().numpy()
