@@ -148,10 +148,13 @@ def test_cache_reuses_between_refreshes(tiny_mar):
         del model.backbone
     assert calls["backbone"] == 6  # the CFG cache alone: every iteration runs the conditional half...
     assert cached.shape == plain.shape and torch.isfinite(cached).all()
-    tok = _sample(model, temperature=0.0, cache="refresh=3,warmup=2")
-    assert tok.shape == plain.shape and torch.isfinite(tok).all()
-    assert not torch.equal(tok, plain)  # reused features change the result a little...
-    assert rel_err(tok, plain) < 0.5  # ...not a lot
+    for cache in ("refresh=3,warmup=2", "refresh=3,warmup=2,cfg=0", "refresh=2,warmup=1,tokens=1,cfg=1"):
+        tok = _sample(model, temperature=0.0, cache=cache)
+        assert tok.shape == plain.shape and torch.isfinite(tok).all()
+        assert not torch.equal(tok, plain)  # reused features change the result a little...
+        assert rel_err(tok, plain) < 0.5  # ...not a lot
+    unguided = _sample(model, temperature=0.0, cfg=1.0, cache="refresh=3,warmup=2")
+    assert rel_err(unguided, _sample(model, temperature=0.0, cfg=1.0)) < 0.5
 
 
 def test_step_schedule_and_sampler_reach_the_head(tiny_mar, monkeypatch):
