@@ -18,6 +18,8 @@
 //        D x [ G1: t = SiLU(A W1^T + b1) | G2: h += gate (t W2^T + b2) | LN_{d+1} + modulate ]
 //        Gout: (eps, v) = A Wout^T + bout                                    | barrier
 //    then the final update (step 0) writes the result. 3D + 2 barriers per step.
+//    The update is the sampler's (coefs [S, 8], row_phases.cuh reverse_update): DDPM,
+//    DDIM(eta) and DPM-Solver++(2M) run the same code; x0p keeps the previous x0.
 //
 //  * per-step kernels (larger R): the same stages as separate launches, 3D + 4 per
 //    step; the modulations are computed per block just in time (double-buffered
@@ -58,6 +60,7 @@ template <typename T>
 struct HeadWs {
   unsigned* barrier;  // grid barrier word (256 bytes reserved)
   float* x;           // [N, C] chain state
+  float* x0p;         // [N, C] the previous iteration's x0 (multistep samplers: c3 != 0)
   float* h;           // [R, W] residual stream
   float* outr;        // [R, 2C] (eps, v) of the last network evaluation
   T* abuf;            // [R, W] A operand of G1 / Gout (LN + modulate)
@@ -86,6 +89,7 @@ HeadWs<T> carve_head_ws(const HeadSampleArgs& a, HeadPath path, int chunk, void*
   const size_t R = a.R, W = a.W;
   w.barrier = cv.take<unsigned>(64);
   w.x = cv.take<float>(static_cast<size_t>(a.N) * a.C);
+  w.x0p = cv.take<float>(static_cast<size_t>(a.N) * a.C);
   w.h = cv.take<float>(R * W);
   w.outr = cv.take<float>(R * 2 * a.C);
   w.abuf = cv.take<T>(R * W);
@@ -170,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
       grid_barrier(w.barrier);
     }
     const float* ms = w.mods + static_cast<size_t>(js) * R * ld;  // this step's modulations, row r at ms + r ld
-    row_pre<T>(a, i, w.x, w.h, w.outr, D > 0 ? a.ln_w : nullptr, D > 0 ? a.ln_b : nullptr, ms, ld, w.abuf,
+    row_pre<T>(a, i, w.x, w.x0p, w.h, w.outr, D > 0 ? a.ln_w : nullptr, D > 0 ? a.ln_b : nullptr, ms, ld, w.abuf,
                static_cast<T*>(nullptr), xs);
     grid_barrier(w.barrier);
     for (int d = 0; d < D; ++d) {
@@ -200,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
         1, [&](int) { return linear_job(w.abuf, a.out_w, a.out_b, w.outr, R, 2 * a.C, W, EPI_F32, nullptr, 0); }, smem);
     grid_barrier(w.barrier);
   }
-  final_update(a, w.x, w.outr);
+  update_rows(a, S - 1, w.x, w.x0p, w.outr, a.out);  // the last update (step 0) into the result
 }
 
 // ------------------------------------------------------------------ per-stage kernels
@@ -231,14 +235,15 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     row_pre_kernel(const __grid_constant__ HeadSampleArgs a, const HeadWs<T> w, int i) {
   __shared__ __align__(16) float xs[kWarps * kMaxChannels];
-  row_pre<T>(a, i, w.x, w.h, w.outr, nullptr, nullptr, nullptr, 0, w.abuf, w.y, xs);
+  row_pre<T>(a, i, w.x, w.x0p, w.h, w.outr, nullptr, nullptr, nullptr, 0, w.abuf, w.y, xs);
 }
 
-// final_update_kernel: the step-0 update into the output, one thread per element.
+// update_kernel: the update of iteration `it` for every element, one thread each (it = S - 1:
+// the final update, step 0, into the result). fp32 only; T only keeps one copy per .cu file.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    final_update_kernel(const __grid_constant__ HeadSampleArgs a, const float* x, const float* outr) {
-  final_update(a, x, outr);
+__global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant__ HeadSampleArgs a, int it,
+                                                          const float* x, float* x0p, const float* outr, float* out) {
+  update_rows(a, it, x, x0p, outr, out);
 }
 
 // ------------------------------------------------------------------ host helpers
@@ -396,7 +401,7 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
   }
 
   MARENGINE_CUDA_TRY(tile_switch<T>(a.R, [&](auto cfg) { return launch_steps<decltype(cfg), T>(a, w, stream); }));
-  final_update_kernel<T><<<ceil_div(a.N * a.C, kThreads), kThreads, 0, stream>>>(a, w.x, w.outr);
+  update_kernel<T><<<ceil_div(a.N * a.C, kThreads), kThreads, 0, stream>>>(a, a.S - 1, w.x, w.x0p, w.outr, a.out);
   return cudaGetLastError();
 }
 
