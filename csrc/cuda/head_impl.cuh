@@ -42,6 +42,7 @@
 #include "gemm_tile.cuh"
 #include "launchers.cuh"
 #include "row_phases.cuh"
+#include "stages.cuh"
 
 namespace marengine {
 namespace cuda {
@@ -405,8 +406,60 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
   return cudaGetLastError();
 }
 
+// ------------------------------------------------------------------ test-only stage launchers
+// One device stage on given buffers (stages.cuh; dispatched by stages.cu, registered as
+// torch.ops.marengine_stages.* by stages_cuda.cpp). They launch the very kernels and device
+// functions the two paths use. Test: pytest python_tests/test_cuda_stages.py
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    silu_rows_stage_kernel(const __grid_constant__ HeadSampleArgs a, int i0, int rows, T* y) {
+  y_rows<T>(a, i0, rows, y);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    row_pre_stage_kernel(const __grid_constant__ HeadSampleArgs a, const __grid_constant__ StageRowPre r) {
+  __shared__ __align__(16) float xs[kWarps * kMaxChannels];
+  row_pre<T>(a, r.i, r.x, r.x0p, r.h, r.outr, r.ln_w0, r.ln_b0, r.mods0, r.mod_ld, static_cast<T*>(r.abuf),
+             static_cast<T*>(r.y), xs);
+}
+
+inline int stage_grid(int blocks, int natural) {
+  return std::max(1, blocks > 0 ? std::min(blocks, natural) : natural);
+}
+
+template <typename T>
+cudaError_t stage_gemm_t(const StageGemm& g, cudaStream_t stream) {
+  const GemmJob j = linear_job(g.A, g.B, g.bias, g.out, g.M, g.N, g.K, g.epi, g.gate, g.ldg);
+  if (g.small_tiles) return launch_gemm<TileCfg<T, true>, T>(j, nullptr, stream);
+  return launch_gemm<TileCfg<T, false>, T>(j, nullptr, stream);
+}
+
+template <typename T>
+cudaError_t stage_ln_t(const StageLn& l, cudaStream_t stream) {
+  if (l.rows == 0) return cudaSuccess;
+  ln_kernel<T><<<stage_grid(l.blocks, ceil_div(l.rows, kWarps)), kThreads, 0, stream>>>(
+      l.h, l.rows, l.W, l.ln_w, l.ln_b, l.shift, l.mod_ld, static_cast<T*>(l.out));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stage_silu_rows_t(const HeadSampleArgs& a, int i0, int rows, void* y, int blocks, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int natural = ceil_div(rows * (a.W / 4), kThreads);
+  silu_rows_stage_kernel<T><<<stage_grid(blocks, natural), kThreads, 0, stream>>>(a, i0, rows, static_cast<T*>(y));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stage_row_pre_t(const HeadSampleArgs& a, const StageRowPre& r, cudaStream_t stream) {
+  if (a.N == 0) return cudaSuccess;
+  row_pre_stage_kernel<T><<<stage_grid(r.blocks, ceil_div(a.N, kWarps)), kThreads, 0, stream>>>(a, r);
+  return cudaGetLastError();
+}
+
 // The non-template entry points of one weight type (one head_sample_<dtype>.cu each);
-// launchers.cu dispatches on WeightType to them.
+// launchers.cu and stages.cu dispatch on WeightType to them.
 #define MARENGINE_DEFINE_HEAD_ENTRY_POINTS(T, SUFFIX)                                                         \
   size_t adaln_block_ws_bytes_##SUFFIX(int M, int W) {                                                        \
     return adaln_block_ws_bytes_t<T>(M, W);                                                                   \
@@ -419,6 +472,19 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
   }                                                                                                           \
   cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s) {    \
     return launch_head_sample_t<T>(a, plan, s);                                                               \
+  }                                                                                                           \
+  cudaError_t stage_gemm_##SUFFIX(const StageGemm& g, cudaStream_t s) {                                       \
+    return stage_gemm_t<T>(g, s);                                                                             \
+  }                                                                                                           \
+  cudaError_t stage_ln_##SUFFIX(const StageLn& l, cudaStream_t s) {                                           \
+    return stage_ln_t<T>(l, s);                                                                               \
+  }                                                                                                           \
+  cudaError_t stage_silu_rows_##SUFFIX(const HeadSampleArgs& a, int i0, int rows, void* y, int blocks,        \
+                                       cudaStream_t s) {                                                      \
+    return stage_silu_rows_t<T>(a, i0, rows, y, blocks, s);                                                   \
+  }                                                                                                           \
+  cudaError_t stage_row_pre_##SUFFIX(const HeadSampleArgs& a, const StageRowPre& r, cudaStream_t s) {         \
+    return stage_row_pre_t<T>(a, r, s);                                                                       \
   }
 
 }  // namespace cuda
