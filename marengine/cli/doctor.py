@@ -81,6 +81,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         plans.append(("cpu", args.cpu_width, args.cpu_depth))
     if info.cuda_registered and info.gpus:
         plans.append((f"cuda:{torch.cuda.current_device()}", args.width, args.depth))
+    elif args.require_cuda:
+        print(f"  FAIL no CUDA self-check can run: GPU {'visible' if info.gpus else 'not visible'}, "
+              f"CUDA kernels {info.cuda_kernels}")  # fmt: skip
+        return 1
     print(f"self-checks (now; during sampling {selfcheck.ENV}={selfcheck.mode()})")
     if not plans:
         print("  none: no native kernels are built")
@@ -117,4 +121,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-depth", type=pos["--cpu-depth"], default=2, help="head depth of the CPU checks")
     p.add_argument("--full", action="store_true", help="more CPU configurations (fp16, DDIM without CFG)")
     p.add_argument("--no-checks", action="store_true", help="build info only")
+    p.add_argument("--require-cuda", action="store_true", help="exit 1 when the CUDA kernels cannot be checked")
     p.set_defaults(fn=cmd_doctor)
