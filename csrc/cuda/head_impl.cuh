@@ -33,7 +33,9 @@
 // Test: python_tests/test_native_cuda.py (needs a CUDA GPU):
 //   pytest python_tests/test_native_cuda.py -q
 //   MARENGINE_HEAD_PATH=persistent|kernels forces a path (the test compares both).
-// Bench: benchmarks/ (head sampler timings) once a GPU is available.
+//   pytest python_tests/test_cuda_stages.py   (each stage alone, then both paths whole)
+// Bench: python benchmarks/bench_head_goals.py (the goals: 1024x6 head at M = 32, 512, 4096 vs
+// eager fp16, fraction of dense bf16 peak); all of it: bash scripts/gpu_check.sh OUT_DIR.
 #pragma once
 
 #include <algorithm>
