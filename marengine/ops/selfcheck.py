@@ -22,6 +22,8 @@ Switch (read at every call): MARENGINE_SELFCHECK=
     off / 0          no checks: the native kernels run unchecked
 
 `run_check(...)` runs one check now (marengine doctor); `results()` lists the verdicts so far.
+While a check runs, TF32 matmuls are switched off (process-wide, restored after): its fp32
+reference must be true fp32.
 """
 
 from __future__ import annotations
