@@ -47,12 +47,32 @@ def _want_cuda(torch) -> bool:
     return bool(_sources("csrc/cuda/*.cu"))
 
 
+def _opt(debug: bool) -> list[str]:
+    return ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3", "-DNDEBUG"]
+
+
+def nvcc_flags(debug: bool = False) -> list[str]:
+    """nvcc flags of the CUDA sources (after torch's COMMON_NVCC_FLAGS, whose __CUDA_NO_HALF*
+    defines they undo); scripts/check_cuda_compile.sh compiles with these too."""
+    return _opt(debug) + [
+        "-std=c++17",
+        "-lineinfo",
+        "--expt-relaxed-constexpr",
+        "-Xcompiler",
+        "-fopenmp",
+        "-U__CUDA_NO_HALF_OPERATORS__",
+        "-U__CUDA_NO_HALF_CONVERSIONS__",
+        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+    ]
+
+
 def _extension():
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     debug = _flag("MARENGINE_DEBUG")
-    opt = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3", "-DNDEBUG"]
+    opt = _opt(debug)
     # -fopenmp: at::parallel_for is inlined into our code and is an `omp parallel` region
     # (torch's CPU backend is OpenMP); without the flag it silently runs on one thread.
     # libgomp resolves to the one torch already loaded (same SONAME).
@@ -63,17 +83,7 @@ def _extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         kw["include_dirs"].append(str(ROOT / "csrc" / "cuda"))
-        nvcc = opt + [
-            "-std=c++17",
-            "-lineinfo",
-            "--expt-relaxed-constexpr",
-            "-Xcompiler",
-            "-fopenmp",
-            "-U__CUDA_NO_HALF_OPERATORS__",
-            "-U__CUDA_NO_HALF_CONVERSIONS__",
-            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-            "-U__CUDA_NO_BFLOAT162_OPERATORS__",
-        ]
+        nvcc = nvcc_flags(debug)
         print(f"marengine: building CPU + CUDA kernels (arch {os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
         return CUDAExtension(
             sources=sources,

@@ -5,7 +5,10 @@ reverse diffusion) and torch.ops.marengine.adaln_block (one AdaLN res block), fp
 1e-4 of max|ref| at temperature 0, bf16/fp16 within 2x of PyTorch's own autocast error,
 odd row counts (1, 7, 59, 1025) with and without CFG, both head paths (persistent
 kernel / per-step kernels) agreeing, Philox reproducibility, CUDA Graph capture,
-opcheck, and bad calls raising. Skipped where no CUDA GPU is present.
+opcheck, and bad calls raising; every sampler of the coefficient table (DDPM, DDIM with
+eta 0 and 1, DPM-Solver++(2M)) with and without clip_denoised on both paths against
+marengine.ops.reference.sample_head. Skipped where no CUDA GPU is present. Each device
+stage alone: python_tests/test_cuda_stages.py.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 import pytest
 import torch
 from conftest import rel_err
+
+from marengine.diffusion.samplers import DDPM, HeadSampler
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA kernels cannot run on this machine"
@@ -89,7 +94,19 @@ def inputs(dl, rows: int, cfg: float, seed: int = 1, x_scale: float = 1.0):
     return z, x_T
 
 
-def head_operands(dl, z, x_T, cfg=1.0, temperature=0.0, step_noise=None, seed=0, offset=0, dtype=torch.float32):
+def head_operands(
+    dl,
+    z,
+    x_T,
+    cfg=1.0,
+    temperature=0.0,
+    step_noise=None,
+    seed=0,
+    offset=0,
+    dtype=torch.float32,
+    sampler: HeadSampler = DDPM,
+    clip: bool = False,
+):
     """The argument tuple of torch.ops.marengine.head_sample for `dl` (weights cast to dtype)."""
     net, tab = dl.net, dl.gen_tables
     with torch.no_grad():
@@ -119,12 +136,13 @@ def head_operands(dl, z, x_T, cfg=1.0, temperature=0.0, step_noise=None, seed=0,
         w(fl.adaLN_modulation[1].bias),
         w(fl.linear.weight),
         w(fl.linear.bias),
-        tab.stacked(z.device),
+        tab.sampler_table(sampler, z.device),
         float(cfg),
         float(temperature),
         step_noise,
         int(seed),
         int(offset),
+        bool(clip),
     )
 
 
@@ -207,6 +225,46 @@ def test_head_sample_step_noise(ops, rows, cfg):
     step_noise = torch.randn(dl.gen_tables.num_steps, rows, dl.in_channels, generator=g, device=DEV)
     ref = reference(dl, z, x_T, cfg, temperature=1.0, generator=torch.Generator(DEV).manual_seed(5))
     out = ops.head_sample(*head_operands(dl, z, x_T, cfg, temperature=1.0, step_noise=step_noise))
+    assert rel_err(out, ref) <= FP32_TOL
+
+
+SAMPLERS = ("ddpm", "ddim", "ddim:1", "dpm++2m")
+
+
+@pytest.mark.parametrize("path", ["persistent", "kernels"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("rows,cfg", [(7, 3.0), (300, 1.0)])
+def test_head_sample_samplers(ops, head_path, path, sampler, clip, rows, cfg):
+    """Every sampler of the coefficient table, with and without clip_denoised, on both paths,
+    against the PyTorch reference loop (fp32, per-step noise where the sampler draws any)."""
+    from marengine.ops import reference as torch_reference
+
+    smp = HeadSampler.parse(sampler)
+    dl = make_diffloss()
+    z, x_T = inputs(dl, rows, cfg)
+    temperature = 0.0 if smp.deterministic else 1.0
+    noise = None
+    if temperature > 0:
+        g = torch.Generator(DEV).manual_seed(9)
+        noise = torch.randn(dl.gen_tables.num_steps, rows, dl.in_channels, generator=g, device=DEV)
+    ref = torch_reference.sample_head(
+        dl.net, dl.gen_tables, z, x_T, temperature, cfg, noise, sampler=smp, clip_denoised=clip
+    )
+    head_path(path)
+    out = ops.head_sample(*head_operands(dl, z, x_T, cfg, temperature, noise, sampler=smp, clip=clip))
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= FP32_TOL, (path, sampler, clip)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_diffloss_sample_native_samplers(ops, sampler):
+    """DiffLoss.sample(sampler=..., backend='native') through the dispatcher on CUDA."""
+    dl = make_diffloss()
+    z, x_T = inputs(dl, 59, 3.0)
+    kw = dict(noise=x_T, sampler=sampler, clip_denoised=True)
+    ref = dl.sample(z, 1.0, 3.0, generator=torch.Generator(DEV).manual_seed(2), backend="torch", **kw)
+    out = dl.sample(z, 1.0, 3.0, generator=torch.Generator(DEV).manual_seed(2), backend="native", **kw)
     assert rel_err(out, ref) <= FP32_TOL
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90a (no GPU needed), and
-# syntax-check the torch glue csrc/cuda/ops_cuda.cpp against torch's headers when they
-# can be found. Exits non-zero on the first failure.
+# Compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90a (no GPU needed) with the flags
+# setup.py's build uses (torch's COMMON_NVCC_FLAGS + setup.py nvcc_flags(), -DMARENGINE_WITH_CUDA),
+# and syntax-check the torch glue csrc/cuda/*.cpp against torch's headers when they can be
+# found. Exits non-zero on the first failure. (The CMake build's CUDA compile is checked by
+# scripts/cmake_build_check.sh --cuda-objects.)
 #
 #   scripts/check_cuda_compile.sh            # all .cu files, both arches, + glue check
 #   JOBS=1 scripts/check_cuda_compile.sh     # parallel nvcc jobs (default: nproc)
@@ -10,19 +12,34 @@
 #
 # The glue check uses g++ -fsyntax-only; where torch is a CPU build its CUDA headers
 # are present but cuBLAS/cuSPARSE/cuSOLVER headers may not be: tiny stand-ins for
-# the handle/status typedefs ATen's headers name are written to the temp dir then.
+# the handle/status typedefs ATen's headers name are written to the temp dir then
+# (scripts/cuda_stubs.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NVCC="${NVCC:-nvcc}"
+PY="${PYTHON:-python3}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 ARCH_FLAGS=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a)
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+# shellcheck source=scripts/cuda_stubs.sh
+source "$ROOT/scripts/cuda_stubs.sh"
 
 command -v "$NVCC" >/dev/null || { echo "check_cuda_compile: nvcc not found (set NVCC)" >&2; exit 2; }
+# setup.py's flags (torch's defaults first, as torch.utils.cpp_extension orders them)
+read -r -a BUILD_FLAGS <<<"$(cd "$ROOT" && "$PY" -c '
+import runpy
+g = runpy.run_path("setup.py", run_name="marengine_setup")
+try:
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+except ImportError:
+    COMMON_NVCC_FLAGS = []
+print(" ".join(list(COMMON_NVCC_FLAGS) + g["nvcc_flags"](False)))' 2>/dev/null ||
+  echo "-O3 -std=c++17 --expt-relaxed-constexpr")"
 echo "nvcc: $("$NVCC" --version | tail -n 1)"
 echo "arches: sm_80, sm_90a   jobs: $JOBS   out: $TMP"
+echo "flags: ${BUILD_FLAGS[*]}"
 
 shopt -s nullglob
 SOURCES=("$ROOT"/csrc/cuda/*.cu)
@@ -35,8 +52,8 @@ compile_one() {  # $1 = source; writes $TMP/<name>.log, returns nvcc's status
   local src="$1" name
   name="$(basename "$src" .cu)"
   local t0=$SECONDS
-  if "$NVCC" -std=c++17 -O3 "${ARCH_FLAGS[@]}" -Xptxas=-warn-spills -I"$ROOT/csrc/cuda" \
-      -c "$src" -o "$TMP/$name.o" >"$TMP/$name.log" 2>&1; then
+  if "$NVCC" "${BUILD_FLAGS[@]}" "${ARCH_FLAGS[@]}" -Xptxas=-warn-spills -DMARENGINE_WITH_CUDA=1 \
+      -I"$ROOT/csrc" -I"$ROOT/csrc/cuda" -c "$src" -o "$TMP/$name.o" >"$TMP/$name.log" 2>&1; then
     echo "  ok    $(printf '%-24s' "$name.cu") $((SECONDS - t0)) s"
   else
     echo "  FAIL  $name.cu"
@@ -72,25 +89,14 @@ if [ "${SKIP_GLUE:-0}" = "1" ]; then
   echo "glue check skipped (SKIP_GLUE=1)"
   exit 0
 fi
-PY="${PYTHON:-python3}"
 TORCH_INC="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))' 2>/dev/null || true)"
 if [ -z "$TORCH_INC" ] || [ ! -f "$TORCH_INC/c10/cuda/CUDAGuard.h" ]; then
   echo "glue check skipped: torch's CUDA headers not found"
   exit 0
 fi
-CUDA_INC="$(cd "$(dirname "$(readlink -f "$(command -v "$NVCC")")")/../include" && pwd)"
-[ -f "$CUDA_INC/cuda_runtime_api.h" ] || CUDA_INC="${CUDA_HOME:-/usr/local/cuda}/include"
+CUDA_INC="$(cuda_include_dir)"
 STUBS="$TMP/stubs"
-mkdir -p "$STUBS/c10/cuda/impl"
-stub() {  # $1 header, $2 content: only when the real header is missing
-  if [ ! -f "$CUDA_INC/$1" ] && [ ! -f "$TORCH_INC/$1" ]; then printf '%s\n' "$2" >"$STUBS/$1"; fi
-}
-stub cusparse.h 'typedef struct cusparseContext* cusparseHandle_t; typedef int cusparseStatus_t;'
-stub cublas_v2.h 'typedef struct cublasContext* cublasHandle_t; typedef int cublasStatus_t;'
-stub cublasLt.h 'typedef struct cublasLtContext* cublasLtHandle_t;'
-stub cusolverDn.h 'typedef struct cusolverDnContext* cusolverDnHandle_t;'
-stub cusolver_common.h 'typedef int cusolverStatus_t;'
-stub c10/cuda/impl/cuda_cmake_macros.h '#pragma once'
+write_cuda_stubs "$STUBS" "$CUDA_INC" "$TORCH_INC"
 t0=$SECONDS
 for cpp in "$ROOT"/csrc/cuda/*.cpp; do
   if ${CXX:-g++} -std=c++17 -fsyntax-only -Wall -Wextra -isystem "$TORCH_INC" \

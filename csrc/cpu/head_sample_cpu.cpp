@@ -264,7 +264,7 @@ class Worker {
           }
           const float xv = x[c * L + l];
           float x0 = a * xv - b * eps;
-          if (P.clip) x0 = std::min(1.0f, std::max(-1.0f, x0));
+          if (P.clip) x0 = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);  // NaN passes, as torch.clamp
           float mean = c1 * x0 + c2 * xv;
           if (c3 != 0.0f) mean = mean + c3 * x0p[c * L + l];
           x0p[c * L + l] = x0;

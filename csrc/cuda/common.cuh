@@ -138,6 +138,7 @@ __device__ __forceinline__ Welford warp_welford(Welford w) {
 // arrived the word has grown by exactly 0x80000000, i.e. its top bit flipped and
 // its low bits are back where they were. A block waits until the top bit differs
 // from the value it saw when it arrived. No reset is needed between barriers.
+// Stress test: pytest python_tests/test_cuda_stages.py -k grid_barrier (stages.cu).
 // Release/acquire: __syncthreads orders the block's writes before thread 0's
 // fence + atomic (fence cumulativity), and thread 0's fence after the spin orders
 // everything later in the block (after the second __syncthreads) behind it.

@@ -23,7 +23,8 @@
 // EPI_GATE_RES -> out_f32 += gate * (acc + b) (the residual update, in place);
 // EPI_F32 -> out_f32 = acc + b (AdaLN modulations, the final (eps, v) rows).
 //
-// Test: python_tests/test_native_cuda.py (needs a CUDA GPU); compile check:
+// Test: pytest python_tests/test_cuda_stages.py -k stage_gemm (each tile config and epilogue alone,
+// odd M/N/K, against float64), python_tests/test_native_cuda.py (CUDA GPU); compile check:
 // scripts/check_cuda_compile.sh.
 #pragma once
 

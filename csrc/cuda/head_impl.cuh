@@ -18,6 +18,8 @@
 //        D x [ G1: t = SiLU(A W1^T + b1) | G2: h += gate (t W2^T + b2) | LN_{d+1} + modulate ]
 //        Gout: (eps, v) = A Wout^T + bout                                    | barrier
 //    then the final update (step 0) writes the result. 3D + 2 barriers per step.
+//    The update is the sampler's (coefs [S, 8], row_phases.cuh reverse_update): DDPM,
+//    DDIM(eta) and DPM-Solver++(2M) run the same code; x0p keeps the previous x0.
 //
 //  * per-step kernels (larger R): the same stages as separate launches, 3D + 4 per
 //    step; the modulations are computed per block just in time (double-buffered
@@ -31,7 +33,9 @@
 // Test: python_tests/test_native_cuda.py (needs a CUDA GPU):
 //   pytest python_tests/test_native_cuda.py -q
 //   MARENGINE_HEAD_PATH=persistent|kernels forces a path (the test compares both).
-// Bench: benchmarks/ (head sampler timings) once a GPU is available.
+//   pytest python_tests/test_cuda_stages.py   (each stage alone, then both paths whole)
+// Bench: python benchmarks/bench_head_goals.py (the goals: 1024x6 head at M = 32, 512, 4096 vs
+// eager fp16, fraction of dense bf16 peak); all of it: bash scripts/gpu_check.sh OUT_DIR.
 #pragma once
 
 #include <algorithm>
@@ -40,6 +44,7 @@
 #include "gemm_tile.cuh"
 #include "launchers.cuh"
 #include "row_phases.cuh"
+#include "stages.cuh"
 
 namespace marengine {
 namespace cuda {
@@ -58,6 +63,7 @@ template <typename T>
 struct HeadWs {
   unsigned* barrier;  // grid barrier word (256 bytes reserved)
   float* x;           // [N, C] chain state
+  float* x0p;         // [N, C] the previous iteration's x0 (multistep samplers: c3 != 0)
   float* h;           // [R, W] residual stream
   float* outr;        // [R, 2C] (eps, v) of the last network evaluation
   T* abuf;            // [R, W] A operand of G1 / Gout (LN + modulate)
@@ -86,6 +92,7 @@ HeadWs<T> carve_head_ws(const HeadSampleArgs& a, HeadPath path, int chunk, void*
   const size_t R = a.R, W = a.W;
   w.barrier = cv.take<unsigned>(64);
   w.x = cv.take<float>(static_cast<size_t>(a.N) * a.C);
+  w.x0p = cv.take<float>(static_cast<size_t>(a.N) * a.C);
   w.h = cv.take<float>(R * W);
   w.outr = cv.take<float>(R * 2 * a.C);
   w.abuf = cv.take<T>(R * W);
@@ -170,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
       grid_barrier(w.barrier);
     }
     const float* ms = w.mods + static_cast<size_t>(js) * R * ld;  // this step's modulations, row r at ms + r ld
-    row_pre<T>(a, i, w.x, w.h, w.outr, D > 0 ? a.ln_w : nullptr, D > 0 ? a.ln_b : nullptr, ms, ld, w.abuf,
+    row_pre<T>(a, i, w.x, w.x0p, w.h, w.outr, D > 0 ? a.ln_w : nullptr, D > 0 ? a.ln_b : nullptr, ms, ld, w.abuf,
                static_cast<T*>(nullptr), xs);
     grid_barrier(w.barrier);
     for (int d = 0; d < D; ++d) {
@@ -200,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, kPersistentBlocksPerSM)
         1, [&](int) { return linear_job(w.abuf, a.out_w, a.out_b, w.outr, R, 2 * a.C, W, EPI_F32, nullptr, 0); }, smem);
     grid_barrier(w.barrier);
   }
-  final_update(a, w.x, w.outr);
+  update_rows(a, S - 1, w.x, w.x0p, w.outr, a.out);  // the last update (step 0) into the result
 }
 
 // ------------------------------------------------------------------ per-stage kernels
@@ -231,14 +238,15 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     row_pre_kernel(const __grid_constant__ HeadSampleArgs a, const HeadWs<T> w, int i) {
   __shared__ __align__(16) float xs[kWarps * kMaxChannels];
-  row_pre<T>(a, i, w.x, w.h, w.outr, nullptr, nullptr, nullptr, 0, w.abuf, w.y, xs);
+  row_pre<T>(a, i, w.x, w.x0p, w.h, w.outr, nullptr, nullptr, nullptr, 0, w.abuf, w.y, xs);
 }
 
-// final_update_kernel: the step-0 update into the output, one thread per element.
+// update_kernel: the update of iteration `it` for every element, one thread each (it = S - 1:
+// the final update, step 0, into the result). fp32 only; T only keeps one copy per .cu file.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    final_update_kernel(const __grid_constant__ HeadSampleArgs a, const float* x, const float* outr) {
-  final_update(a, x, outr);
+__global__ void __launch_bounds__(kThreads) update_kernel(const __grid_constant__ HeadSampleArgs a, int it,
+                                                          const float* x, float* x0p, const float* outr, float* out) {
+  update_rows(a, it, x, x0p, outr, out);
 }
 
 // ------------------------------------------------------------------ host helpers
@@ -396,12 +404,64 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
   }
 
   MARENGINE_CUDA_TRY(tile_switch<T>(a.R, [&](auto cfg) { return launch_steps<decltype(cfg), T>(a, w, stream); }));
-  final_update_kernel<T><<<ceil_div(a.N * a.C, kThreads), kThreads, 0, stream>>>(a, w.x, w.outr);
+  update_kernel<T><<<ceil_div(a.N * a.C, kThreads), kThreads, 0, stream>>>(a, a.S - 1, w.x, w.x0p, w.outr, a.out);
+  return cudaGetLastError();
+}
+
+// ------------------------------------------------------------------ test-only stage launchers
+// One device stage on given buffers (stages.cuh; dispatched by stages.cu, registered as
+// torch.ops.marengine_stages.* by stages_cuda.cpp). They launch the very kernels and device
+// functions the two paths use. Test: pytest python_tests/test_cuda_stages.py
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    silu_rows_stage_kernel(const __grid_constant__ HeadSampleArgs a, int i0, int rows, T* y) {
+  y_rows<T>(a, i0, rows, y);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    row_pre_stage_kernel(const __grid_constant__ HeadSampleArgs a, const __grid_constant__ StageRowPre r) {
+  __shared__ __align__(16) float xs[kWarps * kMaxChannels];
+  row_pre<T>(a, r.i, r.x, r.x0p, r.h, r.outr, r.ln_w0, r.ln_b0, r.mods0, r.mod_ld, static_cast<T*>(r.abuf),
+             static_cast<T*>(r.y), xs);
+}
+
+inline int stage_grid(int blocks, int natural) {
+  return std::max(1, blocks > 0 ? std::min(blocks, natural) : natural);
+}
+
+template <typename T>
+cudaError_t stage_gemm_t(const StageGemm& g, cudaStream_t stream) {
+  const GemmJob j = linear_job(g.A, g.B, g.bias, g.out, g.M, g.N, g.K, g.epi, g.gate, g.ldg);
+  if (g.small_tiles) return launch_gemm<TileCfg<T, true>, T>(j, nullptr, stream);
+  return launch_gemm<TileCfg<T, false>, T>(j, nullptr, stream);
+}
+
+template <typename T>
+cudaError_t stage_ln_t(const StageLn& l, cudaStream_t stream) {
+  if (l.rows == 0) return cudaSuccess;
+  ln_kernel<T><<<stage_grid(l.blocks, ceil_div(l.rows, kWarps)), kThreads, 0, stream>>>(
+      l.h, l.rows, l.W, l.ln_w, l.ln_b, l.shift, l.mod_ld, static_cast<T*>(l.out));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stage_silu_rows_t(const HeadSampleArgs& a, int i0, int rows, void* y, int blocks, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  const int natural = ceil_div(rows * (a.W / 4), kThreads);
+  silu_rows_stage_kernel<T><<<stage_grid(blocks, natural), kThreads, 0, stream>>>(a, i0, rows, static_cast<T*>(y));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t stage_row_pre_t(const HeadSampleArgs& a, const StageRowPre& r, cudaStream_t stream) {
+  if (a.N == 0) return cudaSuccess;
+  row_pre_stage_kernel<T><<<stage_grid(r.blocks, ceil_div(a.N, kWarps)), kThreads, 0, stream>>>(a, r);
   return cudaGetLastError();
 }
 
 // The non-template entry points of one weight type (one head_sample_<dtype>.cu each);
-// launchers.cu dispatches on WeightType to them.
+// launchers.cu and stages.cu dispatch on WeightType to them.
 #define MARENGINE_DEFINE_HEAD_ENTRY_POINTS(T, SUFFIX)                                                         \
   size_t adaln_block_ws_bytes_##SUFFIX(int M, int W) {                                                        \
     return adaln_block_ws_bytes_t<T>(M, W);                                                                   \
@@ -414,6 +474,19 @@ cudaError_t launch_head_sample_t(const HeadSampleArgs& a, const HeadPlan& plan, 
   }                                                                                                           \
   cudaError_t launch_head_sample_##SUFFIX(const HeadSampleArgs& a, const HeadPlan& plan, cudaStream_t s) {    \
     return launch_head_sample_t<T>(a, plan, s);                                                               \
+  }                                                                                                           \
+  cudaError_t stage_gemm_##SUFFIX(const StageGemm& g, cudaStream_t s) {                                       \
+    return stage_gemm_t<T>(g, s);                                                                             \
+  }                                                                                                           \
+  cudaError_t stage_ln_##SUFFIX(const StageLn& l, cudaStream_t s) {                                           \
+    return stage_ln_t<T>(l, s);                                                                               \
+  }                                                                                                           \
+  cudaError_t stage_silu_rows_##SUFFIX(const HeadSampleArgs& a, int i0, int rows, void* y, int blocks,        \
+                                       cudaStream_t s) {                                                      \
+    return stage_silu_rows_t<T>(a, i0, rows, y, blocks, s);                                                   \
+  }                                                                                                           \
+  cudaError_t stage_row_pre_##SUFFIX(const HeadSampleArgs& a, const StageRowPre& r, cudaStream_t s) {         \
+    return stage_row_pre_t<T>(a, r, s);                                                                       \
   }
 
 }  // namespace cuda

@@ -23,6 +23,9 @@ constexpr int kMaxDepth = 32;      // res blocks per head (official heads: 3 .. 
 constexpr int kMaxChannels = 256;  // token channels C (official: 16)
 constexpr int kWidthMultiple = 8;  // width % 8 == 0: 16-byte rows for cp.async
 constexpr float kLayerNormEps = 1e-6f;
+// Columns of head_sample's per-step table (csrc/head_checks.h kCoefColumns, the glue
+// static_asserts they agree): a, b, c1, c2, c3, lp, lb, nw (marengine/diffusion/samplers.py).
+constexpr int kCoefColumns = 8;
 
 // head_sample runs the persistent kernel when the network's row count
 // (R = N, or 2N with CFG) is at most this, else one fused kernel per stage and step.
@@ -87,11 +90,13 @@ struct HeadSampleArgs {
   const float* fmod_b;           // [2W]
   const void* out_w;             // [2C, W]
   const float* out_b;            // [2C]
-  const float* coefs;            // [S, 6]
+  const float* coefs;            // [S, kCoefColumns]: a, b, c1, c2, c3, lp, lb, nw per step
   const float* step_noise;       // [S, N, C] or nullptr (then Philox(seed, offset))
   uint64_t seed, offset;
-  float* out;       // [N, C]
-  void* workspace;  // HeadPlan::workspace_bytes, 256-byte aligned
+  bool clip_denoised;  // clamp x0 to [-1, 1] before the update
+  float* out;          // [N, C]
+  void* workspace;     // HeadPlan::workspace_bytes, 256-byte aligned (barrier word, chain state x and
+                       // the previous x0, activations, modulations: head_impl.cuh HeadWs)
 };
 
 struct HeadPlan {

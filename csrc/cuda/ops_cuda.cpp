@@ -2,7 +2,9 @@
 //
 //   marengine::adaln_block  one AdaLN residual block (LN + modulate prologue, fused
 //                           bias+SiLU and bias+gate+residual epilogues)
-//   marengine::head_sample  the whole reverse-diffusion loop of the Diffusion-Loss head
+//   marengine::head_sample  the whole reverse-diffusion loop of the Diffusion-Loss head, for any
+//                           sampler of the coefficient table coefs [S, 8] (DDPM, DDIM, DPM-Solver++),
+//                           clip_denoised; the previous x0 (multistep samplers) lives in the workspace
 //
 // Each entry point checks its arguments first: the checks shared with the CPU kernels
 // (csrc/head_checks.h: device, dtype, shape, contiguity, list lengths), then the CUDA
@@ -34,6 +36,7 @@ namespace cuda {
 namespace {
 
 constexpr int64_t kAlign = 16;
+static_assert(kCoefColumns == checks::kCoefColumns, "launchers.cuh and head_checks.h disagree on the coefs columns");
 
 bool is_aligned(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign == 0;
@@ -139,7 +142,7 @@ at::Tensor head_sample_cuda(const at::Tensor& x_T, const at::Tensor& c_emb, cons
                             at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
                             const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
                             double temperature, const std::optional<at::Tensor>& step_noise, int64_t seed,
-                            int64_t offset) {
+                            int64_t offset, bool clip_denoised) {
   const char* op = "marengine::head_sample (CUDA)";
   const checks::HeadShapes sh =
       checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
@@ -208,6 +211,7 @@ at::Tensor head_sample_cuda(const at::Tensor& x_T, const at::Tensor& c_emb, cons
   a.step_noise = has_noise ? noise.data_ptr<float>() : nullptr;
   a.seed = static_cast<uint64_t>(seed);
   a.offset = static_cast<uint64_t>(offset);
+  a.clip_denoised = clip_denoised;
   a.out = out.data_ptr<float>();
 
   HeadPlan plan{};

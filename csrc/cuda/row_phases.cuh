@@ -3,20 +3,24 @@
 //   ln_modulate_rows  A[r] = (LN(h[r]) [* ln_w + ln_b]) * (1 + scale[r]) + shift[r]  -> T
 //                     (the AdaLN prologue of a res block's first GEMM, or of the final
 //                     linear: LayerNorm without affine). Welford fp32 statistics.
-//   row_pre           per chain row n of iteration i: x <- reverse-diffusion update
-//                     from the previous iteration's (eps, v) rows (CFG combine,
-//                     learned-range variance, posterior mean, noise), then the input
+//   row_pre           per chain row n of iteration i: x <- the sampler's update from the
+//                     previous iteration's (eps, v) rows (CFG combine, x0 = a x - b eps,
+//                     optional clamp, mean = c1 x0 + c2 x + c3 x0_prev, learned-range or
+//                     fixed variance, noise; coefficient table [S, 8]), then the input
 //                     projection h = in_w x + in_b (copied to row n + N with CFG), and
 //                     optionally LN + modulate for block 0 and y = SiLU(t_emb + c_emb).
-//   final_update      the last update (step 0, no noise) into the output.
+//   update_rows       the update alone, one thread per element (the last one, step 0,
+//                     writes the result).
 //
 // Each lane owns the float4 chunks j = 4 lane + 128 k of a row, so a lane re-reads
 // only what it wrote itself (no cross-lane hazards inside a row). Row r is
 // processed by warp (blockIdx.x * warps + warp) + q * (gridDim.x * warps).
 //
-// The update mirrors marengine/diffusion/gaussian.py op by op with explicitly
+// The update mirrors marengine/diffusion/gaussian.py sample_loop op by op with explicitly
 // rounded fp32 operations (__fmul_rn etc.: no FMA contraction), so it rounds as the
 // PyTorch reference does.
+// Test: python_tests/test_cuda_stages.py -k "ln_modulate or row_pre or update or silu"
+// (each stage alone against a float64 reference), python_tests/test_native_cuda.py.
 #pragma once
 
 #include "common.cuh"
@@ -121,41 +125,57 @@ __device__ __forceinline__ void y_rows(const HeadSampleArgs& a, int i0, int rows
   }
 }
 
-// The reverse step of iteration `it` (diffusion step S - 1 - it) for element (n, c):
-// x_prev = posterior mean (+ exp(logvar / 2) * noise * temperature if step > 0).
-// `outr` = the network's (eps, v) rows [R, 2C] at that step, xv = x_t.
+// Clamp to [-1, 1] (clip_denoised); NaN stays NaN, as torch.clamp leaves it.
+__device__ __forceinline__ float clamp_unit(float v) {
+  return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+}
+
+// The sampler's update at iteration `it` (diffusion step t = S - 1 - it) for element (n, c),
+// from the coefficient row t (a, b, c1, c2, c3, lp, lb, nw; csrc/ops.cpp):
+//   x0 = a x - b eps (clamped with clip_denoised);  mean = c1 x0 + c2 x [+ c3 x0_prev]
+//   x  = mean [+ exp(logvar / 2) noise temperature where nw != 0 and temperature > 0]
+// `outr` = the network's (eps, v) rows [R, 2C] at that step, xv = x_t. x0p[n C + c] holds
+// the previous iteration's x0 (read only when it > 0: zero before the first) and receives
+// this one's. Mirrors marengine/diffusion/gaussian.py sample_loop op by op with explicitly
+// rounded fp32 operations (no FMA contraction): for DDPM (c3 = 0) it is the official
+// posterior step, bit for bit with the CPU kernel where no noise is drawn.
 __device__ __forceinline__ float reverse_update(const HeadSampleArgs& a, const float* outr, int it, int n, int c,
-                                                float xv) {
+                                                float xv, float* x0p) {
   const int C = a.C, step = a.S - 1 - it;
-  const float* co = a.coefs + static_cast<size_t>(step) * 6;
+  const float* co = a.coefs + static_cast<size_t>(step) * kCoefColumns;
+  const size_t e = static_cast<size_t>(n) * C + c;
   float eps = outr[static_cast<size_t>(n) * 2 * C + c];
   const float v = outr[static_cast<size_t>(n) * 2 * C + C + c];
   if (a.R != a.N) {  // guidance: eps = uncond + cfg * (cond - uncond); v from the cond half
     const float eu = outr[static_cast<size_t>(n + a.N) * 2 * C + c];
     eps = __fadd_rn(eu, __fmul_rn(a.cfg, __fsub_rn(eps, eu)));
   }
-  const float frac = __fmul_rn(__fadd_rn(v, 1.0f), 0.5f);
-  const float logvar = __fadd_rn(__fmul_rn(frac, co[5]), __fmul_rn(__fsub_rn(1.0f, frac), co[4]));
-  const float x0 = __fsub_rn(__fmul_rn(co[0], xv), __fmul_rn(co[1], eps));
-  const float mean = __fadd_rn(__fmul_rn(co[2], x0), __fmul_rn(co[3], xv));
-  if (step > 0 && a.temperature > 0.0f) {
-    const size_t e = (static_cast<size_t>(it) * a.N + n) * C + c;
-    const float z = a.step_noise != nullptr ? a.step_noise[e] : philox_normal(e, a.seed, a.offset);
+  float x0 = __fsub_rn(__fmul_rn(co[0], xv), __fmul_rn(co[1], eps));
+  if (a.clip_denoised) x0 = clamp_unit(x0);
+  float mean = __fadd_rn(__fmul_rn(co[2], x0), __fmul_rn(co[3], xv));
+  const float c3 = co[4];
+  if (c3 != 0.0f) mean = __fadd_rn(mean, __fmul_rn(c3, it > 0 ? x0p[e] : 0.0f));
+  x0p[e] = x0;
+  if (co[7] != 0.0f && a.temperature > 0.0f) {
+    const float frac = __fmul_rn(__fadd_rn(v, 1.0f), 0.5f);  // (v + 1) / 2, exactly
+    const float logvar = __fadd_rn(__fmul_rn(frac, co[6]), __fmul_rn(__fsub_rn(1.0f, frac), co[5]));
+    const size_t en = (static_cast<size_t>(it) * a.N + n) * C + c;
+    const float z = a.step_noise != nullptr ? a.step_noise[en] : philox_normal(en, a.seed, a.offset);
     return __fadd_rn(mean, __fmul_rn(__fmul_rn(expf(__fmul_rn(0.5f, logvar)), z), a.temperature));
   }
   return mean;
 }
 
 // Per chain row n at iteration i (step s = S - 1 - i):
-//   x[n] = i == 0 ? x_T[n] : reverse_update(previous iteration)
+//   x[n] = i == 0 ? x_T[n] : reverse_update(previous iteration)   (x0p: previous x0, [N, C])
 //   h[n] (and h[n + N]) = in_w x + in_b
 //   mods0 != nullptr: A[n], A[n + N] = LN_0(h) modulated by mods0 rows (ln_w0 == nullptr: no affine)
 //   y != nullptr:     y[n], y[n + N] = SiLU(t_emb[s] + c_emb[row])
 // xs: per-warp shared scratch of kMaxChannels floats.
 template <typename T>
-__device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x, float* h, const float* outr,
-                                        const float* ln_w0, const float* ln_b0, const float* mods0, int mod_ld, T* abuf,
-                                        T* y, float* xs_all) {
+__device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x, float* x0p, float* h,
+                                        const float* outr, const float* ln_w0, const float* ln_b0, const float* mods0,
+                                        int mod_ld, T* abuf, T* y, float* xs_all) {
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int C = a.C, W = a.W, N = a.N;
   const bool guided = a.R != a.N;
@@ -163,7 +183,7 @@ __device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x
   for (int n = blockIdx.x * warps + warp; n < N; n += gridDim.x * warps) {
     for (int c = lane; c < C; c += 32) {
       float xv = x[static_cast<size_t>(n) * C + c];  // x_T was copied into x before iteration 0
-      if (i > 0) xv = reverse_update(a, outr, i - 1, n, c, xv);
+      if (i > 0) xv = reverse_update(a, outr, i - 1, n, c, xv, x0p);
       x[static_cast<size_t>(n) * C + c] = xv;
       xs[c] = xv;
     }
@@ -212,13 +232,15 @@ __device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x
   }
 }
 
-// out[n, c] = the last reverse update (iteration S - 1, step 0: no noise).
-__device__ __forceinline__ void final_update(const HeadSampleArgs& a, const float* x, const float* outr) {
+// out[n, c] = reverse_update of iteration `it` for every element, one thread per element
+// (it = S - 1, step 0: the last update, into the result; x may alias out).
+__device__ __forceinline__ void update_rows(const HeadSampleArgs& a, int it, const float* x, float* x0p,
+                                            const float* outr, float* out) {
   const size_t total = static_cast<size_t>(a.N) * a.C;
   for (size_t e = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const int n = static_cast<int>(e / a.C), c = static_cast<int>(e % a.C);
-    a.out[e] = reverse_update(a, outr, a.S - 1, n, c, x[e]);
+    out[e] = reverse_update(a, outr, it, n, c, x[e], x0p);
   }
 }
 

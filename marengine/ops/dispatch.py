@@ -56,7 +56,9 @@ def sample_head(
     sampler: HeadSampler = DDPM,
 ) -> torch.Tensor:
     """The head's reverse diffusion on the native kernels where they are built and take this
-    head (backend="auto"), else the PyTorch reference; "native" / "torch" force one."""
+    head (backend="auto"), else the PyTorch reference; "native" / "torch" force one. A kernel
+    configuration that failed its first-use self-check (selfcheck.py, MARENGINE_SELFCHECK)
+    runs on the reference under "auto" and raises under "native"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
@@ -67,9 +69,14 @@ def sample_head(
         )
     kw = dict(sampler=sampler, clip_denoised=clip_denoised)
     if why_not is None:
-        from . import native
+        from . import native, selfcheck
 
-        log.debug("head sampler: native (%s, %s)", z.device.type, sampler.key)
-        return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)
+        # the first use of a kernel configuration is checked against the reference (selfcheck.py)
+        why_not = selfcheck.failure(net, z, x_T, cfg, sampler, clip_denoised)
+        if why_not is None:
+            log.debug("head sampler: native (%s, %s)", z.device.type, sampler.key)
+            return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)
+        if backend == "native":
+            raise RuntimeError(f"backend='native' asked for, but {why_not}; use backend='auto'")
     log.debug("head sampler: torch reference (%s: %s)", z.device.type, why_not)
     return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)

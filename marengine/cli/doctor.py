@@ -1,0 +1,125 @@
+"""`marengine doctor`: what the native head sampler was built with, what runs where, and its self-checks.
+
+Prints the build (versions, CPU kernel ISA, whether the CUDA kernels are built and why not),
+the GPUs, which backend a head of the given size gets on each device, and runs the self-checks
+(marengine/ops/selfcheck.py) now: the CPU kernels always (on a small head: their code does not
+depend on the size), the CUDA kernels where a GPU is visible (every weight dtype on every
+path, and each sampler, on the given head). Exit status 1 when a self-check fails. A few
+seconds on a CPU; well under a second of GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from ..checks import arg, check_int
+
+
+def _head_template(width: int, depth: int, channels: int):
+    """A head of the official structure on the meta device (shapes only: the checks draw weights)."""
+    import torch
+
+    from ..models.head import SimpleMLPAdaLN
+
+    with torch.device("meta"):
+        return SimpleMLPAdaLN(channels, width, 2 * channels, 768, depth)
+
+
+def _configs(device: str, width: int, depth: int, channels: int, full: bool):
+    import torch
+
+    from ..ops.selfcheck import Config
+
+    def cfg(path, dtype, sampler="ddpm", clip=False, guided=True):
+        return Config(device, path, dtype, width, depth, channels, sampler, clip, guided)
+
+    if device == "cpu":
+        out = [cfg("cpu", torch.float32), cfg("cpu", torch.bfloat16), cfg("cpu", torch.float32, "dpm++2m", True)]
+        return out + ([cfg("cpu", torch.float16), cfg("cpu", torch.float32, "ddim:1", guided=False)] if full else [])
+    out = [
+        cfg(path, dtype)
+        for path in ("persistent", "kernels-32", "kernels-64")
+        for dtype in (torch.float32, torch.bfloat16, torch.float16)
+    ]
+    samplers = [("ddim", False), ("ddim:1", False), ("dpm++2m", True)]
+    out += [cfg("persistent", torch.bfloat16, s, clip) for s, clip in samplers]
+    out += [cfg("kernels-64", torch.bfloat16, s, clip, guided=False) for s, clip in samplers]
+    return out
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..ops import buildinfo, selfcheck
+
+    t_start = time.perf_counter()
+    info = buildinfo.build_info()
+    print("marengine doctor")
+    print("build")
+    rows = [
+        ("marengine", f"{info.marengine} (python {info.python})"),
+        ("torch", f"{info.torch}, CUDA {info.torch_cuda or 'none (a CPU build)'}"),
+        ("extension", info.extension or f"NOT BUILT ({info.load_error}): pip install --no-build-isolation -e ."),
+        ("CPU kernels", info.cpu_kernels or "not built"),
+        ("CUDA kernels", info.cuda_kernels),
+        ("stage tests", "available (torch.ops.marengine_stages)" if info.stage_ops else "not built"),
+    ]
+    rows += [("GPU", g) for g in info.gpus] or [("GPU", "none visible (torch.cuda.is_available() is False)")]
+    rows += [(name, value) for name, value in info.switches.items()]
+    for name, value in rows:
+        print(f"  {name:<26} {value}")
+    print(f"backends for a {args.width}x{args.depth} head (backend='auto')")
+    for dev, what in buildinfo.backend_lines(info, args.width, args.depth, args.channels):
+        print(f"  {dev:<26} {what}")
+    if args.no_checks:
+        return 0
+
+    plans = []
+    if info.extension is not None:
+        plans.append(("cpu", args.cpu_width, args.cpu_depth))
+    if info.cuda_registered and info.gpus:
+        plans.append((f"cuda:{torch.cuda.current_device()}", args.width, args.depth))
+    elif args.require_cuda:
+        print(f"  FAIL no CUDA self-check can run: GPU {'visible' if info.gpus else 'not visible'}, "
+              f"CUDA kernels {info.cuda_kernels}")  # fmt: skip
+        return 1
+    print(f"self-checks (now; during sampling {selfcheck.ENV}={selfcheck.mode()})")
+    if not plans:
+        print("  none: no native kernels are built")
+        return 0
+    failed = 0
+    old_path = os.environ.pop("MARENGINE_HEAD_PATH", None)  # each check takes the path it names
+    try:
+        for device, width, depth in plans:
+            template = _head_template(width, depth, args.channels)
+            for config in _configs(device, width, depth, args.channels, args.full):
+                v = selfcheck.run_check(template, config)
+                failed += not v.ok
+                print(f"  {v.line()}", flush=True)
+    finally:
+        if old_path is not None:
+            os.environ["MARENGINE_HEAD_PATH"] = old_path
+    total = len(selfcheck.results())
+    verdict = f"{failed} of {total} self-checks FAILED" if failed else f"all {total} self-checks passed"
+    print(f"result: {verdict} ({time.perf_counter() - t_start:.1f} s)")
+    if failed:
+        print("  the failing configurations run on the PyTorch reference during sampling; please report this output")
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pos = {n: arg(check_int, n, lo=1) for n in ("--width", "--depth", "--channels", "--cpu-width", "--cpu-depth")}
+    p = sub.add_parser(
+        "doctor", help="build info, which head sampler runs where, and the native kernels' self-checks (exit 1 on fail)"
+    )
+    p.add_argument("--width", type=pos["--width"], default=1024, help="head width of the CUDA checks (MAR-B: 1024)")
+    p.add_argument("--depth", type=pos["--depth"], default=6, help="head depth of the CUDA checks (MAR-B: 6)")
+    p.add_argument("--channels", type=pos["--channels"], default=16, help="token channels")
+    p.add_argument("--cpu-width", type=pos["--cpu-width"], default=256, help="head width of the CPU checks")
+    p.add_argument("--cpu-depth", type=pos["--cpu-depth"], default=2, help="head depth of the CPU checks")
+    p.add_argument("--full", action="store_true", help="more CPU configurations (fp16, DDIM without CFG)")
+    p.add_argument("--no-checks", action="store_true", help="build info only")
+    p.add_argument("--require-cuda", action="store_true", help="exit 1 when the CUDA kernels cannot be checked")
+    p.set_defaults(fn=cmd_doctor)

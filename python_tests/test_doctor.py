@@ -1,0 +1,47 @@
+"""`marengine doctor`: build info, backends and the self-checks; exit 1 when a self-check fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marengine.cli import main
+from marengine.ops import native, selfcheck
+
+pytestmark = pytest.mark.skipif(not native.available("cpu"), reason="marengine._C is not built")
+SMALL = ["--cpu-width", "64", "--cpu-depth", "1"]
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    selfcheck.clear()
+    yield
+    selfcheck.clear()
+
+
+def test_doctor_reports_build_and_passes(capsys):
+    assert main(["doctor", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "CPU kernels" in out and native._C.cpu_kernels() in out
+    assert "all 3 self-checks passed" in out
+    assert "head 64x1" in out
+    if not torch.cuda.is_available():
+        assert "GPU                        none visible" in out
+    if not native._C.built_with_cuda():
+        assert "CUDA kernels               not built (" in out
+
+
+def test_doctor_fails_on_a_wrong_kernel(capsys, monkeypatch):
+    real = native.sample_head
+    monkeypatch.setattr(native, "sample_head", lambda *a, **k: real(*a, **k) * 1.01)
+    assert main(["doctor", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL cpu, cpu path, float32 weights, head 64x1" in out
+    assert "self-checks FAILED" in out
+
+
+def test_doctor_without_checks(capsys):
+    assert main(["doctor", "--no-checks", "--width", "96", "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "backends for a 96x2 head" in out and "self-checks" not in out
+    assert selfcheck.results() == []
