@@ -15,9 +15,9 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import data, export, sample, train
+from . import bench, data, export, sample, train
 
-COMMANDS = (train, sample, data, export)
+COMMANDS = (train, sample, data, export, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
