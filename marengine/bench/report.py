@@ -191,7 +191,8 @@ def roofline_section(records: Records) -> list[str]:
     for r in rows:
         p, m = r["params"], r["metrics"]
         if p["kind"] == "matmul":
-            body.append([f"matmul n={p['n']}", p["dtype"], "-", _f(m["gflops"], ".4g"), "-", "-"])
+            what = f"matmul n={p['n']}" + (" (peak, interleaved)" if p.get("interleaved") else "")
+            body.append([what, p["dtype"], "-", _f(m["gflops"], ".4g"), "-", "-"])
         else:
             body.append(
                 [
