@@ -3,7 +3,8 @@ loop's own work: masking, gathers, CFG bookkeeping, noise), per backend, summing
 total; and the peak memory per image.
 
 Each stage call is timed inside the generation (perf_counter on the CPU; CUDA events on a
-GPU, read after one synchronize at the end), "other" is the total minus the stages. Peak
+GPU, read after one synchronize at the end), "other" is the total minus the stages; the
+figures are those of the run with the median total (so that they add up). Peak
 memory is measured on a separate run: on a GPU the peak of torch's allocated memory above
 what was allocated before; on the CPU the peak resident set above the resident set before
 (Linux VmHWM, reset for the run), i.e. the host memory the generation touched on top of
@@ -16,7 +17,6 @@ what the process already held. Both are divided by the batch size.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -116,7 +116,7 @@ def run_plan(ctx, plan: ModelPlan, args, precision: str, wanted: list[str]) -> N
             per_run.append(split)
         with PeakMemory(ctx.device) as mem:
             make_run(setup, backend, point.batch, point.num_iter, point.cfg)()
-        med = {k: statistics.median(r[k] for r in per_run) for k in (*STAGES, "other", "total")}
+        med = sorted(per_run, key=lambda r: r["total"])[(len(per_run) - 1) // 2]  # the median run, whole
         b = point.batch
         metrics = {f"{k}_s_per_image": v / b for k, v in med.items()}
         metrics |= {f"{k}_fraction": med[k] / med["total"] for k in (*STAGES, "other")}

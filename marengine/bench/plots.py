@@ -95,6 +95,9 @@ def e2e_sweeps(records: Records, out: Path) -> Path | None:
                     ax.plot(*zip(*pts), marker="o", label=b)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            values = sorted({r["params"][key] for r in by_model[m] if r["params"].get("sweep") in (sweep, "base")})
+            ax.set_xticks(values, [str(v) for v in values])
+            ax.xaxis.set_minor_formatter(_pyplot().NullFormatter())
             ax.set_xlabel(key)
             ax.set_ylabel("s / image (p50)")
             ax.set_title(f"{m}: {sweep} sweep", fontsize=9)
@@ -109,7 +112,8 @@ def stages(records: Records, out: Path) -> Path | None:
     if not rows:
         return None
     plt = _pyplot()
-    labels = [f"{r['params']['model']} {r['params']['backend']}" for r in rows]
+    star = lambda r: "*" if r["params"].get("reduced") else ""
+    labels = [f"{r['params']['model']}{star(r)} {r['params']['backend']}" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(rows)))
     left = [0.0] * len(rows)
     for stage in ("backbone", "head", "decode", "other"):
@@ -122,7 +126,7 @@ def stages(records: Records, out: Path) -> Path | None:
     ax.set_xlabel("% of the generation time")
     ax.invert_yaxis()
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(rows)))
-    ax.set_title("where the time goes (per-stage breakdown)", fontsize=9)
+    ax.set_title("where the time goes (per-stage breakdown); * reduced configuration", fontsize=9)
     return _save(fig, out / "stages.png")
 
 
@@ -148,11 +152,14 @@ def quality(records: Records, out: Path) -> Path | None:
             ax.plot(xs, ys, style, label=label)
             for x, y, r in zip(xs, ys, rs):
                 ax.annotate(str(r["params"][key]), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    floors: dict[float, list[str]] = defaultdict(list)  # the judge compares 8x8 digits: models may share a floor
     for model in dict.fromkeys(r["params"]["model"] for r in rows):
         floor = next(r["metrics"]["fd_real_floor"] for r in rows if r["params"]["model"] == model)
         if floor is not None:
-            a2.axhline(floor, lw=0.7, ls=":", color="gray")
-            a2.text(a2.get_xlim()[0], floor, f" {model} real-vs-real floor", fontsize=6, va="bottom")
+            floors[round(floor, 3)].append(model)
+    for floor, models in floors.items():
+        a2.axhline(floor, lw=0.7, ls=":", color="gray")
+        a2.text(a2.get_xlim()[0], floor, f" real-vs-real floor ({', '.join(models)})", fontsize=6, va="bottom")
     a1.set_ylabel("judge accuracy (samples recognised as their class)")
     a2.set_ylabel("Frechet distance to held-out digits (lower is better)")
     for ax in (a1, a2):
