@@ -19,9 +19,11 @@ Prints a table (median ms per call, speedups vs eager) and writes JSON with --js
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -148,6 +150,7 @@ def main() -> int:
 
     ort = import_onnxruntime()
     tmp = tempfile.mkdtemp(prefix="bench_backbone_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # MAR-B's export is ~0.7 GB: do not leave it behind
     t0 = time.perf_counter()
     paths = export_onnx(model, tmp, parts=("backbone_embed",))
     export_s = time.perf_counter() - t0
