@@ -33,7 +33,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run the latency benchmark suite: report.md, records.json and plots")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="CI: tiny shapes, ~2 min")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="CI: tiny shapes, < 2 min")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the full suite (default)")
     p.set_defaults(mode="full")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if torch sees a GPU")
