@@ -13,14 +13,17 @@ Prints a table (median ms per call, speedups vs eager) and writes JSON with --js
 
     python benchmarks/bench_backbone.py                      # small default, ~1-2 min on 2 cores
     python benchmarks/bench_backbone.py --preset mar_base --img-size 256 --no-compile --json out.json
+    python benchmarks/bench_backbone.py --quick --out backbone.json   # tiny; records for the suite
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -56,7 +59,45 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on few cores)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the torch runs")
     p.add_argument("--json", default=None, help="write the results here")
-    return p.parse_args()
+    p.add_argument("--out", default=None, help="write benchmark records here (marengine bench format)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="tiny shapes (unless given)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the defaults above")
+    p.set_defaults(mode="full")
+    args = p.parse_args()
+    if args.mode == "quick":  # tiny shapes, for the options left at their defaults
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    return args
+
+
+QUICK = {"img_size": 8, "batch": [2], "known": ["0", "half"], "repeats": 3, "no_compile": True}
+
+
+def write_records(path: str, info: dict, args: argparse.Namespace) -> None:
+    """One record per (B, K, backend) in the suite's format (marengine.bench.records)."""
+    from marengine.bench.machine import machine_info
+    from marengine.bench.records import Record
+    from marengine.bench.records import write_records as write
+
+    machine = machine_info(info["device"])
+    recs = []
+    for r in info["results"]:
+        for key in ("eager_ms", "compiled_ms", "ort_cpu_ms", "ort_cuda_ms"):
+            if key not in r:
+                continue
+            backend = key.removesuffix("_ms")
+            params = {"mode": args.mode, "device": info["device"], "preset": info["preset"], "img_size": args.img_size}
+            params |= {"seq_len": info["seq_len"], "batch": r["B"], "known": r["K"], "backend": backend}
+            params |= {"threads": info["threads"], "exporter": info["exporter"]}
+            metrics = {"ms": r[key], "speedup_vs_eager": r["eager_ms"] / r[key]}
+            if backend == "ort_cpu":
+                metrics["max_rel_err_vs_eager"] = r["ort_cpu_max_rel_err"]
+            name = f"{info['preset']}/img{args.img_size}/B{r['B']}/K{r['K']}/{backend}"
+            recs.append(Record("backbone", name, params, metrics, machine, {"ms": "ms"}))
+    write(path, recs)
+    print(f"wrote {len(recs)} records to {path}")
 
 
 def interleaved_ms(
@@ -109,6 +150,7 @@ def main() -> int:
 
     ort = import_onnxruntime()
     tmp = tempfile.mkdtemp(prefix="bench_backbone_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # MAR-B's export is ~0.7 GB: do not leave it behind
     t0 = time.perf_counter()
     paths = export_onnx(model, tmp, parts=("backbone_embed",))
     export_s = time.perf_counter() - t0
@@ -200,6 +242,8 @@ def main() -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(info, indent=1))
         print(f"wrote {a.json}")
+    if a.out:
+        write_records(a.out, info, a)
     return 0
 
 

@@ -9,6 +9,7 @@ chain rows N (with CFG the network runs 2N rows).
     python benchmarks/bench_head.py                                   # full grid (slow on 2 cores)
     python benchmarks/bench_head.py --rows 32,256 --heads 1024x3 --cfg off --json out.json
     python benchmarks/bench_head.py --rows 256 --dtype bf16 --no-reference
+    python benchmarks/bench_head.py --quick --out head.json     # a tiny grid; records for the suite
 
 FLOPs per chain row per step: (10 depth + 4) width^2, doubled with CFG.
 """
@@ -69,6 +70,11 @@ def parse_args() -> argparse.Namespace:
         help="skip a measurement whose estimated single run exceeds this many seconds",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--out", type=Path, default=None, help="write benchmark records here (marengine bench format)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="a tiny grid (unless given)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the grid above (default)")
+    p.set_defaults(mode="full")
     p.add_argument(
         "--quiet-load",
         type=float,
@@ -76,7 +82,41 @@ def parse_args() -> argparse.Namespace:
         help="on a shared machine: before each measurement wait (up to 15 min) until the 1-minute "
         "load average is below this",
     )
-    return p.parse_args()
+    args = p.parse_args()
+    if args.mode == "quick":  # a tiny grid, for the options left at their defaults
+        for key, value in QUICK.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
+    return args
+
+
+QUICK = {"rows": "16", "heads": "128x2", "cfg": "on", "dtype": "fp32", "steps": 5, "repeat": 2}
+
+
+def write_records(path: Path, results: list[Row], args: argparse.Namespace, device: torch.device) -> None:
+    """One record per (head, rows, cfg, backend) in the suite's format (marengine.bench.records)."""
+    from marengine.bench.machine import machine_info
+    from marengine.bench.records import Record
+    from marengine.bench.records import write_records as write
+
+    machine = machine_info(str(device))
+    recs = []
+    for r in results:
+        ref = r.ms.get("torch_fp32")
+        for key, ms in r.ms.items():
+            params = {"mode": args.mode, "device": str(device), "width": r.width, "depth": r.depth, "rows": r.rows}
+            params |= {"cfg": r.cfg, "steps": r.steps, "backend": key, "threads": torch.get_num_threads()}
+            metrics = {
+                "ms": ms,
+                "speedup_vs_torch_fp32": ref / ms if ref and ms else None,
+                "gflop": r.gflop,
+                "gflops": r.gflop / ms * 1e3 if ms else None,
+                "loadavg_1min_at_start": r.load,
+            }
+            name = f"{r.width}x{r.depth}/rows{r.rows}/{'cfg' if r.cfg else 'nocfg'}/s{r.steps}/{key}"
+            recs.append(Record("head", name, params, metrics, machine, {"ms": "ms", "gflops": "GFLOP/s"}))
+    write(path, recs)
+    print(f"wrote {len(recs)} records to {path}")
 
 
 def make_head(width: int, depth: int, steps: int, device: torch.device) -> DiffLoss:
@@ -206,6 +246,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(meta=meta, results=[asdict(r) for r in results]), indent=2))
         print(f"wrote {args.json}")
+    if args.out:
+        write_records(args.out, results, args, device)
 
 
 if __name__ == "__main__":

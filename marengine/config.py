@@ -147,6 +147,25 @@ PRESETS: dict[str, MARConfig] = {
         proj_dropout=0.0,
         diffusion_batch_mul=2,
     ),
+    # the digits upsampled to 16x16 (data "digits16"): 64 tokens of 2x2 pixels, so that the number of
+    # iterations matters; small enough to train on a CPU in minutes (the speed/quality benchmark)
+    "mar_digits16": _sized(
+        96,
+        2,
+        4,
+        img_size=16,
+        vae_stride=2,
+        vae_embed_dim=4,
+        patch_size=1,
+        buffer_size=4,
+        class_num=10,
+        diffloss_d=2,
+        diffloss_w=128,
+        num_sampling_steps="50",
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        diffusion_batch_mul=1,
+    ),
     # tiny, for tests
     "mar_tiny": _sized(
         64,

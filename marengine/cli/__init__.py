@@ -1,4 +1,5 @@
-"""Command line: marengine train | demo | sample | edit | cache-latents | check-data | export-onnx | doctor.
+"""Command line: marengine train | demo | sample | edit | cache-latents | check-data | export-onnx | bench |
+doctor.
 
 Each sub-command lives in its own module and registers its parser here. Every error a
 user can cause ends as one line `marengine CMD: error: ...` and exit status 2
@@ -15,9 +16,9 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import data, doctor, edit, export, sample, train
+from . import bench, data, doctor, edit, export, sample, train
 
-COMMANDS = (train, sample, edit, data, export, doctor)
+COMMANDS = (train, sample, edit, data, export, bench, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

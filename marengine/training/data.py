@@ -27,9 +27,11 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 class DigitsDataset(Dataset):
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), scaled to [-1, 1].
 
-    split: "all", "train" (even indices) or "heldout" (odd indices)."""
+    split: "all", "train" (even indices) or "heldout" (odd indices). size: 8, or 16 for the
+    digits upsampled once here by pixel repetition (nearest, each pixel a 2x2 block, so that
+    2x2 average pooling gives the 8x8 digit back exactly; data "digits16")."""
 
-    def __init__(self, split: str = "all") -> None:
+    def __init__(self, split: str = "all", size: int = 8) -> None:
         from sklearn.datasets import load_digits
 
         d = load_digits()
@@ -38,7 +40,11 @@ class DigitsDataset(Dataset):
         sel = {"all": slice(None), "train": slice(0, None, 2), "heldout": slice(1, None, 2)}
         if split not in sel:
             raise ValueError(f"split must be one of {sorted(sel)}, got {split!r}")
+        if size not in (8, 16):
+            raise ValueError(f"digits come at size 8 or 16 (upsampled), got {size}")
         self.images = torch.from_numpy(x[sel[split]]).unsqueeze(1)  # [N, 1, 8, 8]
+        if size == 16:
+            self.images = self.images.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # [N, 1, 16, 16]
         self.labels = torch.from_numpy(y[sel[split]])
         self.num_classes = 10
 

@@ -13,6 +13,8 @@ from .config import PRECISIONS, TrainConfig
 from .data import DigitsDataset, ImageFolderDataset
 from .latent_dataset import is_latent_cache, open_latents
 
+DIGITS_SIZES = {"digits": 8, "digits16": 16}  # the bundled digits, and the same upsampled to 16x16
+
 
 def resolve_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
@@ -30,10 +32,13 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):
     """(dataset, yields_latents)."""
-    if cfg.data == "digits":
-        if model_cfg.img_size != 8:
-            raise ValueError(f"the digits are 8x8 images, the model config says img_size={model_cfg.img_size}")
-        return DigitsDataset("train"), False
+    if cfg.data in DIGITS_SIZES:
+        size = DIGITS_SIZES[cfg.data]
+        if model_cfg.img_size != size:
+            raise ValueError(
+                f"data {cfg.data!r} holds {size}x{size} images, the model config says img_size={model_cfg.img_size}"
+            )
+        return DigitsDataset("train", size=size), False
     path = Path(cfg.data)
     if is_latent_cache(path):
         from ..config import VAE_LATENT_SCALE
