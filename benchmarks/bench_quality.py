@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import set_diffusion_steps, trained_digits  # noqa: E402
 from marengine.bench.script import Table, add_common_args, finish, start  # noqa: E402
+from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
 from marengine.models.tokenizers import to_uint8  # noqa: E402
 from marengine.sampling.engine import SampleSettings, generate  # noqa: E402
@@ -52,12 +53,21 @@ class Variant:
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
     sample_kwargs: dict[str, Any] = field(default_factory=dict)
+    axes: tuple[str, ...] = ("num_iter", "steps")  # the sweeps it runs along
 
 
-# the engine as users run it: `generate` with the SampleSettings defaults (head backend "auto"; pixel
-# tokens get their x_0 predictions clipped to [-1, 1], which the PyTorch head implements: the native
-# kernels run the unclipped official sampler only, whose pixel samples score far worse on the judge)
-VARIANTS = [Variant("engine")]
+FAST = SAMPLING_PRESETS["fast"]
+# the engine as users run it (`generate` with the SampleSettings defaults: the official sampler, head
+# backend "auto", pixel tokens' x_0 predictions clipped to [-1, 1]), then each fast-sampling knob
+# alone along the axis it acts on, and the `fast` preset (benchmarks/bench_presets.py times them
+# side by side at one point)
+VARIANTS = [
+    Variant("engine"),
+    Variant("dpm++2m", settings={"sampler": "dpm++2m"}, axes=("steps",)),
+    Variant(f"steps {FAST.steps}", settings={"steps": FAST.steps}, axes=("num_iter",)),
+    Variant("cache", settings={"cache": FAST.cache}, axes=("num_iter",)),
+    Variant("fast", settings={"preset": "fast"}, axes=("num_iter",)),
+]
 
 
 @dataclass
@@ -161,7 +171,7 @@ def run_sweep(ctx, s: Sweep, args) -> None:
     )
     for variant in VARIANTS:
         for axis, num_iter, steps in points(s):
-            if num_iter > model.seq_len:
+            if num_iter > model.seq_len or axis not in variant.axes:
                 continue
             set_diffusion_steps(model, steps)
             fields = {"num_iter": num_iter, "cfg": s.cfg, "temperature": 1.0, "batch_size": args.batch_size}

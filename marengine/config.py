@@ -215,10 +215,11 @@ class SamplingPreset:
 SAMPLING_PRESETS: dict[str, SamplingPreset] = {
     "official": SamplingPreset(note="the official sampler: DDPM with the model's steps at every iteration"),
     "fast": SamplingPreset(
-        sampler="dpm++2m",
-        steps="20-6",
-        cache="refresh=3,warmup=2",
-        note="DPM-Solver++(2M) annealed from 20 to 6 steps over the iterations, backbone reuse between refreshes",
+        sampler="ddpm",
+        steps="15-4",
+        cache="refresh=5,warmup=2",
+        note="the official DDPM head annealed from 15 to 4 diffusion steps over the iterations (DiSA-style), "
+        "the backbone reused between full passes every 5th iteration (LazyMAR-style)",
     ),
 }
 

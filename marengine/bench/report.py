@@ -180,6 +180,32 @@ def quality_section(records: Records) -> list[str]:
     return lines + _table(header, body)
 
 
+def presets_section(records: Records) -> list[str]:
+    """Fast sampling knob by knob against the official sampler (bench_presets.py)."""
+    rows = _of(records, "presets")
+    if not rows:
+        return []
+    lines = ["## Fast sampling: each knob and the `fast` preset vs `official`", ""]
+    lines += ["Side by side in one run (round-robin repeats); quality from the digits judge on the same images.", ""]
+    body = []
+    for r in rows:
+        m, p = r["metrics"], r["params"]
+        point = f"{p.get('tokens', p.get('seq_len'))} tokens, {p['settings']['num_iter']} it"
+        body.append(
+            [
+                p["model"],
+                point,
+                p["variant"],
+                _f(m["s_per_image"], ".4g"),
+                _f(m["speedup_vs_official"], ".2f") + "x",
+                (_f(100 * m["accuracy"], ".1f") + "%") if "accuracy" in m else "-",
+                _f(m.get("fd_samples"), ".3g"),
+                (_f(m["fd_ratio_vs_official"], ".2f") + "x") if "fd_ratio_vs_official" in m else "-",
+            ]
+        )
+    return lines + _table(["model", "point", "variant", "s/img", "speed-up", "accuracy", "FD", "FD ratio"], body)
+
+
 def roofline_section(records: Records) -> list[str]:
     rows = _of(records, "roofline")
     if not rows:
@@ -210,7 +236,7 @@ def roofline_section(records: Records) -> list[str]:
 
 def other_section(records: Records) -> list[str]:
     """Records of benchmarks without a dedicated section (e.g. head, backbone): one table each."""
-    known = {"e2e", "stages", "quality", "roofline", "suite"}
+    known = {"e2e", "stages", "quality", "presets", "roofline", "suite"}
     lines: list[str] = []
     for bench in dict.fromkeys(r["benchmark"] for r in records):
         if bench in known:
@@ -255,6 +281,7 @@ def write_report(
     lines += stages_section(records)
     lines += [f"![stages]({p.relative_to(path.parent)})\n" for p in plots if p.name == "stages.png"]
     lines += quality_section(records)
+    lines += presets_section(records)
     lines += [f"![speed vs quality]({p.relative_to(path.parent)})\n" for p in plots if p.name == "quality.png"]
     lines += roofline_section(records)
     lines += [f"![roofline]({p.relative_to(path.parent)})\n" for p in plots if p.name == "roofline.png"]

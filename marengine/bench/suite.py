@@ -50,6 +50,7 @@ class Benchmark:
 # in order: quality first, as it trains (or loads) the digits models the others reuse
 BENCHMARKS = (
     Benchmark("quality", "bench_quality.py", uses_models=True),
+    Benchmark("presets", "bench_presets.py", uses_models=True),
     Benchmark("e2e", "bench_e2e.py", uses_models=True),
     Benchmark("stages", "bench_stages.py", uses_models=True),
     Benchmark("roofline", "bench_roofline.py"),
