@@ -1,4 +1,4 @@
-"""Command line: marengine train | demo | sample | cache-latents | check-data | export-onnx.
+"""Command line: marengine train | demo | sample | cache-latents | check-data | export-onnx | train-vq.
 
 Each sub-command lives in its own module and registers its parser here. Every error a
 user can cause ends as one line `marengine CMD: error: ...` and exit status 2
@@ -15,9 +15,9 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import data, export, sample, train
+from . import data, export, sample, train, vq
 
-COMMANDS = (train, sample, data, export)
+COMMANDS = (train, sample, data, export, vq)
 
 
 def build_parser() -> argparse.ArgumentParser:

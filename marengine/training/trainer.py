@@ -56,7 +56,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         self.model = build_model(cfg)
         self.model_cfg = self.model.config
-        self.tok_spec = tokenizer_spec(cfg.tokenizer, self.model_cfg, cfg.vae_ckpt)
+        self.tok_spec = tokenizer_spec(
+            cfg.tokenizer, self.model_cfg, cfg.vq_ckpt if cfg.tokenizer == "vq" else cfg.vae_ckpt
+        )
         self.dataset, self.cached = build_dataset(cfg, self.model_cfg)
         if self.dataset.num_classes > self.model_cfg.class_num:
             raise ValueError(
@@ -136,6 +138,7 @@ class Trainer:
             "bad_inputs": bad,
             "rng": rng,
             "config": self.model_cfg.to_dict(),
+            "architecture": self.model.architecture,
             "tokenizer": self.tok_spec,
             "train_config": self.cfg.to_dict(),
         }
