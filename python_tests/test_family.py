@@ -334,3 +334,49 @@ def test_cli_trains_and_samples_a_causal_member(tmp_path):
     assert main(["sample", "--checkpoint", str(out / "ema"), "--labels", "1", "2", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "grid.png").is_file()
     assert main(["sample", "--checkpoint", str(out / "last.pth"), "--num-iter", "4", "--out", str(tmp_path / "t")]) == 2
+
+
+# ---------------------------------------------------------------- ONNX
+def test_onnx_export_of_the_causal_backbone_and_cached_step(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from marengine.export.ar_onnx import export_ar_onnx
+
+    model = tiny_ar("random")
+    paths = export_ar_onnx(model, tmp_path / "x", parts=("ar_backbone", "ar_step"))
+    backbone, step = (ort.InferenceSession(str(paths[k]), providers=["CPUExecutionProvider"]) for k in paths)
+    g = torch.Generator().manual_seed(5)
+    b, length = 3, model.seq_len
+    tokens = torch.randn(b, length, model.token_embed_dim, generator=g)
+    orders, ce = model.sample_orders(b, g), model.class_emb(torch.tensor([1, 2, 3])).detach()
+    with torch.no_grad():
+        want = model.backbone(tokens[:, :-1], orders, ce).numpy()  # [B, L, D]
+    feeds = {"tokens": tokens[:, :-1].numpy(), "orders": orders.numpy(), "class_embedding": ce.numpy()}
+    np.testing.assert_allclose(backbone.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
+    past = np.zeros((model.depth, b, model.num_heads, 0, model.head_dim), np.float32)  # T = 0 at the first step
+    past_k, past_v = past, past
+    for i in range(length):
+        j = max(i - 1, 0)
+        feeds = {
+            "token": tokens[:, j].numpy(),
+            "pos": orders[:, j].numpy(),
+            "next_pos": orders[:, i].numpy(),
+            "class_embedding": ce.numpy(),
+            "first": np.full((b,), i == 0),
+            "past_k": past_k,
+            "past_v": past_v,
+        }
+        z, past_k, past_v = step.run(None, feeds)
+        np.testing.assert_allclose(z, want[:, i], rtol=1e-4, atol=1e-5)
+    assert past_k.shape == (model.depth, b, model.num_heads, length, model.head_dim)
+
+
+def test_mar_with_ce_is_not_exported(tmp_path):
+    from marengine.cli import main
+
+    make_model("mar_tiny", "ce").save_pretrained(tmp_path / "m")
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
