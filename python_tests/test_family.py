@@ -87,6 +87,38 @@ def test_one_token_per_step():
     assert shapes == [(4, 1, model.config.embed_dim)] * model.seq_len  # 2 images x 2 (CFG), one token, L steps
 
 
+@pytest.mark.parametrize("loss", ["diffusion", "ce"])
+def test_no_host_sync_inside_the_cached_loop(monkeypatch, loss):
+    """Once the loop has started nothing reads a tensor value back to the host (torch head)."""
+    model = tiny_ar("random", loss)
+    armed = []
+
+    def refuse(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *a, **kw):
+            if armed:
+                raise AssertionError(f"host sync inside the sampling loop: Tensor.{name}")
+            return original(self, *a, **kw)
+
+        return guarded
+
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+    step_input = model.step_input
+
+    def arm_then_step(*a, **kw):
+        armed.append(True)
+        return step_input(*a, **kw)
+
+    monkeypatch.setattr(model, "step_input", arm_then_step)
+    try:
+        out = sample(model, cfg=2.0)
+    finally:
+        armed.clear()
+    assert out.shape[0] == 2
+
+
 def test_random_orders_follow_the_generator_and_given_orders_are_used():
     model = tiny_ar("random")
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
