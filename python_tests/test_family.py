@@ -412,3 +412,23 @@ def test_mar_with_ce_is_not_exported(tmp_path):
     make_model("mar_tiny", "ce").save_pretrained(tmp_path / "m")
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_old_mar_training_checkpoints_still_load(tmp_path):
+    """Checkpoints written before the family carry no "architecture": they are MAR's."""
+    from marengine.models import MAR, load_model
+
+    mar = make_model("mar_tiny", num_sampling_steps="5")
+    sd = mar.state_dict()
+    old = {"format": "marengine-train-v1", "config": mar.config.to_dict(), "model": sd, "model_ema": sd}
+    torch.save(old, tmp_path / "old.pth")
+    loaded = load_model(tmp_path / "old.pth")
+    assert type(loaded.model) is MAR and loaded.kind == "training"
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_sample_grids_during_training_of_a_causal_member(tmp_path):
+    overrides = dict(SMALL_AR, num_sampling_steps="ddim5")
+    cfg = small_train_config(tmp_path, model="ar_raster_digits", model_overrides=overrides, max_steps=2)
+    run_training(dataclasses.replace(cfg, sample_every=2))
+    assert (tmp_path / "samples-2" / "grid.png").is_file()

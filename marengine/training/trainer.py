@@ -318,9 +318,9 @@ class Trainer:
         from ..sampling.engine import SampleSettings, generate
 
         labels = [c for c in range(self.dataset.num_classes) for _ in range(per_class)][:64]
-        images = generate(
-            self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=min(16, self.model.seq_len), seed=0)
-        )
+        causal = self.model.architecture == "ar"  # one token per step: all L of them
+        steps = self.model.seq_len if causal else min(16, self.model.seq_len)
+        images = generate(self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=steps, seed=0))
         save_samples(out, images, labels, ncols=per_class)
 
     def close(self) -> None:
