@@ -23,7 +23,9 @@ Speed: milliseconds per image to generate a batch with each trained Diffusion-Lo
 (the head on its native kernel, without the x_0 clipping the judged samples use):
 AR with its kv-cache, AR recomputing the prefix (no cache), MAR at num_iter 16, 8, 4, 2; the
 runs are interleaved round-robin (repeats) so that they share the machine's conditions, and the
-median is kept. Prints the tables and writes OUT/bench_family.json and OUT/table1.md.
+median is kept. Training cost: milliseconds per training step of every member x loss (the demo's
+batch, AdamW), interleaved the same way. Prints the tables and writes OUT/bench_family.json (a
+partial run, e.g. --skip-train --no-judge, updates it) and OUT/table1.md.
 """
 
 from __future__ import annotations
@@ -158,6 +160,42 @@ def speed(out: Path, loss: str, batch: int, repeats: int, settings: dict[str, An
     return rows
 
 
+def train_speed(out: Path, steps: int, batch: int) -> list[dict[str, Any]]:
+    """Milliseconds per training step (demo batch, AdamW) of every member x loss, interleaved
+    round-robin so that all share the machine's conditions; the median of `steps` after 2 warm-up."""
+    from marengine.models.family import make_model
+    from marengine.models.tokenizers import PixelTokenizer
+    from marengine.training.data import DigitsDataset
+    from marengine.training.factory import param_groups
+
+    images = DigitsDataset("train").images[:batch]
+    labels = DigitsDataset("train").labels[:batch]
+    latents = PixelTokenizer(1, 2).encode(images).sample()
+    codes = build_tokenizer({"kind": "vq", "ckpt": str(out / "vq"), "codebook_size": 128, "stride": 2}).encode(images)
+    runs = []
+    for model_name in MEMBERS:
+        for loss in LOSSES:
+            torch.manual_seed(0)
+            model = make_model(model_name, loss).train()
+            opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4, betas=(0.9, 0.95))
+            x = codes.sample() if loss == "ce" else latents
+            runs.append((f"{model_name}|{loss}", model, opt, x, torch.Generator().manual_seed(0), []))
+    for i in range(steps + 2):
+        for _, model, opt, x, gen, times in runs:
+            t0 = time.perf_counter()
+            loss = model(x, labels, generator=gen)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    base = statistics.median(next(r for r in runs if r[0] == "mar_digits|diffusion")[5])
+    return [
+        {"model": name, "ms_per_step": 1e3 * statistics.median(t), "vs_mar_diffusion": statistics.median(t) / base}
+        for name, _, _, _, _, t in runs
+    ]
+
+
 def table1_markdown(results: dict[str, dict[str, Any]]) -> str:
     head = (
         "| | attention | order | tokens/step | CE: judge acc. | CE: FD | Diff. Loss: judge acc. | Diff. Loss: FD |\n"
@@ -185,6 +223,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-train", action="store_true", help="only judge and time models already in --out")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-judge", action="store_true")
+    ap.add_argument("--train-speed-steps", type=int, default=10, help="0: do not time training steps")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -192,7 +232,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"cfg": args.cfg, "cfg_schedule": "linear", "temperature": args.temperature}
-    record: dict[str, Any] = {"threads": torch.get_num_threads(), "settings": settings, "per_class": args.per_class}
+    saved = out / "bench_family.json"
+    record: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}  # partial runs update it
+    record.update(threads=torch.get_num_threads(), settings=settings, per_class=args.per_class)
 
     vq = out / "vq"
     if not (vq / "config.json").is_file():
@@ -213,7 +255,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for label, _, _, _, model, num_iter in ROWS:
         for loss in LOSSES:
-            if f"{model}|{loss}" not in train:
+            if f"{model}|{loss}" not in train or args.no_judge:
                 continue
             m, tok = load(out, model, loss)
             results[f"{label}|{loss}"] = r = judge(m, tok, num_iter, args.per_class, settings)
@@ -221,9 +263,16 @@ def main() -> None:
                 f"{label:<17} {loss:<9} judge accuracy {100 * r['accuracy']:5.1f}%  FD {r['fd']:6.2f} "
                 f"(real-vs-real floor {r['fd_real']:.2f})  {'passes' if r['passes'] else 'FAILS'} the 90% gate"
             )
-    record["table1"] = results
-    md = table1_markdown(results)
-    print("\n" + md)
+    if results:
+        record["table1"] = results
+        md = table1_markdown(results)
+        (out / "table1.md").write_text(md)
+        print("\n" + md)
+    if args.train_speed_steps:
+        record["train_speed"] = rows = train_speed(out, args.train_speed_steps, DEMO.batch_size)
+        print(f"training step, batch {DEMO.batch_size}, median of {args.train_speed_steps} (interleaved)")
+        for r in rows:
+            print(f"{r['model']:<28} {r['ms_per_step']:>9.1f} ms/step {r['vs_mar_diffusion']:>6.2f}x MAR (diffusion)")
 
     if not args.no_speed:
         rows = []
@@ -237,8 +286,7 @@ def main() -> None:
         print(f"{'loss':<10} {'case':<32} {'ms/image':>10} {'vs AR kv-cache':>15}")
         for r in rows:
             print(f"{r['loss']:<10} {r['case']:<32} {r['ms_per_image']:>10.2f} {r['vs_ar_kv_cache']:>14.2f}x")
-    (out / "table1.md").write_text(md)
-    (out / "bench_family.json").write_text(json.dumps(record, indent=1))
+    saved.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
