@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import Rules, check_bool, check_fields, check_float, check_int
+from .checks import Rules, check_bool, check_choice, check_fields, check_float, check_int
 from .schedules import space_timesteps
 
 # Diffusion Loss (paper section 3 / official DiffLoss): fixed constants of the process.
@@ -238,3 +238,195 @@ def resolve_preset(
     if given.get("cache") in ("off", "none", ""):
         given["cache"] = None
     return dataclasses.replace(base, **given)
+
+
+# ---------------------------------------------------------------- the generalized autoregressive family
+# Table 1 of the paper: causal AR in raster order, causal AR in random order and MAR, each under
+# Diffusion Loss (continuous tokens) or cross-entropy over a VQ tokenizer's codes.
+LOSSES = ("diffusion", "ce")
+AR_ORDERS = ("raster", "random")
+AR_CONFIG_RULES: Rules = {
+    **{
+        k: _POSITIVE
+        for k in (
+            "img_size",
+            "vae_stride",
+            "patch_size",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "vae_embed_dim",
+            "codebook_size",
+            "class_num",
+            "diffloss_d",
+            "diffloss_w",
+            "diffusion_batch_mul",
+        )
+    },
+    "mlp_ratio": (check_float, {"lo": 0.0, "lo_open": True}),
+    "label_drop_prob": _FRACTION,
+    **{k: (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True}) for k in ("attn_dropout", "proj_dropout")},
+    "grad_checkpointing": (check_bool, {}),
+}
+
+
+@dataclass
+class ARConfig:
+    """Constructor arguments of the causal AR backbone (`marengine.models.ar.CausalAR`).
+
+    A GPT-style transformer: a class token, then the tokens in `order` ("raster" or "random";
+    random orders tell the model the position of the next token), causal attention, and a
+    Diffusion-Loss head (loss="diffusion", tokens of `vae_embed_dim` channels) or a
+    cross-entropy head over `codebook_size` codes of a VQ tokenizer (loss="ce").
+    The defaults are the paper's AR-L (32 blocks of width 1024) on KL-16 latents."""
+
+    img_size: int = 256
+    vae_stride: int = 16
+    patch_size: int = 1
+    embed_dim: int = 1024
+    depth: int = 32
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    vae_embed_dim: int = 16
+    order: str = "raster"
+    loss: str = "diffusion"
+    codebook_size: int = 16384
+    label_drop_prob: float = 0.1
+    class_num: int = 1000
+    attn_dropout: float = 0.1
+    proj_dropout: float = 0.1
+    diffloss_d: int = 3
+    diffloss_w: int = 1024
+    num_sampling_steps: str = "100"
+    diffusion_batch_mul: int = 4
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, AR_CONFIG_RULES, "AR config")
+        check_choice("AR config order", self.order, AR_ORDERS)
+        check_choice("AR config loss", self.loss, LOSSES)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"AR config embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.img_size % (self.vae_stride * self.patch_size):
+            raise ValueError(
+                f"AR config img_size {self.img_size} is not divisible by vae_stride*patch_size = "
+                f"{self.vae_stride * self.patch_size}: the image does not split into tokens"
+            )
+        if self.loss == "ce" and self.patch_size != 1:
+            raise ValueError("AR config: cross-entropy models one code per position, so patch_size must be 1")
+        self.num_sampling_steps = str(self.num_sampling_steps)
+        space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)
+
+    to_dict = MARConfig.to_dict
+    to_json = MARConfig.to_json
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ARConfig:
+        return cls(**checked_fields(cls, d, "AR config keys"))
+
+
+@dataclass
+class MARCEConfig(MARConfig):
+    """MAR's backbone with a cross-entropy head over `codebook_size` VQ codes (Table 1's MAR
+    rows under cross-entropy). Each code is embedded as a learned `vae_embed_dim`-vector,
+    the token MAR's backbone reads; patch_size must be 1 (one code per position)."""
+
+    codebook_size: int = 16384
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.codebook_size = check_int("MAR-CE config codebook_size", self.codebook_size, lo=1)
+        if self.patch_size != 1:
+            raise ValueError("MAR-CE config: cross-entropy models one code per position, so patch_size must be 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MARCEConfig:
+        return cls(**checked_fields(cls, d, "MAR-CE config keys"))
+
+
+def _ar(dim: int, depth: int, heads: int, order: str, **kw: Any) -> ARConfig:
+    return ARConfig(embed_dim=dim, depth=depth, num_heads=heads, order=order, **kw)
+
+
+# the digits models of the family share mar_digits' token grid, width, head and recipe; the AR
+# backbone has as many blocks as MAR's encoder and decoder together (the paper's comparison)
+_AR_DIGITS: dict[str, Any] = dict(
+    img_size=8,
+    vae_stride=2,
+    vae_embed_dim=4,
+    class_num=10,
+    diffloss_d=3,
+    diffloss_w=256,
+    num_sampling_steps="50",
+    attn_dropout=0.0,
+    proj_dropout=0.0,
+    diffusion_batch_mul=2,
+    codebook_size=128,
+)
+_AR_TINY: dict[str, Any] = dict(
+    img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20", codebook_size=32
+)
+AR_PRESETS: dict[str, ARConfig] = {
+    # the paper's AR-L (32 blocks, width 1024) in raster and in random order
+    "ar_raster_large": _ar(1024, 32, 16, "raster"),
+    "ar_random_large": _ar(1024, 32, 16, "random"),
+    "ar_raster_digits": _ar(128, 6, 4, "raster", **_AR_DIGITS),
+    "ar_random_digits": _ar(128, 6, 4, "random", **_AR_DIGITS),
+    # tiny, for tests
+    "ar_raster_tiny": _ar(64, 2, 4, "raster", **_AR_TINY),
+    "ar_random_tiny": _ar(64, 2, 4, "random", **_AR_TINY),
+}
+# the code embedding of MAR with cross-entropy is as wide as its encoder unless overridden; the
+# codebook of the digits VQ tokenizer (models.vq) has 128 codes
+CE_CODEBOOK_SIZE = {"mar_digits": 128, "mar_tiny": 32}
+# architecture names (config.json's "architecture") of the family
+ARCH_MAR, ARCH_MAR_CE, ARCH_AR = "mar", "mar_ce", "ar"
+FAMILY_PRESETS: tuple[str, ...] = (*PRESETS, *AR_PRESETS)
+
+
+def family_config(preset: str, loss: str = "diffusion", **overrides: Any) -> tuple[str, Any]:
+    """(architecture, configuration) of a family member: `preset` names the member and its size
+    (a MAR preset or an AR preset), `loss` is "diffusion" or "ce"; overrides replace fields."""
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} for model {preset!r}: choose one of {', '.join(LOSSES)}")
+    if preset in AR_PRESETS:
+        cfg = dataclasses.replace(AR_PRESETS[preset], loss=loss)
+        return ARCH_AR, dataclasses.replace(cfg, **checked_fields(ARConfig, overrides, "AR config keys"))
+    if preset not in PRESETS:
+        raise ValueError(
+            f"unknown model {preset!r} (with loss {loss!r}): the family has no such member; "
+            f"choose one of {', '.join(FAMILY_PRESETS)}"
+        )
+    if loss == "diffusion":
+        return ARCH_MAR, MARConfig.from_name(preset, **overrides)
+    base = PRESETS[preset].to_dict()
+    base.update(vae_embed_dim=base["encoder_embed_dim"], codebook_size=CE_CODEBOOK_SIZE.get(preset, 16384))
+    base.update(checked_fields(MARCEConfig, overrides, "MAR-CE config keys"))
+    return ARCH_MAR_CE, MARCEConfig.from_dict(base)
+
+
+@dataclass
+class VQConfig:
+    """The small VQ tokenizer of the digits (`marengine.models.vq.DigitsVQ`): `stride` x `stride`
+    pixel patches of a `channels`-channel image -> one of `codebook_size` codes, each an
+    `embed_dim`-vector; convolutions of `hidden` channels around the quantizer."""
+
+    img_size: int = 8
+    channels: int = 1
+    stride: int = 2
+    embed_dim: int = 8
+    codebook_size: int = 128
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("img_size", "channels", "stride", "embed_dim", "codebook_size", "hidden"):
+            setattr(self, name, check_int(f"VQ config {name}", getattr(self, name), lo=1))
+        if self.img_size % self.stride:
+            raise ValueError(f"VQ config img_size {self.img_size} is not divisible by the stride {self.stride}")
+
+    to_dict = MARConfig.to_dict
+    to_json = MARConfig.to_json
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VQConfig:
+        return cls(**checked_fields(cls, d, "VQ config keys"))

@@ -1,5 +1,5 @@
 """Command line: marengine train | demo | sample | edit | cache-latents | check-data | export-onnx | bench |
-doctor.
+doctor | train-vq.
 
 Each sub-command lives in its own module and registers its parser here. Every error a
 user can cause ends as one line `marengine CMD: error: ...` and exit status 2
@@ -16,9 +16,9 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import bench, data, doctor, edit, export, sample, train
+from . import bench, data, doctor, edit, export, sample, train, vq
 
-COMMANDS = (train, sample, edit, data, export, bench, doctor)
+COMMANDS = (train, sample, edit, data, export, bench, doctor, vq)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,22 @@ from ..checks import arg, check_int
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..export.ar_onnx import checkpoint_architecture, export_ar_from_checkpoint
     from ..export.onnx import export_from_checkpoint
 
+    arch = checkpoint_architecture(args.checkpoint)
+    if arch == "mar_ce":
+        raise ValueError(
+            "MAR with cross-entropy is not exported to ONNX: the exporter deploys MAR with Diffusion Loss "
+            "and the causal AR members (both losses)"
+        )
+    if arch == "ar":
+        if args.fp16 or args.opset or args.vae or args.tokenizer != "auto" or args.config:
+            raise ValueError("a causal AR model exports in fp32 at the default opset: drop --fp16/--opset/--vae/...")
+        paths = export_ar_from_checkpoint(args.checkpoint, args.out)
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
     paths = export_from_checkpoint(
         args.checkpoint,
         args.out,

@@ -32,11 +32,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D]
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # [B, N, D]
+        """Self-attention over the N tokens; is_causal: token i sees tokens 0..i only (the AR family)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B, H, N, hd]
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        drop = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=is_causal)
         x = x.transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(x))
 
@@ -73,6 +75,6 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D]
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # [B, N, D]
+        x = x + self.attn(self.norm1(x), is_causal=is_causal)
         return x + self.mlp(self.norm2(x))

@@ -32,12 +32,11 @@ from .checkpoints import (
     read_folder_config,
     read_folder_weights,
 )
+from .family import ARCHITECTURES, config_from_dict
 from .mar import MAR
 from .tokenizers import default_tokenizer_spec, with_vae_ckpt
 
 ConfigLike = str | os.PathLike | Mapping[str, Any] | MARConfig
-# architecture name (config.json's "architecture") -> model class
-ARCHITECTURES: dict[str, type[nn.Module]] = {MAR.architecture: MAR}
 
 
 @dataclass
@@ -109,9 +108,11 @@ def load_model(
         spec = _read_spec(spec_file) if spec_file.is_file() else default_tokenizer_spec(model.config, vae)
         return LoadedModel(model, with_vae_ckpt(spec, vae), "folder")
     ckpt = read_checkpoint(p)
+    arch = MAR.architecture
     if "config" in ckpt:  # written by the marengine trainer: it carries its configuration
-        cfg, kind = MARConfig.from_dict(dict(ckpt["config"])), "training"
-        if config is not None and resolve_config(config) != cfg:
+        arch = str(ckpt.get("architecture", MAR.architecture))  # older checkpoints: MAR
+        cfg, kind = config_from_dict(arch, dict(ckpt["config"])), "training"
+        if config is not None and (arch != MAR.architecture or resolve_config(config) != cfg):
             raise ValueError(
                 f"{p} is a training checkpoint of another configuration than the one named; "
                 "drop --model/--config (the checkpoint carries its own)"
@@ -126,7 +127,7 @@ def load_model(
             "mar_base, mar_large, mar_huge, or a JSON configuration)"
         )
     key = ("model_ema" if "model_ema" in ckpt else None) if use_ema else "model"
-    model = build_model(MAR.architecture, cfg)
+    model = build_model(arch, cfg)
     load_strict(model, pick_state_dict(ckpt, key), assign=True)
     return LoadedModel(model.to(device).eval(), spec, kind)
 

@@ -10,6 +10,7 @@ and `vae_stride`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VAE_LATENT_SCALE, MARConfig
+from .ldm_vq import LDMVQModel
 from .vae import AutoencoderKL, DiagonalGaussian
+from .vq import DigitsVQ, VQTokenizer
 
 
 @dataclass
@@ -98,7 +101,15 @@ def to_uint8(imgs: torch.Tensor) -> torch.Tensor:
 # in a pretrained folder's tokenizer.json):
 #   {"kind": "pixel", "channels": 1|3, "stride": s}
 #   {"kind": "vae", "embed_dim": 16, "ckpt": "kl16.ckpt" | None}
-TOKENIZER_KINDS = ("pixel", "vae")
+#   {"kind": "vq", "codebook_size": K, "stride": s, "ckpt": a DigitsVQ folder | an LDM VQ-16 file | None}
+TOKENIZER_KINDS = ("pixel", "vae", "vq")
+
+
+def models_codes(cfg: Any) -> bool:
+    """True for the configurations of the cross-entropy members (they model VQ codes)."""
+    if hasattr(cfg, "loss"):
+        return cfg.loss == "ce"  # ARConfig
+    return hasattr(cfg, "codebook_size")  # MARCEConfig
 
 
 def pixel_channels(cfg: MARConfig) -> int | None:
@@ -108,7 +119,10 @@ def pixel_channels(cfg: MARConfig) -> int | None:
 
 
 def tokenizer_spec(kind: str, cfg: MARConfig, vae_ckpt: str | None = None) -> dict[str, Any]:
-    """The spec of a `kind` tokenizer for a model configured by `cfg`; checks that they fit."""
+    """The spec of a `kind` tokenizer for a model configured by `cfg`; checks that they fit.
+    For kind "vq" the third argument is the VQ tokenizer's weights (folder or LDM file)."""
+    if kind == "vq" or models_codes(cfg):
+        return vq_tokenizer_spec(kind, cfg, vae_ckpt)
     if kind == "pixel":
         channels = pixel_channels(cfg)
         if channels is None:
@@ -124,9 +138,32 @@ def tokenizer_spec(kind: str, cfg: MARConfig, vae_ckpt: str | None = None) -> di
     raise ValueError(f"tokenizer must be one of {TOKENIZER_KINDS}, got {kind!r}")
 
 
+def vq_tokenizer_spec(kind: str, cfg: Any, ckpt: str | None) -> dict[str, Any]:
+    """The spec of the VQ tokenizer of a cross-entropy member (a clear error for any other pairing)."""
+    if kind != "vq":
+        raise ValueError(
+            f"a cross-entropy model predicts the codes of a VQ tokenizer, not {kind!r} tokens: use "
+            "--tokenizer vq --vq-ckpt <a folder from `marengine train-vq`, or LDM's VQ-16 checkpoint>"
+        )
+    if not models_codes(cfg):
+        raise ValueError(
+            "the VQ tokenizer gives codes, which only the cross-entropy members model (--loss ce); "
+            "Diffusion Loss models continuous tokens: use --tokenizer pixel or vae"
+        )
+    return {
+        "kind": "vq",
+        "ckpt": None if ckpt is None else str(ckpt),
+        "codebook_size": cfg.codebook_size,
+        "stride": cfg.vae_stride,
+    }
+
+
 def default_tokenizer_spec(cfg: MARConfig, vae_ckpt: str | None = None) -> dict[str, Any] | None:
     """The KL-16 VAE when its weights are given (or the model has 16-channel stride-16
-    latents), else the pixel tokenizer when the latents fit it, else None."""
+    latents), else the pixel tokenizer when the latents fit it, else None. Cross-entropy
+    models: the VQ tokenizer (whose weights must then be given)."""
+    if models_codes(cfg):
+        return vq_tokenizer_spec("vq", cfg, None)
     if vae_ckpt is not None or (cfg.vae_stride == 16 and pixel_channels(cfg) is None):
         return tokenizer_spec("vae", cfg, vae_ckpt)
     return tokenizer_spec("pixel", cfg) if pixel_channels(cfg) is not None else None
@@ -145,6 +182,8 @@ def build_tokenizer(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"a tokenizer spec is a dict with 'kind' in {TOKENIZER_KINDS}, got {spec!r}")
     if spec["kind"] == "pixel":
         return PixelTokenizer(int(spec["channels"]), int(spec["stride"])).eval()
+    if spec["kind"] == "vq":
+        return build_vq_tokenizer(spec)
     if not spec.get("ckpt"):
         raise ValueError("the VAE tokenizer needs its weights: pass --vae-ckpt path/to/kl16.ckpt")
     return VAETokenizer(AutoencoderKL(embed_dim=int(spec["embed_dim"]), ckpt_path=spec["ckpt"])).eval()
@@ -165,3 +204,29 @@ def describe_tokenizer(tokenizer: nn.Module, cfg: MARConfig | None = None) -> di
             f"the model (vae_embed_dim {cfg.vae_embed_dim}, vae_stride {cfg.vae_stride})"
         )
     return {**info, "embed_dim": tokenizer.embed_dim, "stride": tokenizer.stride}
+
+
+def build_vq_tokenizer(spec: dict[str, Any]) -> VQTokenizer:
+    """The VQ tokenizer of a spec: a `DigitsVQ` pretrained folder, or an LDM VQ-16 checkpoint file;
+    its codebook size and stride must be the model's."""
+    ckpt = spec.get("ckpt")
+    if not ckpt:
+        raise ValueError(
+            "the VQ tokenizer needs its weights: pass --vq-ckpt <folder> (train one on the digits with "
+            "`marengine train-vq --out runs/vq`) or LDM's VQ-16 checkpoint file"
+        )
+    path = Path(ckpt)
+    if path.is_dir():
+        vq: Any = DigitsVQ.from_pretrained(path)
+    elif path.is_file():
+        vq = LDMVQModel().load_checkpoint(path)
+    else:
+        raise FileNotFoundError(f"VQ tokenizer weights {path} not found (a folder from train-vq, or an LDM .ckpt)")
+    tok = VQTokenizer(vq.eval()).eval()
+    want = (int(spec.get("codebook_size", tok.codebook_size)), int(spec.get("stride", tok.stride)))
+    if (tok.codebook_size, tok.stride) != want:
+        raise ValueError(
+            f"the VQ tokenizer {path} has {tok.codebook_size} codes and stride {tok.stride}; the model expects "
+            f"{want[0]} codes and stride {want[1]} (set model_overrides codebook_size / vae_stride to fit)"
+        )
+    return tok

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_str
-from ..config import PRESETS, MARConfig, checked_fields
+from ..config import FAMILY_PRESETS, LOSSES, checked_fields, family_config
 from ..models.tokenizers import TOKENIZER_KINDS
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -19,11 +19,13 @@ _RATE = (check_float, {"lo": 0.0, "lo_open": True})
 _TEXT = (check_str, {})
 _FLAG = (check_bool, {})
 TRAIN_CONFIG_RULES: Rules = {
-    "model": (check_choice, {"choices": tuple(PRESETS)}),
+    "model": (check_choice, {"choices": FAMILY_PRESETS}),
+    "loss": (check_choice, {"choices": LOSSES}),
     "init_from": (check_str, {"optional": True}),
     "data": _TEXT,
     "tokenizer": (check_choice, {"choices": TOKENIZER_KINDS}),
     "vae_ckpt": (check_str, {"optional": True}),
+    "vq_ckpt": (check_str, {"optional": True}),
     "crop": _FLAG,
     "num_workers": _COUNT,
     "batch_size": _EVERY,
@@ -57,14 +59,17 @@ TRAIN_CONFIG_RULES: Rules = {
 class TrainConfig:
     # fmt: off
     # model
-    model: str = "mar_digits"                   # a preset of marengine.config.PRESETS
+    model: str = "mar_digits"                   # the family member and its size: a preset of marengine.config
+                                                # PRESETS (MAR) or AR_PRESETS (causal AR, raster or random order)
+    loss: str = "diffusion"                     # "diffusion" (Diffusion Loss) or "ce" (cross-entropy over VQ codes)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None                # official checkpoint-last.pth or a pretrained folder, to fine-tune
     # data
     data: str = "digits"                        # "digits", an image folder root/<class>/*, or a latent cache
                                                 # folder (cache-latents; an older single .safetensors also works)
-    tokenizer: str = "pixel"                    # "pixel" (no VAE) or "vae" (KL-16)
+    tokenizer: str = "pixel"                    # "pixel" (no VAE), "vae" (KL-16) or "vq" (codes, for loss="ce")
     vae_ckpt: str | None = None                 # kl16.ckpt for tokenizer="vae"
+    vq_ckpt: str | None = None                  # tokenizer="vq": a folder from `marengine train-vq`, or LDM's VQ-16
     crop: bool = True                           # image folders: official center crop
     num_workers: int = 0                        # DataLoader worker processes; 0 loads in the training process,
                                                 # which suits the in-memory digits on a CPU (workers would compete
@@ -110,7 +115,13 @@ class TrainConfig:
                 f"training setting model_overrides must be a JSON object (a dict), "
                 f"got {type(self.model_overrides).__name__}"
             )
-        MARConfig.from_name(self.model, **self.model_overrides)  # unknown preset or override: an error now
+        family_config(self.model, self.loss, **self.model_overrides)  # unknown member/loss or override: an error now
+        if (self.loss == "ce") != (self.tokenizer == "vq"):
+            raise ValueError(
+                f"training setting loss {self.loss!r} does not go with tokenizer {self.tokenizer!r}: cross-entropy "
+                "models the codes of a VQ tokenizer (--loss ce --tokenizer vq --vq-ckpt DIR), Diffusion Loss "
+                "continuous tokens (--tokenizer pixel or vae)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

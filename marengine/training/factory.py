@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import MARConfig
-from ..models.mar import MAR
+from ..models.family import make_model
 from .config import PRECISIONS, TrainConfig
 from .data import DigitsDataset, ImageFolderDataset
 from .latent_dataset import is_latent_cache, open_latents
@@ -56,14 +56,15 @@ def build_dataset(cfg: TrainConfig, model_cfg: MARConfig):
     return ImageFolderDataset(path, model_cfg.img_size, crop=cfg.crop), False
 
 
-def build_model(cfg: TrainConfig) -> MAR:
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The family member `cfg.model` with loss `cfg.loss` (MAR, MAR with CE, or a causal AR)."""
     overrides = dict(cfg.model_overrides)
     if cfg.grad_checkpointing:
         overrides["grad_checkpointing"] = True
-    return MAR.from_config(MARConfig.from_name(cfg.model, **overrides))
+    return make_model(cfg.model, cfg.loss, **overrides)
 
 
-def param_groups(model: MAR, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Official grouping: no decay for biases, 1-D parameters and the Diffusion-Loss MLP."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():

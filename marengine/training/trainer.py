@@ -56,7 +56,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         self.model = build_model(cfg)
         self.model_cfg = self.model.config
-        self.tok_spec = tokenizer_spec(cfg.tokenizer, self.model_cfg, cfg.vae_ckpt)
+        self.tok_spec = tokenizer_spec(
+            cfg.tokenizer, self.model_cfg, cfg.vq_ckpt if cfg.tokenizer == "vq" else cfg.vae_ckpt
+        )
         self.dataset, self.cached = build_dataset(cfg, self.model_cfg)
         if self.dataset.num_classes > self.model_cfg.class_num:
             raise ValueError(
@@ -136,6 +138,7 @@ class Trainer:
             "bad_inputs": bad,
             "rng": rng,
             "config": self.model_cfg.to_dict(),
+            "architecture": self.model.architecture,
             "tokenizer": self.tok_spec,
             "train_config": self.cfg.to_dict(),
         }
@@ -315,9 +318,9 @@ class Trainer:
         from ..sampling.engine import SampleSettings, generate
 
         labels = [c for c in range(self.dataset.num_classes) for _ in range(per_class)][:64]
-        images = generate(
-            self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=min(16, self.model.seq_len), seed=0)
-        )
+        causal = self.model.architecture == "ar"  # one token per step: all L of them
+        steps = self.model.seq_len if causal else min(16, self.model.seq_len)
+        images = generate(self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=steps, seed=0))
         save_samples(out, images, labels, ncols=per_class)
 
     def close(self) -> None:

@@ -1,0 +1,111 @@
+"""The key/value cache of causal sampling, and the transformer blocks run one token at a time.
+
+Causal attention lets token i see tokens 0..i only, so the keys and values of earlier
+tokens never change: a step computes q, k, v for its one new token, stores k and v in
+the cache and attends over the cached prefix. The cache is preallocated once for the
+whole sequence, one slab per layer: k and v [depth, rows, heads, length, head_dim],
+with rows = 2 x batch under classifier-free guidance (conditional rows, then the null
+class). Steps index it with Python ints (no host syncs).
+
+`block_step` takes the old keys and values through a callback, so the same block code
+serves the in-place preallocated cache (`KVCache.write`) and the functional past/present
+form of the ONNX step (`concat_kv`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import Block
+
+# (new k, new v [R, H, 1, hd]) -> (all keys, all values [R, H, T + 1, hd]) of the layer
+KVWriter = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values [depth, rows, heads, length, head_dim] of every layer."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def allocate(
+        cls,
+        depth: int,
+        rows: int,
+        heads: int,
+        length: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> KVCache:
+        shape = (depth, rows, heads, length, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.k.shape)
+
+    def check(self, depth: int, rows: int, heads: int, length: int, head_dim: int, guided: bool) -> None:
+        """A clear error when this cache does not fit the model and the batch."""
+        want = (depth, rows, heads, length, head_dim)
+        if not isinstance(self.k, torch.Tensor) or not isinstance(self.v, torch.Tensor):
+            raise TypeError("a KVCache holds two tensors k and v")
+        if self.shape != want or tuple(self.v.shape) != want:
+            rows_text = f"{rows} rows ({'2 x batch: CFG doubles the rows' if guided else 'the batch'})"
+            raise ValueError(
+                f"the kv-cache has shape k {list(self.k.shape)} / v {list(self.v.shape)}; this model and batch need "
+                f"[depth, rows, heads, length, head_dim] = {list(want)}: {depth} layers, {rows_text}, {heads} heads, "
+                f"{length} positions (the class token and the first {length - 1} tokens), head_dim {head_dim}. "
+                "Allocate it with model.allocate_cache(rows) or pass none"
+            )
+        if self.k.dtype != self.v.dtype or not self.k.is_floating_point():
+            raise TypeError(f"the kv-cache must hold floating tensors of one dtype, got {self.k.dtype}/{self.v.dtype}")
+
+    def writer(self, layer: int, index: int) -> KVWriter:
+        """Store the new k, v of `layer` at position `index`; return the keys, values 0..index."""
+
+        def write(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.k[layer, :, :, index] = k[:, :, 0]
+            self.v[layer, :, :, index] = v[:, :, 0]
+            return self.k[layer, :, :, : index + 1], self.v[layer, :, :, : index + 1]
+
+        return write
+
+
+def concat_kv(past_k: torch.Tensor, past_v: torch.Tensor, out: list[torch.Tensor]) -> KVWriter:
+    """The functional form: keys = cat(past, new); the present keys/values are appended to `out`."""
+
+    def write(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # [R, H, T + 1, hd]
+        out.extend((keys, values))
+        return keys, values
+
+    return write
+
+
+def block_step(blk: Block, x: torch.Tensor, write_kv: KVWriter) -> torch.Tensor:
+    """One block for the newest token x [R, 1, D] attending over the cached prefix (eval mode:
+    no dropout). Same parameters and arithmetic as `Block.forward(..., is_causal=True)`."""
+    attn = blk.attn
+    r, n, d = x.shape
+    h = blk.norm1(x)
+    qkv = attn.qkv(h).reshape(r, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [R, H, 1, hd]
+    keys, values = write_kv(k, v)  # [R, H, T + 1, hd]
+    o = F.scaled_dot_product_attention(q, keys, values)  # the new token sees every cached one
+    x = x + attn.proj(o.transpose(1, 2).reshape(r, n, d))
+    return x + blk.mlp(blk.norm2(x))
+
+
+def blocks_step(blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache, index: int) -> torch.Tensor:
+    """Every block for the token at position `index` of the sequence, x [R, 1, D] -> [R, 1, D]."""
+    for layer, blk in enumerate(blocks):
+        x = block_step(blk, x, cache.writer(layer, index))
+    return x
