@@ -24,7 +24,7 @@ from marengine.bench.records import Record, validate_record, validate_records, w
 from marengine.bench.timing import PeakMemory, StageClock, interleaved, percentile, summarize  # noqa: E402
 from marengine.cli import main as cli  # noqa: E402
 
-BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone"}
+BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone", "presets"}
 
 
 # ---------------------------------------------------------------- the quick suite, end to end

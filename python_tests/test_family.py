@@ -119,6 +119,44 @@ def test_no_host_sync_inside_the_cached_loop(monkeypatch, loss):
     assert out.shape[0] == 2
 
 
+def test_head_sampler_and_steps_of_a_causal_diffusion_model():
+    """sampler/steps reach the head at every token: a per-token list of one count is that count,
+    a different count or sampler changes the tokens; a CE model refuses them."""
+    model = tiny_ar("random")
+    base = sample(model, cfg=2.0)
+    seven = sample(model, cfg=2.0, steps=7)
+    torch.testing.assert_close(sample(model, cfg=2.0, steps=[7] * 16, sampler="ddpm"), seven, rtol=0, atol=0)
+    assert not torch.equal(seven, base) and not torch.equal(sample(model, cfg=2.0, steps="8-2"), seven)
+    ddim = sample(model, cfg=2.0, sampler="ddim", steps=3)
+    assert ddim.shape == base.shape and torch.isfinite(ddim).all() and not torch.equal(ddim, base)
+    with pytest.raises(ValueError, match="cross-entropy model has none"):
+        sample(tiny_ar("random", "ce"), steps=3)
+
+
+@pytest.mark.parametrize("loss", ["diffusion", "ce"])
+def test_the_engine_drives_every_member_under_a_preset(loss):
+    """generate_latents with the fast preset: the head knobs reach a causal diffusion model, a CE
+    model (causal or masked) gets none of them; a knob given explicitly that a model cannot
+    take is a clear error, not silently dropped."""
+    from marengine.sampling.engine import SampleSettings, generate_latents
+
+    members = [tiny_ar("random", loss)]
+    if loss == "ce":
+        members.append(randomized(make_model("mar_tiny", "ce", **TINY)))
+    for model in members:
+        out = generate_latents(model, [1, 7, 3], SampleSettings(preset="fast", batch_size=2))
+        if loss == "ce":
+            assert out.dtype == torch.int64 and out.shape == (3, 4, 4)
+        else:
+            assert out.shape == (3, 4, 4, 4) and torch.isfinite(out).all()
+        if loss == "ce":
+            with pytest.raises(ValueError, match="does not apply to a .*cross-entropy.*drop it"):
+                generate_latents(model, [1], SampleSettings(sampler="ddim"))
+    if loss == "diffusion":
+        with pytest.raises(ValueError, match="cache=.*does not apply to a CausalAR"):
+            generate_latents(members[0], [1], SampleSettings(cache="refresh=2"))
+
+
 def test_random_orders_follow_the_generator_and_given_orders_are_used():
     model = tiny_ar("random")
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
@@ -148,14 +186,14 @@ def test_orders_that_are_not_permutations_are_refused():
 def test_a_cache_of_the_wrong_size_is_refused():
     model = tiny_ar()
     with pytest.raises(ValueError, match="2 x batch"):
-        sample(model, cfg=2.0, cache=model.allocate_cache(2))  # CFG needs 4 rows
+        sample(model, cfg=2.0, kv_cache=model.allocate_cache(2))  # CFG needs 4 rows
     good = model.allocate_cache(2)
     short = KVCache(good.k[:, :, :, :8], good.v[:, :, :, :8])
     with pytest.raises(ValueError, match="16 positions"):
-        sample(model, cache=short)
-    with pytest.raises(ValueError, match="do not pass a cache"):
-        sample(model, cache=good, use_cache=False)
-    out = sample(model, cache=good)  # the right one is reused as given
+        sample(model, kv_cache=short)
+    with pytest.raises(ValueError, match="do not pass a kv_cache"):
+        sample(model, kv_cache=good, use_cache=False)
+    out = sample(model, kv_cache=good)  # the right one is reused as given
     torch.testing.assert_close(out, sample(model), rtol=0, atol=0)
 
 

@@ -111,9 +111,9 @@ def sessions(exported):
 # ---------------------------------------------------------------- files and metadata
 def test_files_metadata_and_deploy_json(exported):
     model, out, paths = exported
-    assert set(paths) == {"backbone", "backbone_embed", "head", "decoder", "deploy"}
+    assert set(paths) == {"backbone", "backbone_embed", "head", "decoder", "encoder", "deploy"}
     meta = json.loads((out / "deploy.json").read_text())
-    for role in ("backbone", "backbone_embed", "head", "decoder"):
+    for role in ("backbone", "backbone_embed", "head", "decoder", "encoder"):
         onnx.checker.check_model(str(paths[role]))
         m = onnx.load(str(paths[role]))
         props = {p.key: p.value for p in m.metadata_props}

@@ -9,7 +9,7 @@ Every function takes the per-device float32 tables from
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -105,6 +105,7 @@ def sample_loop(
     temperature: float,
     step_noise: torch.Tensor | None,
     clip_denoised: bool = False,
+    flags: tuple[Sequence[bool], Sequence[bool]] | None = None,
 ) -> torch.Tensor:
     """Reverse diffusion from x_T with the per-step coefficients `table` [S, 8] of a sampler
     (diffusion/samplers.py), eagerly, one step per Python iteration (the official sampler's
@@ -112,12 +113,14 @@ def sample_loop(
 
     eps_fn(x, t) -> [N, 2C] (eps, variance values) at step index t [N]. step_noise: [S, N, C],
     step_noise[i] used at step S-1-i, or None (temperature 0 or a deterministic sampler).
+    flags: (reads the previous x0, adds noise) per step as host booleans
+    (DiffusionTables.sampler_flags); None reads them from the table once.
     For the ddpm table this is op for op the official p_sample loop.
     """
     x = x_T.float()
     n = x.shape[0]
     x0_prev = torch.zeros_like(x)
-    uses_prev, noisy = (table[:, [4, 7]] != 0).cpu().unbind(1)  # branch flags read once, not per step
+    uses_prev, noisy = flags if flags is not None else (table[:, [4, 7]] != 0).cpu().unbind(1)
     for i, step in enumerate(range(table.shape[0] - 1, -1, -1)):
         a, b, c1, c2, c3, lp, lb, _ = table[step]  # 0-d float32 tensors
         out = eps_fn(x, torch.full((n,), step, dtype=torch.int64, device=x.device)).float()

@@ -37,6 +37,7 @@ class DiffusionTables:
         b = self.betas
         if b.ndim != 1 or not bool(((b > 0) & (b <= 1)).all()):
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
+        self._beta_values = b.tolist()  # host floats for the sampler tables, read once here (never in a loop)
         abar = torch.cumprod(1.0 - b, 0)
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         post_var = b * (1.0 - abar_prev) / (1.0 - abar)
@@ -73,9 +74,21 @@ class DiffusionTables:
         t = self.on(device)
         key = "_sampler:" + sampler.key
         if key not in t:
-            rows = samplers.step_table(self.betas.tolist(), sampler)
+            rows = self._sampler_rows(sampler)
             t[key] = torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=torch.float32).contiguous()
         return t[key]
+
+    def sampler_flags(self, sampler: HeadSampler) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """Per step (index s): whether the update reads the previous x0 (column 4) and whether it
+        adds noise (column 7): host booleans, so a loop branches without reading the device."""
+        rows = self._sampler_rows(sampler)
+        return tuple(r[4] != 0 for r in rows), tuple(r[7] != 0 for r in rows)
+
+    def _sampler_rows(self, sampler: HeadSampler) -> list[list[float]]:
+        key = "_rows:" + sampler.key
+        if key not in self._cache:
+            self._cache[key] = samplers.step_table(self._beta_values, sampler)
+        return self._cache[key]
 
 
 def make_tables(spacing: str | int = "", num_train_steps: int = TRAIN_DIFFUSION_STEPS) -> DiffusionTables:

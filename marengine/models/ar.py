@@ -43,6 +43,12 @@ from .masking import random_orders
 
 class CausalAR(nn.Module, PretrainedMixin):
     architecture = ARCH_AR
+    causal = True  # one token per step: num_iter is always the L tokens
+
+    @property
+    def sampling_knobs(self) -> tuple[str, ...]:
+        """The speed knobs sample_tokens takes: the diffusion head's (the kv-cache is always on)."""
+        return ("sampler", "steps") if self.loss == "diffusion" else ()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -273,13 +279,17 @@ class CausalAR(nn.Module, PretrainedMixin):
         clip_denoised: bool = False,
         orders: torch.Tensor | None = None,
         use_cache: bool = True,
-        cache: KVCache | None = None,
+        kv_cache: KVCache | None = None,
         backbone: Callable | None = None,
+        sampler: str | None = None,
+        steps: int | str | list[int] | None = None,
     ) -> torch.Tensor:
         """Generate one token per step (num_iter is the L tokens; None means L): latents
         [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce). MAR's signature, plus orders
         [bsz, L] (default: raster, or random from `generator`), use_cache (False: recompute the
-        whole prefix every step, the reference) and cache (a preallocated KVCache to reuse)."""
+        whole prefix every step, the reference), kv_cache (a preallocated KVCache to reuse) and,
+        with Diffusion Loss, the head's sampler and diffusion steps per token (as for MAR:
+        schedules.step_schedule over the L steps)."""
         if backbone is not None:
             raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
         return ar_sampling.sample_tokens(
@@ -296,7 +306,9 @@ class CausalAR(nn.Module, PretrainedMixin):
             clip_denoised=clip_denoised,
             orders=orders,
             use_cache=use_cache,
-            cache=cache,
+            kv_cache=kv_cache,
+            sampler=sampler,
+            steps=steps,
         )
 
     # ---------------------------------------------------------------- checks

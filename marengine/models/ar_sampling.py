@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checks import check_int, check_sampling
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, cfg_at
+from ..schedules import CFG_SCHEDULES, cfg_at, step_schedule
 from ..utils import check_generator
 from .kv_cache import KVCache
 
@@ -58,7 +59,9 @@ def sample_tokens(
     clip_denoised: bool = False,
     orders: torch.Tensor | None = None,
     use_cache: bool = True,
-    cache: KVCache | None = None,
+    kv_cache: KVCache | None = None,
+    sampler: str | HeadSampler | None = None,
+    steps: int | str | list[int] | None = None,
 ) -> torch.Tensor:
     """Latents [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce); randomness only from `generator`."""
     model.check_weights()
@@ -69,6 +72,10 @@ def sample_tokens(
     )
     if labels is not None:
         model._check_labels(labels, bsz)
+    if model.loss == "ce" and (sampler is not None or steps is not None):
+        raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
+    head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
+    per_step = step_schedule(steps, num_iter)  # diffusion steps of the head at each token
     device, seq_len = model.fake_latent.device, model.seq_len
     orders = model.sample_orders(bsz, generator) if orders is None else model.check_orders(orders.to(device), bsz)
     guided = cfg != 1.0
@@ -78,11 +85,11 @@ def sample_tokens(
         class_embedding = torch.cat([class_embedding, null])  # [2B, D]
     rows = class_embedding.shape[0]
     if use_cache:
-        if cache is None:
-            cache = model.allocate_cache(rows, class_embedding.dtype)
-        cache.check(model.depth, rows, model.num_heads, seq_len, model.head_dim, guided)
-    elif cache is not None:
-        raise ValueError("use_cache=False recomputes the prefix at every step: do not pass a cache")
+        if kv_cache is None:
+            kv_cache = model.allocate_cache(rows, class_embedding.dtype)
+        kv_cache.check(model.depth, rows, model.num_heads, seq_len, model.head_dim, guided)
+    elif kv_cache is not None:
+        raise ValueError("use_cache=False recomputes the prefix at every step: do not pass a kv_cache")
     row_orders = torch.cat([orders, orders]) if guided else orders  # [R, L]
 
     ce = model.loss == "ce"
@@ -99,14 +106,15 @@ def sample_tokens(
                 prev = None if i == 0 else _rows(out[:, i - 1], guided)
                 pos = None if i == 0 else row_orders[:, i - 1]
                 x = model.step_input(prev, pos, row_orders[:, i], class_embedding)  # [R, 1, D]
-                z = model.step(x, row_orders[:, i], cache, i)  # [R, D]
+                z = model.step(x, row_orders[:, i], kv_cache, i)  # [R, D]
             else:
                 prefix = _rows(out[:, :i], guided)
                 z = model.backbone(prefix, row_orders[:, : i + 1], class_embedding)[:, -1]  # [R, D]
             scale = cfg_at(cfg, cfg_schedule, seq_len, seq_len - i - 1)
             if not guided or scale == 1.0:
                 z, scale = z[:bsz], 1.0  # no guidance at this step: the conditional rows alone
-            out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised)
+            head = {"sampler": head_sampler, "steps": per_step[i]}
+            out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised, head)
     image_order = model.scatter_ordered(out, orders)
     if ce:
         return image_order.reshape(bsz, model.seq_h, model.seq_w)
@@ -126,11 +134,13 @@ def _sample_head(
     generator: torch.Generator | None,
     backend: str,
     clip_denoised: bool,
+    head: dict[str, Any],
 ) -> torch.Tensor:
-    """The next token of each image [B, C] (code [B]) from z [R, D] (R = 2B when cfg != 1)."""
+    """The next token of each image [B, C] (code [B]) from z [R, D] (R = 2B when cfg != 1);
+    head: the diffusion head's sampler and steps."""
     if model.loss == "ce":
         return model.ce_head.sample(z, temperature, cfg, generator=generator)
     sampled = model.diffloss.sample(
-        z, temperature, cfg, generator=generator, backend=backend, clip_denoised=clip_denoised
+        z, temperature, cfg, generator=generator, backend=backend, clip_denoised=clip_denoised, **head
     )  # [R, C]; the null-class rows only guided the chain
     return sampled[: z.shape[0] // 2] if cfg != 1.0 else sampled

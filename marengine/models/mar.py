@@ -27,6 +27,9 @@ from .masking import random_orders, sample_mask_ratio
 
 class MAR(nn.Module, PretrainedMixin):
     architecture = "mar"
+    causal = False  # several tokens per iteration, in a random order
+    # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
+    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache")
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from .masking import mask_by_order, random_orders
 class MARCE(MAR):
     architecture = ARCH_MAR_CE
     loss = "ce"
+    sampling_knobs = ()  # no diffusion head, and the backbone reuse is written for MAR's head
 
     def __init__(self, codebook_size: int = 16384, **kwargs: Any) -> None:
         super().__init__(**kwargs)

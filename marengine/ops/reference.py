@@ -51,4 +51,5 @@ def sample_head(
     None; `sampler` picks the per-step coefficients (diffusion/samplers.py)."""
     tmap = tables.on(z.device)["timestep_map"]
     table = tables.sampler_table(sampler, z.device)
-    return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised)
+    flags = tables.sampler_flags(sampler)
+    return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised, flags)

@@ -67,10 +67,28 @@ class SampleSettings:
         """The preset with the explicitly given knobs applied."""
         return resolve_preset(self.preset, self.sampler, self.steps, self.cache)
 
-    def options(self) -> dict[str, Any]:
-        """The keyword options of MAR.sample_tokens these settings ask for."""
+    def options(self, model: Any = None) -> dict[str, Any]:
+        """The keyword options of `model`.sample_tokens these settings ask for (None: MAR's).
+
+        A model takes the speed knobs of its `sampling_knobs`; a preset's knob it does not take
+        is left out (a cross-entropy model has no diffusion head to speed up), a knob the user
+        gave explicitly is refused with a clear error."""
         speed = self.speed()
-        return {"backend": self.backend, "sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache}
+        knobs = {"sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache}
+        takes = knobs.keys() if model is None else set(getattr(model, "sampling_knobs", ()))
+        for name in knobs.keys() - takes:
+            if getattr(self, name) not in (None, "off"):
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} does not apply to a {type(model).__name__} "
+                    f"({_describe(model)}): it takes {', '.join(sorted(takes)) or 'none of the speed knobs'}; drop it"
+                )
+        return {"backend": self.backend, **{k: v for k, v in knobs.items() if k in takes}}
+
+
+def _describe(model: Any) -> str:
+    loss = getattr(model, "loss", "diffusion")
+    order = "one token per step" if getattr(model, "causal", False) else "masked, several tokens per iteration"
+    return f"{order}, {'Diffusion Loss' if loss == 'diffusion' else 'cross-entropy over codes'}"
 
 
 @torch.no_grad()
@@ -85,11 +103,11 @@ def generate_latents(
     known_mask: torch.Tensor | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Latents [N, C, h, w] for class `labels`, in batches of settings.batch_size (images with
-    the same number of known tokens batched together when editing), all randomness from
-    `generator` (default: one seeded with settings.seed). bounded: the tokenizer's latents lie
-    in [-1, 1] (clip_denoised=None then clips). known_tokens [N, L, C] / known_mask [N, L]:
-    editing, those tokens are kept exactly."""
+    """Latents [N, C, h, w] (codes [N, h, w] for a cross-entropy model) for class `labels`, in
+    batches of settings.batch_size (images with the same number of known tokens batched together
+    when editing), all randomness from `generator` (default: one seeded with settings.seed).
+    bounded: the tokenizer's latents lie in [-1, 1] (clip_denoised=None then clips).
+    known_tokens [N, L, C] / known_mask [N, L]: editing, those tokens are kept exactly."""
     if not isinstance(settings, SampleSettings):
         raise TypeError(f"settings must be a SampleSettings, got {type(settings).__name__}")
     device = model.fake_latent.device
@@ -98,19 +116,24 @@ def generate_latents(
     if known_tokens is not None and known_tokens.shape[0] != n:
         raise ValueError(f"{known_tokens.shape[0]} images but {n} labels: give one label per image")
     gen = check_generator(generator) or torch.Generator(device=device).manual_seed(settings.seed)
-    num_iter = settings.num_iter
-    if num_iter > model.seq_len:
+    num_iter: int | None = settings.num_iter
+    if getattr(model, "causal", False):
+        if num_iter == SAMPLE_DEFAULTS.num_iter:
+            num_iter = None  # the default: its L tokens (any other count is checked by the model)
+        if known_mask is not None:
+            raise ValueError("editing (known tokens) needs a masked model (MAR): a causal model generates in order")
+    elif num_iter > model.seq_len:
         log.warning("num_iter %d exceeds the %d tokens of an image: using %d", num_iter, model.seq_len, model.seq_len)
         num_iter = model.seq_len
     clip = settings.clip_denoised if settings.clip_denoised is not None else bounded
-    side = model.seq_h * model.patch_size
-    out = torch.empty(n, model.vae_embed_dim, side, side, device=device)
+    options = settings.options(model)
+    out: torch.Tensor | None = None  # latents [N, C, H', W'] or codes [N, h, w], made from the first batch
     groups = batches(None if known_mask is None else known_mask.cpu().numpy(), n, settings.batch_size)
     for idx in tqdm(groups, desc="generating", disable=not progress or len(groups) < 2):
         idx = idx.tolist()
         edit = {} if known_mask is None else {"known_tokens": known_tokens[idx], "known_mask": known_mask[idx]}
         batch = torch.tensor([labels[i] for i in idx], dtype=torch.int64, device=device)
-        out[idx] = model.sample_tokens(
+        tokens = model.sample_tokens(
             len(idx),
             num_iter,
             settings.cfg,
@@ -120,9 +143,16 @@ def generate_latents(
             progress and len(groups) == 1,
             generator=gen,
             clip_denoised=clip,
-            **settings.options(),
+            **options,
             **edit,
-        ).float()
+        )
+        tokens = tokens.float() if tokens.is_floating_point() else tokens
+        if out is None:
+            out = tokens.new_empty((n, *tokens.shape[1:]))
+        out[idx] = tokens
+    if out is None:  # no labels
+        side = model.seq_h * model.patch_size
+        out = torch.empty(0, model.vae_embed_dim, side, side, device=device)
     return out
 
 
