@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("digits"):
             digits(ctx, name, args.images or (20 if quick else 200), repeats, args.cache_dir)
         elif name == "mar_base":
-            mar_shape(ctx, name, args.tokens or (256 if ctx.device.type == "cuda" else (16 if quick else 64)), repeats)
+            tokens = args.tokens or (256 if ctx.device.type == "cuda" else (16 if quick else 64))
+            mar_shape(ctx, name, tokens, 4 if quick else 64, repeats, warmup=not quick)
         else:
             raise SystemExit(f"bench_presets: unknown model {name!r}; choose among digits8, digits16, mar_base")
     return finish(ctx, args.out)
@@ -133,12 +134,14 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path) -> None:
         )
 
 
-def mar_shape(ctx, name: str, tokens: int, repeats: int) -> None:
+def mar_shape(ctx, name: str, tokens: int, iterations: int, repeats: int, warmup: bool = True) -> None:
+    """Time only: every variant on a random-weight MAR shape, `iterations` MAR iterations (64 is the
+    acceptance point; --quick runs 4 without warm-up, to check the path in CI)."""
     side = int(round(tokens**0.5))
     if side * side != tokens:
         raise SystemExit(f"bench_presets: --tokens must be a square (64, 256, ...), got {tokens}")
     model = random_model(name, ctx.device, img_size=16 * side)  # the released 6x1024 head, 100 steps
-    num_iter = min(64, model.seq_len)
+    num_iter = min(iterations, model.seq_len)
     labels = [207]  # batch 1 on the CPU: one image is already minutes at 256 tokens
     base = {"num_iter": num_iter, "cfg": 2.9, "temperature": 1.0, "batch_size": 1}
 
@@ -146,7 +149,7 @@ def mar_shape(ctx, name: str, tokens: int, repeats: int) -> None:
         return generate_latents(model, labels, SampleSettings(**{**base, **VARIANTS[variant]}))
 
     variants = {v: (lambda v=v: run(v)) for v in VARIANTS}
-    times = interleaved(variants, ctx.device, warmup=1 if tokens <= 64 else 0, repeats=repeats)
+    times = interleaved(variants, ctx.device, warmup=1 if warmup and tokens <= 64 else 0, repeats=repeats)
     ref = summarize(times["official"])["p50"]
     size = "the real size" if tokens == 256 else f"{tokens} tokens (the real one has 256)"
     table = _table(

@@ -124,48 +124,28 @@ def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
     )
 
 
+# the digits models: 2x2 pixel patches of 4 channels, 10 classes, no dropout
+_DIGITS = dict(
+    vae_stride=2,
+    vae_embed_dim=4,
+    patch_size=1,
+    buffer_size=4,
+    class_num=10,
+    num_sampling_steps="50",
+    attn_dropout=0.0,
+    proj_dropout=0.0,
+)
+
 PRESETS: dict[str, MARConfig] = {
     # official sizes (the official training scripts pair them with these heads)
     "mar_base": _sized(768, 12, 12, diffloss_d=6, diffloss_w=1024),
     "mar_large": _sized(1024, 16, 16, diffloss_d=8, diffloss_w=1280),
     "mar_huge": _sized(1280, 20, 16, diffloss_d=12, diffloss_w=1536),
     # 8x8 digits with the pixel-patch tokenizer (2x2 pixels -> 16 tokens of 4 channels)
-    "mar_digits": _sized(
-        128,
-        3,
-        4,
-        img_size=8,
-        vae_stride=2,
-        vae_embed_dim=4,
-        patch_size=1,
-        buffer_size=4,
-        class_num=10,
-        diffloss_d=3,
-        diffloss_w=256,
-        num_sampling_steps="50",
-        attn_dropout=0.0,
-        proj_dropout=0.0,
-        diffusion_batch_mul=2,
-    ),
+    "mar_digits": _sized(128, 3, 4, img_size=8, diffloss_d=3, diffloss_w=256, diffusion_batch_mul=2, **_DIGITS),
     # the digits upsampled to 16x16 (data "digits16"): 64 tokens of 2x2 pixels, so that the number of
     # iterations matters; small enough to train on a CPU in minutes (the speed/quality benchmark)
-    "mar_digits16": _sized(
-        96,
-        2,
-        4,
-        img_size=16,
-        vae_stride=2,
-        vae_embed_dim=4,
-        patch_size=1,
-        buffer_size=4,
-        class_num=10,
-        diffloss_d=2,
-        diffloss_w=128,
-        num_sampling_steps="50",
-        attn_dropout=0.0,
-        proj_dropout=0.0,
-        diffusion_batch_mul=1,
-    ),
+    "mar_digits16": _sized(96, 2, 4, img_size=16, diffloss_d=2, diffloss_w=128, diffusion_batch_mul=1, **_DIGITS),
     # tiny, for tests
     "mar_tiny": _sized(
         64,

@@ -318,12 +318,8 @@ class OnnxHead(OnnxModel):
         return self._run({"x": x, "t": t, "c": c}, (n, 2 * self.channels))
 
 
-class OnnxDecoder(OnnxModel):
-    """The exported detokenizer: images [B, ch, H, W] in [-1, 1] from MAR latents [B, C, h, w]
-    (scaled as MAR sees them)."""
-
-    roles = ("decoder",)
-    output = "images"
+class _OnnxTokenizerPart(OnnxModel):
+    """The shapes both tokenizer parts check: MAR latents [C, h, w] and images [ch, H, W]."""
 
     def __init__(
         self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
@@ -334,6 +330,14 @@ class OnnxDecoder(OnnxModel):
         side = c["img_size"] // c["vae_stride"]
         self.latent_shape = (c["vae_embed_dim"], side, side)
         self.image_shape = (self.tokenizer.get("image_channels", 3), c["img_size"], c["img_size"])
+
+
+class OnnxDecoder(_OnnxTokenizerPart):
+    """The exported detokenizer: images [B, ch, H, W] in [-1, 1] from MAR latents [B, C, h, w]
+    (scaled as MAR sees them)."""
+
+    roles = ("decoder",)
+    output = "images"
 
     def __call__(self, latents: Any) -> Any:
         _check("latents", latents, "f", 4, (None, *self.latent_shape))
@@ -345,22 +349,12 @@ def config_mismatch(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-class OnnxEncoder(OnnxModel):
+class OnnxEncoder(_OnnxTokenizerPart):
     """The exported tokenizer's encoder: MAR latents [B, C, h, w] (the posterior's mode, scaled
     as MAR sees them) from images [B, ch, H, W] in [-1, 1]; editing's known tokens."""
 
     roles = ("encoder",)
     output = "latents"
-
-    def __init__(
-        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
-    ) -> None:
-        super().__init__(path, providers, session_options)
-        self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}"))
-        c = self.config
-        side = c["img_size"] // c["vae_stride"]
-        self.latent_shape = (c["vae_embed_dim"], side, side)
-        self.image_shape = (self.tokenizer.get("image_channels", 3), c["img_size"], c["img_size"])
 
     def __call__(self, images: Any) -> Any:
         _check("images", images, "f", 4, (None, *self.image_shape))

@@ -78,3 +78,31 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # [B, N, D]
         x = x + self.attn(self.norm1(x), is_causal=is_causal)
         return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------- shared by the backbones (MAR, causal AR)
+def init_linear_and_norm(module: nn.Module) -> None:
+    """MAR's init of every submodule: xavier-uniform Linear weights with zero bias, LayerNorm
+    weight 1 and bias 0 (embeddings and learned positions are the caller's)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Latents [B, C, H, W] -> tokens [B, (H/p)(W/p), C p p] in raster order (MAR's layout)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int, seq_h: int, seq_w: int) -> torch.Tensor:
+    """Tokens [B, seq_h seq_w, C p p] -> latents [B, C, seq_h p, seq_w p] (patchify's inverse)."""
+    b = x.shape[0]
+    x = x.reshape(b, seq_h, seq_w, channels, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels, seq_h * p, seq_w * p)

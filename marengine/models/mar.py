@@ -21,7 +21,7 @@ from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
 from .checkpoints import PretrainedMixin
 from .diffloss import DiffLoss
-from .layers import Block, default_norm
+from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders, sample_mask_ratio
 
 
@@ -149,28 +149,16 @@ class MAR(nn.Module, PretrainedMixin):
             self.diffusion_pos_embed_learned,
         ):
             nn.init.normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm(self)
 
     # ---------------------------------------------------------------- tokens
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, (H/p)(W/p), C p p]."""
-        b, c, h, w = x.shape
-        p = self.patch_size
-        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c * p * p)
+        return patchify(x, self.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, C p p] -> [B, C, seq_h p, seq_w p]."""
-        b, p, c = x.shape[0], self.patch_size, self.vae_embed_dim
-        x = x.reshape(b, self.seq_h, self.seq_w, c, p, p).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, c, self.seq_h * p, self.seq_w * p)
+        return unpatchify(x, self.patch_size, self.vae_embed_dim, self.seq_h, self.seq_w)
 
     def sample_orders(self, bsz: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return random_orders(bsz, self.seq_len, generator, self.fake_latent.device)
