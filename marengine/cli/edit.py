@@ -6,7 +6,7 @@ import argparse
 
 from ..editing import add_edit_options
 from ..options import add_sampling_options
-from .common import add_backend_options, sample_settings
+from .common import add_backend_options, add_model_options, sample_settings
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -44,13 +44,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="inpaint / outpaint image files (known pixels are kept exactly)")
-    p.add_argument("--checkpoint", required=True, help="training .pth, pretrained folder, or official .pth")
+    add_model_options(p)
     p.add_argument("--labels", type=int, nargs="+", required=True, help="the class to complete each image as")
     p.add_argument("--out", required=True, help="output folder: grid.png (inputs and results) and samples.npz")
-    p.add_argument("--model", default=None, help="preset for official checkpoints (mar_base, mar_large, mar_huge)")
-    p.add_argument("--vae-ckpt", default=None)
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_edit_options(p)
     add_sampling_options(p)
     add_backend_options(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import add_sampling_options
-from .common import add_backend_options, sample_settings
+from .common import add_backend_options, add_model_options, sample_settings
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -35,13 +35,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images from a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="training .pth, pretrained folder, or official .pth")
+    add_model_options(p)
     p.add_argument("--labels", type=int, nargs="*", default=None, help="class labels (default: one per class)")
     p.add_argument("--out", required=True, help="output folder: grid.png and samples.npz")
-    p.add_argument("--model", default=None, help="preset for official checkpoints (mar_base, mar_large, mar_huge)")
-    p.add_argument("--vae-ckpt", default=None)
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_sampling_options(p)
     add_backend_options(p)
     p.set_defaults(fn=cmd_sample)

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -34,7 +34,7 @@ from ..models.checkpoints import non_finite_keys, read_checkpoint, read_folder_c
 from ..models.kv_cache import block_step, concat_kv
 from ..models.loading import load_model
 from .onnx import HeadStep, export_module, require_export_deps
-from .runtime import FORMAT_VERSION, KEY_CONFIG, KEY_EXPORTER, KEY_FORMAT, KEY_ROLE
+from .runtime import FORMAT_VERSION, KEY_CONFIG, KEY_FORMAT, KEY_ROLE
 
 log = logging.getLogger("marengine.export")
 AR_FILES = {
@@ -91,43 +91,6 @@ class CEHeadLogits(nn.Module):
         return self.head(z)
 
 
-def _export_multi(
-    module: nn.Module,
-    args: tuple[torch.Tensor, ...],
-    path: Path,
-    names: list[str],
-    outputs: list[str],
-    dynamic: dict[str, dict[int, tuple[str, int, int | None]]],
-    metadata: dict[str, str],
-) -> None:
-    """Like export.onnx.export_module, for a module with several outputs (torch's dynamo exporter)."""
-    import onnx
-
-    dims: dict[str, Any] = {}
-    shapes: dict[str, Any] = {}
-    for name in names:
-        spec = {}
-        for axis, (dim, lo, hi) in dynamic.get(name, {}).items():
-            if dim not in dims:
-                dims[dim] = torch.export.Dim(dim, min=lo) if hi is None else torch.export.Dim(dim, min=lo, max=hi)
-            spec[axis] = dims[dim]
-        shapes[name] = spec or None
-    prog = torch.onnx.export(
-        module.eval(),
-        args,
-        None,
-        dynamo=True,
-        input_names=names,
-        output_names=outputs,
-        dynamic_shapes=shapes,
-        verbose=False,
-        optimize=True,
-    )
-    prog.model.metadata_props.update({**metadata, KEY_EXPORTER: "dynamo"})
-    prog.save(str(path))
-    onnx.checker.check_model(str(path))
-
-
 def export_ar_onnx(model: CausalAR, out_dir: str | os.PathLike, parts: Sequence[str] = AR_PARTS) -> dict[str, Path]:
     """Export `model` (a CausalAR, float32) to `out_dir` (replaced whole when complete); {role: path}."""
     require_export_deps()
@@ -172,7 +135,7 @@ def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str,
 
     if "ar_backbone" in parts:
         path = out / AR_FILES["ar_backbone"]
-        _export_multi(
+        export_module(
             ARBackbone(model),
             (tokens(length - 1), orders, cls),
             path,
@@ -180,6 +143,7 @@ def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str,
             ["z"],
             {"tokens": {0: batch}, "orders": {0: batch}, "class_embedding": {0: batch}},
             {**common, KEY_ROLE: "ar_backbone"},
+            exporter="dynamo",
         )
         paths["ar_backbone"] = path
 
@@ -197,7 +161,7 @@ def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str,
     past = {1: batch, 3: ("past", 0, length - 1)}
     path = out / AR_FILES["ar_step"]
     if "ar_step" in parts:
-        _export_multi(
+        export_module(
             ARStep(model),
             step_args,
             path,
@@ -209,6 +173,7 @@ def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str,
                 "past_v": past,
             },
             {**common, KEY_ROLE: "ar_step"},
+            exporter="dynamo",
         )
         paths["ar_step"] = path
 

@@ -135,13 +135,14 @@ def export_module(
     args: tuple[torch.Tensor, ...],
     path: Path,
     names: Sequence[str],
-    output: str,
+    output: str | Sequence[str],
     dynamic: dict[str, dict[int, tuple[str, int, int | None]]],
     metadata: dict[str, str],
     opset: int | None = None,
     exporter: str = "auto",
 ) -> tuple[str, int]:
-    """Export `module(*args)` to `path`; dynamic: input name -> {axis: (dim name, min, max)}.
+    """Export `module(*args)` to `path`; dynamic: input name -> {axis: (dim name, min, max)};
+    output: the output's name, or the names of several outputs.
 
     Uses torch's default (dynamo) exporter; with exporter="auto" falls back to the
     TorchScript exporter only if that fails. Returns (the exporter used, which is also
@@ -152,6 +153,7 @@ def export_module(
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"unknown exporter {exporter!r}; choose 'auto', 'dynamo' or 'torchscript'")
     module = module.eval()
+    outputs = [output] if isinstance(output, str) else list(output)
     external = _param_bytes(module) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     if exporter != "torchscript":
@@ -162,7 +164,7 @@ def export_module(
                 None,
                 dynamo=True,
                 input_names=list(names),
-                output_names=[output],
+                output_names=outputs,
                 opset_version=opset,
                 dynamic_shapes=_dynamo_shapes(names, dynamic),
                 verbose=False,
@@ -188,7 +190,7 @@ def export_module(
         str(path),
         dynamo=False,
         input_names=list(names),
-        output_names=[output],
+        output_names=outputs,
         opset_version=opset or 17,
         dynamic_axes=axes,
         do_constant_folding=True,
