@@ -6,10 +6,11 @@ On the trained digits models (16 and 64 tokens), every variant generates the sam
 and the last images go to the digits judge (accuracy, Frechet distance). On a random-weight
 MAR-B shape (its released 6x1024 head, 100 diffusion steps) only the time is measured, at
 64 iterations with CFG: on the CPU with --tokens (default 64 in --full: a full 256-token
-MAR-B image costs minutes per variant here; pass --tokens 256 for the real size).
+MAR-B image costs minutes per variant here; pass --tokens 256 for the real size), one round,
+official and fast only unless --variants says otherwise (the suite's time budget).
 
     python benchmarks/bench_presets.py --quick --out presets.json
-    python benchmarks/bench_presets.py --models mar_base --tokens 256 --repeats 1
+    python benchmarks/bench_presets.py --models mar_base --tokens 256 --repeats 1 --variants all
 """
 
 from __future__ import annotations
@@ -51,7 +52,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 2, quick 1)")
     p.add_argument("--tokens", type=int, default=None, help="MAR-B tokens per image (default: 256 on a GPU, 64 CPU)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"'all' or a comma-separated subset of: {', '.join(VARIANTS)} (default: all; the MAR-B shape on a "
+        "CPU outside --quick: official,fast, the suite's time budget)",
+    )
+    args = p.parse_args(argv)
+    if args.variants == "all":
+        args.variants = list(VARIANTS)
+    elif args.variants is not None:
+        args.variants = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown or "official" not in args.variants:
+            p.error(f"--variants must include official and name only {', '.join(VARIANTS)}; got {args.variants}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if quick else 2)
     for name in models:
         if name.startswith("digits"):
-            digits(ctx, name, args.images or (20 if quick else 200), repeats, args.cache_dir)
+            chosen = args.variants or list(VARIANTS)
+            digits(ctx, name, args.images or (20 if quick else 200), repeats, args.cache_dir, chosen)
         elif name == "mar_base":
             cpu = ctx.device.type != "cuda"
             tokens = args.tokens or (256 if not cpu else (16 if quick else 64))
             # on the CPU one MAR-B image at 64 iterations takes a minute or more per variant: one
             # untimed-warm-up-free round unless --repeats asks for more (the suite's time budget)
             shape_repeats = args.repeats or (1 if cpu else repeats)
-            mar_shape(ctx, name, tokens, 4 if quick else 64, shape_repeats, warmup=not (quick or cpu))
+            chosen = args.variants or (["official", "fast"] if cpu and not quick else list(VARIANTS))
+            mar_shape(ctx, name, tokens, 4 if quick else 64, shape_repeats, chosen, warmup=not (quick or cpu))
         else:
             raise SystemExit(f"bench_presets: unknown model {name!r}; choose among digits8, digits16, mar_base")
     return finish(ctx, args.out)
@@ -84,7 +101,7 @@ def _table(title: str, quality: bool) -> Table:
     return Table(cols, title)
 
 
-def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path) -> None:
+def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[str]) -> None:
     model, tokenizer, info = trained_digits(name, ctx.mode, cache_dir)
     model, tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
     labels = np.repeat(np.arange(10), -(-n // 10))[:n]
@@ -96,10 +113,10 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path) -> None:
         lat = generate_latents(model, labels, s, bounded=bool(getattr(tokenizer, "bounded", False)))
         images[variant] = to_uint8(tokenizer.decode(lat)).cpu().numpy()
 
-    times = interleaved({v: (lambda v=v: run(v)) for v in VARIANTS}, ctx.device, warmup=1, repeats=repeats)
+    times = interleaved({v: (lambda v=v: run(v)) for v in chosen}, ctx.device, warmup=1, repeats=repeats)
     ref = summarize(times["official"])["p50"]
     judged = {}
-    for v in VARIANTS:
+    for v in chosen:
         with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
             warnings.filterwarnings("ignore", message="Matrix is singular")
             judged[v] = evaluate(images[v], labels)
@@ -108,7 +125,7 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path) -> None:
         f"trained {info['train_steps']} steps)",
         quality=True,
     )
-    for v in VARIANTS:
+    for v in chosen:
         t = summarize(times[v])
         r = judged[v]
         row = {"variant": v, "p50": t["p50"] / n, "speedup": ref / t["p50"], "accuracy": r.accuracy,
@@ -138,8 +155,10 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path) -> None:
         )
 
 
-def mar_shape(ctx, name: str, tokens: int, iterations: int, repeats: int, warmup: bool = True) -> None:
-    """Time only: every variant on a random-weight MAR shape, `iterations` MAR iterations (64 is the
+def mar_shape(
+    ctx, name: str, tokens: int, iterations: int, repeats: int, chosen: list[str], warmup: bool = True
+) -> None:
+    """Time only: the `chosen` variants on a random-weight MAR shape, `iterations` MAR iterations (64 is the
     acceptance point; --quick runs 4 without warm-up, to check the path in CI)."""
     side = int(round(tokens**0.5))
     if side * side != tokens:
@@ -152,7 +171,7 @@ def mar_shape(ctx, name: str, tokens: int, iterations: int, repeats: int, warmup
     def run(variant: str) -> Any:
         return generate_latents(model, labels, SampleSettings(**{**base, **VARIANTS[variant]}))
 
-    variants = {v: (lambda v=v: run(v)) for v in VARIANTS}
+    variants = {v: (lambda v=v: run(v)) for v in chosen}
     times = interleaved(variants, ctx.device, warmup=1 if warmup and tokens <= 64 else 0, repeats=repeats)
     ref = summarize(times["official"])["p50"]
     size = "the real size" if tokens == 256 else f"{tokens} tokens (the real one has 256)"
@@ -161,7 +180,7 @@ def mar_shape(ctx, name: str, tokens: int, iterations: int, repeats: int, warmup
         f"cfg 2.9, {model.diffloss.gen_tables.num_steps} official diffusion steps)",
         quality=False,
     )
-    for v in VARIANTS:
+    for v in chosen:
         t = summarize(times[v])
         table.add({"variant": v, "p50": t["p50"], "speedup": ref / t["p50"]})
         ctx.record(

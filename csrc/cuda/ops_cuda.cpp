@@ -30,41 +30,16 @@
 
 #include "../head_checks.h"
 #include "launchers.cuh"
+#include "torch_glue.h"
 
 namespace marengine {
 namespace cuda {
 namespace {
 
-constexpr int64_t kAlign = 16;
 static_assert(kCoefColumns == checks::kCoefColumns, "launchers.cuh and head_checks.h disagree on the coefs columns");
-
-bool is_aligned(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % kAlign == 0;
-}
-
-// Contiguous and 16-byte aligned (cp.async / float4 loads); copies only when needed.
-at::Tensor ready(const at::Tensor& t) {
-  at::Tensor c = t.contiguous();
-  if (c.numel() > 0 && !is_aligned(c)) c = c.clone();
-  return c;
-}
 
 at::Tensor as_f32(const at::Tensor& t) {
   return ready(t.to(at::kFloat));
-}
-
-WeightType weight_type(at::ScalarType s, const char* op) {
-  switch (s) {
-    case at::kFloat:
-      return WeightType::kFloat32;
-    case at::kBFloat16:
-      return WeightType::kBFloat16;
-    case at::kHalf:
-      return WeightType::kFloat16;
-    default:
-      TORCH_CHECK(false, op, ": weights must be float32, bfloat16 or float16, got ", s);
-  }
-  return WeightType::kFloat32;
 }
 
 void check_launch(cudaError_t err, const char* what) {

@@ -30,24 +30,11 @@
 #include "../head_checks.h"
 #include "launchers.cuh"
 #include "stages.cuh"
+#include "torch_glue.h"
 
 namespace marengine {
 namespace cuda {
 namespace {
-
-WeightType wtype_of(at::ScalarType s, const char* stage) {
-  switch (s) {
-    case at::kFloat:
-      return WeightType::kFloat32;
-    case at::kBFloat16:
-      return WeightType::kBFloat16;
-    case at::kHalf:
-      return WeightType::kFloat16;
-    default:
-      TORCH_CHECK(false, stage, ": dtype must be float32, bfloat16 or float16, got ", s);
-  }
-  return WeightType::kFloat32;
-}
 
 // A contiguous, 16-byte aligned CUDA tensor of `dtype` and `shape` (copied only when needed).
 at::Tensor arg(const char* stage, const at::Tensor& t, const char* name, at::ScalarType dtype,
@@ -57,9 +44,7 @@ at::Tensor arg(const char* stage, const at::Tensor& t, const char* name, at::Sca
   TORCH_CHECK(t.scalar_type() == dtype, stage, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), stage, ": ", name, " must have shape ", checks::shape_str(shape),
               ", got ", checks::shape_str(t.sizes()));
-  at::Tensor c = t.contiguous();
-  if (c.numel() > 0 && reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
-  return c;
+  return ready(t);
 }
 
 void check_cuda(const char* stage, const at::Tensor& t) {
@@ -113,7 +98,7 @@ at::Tensor gemm(const at::Tensor& A, const at::Tensor& B, const at::Tensor& bias
   s.K = static_cast<int>(K);
   s.epi = static_cast<int>(epi);
   s.small_tiles = small_tiles;
-  if (M > 0 && N > 0) ok(stage_gemm(wtype_of(T, stage), s, stream()), stage);
+  if (M > 0 && N > 0) ok(stage_gemm(weight_type(T, stage), s, stream()), stage);
   return out;
 }
 
@@ -150,7 +135,7 @@ at::Tensor ln_modulate(const at::Tensor& h, const std::optional<at::Tensor>& ln_
   l.mod_ld = static_cast<int>(ld);
   l.out = out.data_ptr();
   l.blocks = static_cast<int>(blocks);
-  ok(stage_ln_modulate(wtype_of(dtype, stage), l, stream()), stage);
+  ok(stage_ln_modulate(weight_type(dtype, stage), l, stream()), stage);
   return out;
 }
 
@@ -176,7 +161,7 @@ at::Tensor silu_rows(const at::Tensor& t_emb, const at::Tensor& c_emb, int64_t i
   a.t_emb = te.data_ptr<float>();
   a.c_emb = ce.data_ptr<float>();
   at::Tensor y = at::empty({rows, W}, t_emb.options().dtype(dtype));
-  ok(stage_silu_rows(wtype_of(dtype, stage), a, static_cast<int>(i0), static_cast<int>(rows), y.data_ptr(),
+  ok(stage_silu_rows(weight_type(dtype, stage), a, static_cast<int>(i0), static_cast<int>(rows), y.data_ptr(),
                      static_cast<int>(blocks), stream()),
      stage);
   return y;
@@ -288,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_pre(
   r.abuf = mods0.has_value() ? abuf.data_ptr() : nullptr;
   r.y = make_y ? y.data_ptr() : nullptr;
   r.blocks = static_cast<int>(blocks);
-  ok(stage_row_pre(wtype_of(dtype, stage), a, r, stream()), stage);
+  ok(stage_row_pre(weight_type(dtype, stage), a, r, stream()), stage);
   return {xo, u.x0p, h, abuf, y};
 }
 
@@ -315,7 +300,7 @@ std::vector<int64_t> plan(const at::Tensor& like, int64_t N, int64_t R, int64_t 
   TORCH_CHECK(path >= -1 && path <= 1, stage, ": path must be -1 (auto), 0 (persistent) or 1 (per-step kernels)");
   TORCH_CHECK(D >= 0 && D <= kMaxDepth && N >= 0 && (R == N || R == 2 * N), stage, ": bad sizes");
   HeadSampleArgs a{};
-  a.wtype = wtype_of(dtype, stage);
+  a.wtype = weight_type(dtype, stage);
   a.N = static_cast<int>(N);
   a.R = static_cast<int>(R);
   a.C = static_cast<int>(C);
