@@ -3,7 +3,9 @@
 `atomic_write` writes through a temporary file in the same folder, fsyncs it and
 renames it over the target: a crash at any point leaves either the old content or
 the new, never a torn file. `atomic_copy` publishes a second name for a finished file
-the same way, and `replace_folder` moves a finished folder into place whole.
+the same way, and `replace_folder` moves a finished folder into place whole. What they
+publish gets the permissions a plain `open`/`mkdir` would give (0666 / 0777 less the
+umask; a replaced file keeps its own), not the private 0600 / 0700 of the temporaries.
 Temporaries are named `.NAME.*.tmp`; `remove_stale_temporaries` deletes what a
 killed writer left behind.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +22,29 @@ from typing import Any, Callable
 TMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp_path)`, fsync the result, then rename it over `path`."""
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once at import: os.umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _publish_mode(tmp: str | os.PathLike, target: Path, folder: bool = False, mode: int | None = None) -> None:
+    """Give the temporary `mode`, else the mode `target` has (when it exists), else the one a new
+    file/folder would get."""
+    if mode is None and target.exists():
+        mode = stat.S_IMODE(target.stat().st_mode)
+    elif mode is None:
+        mode = (0o777 if folder else 0o666) & ~_UMASK
+    if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+        os.chmod(tmp, mode)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], mode: int | None = None) -> Path:
+    """Call `write(tmp_path)`, fsync the result, then rename it over `path` (with `mode`, else the
+    mode `path` had, else a new file's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -29,6 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        _publish_mode(tmp, path, mode=mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -49,7 +74,7 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         except OSError:  # no hard links here (some network and FAT filesystems)
             shutil.copyfile(src, tmp)
 
-    return atomic_write(dst, write)
+    return atomic_write(dst, write, mode=stat.S_IMODE(src.stat().st_mode))  # the source's, as a link shares it
 
 
 def replace_folder(built: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -63,6 +88,7 @@ def replace_folder(built: str | os.PathLike, target: str | os.PathLike) -> Path:
     aside = target.parent / f".{target.name}.old{TMP_SUFFIX}"
     if aside.exists():
         shutil.rmtree(aside)
+    _publish_mode(built, target, folder=True)
     if target.exists():
         os.replace(target, aside)
     os.replace(built, target)
