@@ -56,7 +56,9 @@ def _noise(step_noise, seed, offset, S, N, C):
     return _C.philox_normals(seed, offset, 0, S * N * C).reshape(S, N, C)
 
 
-def update(x, x0_prev, outr, coefs, it, cfg, temperature, step_noise, seed, offset, clip, blocks=0):
+def update_f32(x, x0_prev, outr, coefs, it, cfg, temperature, noise, clip):
+    """The sampler update of iteration `it`, float32, op for op as diffusion/gaussian.py
+    sample_loop and the CUDA reverse_update compute it; noise [S, N, C] or None. Returns (x, x0)."""
     N, C = x.shape
     S = coefs.shape[0]
     a, b, c1, c2, c3, lp, lb, nw = coefs[S - 1 - it]
@@ -69,11 +71,19 @@ def update(x, x0_prev, outr, coefs, it, cfg, temperature, step_noise, seed, offs
     mean = c1 * x0 + c2 * x
     if c3 != 0:
         mean = mean + c3 * (x0_prev if it > 0 else torch.zeros_like(x))
-    if nw != 0 and temperature > 0:
+    if nw != 0 and temperature > 0 and noise is not None:
         frac = (v + 1) / 2
         logvar = frac * lb + (1 - frac) * lp
-        mean = mean + torch.exp(0.5 * logvar) * _noise(step_noise, seed, offset, S, N, C)[it] * temperature
+        mean = mean + torch.exp(0.5 * logvar) * noise[it] * temperature
     return mean, x0
+
+
+def update(x, x0_prev, outr, coefs, it, cfg, temperature, step_noise, seed, offset, clip, blocks=0):
+    N, C = x.shape
+    S = coefs.shape[0]
+    nw = coefs[S - 1 - it][7]
+    noise = _noise(step_noise, seed, offset, S, N, C) if nw != 0 and temperature > 0 else None
+    return update_f32(x, x0_prev, outr, coefs, it, cfg, temperature, noise, clip)
 
 
 def row_pre(

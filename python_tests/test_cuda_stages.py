@@ -35,6 +35,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_stage_emulation import update_f32
 
 from marengine.diffusion.gaussian import sample_loop
 from marengine.diffusion.samplers import HeadSampler
@@ -131,28 +132,6 @@ def ref_silu_rows(t_emb, c_emb, i0, rows, dtype):
     steps = S - 1 - (i0 + q // R)
     out = F.silu(t_emb.double().cpu()[steps] + c_emb.double().cpu()[q % R])
     return out, 1e-6 * (1 + out.abs()) + ULP[dtype] * out.abs()
-
-
-def update_f32(x, x0_prev, outr, coefs, it, cfg, temperature, noise, clip):
-    """The sampler update of iteration `it`, float32, op for op as diffusion/gaussian.py
-    sample_loop and the CUDA reverse_update compute it. Returns (x, x0)."""
-    N, C = x.shape
-    S = coefs.shape[0]
-    a, b, c1, c2, c3, lp, lb, nw = coefs[S - 1 - it]
-    eps, v = outr[:N, :C], outr[:N, C:]
-    if outr.shape[0] != N:
-        eps = cfg_combine(eps, outr[N:, :C], cfg)
-    x0 = a * x - b * eps
-    if clip:
-        x0 = x0.clamp(-1.0, 1.0)
-    mean = c1 * x0 + c2 * x
-    if c3 != 0:
-        mean = mean + c3 * (x0_prev if it > 0 else torch.zeros_like(x))
-    if nw != 0 and temperature > 0 and noise is not None:
-        frac = (v + 1) / 2
-        logvar = frac * lb + (1 - frac) * lp
-        mean = mean + torch.exp(0.5 * logvar) * noise[it] * temperature
-    return mean, x0
 
 
 def table(sampler: str, steps: int = 12) -> torch.Tensor:
