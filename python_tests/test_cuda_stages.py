@@ -35,6 +35,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_diffloss
 from cuda_stage_emulation import update_f32
 
 from marengine.diffusion.gaussian import sample_loop
@@ -385,24 +386,6 @@ def test_stage_plan():
 
 
 # ---------------------------------------------------------------------------- whole paths
-def _head(width: int, depth: int, steps: str):
-    from marengine.models.diffloss import DiffLoss
-
-    torch.manual_seed(0)
-    dl = DiffLoss(16, 32, depth, width, steps)
-    with torch.no_grad():
-        for name, p in dl.net.named_parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[1]))
-            elif "ln" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-        dl.net.final_layer.linear.weight.mul_(1e-2)
-        dl.net.final_layer.linear.bias.mul_(1e-2)
-    return dl.to(DEV).eval()
-
-
 @needs_gpu
 @pytest.mark.parametrize("path", ["persistent", "kernels"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -412,7 +395,7 @@ def test_stage_path(monkeypatch, path, dtype, sampler, rows, cfg):
     from marengine.ops import native, reference
 
     T = DTYPES[dtype]
-    dl = _head(256, 3, "12")
+    dl = random_diffloss(width=256, depth=3, steps="12", out_scale=1e-2).to(DEV)
     smp = HeadSampler.parse(sampler)
     g = torch.Generator(DEV).manual_seed(rows)
     z = torch.randn(rows * (2 if cfg != 1.0 else 1), 32, generator=g, device=DEV)

@@ -13,11 +13,9 @@ stage alone: python_tests/test_cuda_stages.py.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from conftest import rel_err
+from conftest import random_diffloss, rel_err
 
 from marengine.diffusion.samplers import DDPM, HeadSampler
 
@@ -55,35 +53,9 @@ def exact_fp32_matmul():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def make_diffloss(
-    width: int = 256,
-    depth: int = 2,
-    channels: int = 16,
-    z_channels: int = 32,
-    steps: str = "10",
-    seed: int = 0,
-    out_scale: float = 1.0,
-):
-    """A DiffLoss with random weights everywhere (the official init zeroes the AdaLN and
-    output layers, which would make eps identically zero). Random weights do not predict
-    the noise, so the chain grows to |x| ~ 1e5 (see ../shared/golden/README.md); the
-    low-precision tests shrink the output layer (out_scale) and x_T so that PyTorch's
-    float16 autocast reference, which casts x to float16, stays finite."""
-    from marengine.models.diffloss import DiffLoss
-
-    torch.manual_seed(seed)
-    dl = DiffLoss(channels, z_channels, depth, width, steps)
-    with torch.no_grad():
-        for name, p in dl.net.named_parameters():
-            if p.ndim == 2:
-                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[1]))
-            elif "ln" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-        dl.net.final_layer.linear.weight.mul_(out_scale)
-        dl.net.final_layer.linear.bias.mul_(out_scale)
-    return dl.to(DEV).eval()
+def make_diffloss(**kw):
+    """conftest.random_diffloss on the GPU."""
+    return random_diffloss(**kw).to(DEV)
 
 
 def inputs(dl, rows: int, cfg: float, seed: int = 1, x_scale: float = 1.0):
