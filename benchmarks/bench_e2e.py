@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from marengine.bench.flops import generation_flops  # noqa: E402
 from marengine.bench.models import set_diffusion_steps  # noqa: E402
 from marengine.bench.plan import CPU_REDUCED, ModelPlan, Point, build_setup, sweep  # noqa: E402
-from marengine.bench.script import Table, add_common_args, finish, start  # noqa: E402
+from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, finish, start  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.bench.variants import BACKENDS, export_onnx_backbone, make_run, resolve_precision  # noqa: E402
 
@@ -54,21 +54,16 @@ def plans(mode: str, device: torch.device) -> list[ModelPlan]:
         ModelPlan("digits8", sweep(small, batch=(1, 16), num_iter=(4,), steps=(50, 100)), repeats=3),
         ModelPlan("digits16", sweep(small, batch=(1, 16), num_iter=(4, 64), steps=(50, 100)), repeats=3),
         ModelPlan("mar_base", [big], overrides={"img_size": 64}, note=CPU_REDUCED.format(name="MAR-B"), repeats=3),
-        ModelPlan(
-            "mar_large",
-            [big],
-            backends=("official", "engine-native"),
-            overrides={"img_size": 64},
-            note=CPU_REDUCED.format(name="MAR-L") + "; the anchor and engine-native only, 2 repeats (time budget)",
-            repeats=2,
-        ),
-        ModelPlan(
-            "mar_huge",
-            [big],
-            backends=("official", "engine-native"),
-            overrides={"img_size": 64},
-            note=CPU_REDUCED.format(name="MAR-H") + "; the anchor and engine-native only, 2 repeats (time budget)",
-            repeats=2,
+        *(
+            ModelPlan(
+                name,
+                [big],
+                backends=("official", "engine-native"),
+                overrides={"img_size": 64},
+                note=CPU_REDUCED.format(name=short) + "; the anchor and engine-native only, 2 repeats (time budget)",
+                repeats=2,
+            )
+            for name, short in (("mar_large", "MAR-L"), ("mar_huge", "MAR-H"))
         ),
     ]
 
@@ -76,12 +71,11 @@ def plans(mode: str, device: torch.device) -> list[ModelPlan]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", default=None, help="comma-separated subset of the plan's models")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
+    add_plan_args(p, BACKENDS)
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per point (default: the plan's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds per point (default: the plan's)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
+    add_cache_dir_arg(p)
     p.add_argument("--temperature", type=float, default=1.0)
     return p.parse_args(argv)
 

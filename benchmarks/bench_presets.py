@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import random_model, trained_digits  # noqa: E402
-from marengine.bench.script import Table, add_common_args, finish, start  # noqa: E402
+from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, finish, start  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="digits images per variant (default: 200, quick 20)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 2, quick 1)")
     p.add_argument("--tokens", type=int, default=None, help="MAR-B tokens per image (default: 256 on a GPU, 64 CPU)")
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
+    add_cache_dir_arg(p)
     p.add_argument(
         "--variants",
         default=None,

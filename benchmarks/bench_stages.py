@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import set_diffusion_steps  # noqa: E402
 from marengine.bench.plan import CPU_REDUCED, ModelPlan, Point, build_setup  # noqa: E402
-from marengine.bench.script import Table, add_common_args, finish, start  # noqa: E402
+from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, finish, start  # noqa: E402
 from marengine.bench.timing import PeakMemory, StageClock, Timer  # noqa: E402
 from marengine.bench.variants import BACKENDS, export_onnx_backbone, make_run, resolve_precision  # noqa: E402
 
@@ -56,10 +56,9 @@ def plans(mode: str, device: torch.device) -> list[ModelPlan]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", default=None, help="comma-separated subset of the plan's models")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
+    add_plan_args(p, BACKENDS)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
+    add_cache_dir_arg(p)
     return p.parse_args(argv)
 
 

@@ -19,6 +19,17 @@ from .records import Record, write_records
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def add_cache_dir_arg(p: argparse.ArgumentParser) -> None:
+    """--cache-dir: where the trained digits models are cached (marengine bench passes OUT/models)."""
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
+
+
+def add_plan_args(p: argparse.ArgumentParser, backends: Sequence[str]) -> None:
+    """--models / --backends: subsets of a benchmark's plan (bench/plan.py)."""
+    p.add_argument("--models", default=None, help="comma-separated subset of the plan's models")
+    p.add_argument("--backends", default=",".join(backends), help="comma-separated subset of " + ",".join(backends))
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="tiny shapes, few repeats")
