@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, claim_output_folder, record_outputs, remove_outputs
+
+SAMPLES_KIND = "samples"  # the output kind in a samples folder's manifest (files.claim_output_folder)
 
 
 def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscale: int = 1) -> np.ndarray:
@@ -32,13 +34,18 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscal
 
 
 def save_samples(
-    out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray, ncols: int | None = None
+    out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray, ncols: int | None = None, replace: bool = False
 ) -> dict[str, Path]:
-    """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N])."""
+    """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N]).
+
+    `out_dir` is new or empty or holds marengine's samples (files.claim_output_folder: a folder
+    with other files is refused); `replace` first deletes the earlier samples written there."""
     from PIL import Image
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out_dir, SAMPLES_KIND, reuse=True)
+    if replace:
+        remove_outputs(out, SAMPLES_KIND)
+    record_outputs(out, SAMPLES_KIND, ["grid.png", "samples.npz"])
     labels = np.asarray(labels, dtype=np.int64)
     upscale = max(1, 64 // images.shape[1])  # tiny images (digits) are enlarged to be seen
     grid = make_grid(images, ncols=ncols, upscale=upscale)

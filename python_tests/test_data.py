@@ -310,7 +310,7 @@ def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
     done = sorted(out.glob("shard-*.npy"))
     assert not (out / "index.json").exists() and 1 <= len(done) < 10, "killed too early or too late"
     before = {p.name: p.stat().st_mtime_ns for p in done}
-    (out / ".shard-00009-of-00010.npy.stale.tmp").write_bytes(b"half a shard")  # as if killed mid-write
+    (out / ".shard-00009-of-00010.npy.marengine-stale_ab.tmp").write_bytes(b"half a shard")  # as if killed mid-write
     subprocess.run(
         _cache_cmd(root, tmp_path / "vae.ckpt", out), check=True, cwd=REPO, env=ENV, timeout=300, capture_output=True
     )

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..files import atomic_write_text, check_output_folder
+from ..files import atomic_write_text, claim_output_folder, record_outputs
 from .records import merge_records, read_records
 
 MODES = ("quick", "full")
+BENCH_KIND = "bench"  # the output kind in the suite folder's manifest (files.claim_output_folder)
 # console lines of the ONNX exporter that say nothing about the benchmark (they stay in the logs)
 NOISE = (
     "torchvision is not installed",
@@ -188,7 +189,8 @@ def run_suite(
         raise ValueError(f"unknown benchmarks {unknown}; choose among {list(NAMES)}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
-    out = check_output_folder(out)
+    # reused by design (its trained models are cached there), but only when marengine wrote it
+    out = claim_output_folder(out, BENCH_KIND, reuse=True)
     folder = benchmarks_dir()
     resolved = resolve_suite_device(device)
     if resolved is None:
@@ -196,6 +198,7 @@ def run_suite(
     from .machine import usable_cores
 
     threads = threads or usable_cores()
+    record_outputs(out, BENCH_KIND, ["records", "logs", "plots", "models", "records.json", "report.md"])
     for sub in ("records", "logs", "plots"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for old in (out / "plots").glob("*.png"):  # only this run's figures are linked from the report

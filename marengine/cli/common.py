@@ -45,6 +45,16 @@ def dataclass_from(cls: type, args: argparse.Namespace) -> Any:
     return cls.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def add_overwrite_option(p: argparse.ArgumentParser) -> None:
+    """--overwrite: the one switch that lets a command replace its own earlier output."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output marengine wrote at the output path (default: refuse); "
+        "files marengine did not write are never touched",
+    )
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The model to load (any checkpoint kind, models.loading.load_model) and where to run it."""
     p.add_argument("--checkpoint", required=True, help="training .pth, pretrained folder, or official .pth")

@@ -6,21 +6,21 @@ import argparse
 
 from ..editing import add_edit_options
 from ..options import add_sampling_options
-from .common import add_backend_options, add_model_options, sample_settings
+from .common import add_backend_options, add_model_options, add_overwrite_option, sample_settings
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..editing import edit_inputs
-    from ..files import check_output_folder
-    from ..imageio import save_samples
+    from ..files import claim_output_folder
+    from ..imageio import SAMPLES_KIND, save_samples
     from ..pipeline import MARPipeline
 
     settings = sample_settings(args)  # every setting checked before the model is read
     if args.images is None:
         raise ValueError("give the images to edit with --images (and --mask, --box, --padding or --region)")
-    check_output_folder(args.out)
+    claim_output_folder(args.out, SAMPLES_KIND, overwrite=args.overwrite)  # before any work
     pipe = MARPipeline.from_pretrained(
         args.checkpoint,
         device=args.device,
@@ -36,7 +36,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     shown = images.copy()
     shown[mask] = 127  # what the model was given: the region to generate greyed out
     paths = save_samples(
-        args.out, np.concatenate([shown, out.array]), np.concatenate([args.labels, args.labels]), ncols=len(images)
+        args.out,
+        np.concatenate([shown, out.array]),
+        np.concatenate([args.labels, args.labels]),
+        ncols=len(images),
+        replace=args.overwrite,
     )
     print(f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and {paths['samples']}")
     return 0
@@ -50,4 +54,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_edit_options(p)
     add_sampling_options(p)
     add_backend_options(p)
+    add_overwrite_option(p)
     p.set_defaults(fn=cmd_edit)

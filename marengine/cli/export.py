@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import arg, check_int
+from .common import add_overwrite_option
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     if arch == "ar":
         if args.fp16 or args.opset or args.vae or args.tokenizer != "auto" or args.config:
             raise ValueError("a causal AR model exports in fp32 at the default opset: drop --fp16/--opset/--vae/...")
-        paths = export_ar_from_checkpoint(args.checkpoint, args.out)
+        paths = export_ar_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0
@@ -32,6 +33,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         config=args.config,
         vae=args.vae,
         tokenizer=args.tokenizer,
+        overwrite=args.overwrite,
     )
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -41,7 +43,13 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="export backbone, head step and decoder to ONNX")
     p.add_argument("--checkpoint", required=True, help="pretrained folder, training .pth, or official .pth")
-    p.add_argument("--out", required=True, help="output folder (replaced whole when the export is complete)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder, published whole when the export is complete: new or empty, or an earlier "
+        "export with --overwrite; a folder holding other files is refused",
+    )
+    add_overwrite_option(p)
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--opset", type=arg(check_int, "--opset", lo=1), default=None, help="ONNX opset (18 or newer)")
     p.add_argument("--config", default=None, help="preset name or JSON config, required for an official .pth")

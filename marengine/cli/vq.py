@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import arg, check_float, check_int
+from .common import add_overwrite_option
 
 
 def cmd_train_vq(args: argparse.Namespace) -> int:
@@ -21,6 +22,7 @@ def cmd_train_vq(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     print(report)
     return 0
@@ -32,7 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = VQConfig()
     positive = {name: arg(check_int, name, lo=1) for name in ("--steps", "--batch-size", "--codebook-size")}
     p = sub.add_parser("train-vq", help="train the digits VQ tokenizer (codes for --loss ce)")
-    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (config.json + model.safetensors): new or empty, or an earlier train-vq output "
+        "with --overwrite; a folder holding other files is refused",
+    )
+    add_overwrite_option(p)
     p.add_argument("--steps", type=positive["--steps"], default=3000)
     p.add_argument("--batch-size", type=positive["--batch-size"], default=128)
     p.add_argument("--lr", type=arg(check_float, "--lr", lo=0.0, lo_open=True), default=2e-3)

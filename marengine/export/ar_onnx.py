@@ -21,19 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..files import check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
+from ..files import building_folder, claim_output_folder
 from ..models.ar import CausalAR
 from ..models.checkpoints import non_finite_keys, read_checkpoint, read_folder_config
 from ..models.kv_cache import block_step, concat_kv
 from ..models.loading import load_model
-from .onnx import HeadStep, export_module, require_export_deps
+from .onnx import EXPORT_KIND, HeadStep, export_module, require_export_deps
 from .runtime import FORMAT_VERSION, KEY_CONFIG, KEY_FORMAT, KEY_ROLE
 
 log = logging.getLogger("marengine.export")
@@ -91,8 +90,11 @@ class CEHeadLogits(nn.Module):
         return self.head(z)
 
 
-def export_ar_onnx(model: CausalAR, out_dir: str | os.PathLike, parts: Sequence[str] = AR_PARTS) -> dict[str, Path]:
-    """Export `model` (a CausalAR, float32) to `out_dir` (replaced whole when complete); {role: path}."""
+def export_ar_onnx(
+    model: CausalAR, out_dir: str | os.PathLike, parts: Sequence[str] = AR_PARTS, overwrite: bool = False
+) -> dict[str, Path]:
+    """Export `model` (a CausalAR, float32) to `out_dir` (published whole when complete; the
+    output rule of export_onnx); {role: path}."""
     require_export_deps()
     unknown = sorted(set(parts) - set(AR_PARTS))
     if unknown:
@@ -102,16 +104,13 @@ def export_ar_onnx(model: CausalAR, out_dir: str | os.PathLike, parts: Sequence[
     bad = non_finite_keys(model.state_dict())
     if bad:
         raise ValueError(f"the model's weights are not finite (NaN or inf) in {', '.join(bad[:5])}: nothing exported")
-    out = check_output_folder(out_dir)
-    remove_stale_temporaries(out.parent)
+    out = claim_output_folder(out_dir, EXPORT_KIND, overwrite=overwrite)  # before any work
     training = model.training
-    built = temporary_folder(out)
     try:
-        paths = _export_all(model.float().eval(), built, tuple(parts))
-        replace_folder(built, out)
+        with building_folder(out, EXPORT_KIND, overwrite=overwrite) as built:
+            paths = _export_all(model.float().eval(), built, tuple(parts))
         return {role: out / p.name for role, p in paths.items()}
     finally:
-        shutil.rmtree(built, ignore_errors=True)
         model.train(training)
 
 
@@ -212,9 +211,11 @@ def checkpoint_architecture(path: str | os.PathLike) -> str:
     return str(read_checkpoint(p).get("architecture", "mar"))  # memory-mapped: the weights are not read
 
 
-def export_ar_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+def export_ar_from_checkpoint(
+    checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
+) -> dict[str, Path]:
     """Load a causal AR model from a folder or a training checkpoint and export it."""
     loaded = load_model(checkpoint)
     if not isinstance(loaded.model, CausalAR):
         raise ValueError(f"{checkpoint} holds a {type(loaded.model).__name__}, not a causal AR model")
-    return export_ar_onnx(loaded.model, out_dir)
+    return export_ar_onnx(loaded.model, out_dir, overwrite=overwrite)

@@ -26,7 +26,7 @@ import numpy as np
 from .. import editing, imageio
 from ..checks import arg, check_int, check_labels
 from ..diffusion.samplers import HeadSampler
-from ..files import check_output_folder
+from ..files import claim_output_folder, record_outputs, remove_outputs
 from ..options import ArgumentParser, add_sampling_options, add_speed_options, resolve_speed
 from ..schedules import step_schedule
 from .deploy_loop import NoiseFn, random_orders, sample_tokens  # noqa: F401  (the sampler's API)
@@ -160,7 +160,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_speed_options(p, cache=False)
     editing.add_edit_options(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="onnxruntime provider")
-    p.add_argument("--out", required=True, help="output folder: grid.png and samples.npz")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: grid.png and samples.npz (new or empty, or earlier samples with --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier samples marengine wrote in --out (default: refuse); other files are never touched",
+    )
     p.add_argument("--progress", action="store_true")
     return p.parse_args(argv)
 
@@ -187,7 +196,7 @@ def run(a: argparse.Namespace) -> int:
         )
     if a.labels is not None and a.num_images is not None:
         raise ValueError("give either --labels or --num-images, not both")
-    out = check_output_folder(a.out)  # before any work
+    out = claim_output_folder(a.out, imageio.SAMPLES_KIND, overwrite=a.overwrite)  # before any work
     speed = resolve_speed(a)
     sampler = HeadSampler.parse(speed.sampler)
     step_schedule(speed.steps, a.num_iter)  # a bad --steps fails here, before the model is read
@@ -236,10 +245,13 @@ def run(a: argparse.Namespace) -> int:
     saved_labels = labels if a.labels else np.full(n, -1, np.int64)
     if dm.decoder is None:
         latents = tokens_to_latents(dm, tokens)
+        if a.overwrite:
+            remove_outputs(out, imageio.SAMPLES_KIND)
+        record_outputs(out, imageio.SAMPLES_KIND, ["samples.npz"])
         imageio.save_npz(out / "samples.npz", latents=latents, labels=saved_labels)
         print(f"no decoder in {a.model}: wrote latents to {out / 'samples.npz'} (no grid.png)")
         return 0
-    paths = imageio.save_samples(out, decode(dm, tokens), saved_labels)
+    paths = imageio.save_samples(out, decode(dm, tokens), saved_labels, replace=a.overwrite)
     print(" ".join(str(p) for p in paths.values()))
     return 0
 

@@ -21,7 +21,6 @@ import copy
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +30,7 @@ import torch.nn as nn
 from ..checks import check_int
 from ..config import TRAIN_DIFFUSION_STEPS, MARConfig
 from ..diffusion.schedule import DiffusionTables
-from ..files import atomic_write_text, check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
+from ..files import atomic_write_text, building_folder, claim_output_folder
 from ..models.checkpoints import non_finite_keys
 from ..models.loading import load_model
 from ..models.tokenizers import build_tokenizer, describe_tokenizer, tokenizer_spec
@@ -51,6 +50,7 @@ from .runtime import (
 
 log = logging.getLogger("marengine.export")
 PARTS = ("backbone", "backbone_embed", "head", "decoder", "encoder")
+EXPORT_KIND = "onnx-export"  # the output kind in the folder's manifest (files.claim_output_folder)
 MIN_OPSET = 18  # the oldest opset torch's (dynamo) exporter writes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a file at 2 GiB: larger weights go to <name>.onnx.data
 
@@ -244,14 +244,16 @@ def export_onnx(
     parts: Sequence[str] = PARTS,
     fp16_head: bool = False,
     exporter: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Export `model` (a MAR) for deployment; returns {role: path} plus "deploy" -> deploy.json.
 
     fp16 applies to the backbone and the decoder; the head stays fp32 unless fp16_head
     (its first reverse step amplifies eps errors ~300x). The decoder is exported only when
     a tokenizer is given. The files are written to a temporary folder beside `out_dir`
-    that replaces it only when the export is complete: `out_dir` is always one whole
-    export (the previous one until the new one is finished).
+    that takes its place only when the export is complete: `out_dir` is always one whole
+    export. `out_dir` must be new or empty, or hold an earlier export (replaced only when
+    `overwrite`); a folder holding anything else is refused before any work.
     """
     require_export_deps()
     unknown = sorted(set(parts) - set(PARTS))
@@ -261,16 +263,13 @@ def export_onnx(
     bad = non_finite_keys(model.state_dict())
     if bad:
         raise ValueError(f"the model's weights are not finite (NaN or inf) in {', '.join(bad[:5])}: nothing exported")
-    out = check_output_folder(out_dir)
-    remove_stale_temporaries(out.parent)
+    out = claim_output_folder(out_dir, EXPORT_KIND, overwrite=overwrite)  # before any work
     modes = [(m, m.training) for m in (model, tokenizer) if m is not None]
-    built = temporary_folder(out)
     try:
-        paths = _export_all(model, built, tokenizer, fp16, opset, parts, fp16_head, exporter)
-        replace_folder(built, out)
+        with building_folder(out, EXPORT_KIND, overwrite=overwrite) as built:
+            paths = _export_all(model, built, tokenizer, fp16, opset, parts, fp16_head, exporter)
         return {role: out / p.name for role, p in paths.items()}
     finally:  # the wrappers' eval() must not leave the caller's modules in eval mode
-        shutil.rmtree(built, ignore_errors=True)
         for m, training in modes:
             m.train(training)
 
@@ -445,6 +444,7 @@ def export_from_checkpoint(
     vae: str | os.PathLike | None = None,
     tokenizer: str = "auto",
     parts: Sequence[str] = PARTS,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Load a model and export it. tokenizer: "auto" (the VAE if `vae` is given, else the pixel
     tokenizer when the latent channels fit it, else none), "vae", "pixel" or "none"."""
@@ -463,7 +463,7 @@ def export_from_checkpoint(
     elif tokenizer != "none":
         spec = tokenizer_spec(tokenizer, cfg, vae)
     tok = build_tokenizer(spec) if spec is not None else None
-    return export_onnx(loaded.model, out_dir, tokenizer=tok, fp16=fp16, opset=opset, parts=parts)
+    return export_onnx(loaded.model, out_dir, tokenizer=tok, fp16=fp16, opset=opset, parts=parts, overwrite=overwrite)
 
 
 __all__ = ["export_onnx", "export_from_checkpoint", "export_module", "PARTS"]

@@ -23,12 +23,13 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ..files import atomic_write, atomic_write_text
+from ..files import building_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 ARCHITECTURE_KEY = "architecture"
+PRETRAINED_KIND = "pretrained"  # the output kind in the folder's manifest (files.claim_output_folder)
 OFFICIAL_KEYS = ("model_ema", "model")
 
 
@@ -127,21 +128,24 @@ def save_pretrained(
     folder: str | os.PathLike,
     state: Mapping[str, torch.Tensor] | None = None,
     tokenizer: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `config.json` and `model.safetensors` (the model's weights, or `state`, e.g. the
-    EMA) and, when given, `tokenizer.json` (a tokenizer spec, see models.tokenizers)."""
+    EMA) and, when given, `tokenizer.json` (a tokenizer spec, see models.tokenizers).
+
+    The folder is built beside `folder` and moved into place whole. `folder` must be new or
+    empty, or hold an earlier pretrained folder marengine wrote (replaced only when
+    `overwrite`); a folder holding anything else is refused (files.claim_output_folder)."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} exists and is not a folder: choose another output path")
     config = {ARCHITECTURE_KEY: model.architecture, **model.config.to_dict()}
     weights = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, metadata={"format": "pt"}))
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
-    if tokenizer is not None:
-        atomic_write_text(folder / TOKENIZER_NAME, json.dumps(dict(tokenizer), indent=2, sort_keys=True))
-    return folder
+    with building_folder(folder, PRETRAINED_KIND, overwrite=overwrite) as built:
+        save_file(weights, str(built / WEIGHTS_NAME), metadata={"format": "pt"})
+        (built / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if tokenizer is not None:
+            (built / TOKENIZER_NAME).write_text(json.dumps(dict(tokenizer), indent=2, sort_keys=True))
+    return Path(folder)
 
 
 def read_folder_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
@@ -186,8 +190,9 @@ class PretrainedMixin:
         folder: str | os.PathLike,
         state: Mapping[str, torch.Tensor] | None = None,
         tokenizer: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        return save_pretrained(self, folder, state, tokenizer)  # type: ignore[arg-type]
+        return save_pretrained(self, folder, state, tokenizer, overwrite)  # type: ignore[arg-type]
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str = "cpu") -> Any:

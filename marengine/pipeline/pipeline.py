@@ -83,10 +83,11 @@ class MARPipeline:
         tokenizer = build_tokenizer(loaded.tokenizer_spec).to(dev)
         return cls(model, tokenizer, settings, loaded.tokenizer_spec)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """A folder from_pretrained reads back: config.json, model.safetensors, tokenizer.json."""
+    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """A folder from_pretrained reads back: config.json, model.safetensors, tokenizer.json
+        (an earlier one marengine wrote is replaced only when `overwrite`; other files never)."""
         spec = self.tokenizer_spec or _spec_of(self.tokenizer)
-        return self.model.save_pretrained(folder, tokenizer=spec)
+        return self.model.save_pretrained(folder, tokenizer=spec, overwrite=overwrite)
 
     # ---------------------------------------------------------------- generation
     @property

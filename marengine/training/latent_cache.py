@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..files import atomic_write
+from ..files import atomic_write, claim_output_folder, read_manifest, record_outputs, remove_stale_temporaries
 from .data import BadItem, ImageFolderDataset, collate_items
 
 log = logging.getLogger("marengine.data")
@@ -38,6 +38,7 @@ log = logging.getLogger("marengine.data")
 FORMAT = "marengine-latent-cache/1"
 INDEX = "index.json"
 SETTINGS = "settings.json"
+CACHE_KIND = "latent-cache"  # the output kind in the folder's manifest (files.claim_output_folder)
 DTYPES = ("float32", "float16")
 
 
@@ -127,8 +128,13 @@ class LatentCacheWriter:
     def prepare(self) -> bool:
         """Check the folder and claim it; True when the cache is already complete.
 
-        A folder made with other settings is refused. Rank 0 writes settings.json;
-        every rank removes the temporary files its own shards left behind."""
+        A folder made with other settings, or holding files marengine did not write there, is
+        refused (files.claim_output_folder). Rank 0 writes settings.json; every rank removes
+        the temporary files its own shards left behind."""
+        names = [SETTINGS, INDEX] + [shard_name(i, self.num_shards) for i in range(self.num_shards)]
+        if self.out.is_dir() and read_manifest(self.out) is None and {p.name for p in self.out.iterdir()} <= set(names):
+            record_outputs(self.out, CACHE_KIND, names)  # a cache written before manifests existed
+        claim_output_folder(self.out, CACHE_KIND, reuse=True)  # a rerun finishes the cache
         for name in (INDEX, SETTINGS):
             path = self.out / name
             if path.is_file():
@@ -143,11 +149,12 @@ class LatentCacheWriter:
                 if name == INDEX:
                     return True
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            record_outputs(self.out, CACHE_KIND, names)
         if self.rank == 0 and not (self.out / SETTINGS).is_file():
             _write_shared(self.out / SETTINGS, lambda tmp: Path(tmp).write_text(json.dumps(self.settings, indent=1)))
         for i in range(self.rank, self.num_shards, self.world_size):
-            for tmp in self.out.glob(f".{shard_name(i, self.num_shards)}.*.tmp"):
-                tmp.unlink(missing_ok=True)  # left by a killed run
+            remove_stale_temporaries(self.out, shard_name(i, self.num_shards))  # left by a killed run
         return False
 
     def shard_count(self, i: int) -> int | None:

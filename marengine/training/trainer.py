@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,23 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..files import check_output_folder, remove_stale_temporaries, replace_folder, temporary_folder
-from ..models.checkpoints import load_strict, non_finite_keys
+from ..files import (
+    OutputRefused,
+    atomic_write_text,
+    claim_output_folder,
+    read_manifest,
+    record_outputs,
+    remove_outputs,
+    remove_stale_temporaries,
+)
+from ..models.checkpoints import (
+    CONFIG_NAME,
+    PRETRAINED_KIND,
+    TOKENIZER_NAME,
+    WEIGHTS_NAME,
+    load_strict,
+    non_finite_keys,
+)
 from ..models.loading import load_weights
 from ..models.tokenizers import build_tokenizer, tokenizer_spec
 from ..utils import resolve_device
@@ -31,6 +46,7 @@ from .factory import autocast_dtype, build_dataset, build_model, param_groups, r
 from .loader import StepLoader
 
 log = logging.getLogger("marengine.train")
+RUN_KIND = "training-run"  # the output kind in the run folder's manifest (files.claim_output_folder)
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,7 +66,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         resume = load_checkpoint(cfg.resume) if cfg.resume else None  # fail before any work
         if self.dist.is_main:
-            prepare_out_dir(self.out_dir, resuming=resume is not None, overwrite=cfg.overwrite)
+            prepare_out_dir(self.out_dir, resume_from=cfg.resume if resume else None, overwrite=cfg.overwrite)
         self.written: Path | None = None  # the newest checkpoint this run wrote
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
@@ -157,22 +173,21 @@ class Trainer:
         if not self.dist.is_main:
             return None
         if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-            return save_checkpoint(self.out_dir / f"step-{self.step}.pth", state, also=self.written)
+            step_file = f"step-{self.step}.pth"
+            record_outputs(self.out_dir, RUN_KIND, [step_file, LAST])
+            return save_checkpoint(self.out_dir / step_file, state, also=self.written)
+        record_outputs(self.out_dir, RUN_KIND, [LAST])
         return save_checkpoint(self.written, state)
 
     def export_ema(self, folder: Path) -> Path:
         """A pretrained folder (config, EMA weights, tokenizer) for `marengine sample`, written
-        beside `folder` and moved into place whole."""
+        beside `folder` and moved into place whole (replacing this run's earlier one)."""
         state = self.ema.state_dict_for(self.model)
         bad = first_non_finite(state)
         if bad:
             raise TrainingDiverged(f"the EMA weights are not finite ({bad}): no {folder} written")
-        built = temporary_folder(folder)
-        try:
-            self.model.save_pretrained(built, state=state, tokenizer=self.tok_spec)
-            return replace_folder(built, folder)
-        finally:
-            shutil.rmtree(built, ignore_errors=True)
+        record_outputs(folder.parent, RUN_KIND, [folder.name])
+        return self.model.save_pretrained(folder, state=state, tokenizer=self.tok_spec, overwrite=True)
 
     def ema_model(self):
         model = copy.deepcopy(self.model).eval()
@@ -255,7 +270,7 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsWriter(self.out_dir, enabled=main, append=self.cfg.resume is not None)
+        metrics = MetricsWriter(self.out_dir, enabled=main, resumed_at=self.step if self.cfg.resume else None)
         bar = _progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
         history: list[float] = []
         try:
@@ -286,6 +301,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     metrics.write(self.step, out, self.skipped)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
+                    record_outputs(self.out_dir, RUN_KIND, [f"samples-{self.step}"])
                     self.write_sample_grid(self.out_dir / f"samples-{self.step}")
                 if (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps) and self.bad_run == 0:
                     self.save()  # never during a run of skipped steps: the last good one stays
@@ -295,6 +311,8 @@ class Trainer:
                 bar.close()
             metrics.close()
         barrier(self.dist)
+        if self.written is None and self.step >= cfg.max_steps and self.bad_run == 0:
+            self.save()  # resumed from the final checkpoint (a run killed after it): finish what was left
         saved_last = self.written is not None and self.bad_run == 0
         if not saved_last or first_non_finite(self.model.state_dict()):
             last = self.out_dir / LAST
@@ -333,19 +351,48 @@ def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
     return bad[0] if bad else None
 
 
-def prepare_out_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Before any work: the output folder is writable, holds no other run unless we resume
-    or are told to overwrite it, and loses what killed writers left behind."""
-    check_output_folder(out_dir)
-    existing = run_files(out_dir)
-    if existing and not resuming and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds a training run ({', '.join(existing)}): continue it with "
-            f"--resume {out_dir / LAST}, start over with --overwrite (its checkpoints are replaced), "
-            "or choose another --out-dir"
+def prepare_out_dir(out_dir: Path, resume_from: str | None, overwrite: bool) -> None:
+    """Before any work: the output folder is new or empty, or holds this run (resuming from a
+    checkpoint in it), or an earlier run marengine wrote that `overwrite` replaces; anything
+    else (another run's folder when resuming, files marengine did not write) is refused.
+    What killed writers left behind (marengine's temporaries only) is deleted."""
+    if resume_from is not None:
+        source = Path(resume_from)
+        source = source if source.is_dir() else source.parent
+        if out_dir.exists() and out_dir.resolve() == source.resolve():
+            _adopt_legacy_run(out_dir)
+            claim_output_folder(out_dir, RUN_KIND, reuse=True)
+        elif out_dir.exists() and any(out_dir.iterdir()):
+            raise OutputRefused(
+                f"--resume {resume_from} continues the run in {source}, but --out-dir {out_dir} holds other "
+                "files (another run?): nothing was changed. Resume into the checkpoint's own folder, or give a "
+                "new or empty --out-dir"
+            )
+    else:
+        hint = (
+            f"continue it with --resume {out_dir / LAST}, start over with --overwrite (its checkpoints are "
+            "replaced), or choose another --out-dir"
         )
+        claim_output_folder(out_dir, RUN_KIND, overwrite=overwrite, hint=hint)
+        for name in remove_outputs(out_dir, RUN_KIND) if out_dir.exists() else []:
+            log.info("--overwrite: removed %s of the earlier run", out_dir / name)
     for p in remove_stale_temporaries(out_dir):
         log.info("removed %s, left by an interrupted write", p)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_outputs(out_dir, RUN_KIND, [])
+
+
+def _adopt_legacy_run(out_dir: Path) -> None:
+    """A run folder written before manifests existed: take its run files as marengine's own."""
+    if read_manifest(out_dir) is not None:
+        return
+    names = run_files(out_dir)
+    record_outputs(out_dir, RUN_KIND, names + [n for n in ("tb",) if (out_dir / n).is_dir()])
+    ema = out_dir / "ema"
+    if ema.is_dir() and read_manifest(ema) is None:
+        held = sorted(p.name for p in ema.iterdir())
+        if set(held) <= {CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME}:
+            record_outputs(ema, PRETRAINED_KIND, held)
 
 
 class MetricsWriter:
@@ -353,16 +400,20 @@ class MetricsWriter:
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped", "bad_inputs")
 
-    def __init__(self, out_dir: Path, enabled: bool, append: bool = False) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, resumed_at: int | None = None) -> None:
+        """A new metrics.csv, or (resumed_at: the step a resumed run starts from) the run's own,
+        less the rows of steps after that checkpoint (a killed run logged them, then lost them)."""
         self.enabled, self.tb = enabled, None
         if not enabled:
             return
+        record_outputs(out_dir, RUN_KIND, ["metrics.csv", "tb"])
         path = out_dir / "metrics.csv"
-        new = not (append and path.exists())
-        self.file = open(path, "a" if append else "w", newline="")
+        rows = _rows_until(path, resumed_at) if resumed_at is not None else []
+        text = io.StringIO()
+        csv.writer(text).writerows([self.FIELDS, *rows])
+        atomic_write_text(path, text.getvalue())  # a kill here leaves the old file or the new, whole
+        self.file = open(path, "a", newline="")
         self.csv = csv.writer(self.file)
-        if new:
-            self.csv.writerow(self.FIELDS)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -385,6 +436,18 @@ class MetricsWriter:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _rows_until(path: Path, step: int) -> list[list[str]]:
+    """The data rows of an earlier metrics.csv up to `step` (none if it is missing or not ours)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    if not rows or tuple(rows[0]) != MetricsWriter.FIELDS:
+        return []
+    return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
 
 
 def _progress(total: int, start: int, enabled: bool):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 
 from ..checks import check_float, check_int
 from ..config import VQConfig
-from ..files import check_output_folder, replace_folder, temporary_folder
+from ..files import claim_output_folder
+from ..models.checkpoints import PRETRAINED_KIND
 from ..models.vq import DigitsVQ
 from .data import DigitsDataset
 
@@ -60,13 +60,15 @@ def train_vq(
     restart_every: int = 100,
     seed: int = 0,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> VQReport:
-    """Train a DigitsVQ on the even-indexed half of the digits; write it to the folder `out`."""
+    """Train a DigitsVQ on the even-indexed half of the digits; write it to the folder `out`
+    (new or empty, or an earlier pretrained folder of marengine's when `overwrite`)."""
     steps = check_int("steps", steps, lo=1)
     batch_size = check_int("batch_size", batch_size, lo=1)
     restart_every = check_int("restart_every", restart_every, lo=1)
     lr = check_float("lr", lr, lo=0.0, lo_open=True)
-    out = check_output_folder(out)
+    out = claim_output_folder(out, PRETRAINED_KIND, overwrite=overwrite)  # before any work
     config = config or VQConfig()
     train, held = DigitsDataset("train").images, DigitsDataset("heldout").images  # [N, 1, 8, 8] in [-1, 1]
     if (config.channels, config.img_size) != (1, 8):
@@ -106,12 +108,7 @@ def train_vq(
     with torch.no_grad():
         heldout_mse = float(F.mse_loss(model.decode_codes(model.encode_codes(held)).clamp(-1, 1), held))
         codes_used = int(model.encode_codes(train).unique().numel())
-    built = temporary_folder(out)
-    try:
-        model.save_pretrained(built)
-        replace_folder(built, out)
-    finally:
-        shutil.rmtree(built, ignore_errors=True)
+    model.save_pretrained(out, overwrite=overwrite)
     report = VQReport(out, steps, heldout_mse, codes_used, config.codebook_size)
     log.info("%s", report)
     return report
