@@ -34,18 +34,23 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1, upscal
 
 
 def save_samples(
-    out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray, ncols: int | None = None, replace: bool = False
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    ncols: int | None = None,
+    replace: bool = False,
+    kind: str = SAMPLES_KIND,
 ) -> dict[str, Path]:
     """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N]).
 
-    `out_dir` is new or empty or holds marengine's samples (files.claim_output_folder: a folder
-    with other files is refused); `replace` first deletes the earlier samples written there."""
+    `out_dir` is new or empty or holds marengine's `kind` output (files.claim_output_folder: a
+    folder with other files is refused); `replace` first deletes the earlier output there."""
     from PIL import Image
 
-    out = claim_output_folder(out_dir, SAMPLES_KIND, reuse=True)
+    out = claim_output_folder(out_dir, kind, reuse=True)
     if replace:
-        remove_outputs(out, SAMPLES_KIND)
-    record_outputs(out, SAMPLES_KIND, ["grid.png", "samples.npz"])
+        remove_outputs(out, kind)
+    record_outputs(out, kind, ["grid.png", "samples.npz"])
     labels = np.asarray(labels, dtype=np.int64)
     upscale = max(1, 64 // images.shape[1])  # tiny images (digits) are enlarged to be seen
     grid = make_grid(images, ncols=ncols, upscale=upscale)

@@ -93,8 +93,7 @@ def test_claim_own_output_needs_overwrite_and_the_same_kind(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["not json", '{"format": "marengine-outputs-v1", "kind": "samples", "files": ["../escape"]}', "[1, 2]"],
+    "text", ["not json", '{"format": "marengine-outputs-v1", "kind": "samples", "files": ["../escape"]}', "[1, 2]"]
 )
 def test_a_forged_or_broken_manifest_makes_the_folder_the_users(tmp_path, text):
     (tmp_path / "f").mkdir()
@@ -154,7 +153,8 @@ def test_export_onnx_never_replaces_a_users_folder(run_dir, tmp_path, capsys):
             assert code == 2 and "nothing was changed" in err, err
             assert err.count("\n") == 1
             assert snapshot(target) == before
-    assert (tmp_path / "photos" / ".draft.tmp").exists() and (tmp_path / "photos" / ".model.safetensors.1234.tmp").exists()
+    photos = tmp_path / "photos"
+    assert (photos / ".draft.tmp").exists() and (photos / ".model.safetensors.1234.tmp").exists()
 
 
 @pytest.mark.slow

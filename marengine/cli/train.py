@@ -33,7 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..evaluation.digits import evaluate
     from ..imageio import save_samples
     from ..sampling.engine import generate
-    from ..training.trainer import Trainer
+    from ..training.trainer import RUN_KIND, Trainer
 
     t0 = time.perf_counter()
     cfg, settings = dataclass_from(TrainConfig, args), sample_settings(args)  # every setting checked up front
@@ -46,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     labels = np.repeat(np.arange(10), args.per_class)
     images = generate(trainer.ema_model(), trainer.tokenizer, labels, settings)
-    paths = save_samples(args.out_dir, images, labels, ncols=args.per_class)
+    paths = save_samples(args.out_dir, images, labels, ncols=args.per_class, kind=RUN_KIND)  # part of the run
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  samples:    {paths['grid']}  {paths['samples']}")
     print(f"  checkpoint: {out['checkpoint']} (EMA model: {out['ema']})")
