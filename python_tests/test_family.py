@@ -470,3 +470,70 @@ def test_sample_grids_during_training_of_a_causal_member(tmp_path):
     cfg = small_train_config(tmp_path, model="ar_raster_digits", model_overrides=overrides, max_steps=2)
     run_training(dataclasses.replace(cfg, sample_every=2))
     assert (tmp_path / "samples-2" / "grid.png").is_file()
+
+
+# ---------------------------------------------------------------- MAR-CE runs MAR's one masked loop
+def _marce():
+    return randomized(make_model("mar_tiny", "ce", **TINY)).eval()
+
+
+def _ce_sample(model, cfg=3.0, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return model.sample_tokens(3, 4, cfg, "linear", torch.tensor([1, 7, 2]), 1.0, generator=g, **kw)
+
+
+def test_mar_ce_editing_keeps_the_known_codes():
+    model = _marce()
+    codes = torch.randint(
+        0, model.codebook_size, (3, model.seq_h, model.seq_w), generator=torch.Generator().manual_seed(5)
+    )
+    known = torch.zeros(3, model.seq_len, dtype=torch.bool)
+    known[:, : model.seq_len // 2] = True  # the top half given
+    out = _ce_sample(model, known_tokens=codes, known_mask=known)
+    assert out.shape == codes.shape and out.dtype == torch.int64
+    assert torch.equal(out.flatten(1)[known], codes.flatten(1)[known])
+    assert not torch.equal(out.flatten(1)[~known], codes.flatten(1)[~known])  # the rest was generated
+    everything = torch.ones_like(known)
+    assert torch.equal(_ce_sample(model, known_tokens=codes, known_mask=everything), codes)  # nothing to fill
+
+
+def test_mar_ce_cache_always_full_is_the_plain_loop_and_partial_reuse_runs():
+    model = _marce()
+    plain = _ce_sample(model)
+    assert torch.equal(_ce_sample(model, cache="refresh=1,warmup=1"), plain)  # every pass full: bit for bit
+    reused = _ce_sample(model, cache="refresh=3,warmup=1")
+    assert reused.shape == plain.shape and reused.dtype == torch.int64
+
+
+def test_mar_ce_guidance_at_scale_one_combines_the_logits_as_mar_does():
+    """With guidance on, the loop hands the head both halves at every iteration, also where the
+    schedule's scale is 1 (as MAR does); at cfg 1 there is no null half at all."""
+    from marengine.models.mar_ce import CodeTokens
+
+    model, seen = _marce(), []
+    real = CodeTokens.__call__
+
+    def spy(self, z, z_null, scale, step):
+        seen.append((z_null is not None, scale))
+        return real(self, z, z_null, scale, step)
+
+    CodeTokens.__call__ = spy
+    try:
+        _ce_sample(model, cfg=3.0)
+        assert seen and all(guided for guided, _ in seen)
+        seen.clear()
+        _ce_sample(model, cfg=1.0)
+        assert seen and not any(guided for guided, _ in seen)
+    finally:
+        CodeTokens.__call__ = real
+    z = torch.randn(6, model.config.decoder_embed_dim)
+    g = torch.Generator().manual_seed(0)
+    assert model.ce_head.sample(z, 1.0, 1.0, generator=g, guided=True).shape == (3,)  # both halves combined
+
+
+def test_mar_ce_builds_no_diffusion_head():
+    model = _marce()
+    assert not any(k.startswith("diffloss.") for k in model.state_dict())
+    from marengine.models.family import loss_of
+
+    assert loss_of(model) == "ce"

@@ -40,16 +40,23 @@ class CEHead(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, z: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, *, generator: torch.Generator | None = None
+        self,
+        z: torch.Tensor,
+        temperature: float = 1.0,
+        cfg: float = 1.0,
+        *,
+        generator: torch.Generator | None = None,
+        guided: bool | None = None,
     ) -> torch.Tensor:
         """Codes [N] (int64) for z [N, Z], or for z [2N, Z] (conditional rows then unconditional
-        ones) with cfg != 1. temperature 0 takes the most likely code."""
+        ones) when guided (default: cfg != 1; a guided call at scale 1 combines the logits as
+        the official CFG does). temperature 0 takes the most likely code."""
         temperature = check_float("temperature", temperature, lo=0.0)
         cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
         check_generator(generator)
         z = check_tensor("z", z, (None, self.linear.in_features), floating=True)
         logits = self.forward(z.to(self.linear.weight.dtype)).float()  # [M, K]
-        if cfg != 1.0:
+        if guided if guided is not None else cfg != 1.0:
             if logits.shape[0] % 2:
                 raise ValueError(f"with cfg != 1, z needs an even number of rows (cond then uncond), got {z.shape[0]}")
             cond, uncond = logits.chunk(2)

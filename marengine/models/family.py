@@ -63,4 +63,4 @@ def member_of(model: nn.Module) -> str:
 def loss_of(model: nn.Module) -> str:
     """ "diffusion" or "ce"."""
     architecture_of(model)
-    return "diffusion" if hasattr(model, "diffloss") else "ce"
+    return model.loss

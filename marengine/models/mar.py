@@ -29,6 +29,7 @@ class MAR(nn.Module, PretrainedMixin):
     architecture = "mar"
     causal = False  # several tokens per iteration, in a random order
     # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
+    loss: str = "diffusion"  # the head: "diffusion" (Diffusion Loss) or "ce" (MAR-CE)
     sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache")
 
     def __init__(
@@ -129,9 +130,10 @@ class MAR(nn.Module, PretrainedMixin):
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, dec))
         self.initialize_weights()
 
-        self.diffloss = DiffLoss(
-            self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps, grad_checkpointing
-        )
+        if self.loss == "diffusion":  # a member with another head (MAR-CE) builds its own
+            self.diffloss = DiffLoss(
+                self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps, grad_checkpointing
+            )
 
     @classmethod
     def from_config(cls, cfg: MARConfig | dict[str, Any]) -> MAR:

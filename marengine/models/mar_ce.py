@@ -5,7 +5,8 @@ Each code is embedded by a learned table (`code_embed`, `vae_embed_dim` wide), w
 the token MAR's backbone reads through its usual `z_proj`; the Diffusion-Loss head is
 replaced by a cross-entropy head (`ce_head`) over the codebook. Training masks and
 orders exactly as MAR; sampling runs MAR's loop (cosine schedule, random order, several
-tokens per step) with temperature sampling of the codes and CFG on the logits.
+tokens per step; masked_ar.masked_loop, so caching and editing too) with temperature sampling
+of the codes and CFG on the logits.
 """
 
 from __future__ import annotations
@@ -15,24 +16,22 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..checks import check_sampling
 from ..config import ARCH_MAR_CE, SAMPLE_DEFAULTS, MARCEConfig
-from ..schedules import CFG_SCHEDULES, cfg_at, next_mask_len
 from ..utils import check_generator, check_tensor
+from .backbone_cache import CachePolicy
 from .ce_head import CEHead
 from .mar import MAR
-from .masking import mask_by_order, random_orders
+from .masked_ar import check_sampling_args, masked_loop
 
 
 class MARCE(MAR):
     architecture = ARCH_MAR_CE
     loss = "ce"
-    sampling_knobs = ()  # no diffusion head, and the backbone reuse is written for MAR's head
+    sampling_knobs = ("cache",)  # backbone reuse; no diffusion head, so no head sampler or steps
 
     def __init__(self, codebook_size: int = 16384, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = MARCEConfig(**self.config.to_dict(), codebook_size=codebook_size)  # checks patch_size == 1
-        del self.diffloss  # built by MAR; this member's head is the cross-entropy one
         self.codebook_size = codebook_size
         self.code_embed = nn.Embedding(codebook_size, self.token_embed_dim)
         nn.init.normal_(self.code_embed.weight, std=0.02)
@@ -87,69 +86,60 @@ class MARCE(MAR):
         backend: str = "auto",
         backbone: Callable | None = None,
         clip_denoised: bool = False,
+        cache: str | CachePolicy | None = None,
+        known_tokens: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Codes [bsz, h, w] in `num_iter` masked-autoregressive steps (MAR's signature; backend and
-        clip_denoised concern the diffusion head and are ignored here)."""
-        return sample_codes(
-            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, generator, backbone or self.backbone
+        """Codes [bsz, h, w] in `num_iter` masked-autoregressive steps: MAR's loop (masked_ar.masked_loop)
+        with a categorical head (MAR's signature; backend and clip_denoised concern the diffusion
+        head and are ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
+        [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
+        kept exactly."""
+        self.check_weights()
+        check_generator(generator)
+        bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
+            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature
         )
+        known_codes = None
+        if known_tokens is not None:
+            codes = (
+                known_tokens.reshape(known_tokens.shape[0], self.seq_h, self.seq_w)
+                if known_tokens.ndim == 2
+                else known_tokens
+            )
+            known_codes = self.check_codes(codes).to(self.fake_latent.device)  # [B, L]
+            known_tokens = self.code_embed(known_codes)  # [B, L, C]
+        head = CodeTokens(self, temperature, generator)
+        _, codes = masked_loop(
+            self,
+            head,
+            bsz,
+            num_iter,
+            cfg,
+            cfg_schedule,
+            labels,
+            progress,
+            generator,
+            backbone,
+            cache,
+            known_tokens,
+            known_mask,
+        )
+        if known_codes is not None:
+            codes = torch.where(known_mask.to(codes.device), known_codes, codes)
+        return codes.reshape(bsz, self.seq_h, self.seq_w)
 
 
-def sample_codes(
-    model: MARCE,
-    bsz: int,
-    num_iter: int,
-    cfg: float,
-    cfg_schedule: str,
-    labels: torch.Tensor | None,
-    temperature: float,
-    progress: bool,
-    generator: torch.Generator | None,
-    backbone: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """MAR's loop over codes: each step predicts the positions the cosine schedule releases."""
-    model.check_weights()
-    check_generator(generator)
-    bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling(
-        model.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES
-    )
-    if labels is not None:
-        model._check_labels(labels, bsz)
-    device, seq_len = model.fake_latent.device, model.seq_len
-    codes = torch.zeros(bsz, seq_len, dtype=torch.long, device=device)
-    tokens = torch.zeros(bsz, seq_len, model.token_embed_dim, device=device)
-    mask = torch.ones(bsz, seq_len, dtype=torch.bool, device=device)
-    orders = random_orders(bsz, seq_len, generator, device)
-    guided = cfg != 1.0
-    null = model.fake_latent.expand(bsz, -1)
-    class_embedding = model.class_emb(labels.to(device)) if labels is not None else null
-    if guided:
-        class_embedding = torch.cat([class_embedding, null])
-    steps = range(num_iter)
-    if progress:
-        from tqdm.auto import tqdm
+class CodeTokens:
+    """MAR-CE's token sampler: tempered categorical draws of codes, CFG on the logits; the
+    backbone reads a code back through the code embedding."""
 
-        steps = tqdm(steps, desc="sampling")
-    num_masked = seq_len
-    for step in steps:
-        known_idx = model.known_indices(mask)  # [B, K]
-        x_in, idx_in = (tokens, known_idx)
-        if guided:
-            x_in, idx_in = torch.cat([tokens, tokens]), torch.cat([known_idx, known_idx])
-        z = backbone(x_in.to(class_embedding.dtype), idx_in, class_embedding)  # [B(x2), L, D]
-        mask_len = next_mask_len(step, num_iter, seq_len, num_masked)
-        mask_next = mask_by_order(mask_len, orders)
-        to_pred = mask if step >= num_iter - 1 else mask & ~mask_next  # [B, L]
-        pred_idx = to_pred.nonzero(as_tuple=True)
-        zs = z[:bsz][pred_idx]  # [P, D]
-        scale = cfg_at(cfg, cfg_schedule, seq_len, mask_len)
-        if guided and scale != 1.0:
-            zs = torch.cat([zs, z[bsz:][pred_idx]])
-        else:
-            scale = 1.0
-        new = model.ce_head.sample(zs, temperature, scale, generator=generator)  # [P]
-        codes[pred_idx] = new
-        tokens = tokens.clone()
-        tokens[pred_idx] = model.code_embed(new).to(tokens.dtype)
-        mask, num_masked = mask_next, mask_len
-    return codes.reshape(bsz, model.seq_h, model.seq_w)
+    def __init__(self, model: MARCE, temperature: float, generator: torch.Generator | None) -> None:
+        self.model, self.temperature, self.generator = model, temperature, generator
+        self.embed = model.code_embed
+
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor:
+        zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
+        return self.model.ce_head.sample(
+            zs, self.temperature, scale, generator=self.generator, guided=z_null is not None
+        )  # [P]

@@ -13,7 +13,7 @@ the official one, bit for bit what it was.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -73,6 +73,54 @@ def editing_orders(known: torch.Tensor, generator: torch.Generator | None) -> to
     return keys.argsort(dim=1)
 
 
+class TokenSampler(Protocol):
+    """What the masked loop asks of a head: draw the tokens at the positions it predicts.
+
+    `__call__(z, z_null, scale, step)`: z [P, D] of the positions to predict, z_null [P, D]
+    their null-class rows when guided (else None), the CFG scale and the loop's iteration ->
+    the sampled values [P, ...]. `embed`: None when those values are the tokens themselves
+    (Diffusion Loss), else a map from values to the tokens [P, C] the backbone reads back (the
+    code embedding of a categorical head)."""
+
+    embed: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor: ...
+
+
+class DiffusionTokens:
+    """MAR's token sampler: the Diffusion-Loss head's reverse diffusion for each row, with its
+    sampler and diffusion steps per iteration; guided rows run as chains of their own."""
+
+    embed = None
+
+    def __init__(
+        self,
+        diffloss: torch.nn.Module,
+        temperature: float,
+        generator: torch.Generator | None,
+        backend: str,
+        clip_denoised: bool,
+        sampler: HeadSampler,
+        per_iter: Sequence[int | None],
+    ) -> None:
+        self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
+        self.backend, self.clip_denoised, self.sampler, self.per_iter = backend, clip_denoised, sampler, per_iter
+
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor:
+        zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
+        sampled = self.diffloss.sample(
+            zs,
+            self.temperature,
+            scale,
+            generator=self.generator,
+            backend=self.backend,
+            clip_denoised=self.clip_denoised,
+            sampler=self.sampler,
+            steps=self.per_iter[step],
+        )
+        return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
+
+
 def sample_tokens(
     model: MAR,
     bsz: int,
@@ -93,7 +141,7 @@ def sample_tokens(
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Latents [bsz, C, h, w]; randomness (orders, noise) only from `generator`.
+    """Latents [bsz, C, h, w] of MAR (Diffusion Loss); randomness (orders, noise) only from `generator`.
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone` (e.g.
     `marengine.export.runtime.OnnxBackboneModule`; not with `cache`). sampler / steps: the
@@ -107,8 +155,51 @@ def sample_tokens(
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
     )
-    sampler = HeadSampler.parse(sampler)
-    per_iter = step_schedule(steps, num_iter)
+    head = DiffusionTokens(
+        model.diffloss,
+        temperature,
+        generator,
+        backend,
+        clip_denoised,
+        HeadSampler.parse(sampler),
+        step_schedule(steps, num_iter),
+    )
+    tokens, _ = masked_loop(
+        model,
+        head,
+        bsz,
+        num_iter,
+        cfg,
+        cfg_schedule,
+        labels,
+        progress,
+        generator,
+        backbone,
+        cache,
+        known_tokens,
+        known_mask,
+    )
+    return model.unpatchify(tokens)
+
+
+def masked_loop(
+    model: MAR,
+    head: TokenSampler,
+    bsz: int,
+    num_iter: int,
+    cfg: float,
+    cfg_schedule: str,
+    labels: torch.Tensor | None,
+    progress: bool,
+    generator: torch.Generator | None,
+    backbone: Backbone | None,
+    cache: str | CachePolicy | None,
+    known_tokens: torch.Tensor | None,
+    known_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The masked-autoregressive loop, written once for every masked member (MAR, MAR-CE),
+    generation and editing: (tokens [B, L, C], the head's values [B, L] or None when the
+    tokens are the values). Arguments are checked by the caller (check_sampling_args)."""
     policy = CachePolicy.parse(cache)
     if policy is not None and backbone is not None:
         raise ValueError("cache works on the model's own backbone; drop backbone= or cache=")
@@ -125,9 +216,10 @@ def sample_tokens(
         tokens = torch.where(known_mask.unsqueeze(-1), known_tokens.to(device).float(), 0.0)
         mask = ~known_mask
         orders = editing_orders(known_mask, generator)
+    values = None if head.embed is None else torch.zeros(bsz, seq_len, dtype=torch.long, device=device)
     num_masked = int(mask[0].sum()) if bsz else seq_len
     if num_masked == 0:  # nothing to generate: the given tokens are the image
-        return model.unpatchify(tokens)
+        return tokens, values
     guided = cfg != 1.0
     null = model.fake_latent.expand(bsz, -1)
     class_embedding = model.class_emb(labels.to(device)) if labels is not None else null
@@ -157,23 +249,13 @@ def sample_tokens(
 
             pred_idx = to_pred.nonzero(as_tuple=True)
             zs = z[:bsz][pred_idx]  # [P, D] row-major, as the official nonzero order
-            if guided:
-                zs = torch.cat([zs, z[bsz:][pred_idx]])
-            scale = cfg_at(cfg, cfg_schedule, seq_len, mask_len)
-            sampled = model.diffloss.sample(
-                zs,
-                temperature,
-                scale,
-                generator=generator,
-                backend=backend,
-                clip_denoised=clip_denoised,
-                sampler=sampler,
-                steps=per_iter[step],
-            )
-            if guided:
-                sampled = sampled[: zs.shape[0] // 2]  # the null-class rows only guided the chain
+            z_null = z[bsz:][pred_idx] if guided else None
+            new = head(zs, z_null, cfg_at(cfg, cfg_schedule, seq_len, mask_len), step)
+            if values is not None:
+                values[pred_idx] = new
+                new = head.embed(new)
             tokens = tokens.clone()
-            tokens[pred_idx] = sampled.to(tokens.dtype)
+            tokens[pred_idx] = new.to(tokens.dtype)
             mask = mask_next
             num_masked = mask_len
-    return model.unpatchify(tokens)
+    return tokens, values

@@ -192,8 +192,8 @@ class MARPipeline:
         patch = self.tokenizer.stride * self.model.patch_size
         known = torch.from_numpy(editing.token_mask(pixel, patch)).to(self.device)  # [N, L]
         with torch.no_grad():
-            latents = self.tokenizer.encode(x.to(self.device)).mode()  # [N, C, h, w], scaled as MAR sees them
-        tokens = self.model.patchify(latents)
+            latents = self.tokenizer.encode(x.to(self.device)).mode()  # [N, C, h, w] as MAR sees them, or codes
+        tokens = self.model.patchify(latents) if latents.is_floating_point() else latents.flatten(1)  # [N, L(, C)]
         return self._run(labels, settings, kw, tokens, known)
 
     @torch.no_grad()
