@@ -9,6 +9,8 @@ torch-free deploy sampler (marengine.export.deploy) import.
 - Classifier-free guidance: the per-iteration scale (`cfg_at`) and the combination of
   conditional and unconditional predictions (`cfg_combine`), written with arithmetic
   operators only so that it serves torch tensors and numpy arrays alike.
+- `generation_plan`: all of the above for one generation, computed once (per iteration:
+  tokens left unknown, CFG scale, head steps, backbone refresh), the plan both loops run.
 
 Only the Python standard library is used here (no numpy, no torch).
 """
@@ -16,7 +18,8 @@ Only the Python standard library is used here (no numpy, no torch).
 from __future__ import annotations
 
 import math
-from typing import Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 CFG_SCHEDULES = ("linear", "constant")
 T = TypeVar("T")
@@ -140,6 +143,51 @@ def cfg_combine(cond: T, uncond: T, scale: float) -> T:
 
 
 # ---------------------------------------------------------------- diffusion steps per iteration
+@dataclass(frozen=True)
+class Iteration:
+    """One iteration of a masked generation, as the plan fixes it before any work."""
+
+    step: int  # 0-based index in [0, num_iter)
+    mask_len: int  # tokens left unknown after it (the official count; the last one reveals them all)
+    last: bool  # predicts every token still unknown
+    cfg: float  # the guidance scale (cfg_at)
+    head_steps: int | None  # the head's diffusion steps (None: the model's own count)
+    refresh: bool  # the backbone runs a full pass (no cross-iteration reuse)
+
+
+def generation_plan(
+    seq_len: int,
+    num_iter: int,
+    num_unknown: int,
+    cfg: float,
+    cfg_schedule: str,
+    steps: int | str | Sequence[int] | None = None,
+    refresh: Callable[[int], bool] | None = None,
+) -> list[Iteration]:
+    """The plan of a masked generation of `seq_len` tokens of which `num_unknown` are unknown
+    (editing starts part-way, first_iteration): per iteration, how many tokens stay unknown,
+    the CFG scale, the head's steps (step_schedule) and whether the backbone refreshes its
+    cache (`refresh(step)`, a cache policy's test; None: every pass is full). The torch loop
+    and the torch-free deploy loop both run this plan."""
+    per_iter = step_schedule(steps, num_iter)
+    start = first_iteration(seq_len, num_iter, num_unknown) if num_unknown < seq_len else 0
+    plan, unknown = [], num_unknown
+    for step in range(start, num_iter):
+        mask_len = next_mask_len(step, num_iter, seq_len, unknown)
+        plan.append(
+            Iteration(
+                step=step,
+                mask_len=mask_len,
+                last=step >= num_iter - 1,
+                cfg=cfg_at(cfg, cfg_schedule, seq_len, mask_len),
+                head_steps=per_iter[step],
+                refresh=True if refresh is None else bool(refresh(step)),
+            )
+        )
+        unknown = mask_len
+    return plan
+
+
 def step_schedule(spec: int | str | Sequence[int] | None, num_iter: int) -> list[int | None]:
     """Diffusion steps of the head at each of the `num_iter` autoregressive iterations.
 

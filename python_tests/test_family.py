@@ -513,9 +513,9 @@ def test_mar_ce_guidance_at_scale_one_combines_the_logits_as_mar_does():
     model, seen = _marce(), []
     real = CodeTokens.__call__
 
-    def spy(self, z, z_null, scale, step):
-        seen.append((z_null is not None, scale))
-        return real(self, z, z_null, scale, step)
+    def spy(self, z, z_null, it):
+        seen.append((z_null is not None, it.cfg))
+        return real(self, z, z_null, it)
 
     CodeTokens.__call__ = spy
     try:

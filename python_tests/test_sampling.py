@@ -186,3 +186,27 @@ def test_clip_denoised_bounds_the_final_step(golden, golden_mar):
     if native_available("cpu"):  # the native loops clip too
         fast = golden_mar.diffloss.sample(z, temperature=0.0, noise=noise, backend="native", clip_denoised=True)
         assert rel_err(fast, clipped) <= 1e-4
+
+
+@pytest.mark.parametrize("seq_len,num_iter,unknown", [(16, 4, 16), (256, 64, 256), (64, 16, 23), (7, 7, 7), (9, 3, 1)])
+def test_generation_plan_is_the_official_schedule_computed_once(seq_len, num_iter, unknown):
+    """The plan both loops run, against the official formulas written out here: floor(L cos(pi/2
+    (k+1)/T)) clamped to [1, unknown-1] tokens left, the linear CFG ramp on that count, the
+    head's step schedule per iteration and a cache policy's refresh test."""
+    import math
+
+    from marengine.schedules import generation_plan, mask_lengths
+
+    plan = generation_plan(seq_len, num_iter, unknown, 3.0, "linear", "20-5", refresh=lambda k: k % 3 == 0)
+    left = [0 if it.last else it.mask_len for it in plan]
+    assert left == mask_lengths(seq_len, num_iter, unknown) and plan[-1].step == num_iter - 1
+    masked = unknown
+    for it in plan:
+        expect = max(1, min(masked - 1, math.floor(seq_len * math.cos(math.pi / 2 * (it.step + 1) / num_iter))))
+        assert it.mask_len == expect and it.cfg == 1.0 + 2.0 * (seq_len - expect) / seq_len
+        hi_lo = 20 + (5 - 20) * (it.step / (num_iter - 1) if num_iter > 1 else 1.0)
+        assert it.head_steps == max(1, round(hi_lo)) and it.refresh == (it.step % 3 == 0)
+        masked = expect
+    assert all(
+        it.refresh and it.head_steps is None for it in generation_plan(seq_len, num_iter, unknown, 1, "constant")
+    )

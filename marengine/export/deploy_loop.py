@@ -1,8 +1,8 @@
 """The MAR loop of the torch-free deploy sampler (numpy + onnxruntime).
 
 The same loop as marengine/models/masked_ar.py, over an exported backbone and head: a
-random order per image (over the unknown tokens only when some are given), the cosine
-masking schedule (torch-free: marengine.schedules), CFG by doubling the batch with the
+random order per image (over the unknown tokens only when some are given), the plan of
+the generation (torch-free: marengine.schedules.generation_plan, as the torch loop), CFG by doubling the batch with the
 null class, and the head's reverse diffusion one head.onnx step at a time with the
 sampler update of diffusion/samplers.py (the same pure-Python coefficient tables as the
 torch engine; the update itself is written again here in numpy because this path may
@@ -20,7 +20,7 @@ import numpy as np
 from ..checks import check_labels, check_sampling
 from ..config import TRAIN_DIFFUSION_STEPS
 from ..diffusion.samplers import DDPM, HeadSampler, respaced, scales_start_noise, step_table
-from ..schedules import CFG_SCHEDULES, cfg_at, cfg_combine, first_iteration, next_mask_len, step_schedule
+from ..schedules import CFG_SCHEDULES, cfg_combine, generation_plan, step_schedule
 
 if TYPE_CHECKING:
     from .deploy import DeployedMAR
@@ -137,7 +137,7 @@ def sample_tokens(
         dm.seq_len, 1 if bsz is None else bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES
     )
     sampler = HeadSampler.parse(sampler)
-    per_iter = step_schedule(steps, num_iter)
+    step_schedule(steps, num_iter)  # checked before any work
     clip = dm.bounded if clip_denoised is None else bool(clip_denoised)
     L, C = dm.seq_len, dm.channels
     known = _check_known(known_tokens, known_mask, bsz, L, C)
@@ -162,31 +162,28 @@ def sample_tokens(
     num_masked = int(mask[0].sum()) if bsz else L
     if num_masked == 0:
         return tokens
-    start = first_iteration(L, num_iter, num_masked) if num_masked < L else 0
-    for step in range(start, num_iter):
+    for it in generation_plan(L, num_iter, num_masked, cfg, cfg_schedule, steps):
         known_idx = np.nonzero(~mask)[1].reshape(bsz, L - num_masked).astype(np.int64)  # [B, K] sorted
         x_in, idx_in = (tokens, known_idx)
         if guided:
             x_in, idx_in = np.concatenate([tokens, tokens]), np.concatenate([known_idx, known_idx])
         z = dm.backbone(x_in, idx_in, lab, unc)  # [B(x2), L, D]
-        mask_len = next_mask_len(step, num_iter, L, num_masked)
         mask_next = np.zeros((bsz, L), bool)
-        np.put_along_axis(mask_next, orders[:, :mask_len], True, axis=1)
-        to_pred = mask if step >= num_iter - 1 else mask & ~mask_next
+        np.put_along_axis(mask_next, orders[:, : it.mask_len], True, axis=1)
+        to_pred = mask if it.last else mask & ~mask_next
         rows, cols = np.nonzero(to_pred)  # row-major, as the torch engine's nonzero
         zs = z[:bsz][rows, cols]
         if guided:
             zs = np.concatenate([zs, z[bsz:][rows, cols]])
-        table, timesteps = head_table(dm, per_iter[step], sampler)
-        x_T, step_noise = noise(step, len(rows), table.shape[0], not sampler.deterministic)
+        table, timesteps = head_table(dm, it.head_steps, sampler)
+        x_T, step_noise = noise(it.step, len(rows), table.shape[0], not sampler.deterministic)
         if scales_start_noise(sampler):
             x_T = x_T * np.float32(temperature)
-        scale = cfg_at(cfg, cfg_schedule, L, mask_len)
         tokens = tokens.copy()
-        tokens[rows, cols] = head_loop(dm, zs, x_T, temperature, scale, step_noise, table, timesteps, clip)
-        mask, num_masked = mask_next, mask_len
+        tokens[rows, cols] = head_loop(dm, zs, x_T, temperature, it.cfg, step_noise, table, timesteps, clip)
+        mask, num_masked = mask_next, it.mask_len
         if progress:
-            print(f"step {step + 1}/{num_iter}: {len(rows)} tokens", file=sys.stderr)
+            print(f"step {it.step + 1}/{num_iter}: {len(rows)} tokens", file=sys.stderr)
     return tokens
 
 

@@ -85,12 +85,18 @@ class BackboneCache:
         self.prev_known: torch.Tensor | None = None  # [B, L] bool: known at the previous iteration
 
     def z(
-        self, it: int, tokens: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, class_embedding: torch.Tensor
+        self,
+        full: bool,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        to_pred: torch.Tensor,
+        class_embedding: torch.Tensor,
     ) -> torch.Tensor:
-        """tokens [B, L, C], known/to_pred [B, L] bool, class_embedding [R, D] -> z [R, L, D]."""
+        """tokens [B, L, C], known/to_pred [B, L] bool, class_embedding [R, D] -> z [R, L, D];
+        `full`: the plan's refresh (a full pass) for this iteration."""
         bsz = tokens.shape[0]
         reusable = self.policy.tokens or (self.guided and self.policy.cfg)
-        if not reusable or self.policy.is_full(it) or self.prev_known is None:
+        if not reusable or full or self.prev_known is None:
             z = self._full(tokens, known, class_embedding)
         else:
             rows = bsz if (self.guided and self.policy.cfg) else class_embedding.shape[0]

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ARCH_MAR_CE, SAMPLE_DEFAULTS, MARCEConfig
+from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
 from .backbone_cache import CachePolicy
 from .ce_head import CEHead
@@ -138,8 +139,8 @@ class CodeTokens:
         self.model, self.temperature, self.generator = model, temperature, generator
         self.embed = model.code_embed
 
-    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
         return self.model.ce_head.sample(
-            zs, self.temperature, scale, generator=self.generator, guided=z_null is not None
+            zs, self.temperature, it.cfg, generator=self.generator, guided=z_null is not None
         )  # [P]

@@ -20,7 +20,7 @@ import torch
 from ..checks import check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, cfg_at, first_iteration, next_mask_len, step_schedule
+from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
 from ..utils import check_generator, check_tensor, rand
 from .backbone_cache import BackboneCache, CachePolicy
 from .masking import mask_by_order, random_orders
@@ -76,15 +76,15 @@ def editing_orders(known: torch.Tensor, generator: torch.Generator | None) -> to
 class TokenSampler(Protocol):
     """What the masked loop asks of a head: draw the tokens at the positions it predicts.
 
-    `__call__(z, z_null, scale, step)`: z [P, D] of the positions to predict, z_null [P, D]
-    their null-class rows when guided (else None), the CFG scale and the loop's iteration ->
-    the sampled values [P, ...]. `embed`: None when those values are the tokens themselves
-    (Diffusion Loss), else a map from values to the tokens [P, C] the backbone reads back (the
-    code embedding of a categorical head)."""
+    `__call__(z, z_null, it)`: z [P, D] of the positions to predict, z_null [P, D] their
+    null-class rows when guided (else None), and the plan of this iteration (its CFG scale and
+    head steps: schedules.Iteration) -> the sampled values [P, ...]. `embed`: None when those
+    values are the tokens themselves (Diffusion Loss), else a map from values to the tokens
+    [P, C] the backbone reads back (the code embedding of a categorical head)."""
 
     embed: Callable[[torch.Tensor], torch.Tensor] | None
 
-    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor: ...
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor: ...
 
 
 class DiffusionTokens:
@@ -101,22 +101,21 @@ class DiffusionTokens:
         backend: str,
         clip_denoised: bool,
         sampler: HeadSampler,
-        per_iter: Sequence[int | None],
     ) -> None:
         self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
-        self.backend, self.clip_denoised, self.sampler, self.per_iter = backend, clip_denoised, sampler, per_iter
+        self.backend, self.clip_denoised, self.sampler = backend, clip_denoised, sampler
 
-    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, scale: float, step: int) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
         sampled = self.diffloss.sample(
             zs,
             self.temperature,
-            scale,
+            it.cfg,
             generator=self.generator,
             backend=self.backend,
             clip_denoised=self.clip_denoised,
             sampler=self.sampler,
-            steps=self.per_iter[step],
+            steps=it.head_steps,
         )
         return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
 
@@ -155,15 +154,8 @@ def sample_tokens(
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
     )
-    head = DiffusionTokens(
-        model.diffloss,
-        temperature,
-        generator,
-        backend,
-        clip_denoised,
-        HeadSampler.parse(sampler),
-        step_schedule(steps, num_iter),
-    )
+    step_schedule(steps, num_iter)  # checked before any work
+    head = DiffusionTokens(model.diffloss, temperature, generator, backend, clip_denoised, HeadSampler.parse(sampler))
     tokens, _ = masked_loop(
         model,
         head,
@@ -178,6 +170,7 @@ def sample_tokens(
         cache,
         known_tokens,
         known_mask,
+        steps,
     )
     return model.unpatchify(tokens)
 
@@ -196,10 +189,12 @@ def masked_loop(
     cache: str | CachePolicy | None,
     known_tokens: torch.Tensor | None,
     known_mask: torch.Tensor | None,
+    steps: int | str | Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The masked-autoregressive loop, written once for every masked member (MAR, MAR-CE),
-    generation and editing: (tokens [B, L, C], the head's values [B, L] or None when the
-    tokens are the values). Arguments are checked by the caller (check_sampling_args)."""
+    generation and editing, running the plan of schedules.generation_plan: (tokens [B, L, C],
+    the head's values [B, L] or None when the tokens are the values). Arguments are checked by
+    the caller (check_sampling_args); `steps` is the head's step schedule."""
     policy = CachePolicy.parse(cache)
     if policy is not None and backbone is not None:
         raise ValueError("cache works on the model's own backbone; drop backbone= or cache=")
@@ -227,19 +222,19 @@ def masked_loop(
         class_embedding = torch.cat([class_embedding, null])
     lazy = BackboneCache(model, policy, guided) if policy is not None else None
 
-    start = first_iteration(seq_len, num_iter, num_masked) if num_masked < seq_len else 0
-    steps_iter = range(start, num_iter)
+    plan = generation_plan(
+        seq_len, num_iter, num_masked, cfg, cfg_schedule, steps, policy.is_full if policy is not None else None
+    )
     if progress:
         from tqdm.auto import tqdm
 
-        steps_iter = tqdm(steps_iter, desc="sampling")
+        plan = tqdm(plan, desc="sampling")
     with weights_frozen():  # the head's weights are fingerprinted once for the whole loop
-        for step in steps_iter:
-            mask_len = next_mask_len(step, num_iter, seq_len, num_masked)
-            mask_next = mask_by_order(mask_len, orders)
-            to_pred = mask if step >= num_iter - 1 else mask & ~mask_next  # [B, L]
+        for it in plan:
+            mask_next = mask_by_order(it.mask_len, orders)
+            to_pred = mask if it.last else mask & ~mask_next  # [B, L]
             if lazy is not None:
-                z = lazy.z(step, tokens, ~mask, to_pred, class_embedding)
+                z = lazy.z(it.refresh, tokens, ~mask, to_pred, class_embedding)
             else:
                 known_idx = model.known_indices(mask)  # [B, K]
                 x_in, idx_in = tokens, known_idx
@@ -250,12 +245,11 @@ def masked_loop(
             pred_idx = to_pred.nonzero(as_tuple=True)
             zs = z[:bsz][pred_idx]  # [P, D] row-major, as the official nonzero order
             z_null = z[bsz:][pred_idx] if guided else None
-            new = head(zs, z_null, cfg_at(cfg, cfg_schedule, seq_len, mask_len), step)
+            new = head(zs, z_null, it)
             if values is not None:
                 values[pred_idx] = new
                 new = head.embed(new)
             tokens = tokens.clone()
             tokens[pred_idx] = new.to(tokens.dtype)
             mask = mask_next
-            num_masked = mask_len
     return tokens, values
