@@ -349,12 +349,16 @@ def test_e2e_tolerance_sees_real_mistakes(exported):
 
 
 def test_deploy_uses_the_shared_schedules():
-    # one implementation of the masking and CFG schedules for the torch engine and the deploy sampler
-    for name in ("next_mask_len", "cfg_at", "cfg_combine", "CFG_SCHEDULES", "first_iteration", "step_schedule"):
-        assert getattr(deploy_loop, name) is getattr(schedules, name), name
-    from marengine.diffusion import samplers
+    # one plan of a generation (masking, CFG and step schedules) for the torch engine and the deploy sampler
+    from marengine.diffusion import gaussian, samplers
+    from marengine.models import masked_ar
 
+    for name in ("generation_plan", "cfg_combine", "CFG_SCHEDULES", "step_schedule"):
+        assert getattr(deploy_loop, name) is getattr(schedules, name), name
+    assert masked_ar.generation_plan is schedules.generation_plan
     assert deploy_loop.step_table is samplers.step_table  # and the same head coefficient tables
+    for name in ("reverse_mean", "learned_logvar"):  # and the one reverse update
+        assert getattr(deploy_loop, name) is getattr(samplers, name) is getattr(gaussian, name), name
 
 
 def test_deploy_cli_runs_without_torch(exported, tmp_path):

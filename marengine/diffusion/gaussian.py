@@ -13,8 +13,14 @@ from typing import Callable, Sequence
 
 import torch
 
+from .samplers import learned_logvar, reverse_mean
+
 Tables = dict[str, torch.Tensor]
 LOG2 = math.log(2.0)
+
+
+def _clamp(x0: torch.Tensor) -> torch.Tensor:
+    return x0.clamp(-1.0, 1.0)
 
 
 def _at(tab: Tables, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -45,12 +51,9 @@ def p_mean_logvar(
     the clipped posterior log-variance). clip_denoised clamps the x_0
     prediction to [-1, 1] (for data known to lie there; the official sampler
     does not clip latents)."""
-    frac = (var_values + 1) / 2
-    logvar = frac * _at(tab, "log_betas", t) + (1 - frac) * _at(tab, "post_logvar", t)
-    x0 = _at(tab, "sqrt_recip_abar", t) * xt - _at(tab, "sqrt_recipm1_abar", t) * eps
-    if clip_denoised:
-        x0 = x0.clamp(-1.0, 1.0)
-    mean, _ = posterior(tab, x0, xt, t)
+    logvar = learned_logvar(var_values, _at(tab, "post_logvar", t), _at(tab, "log_betas", t))
+    coefs = (_at(tab, k, t) for k in ("sqrt_recip_abar", "sqrt_recipm1_abar", "post_coef1", "post_coef2"))
+    _, mean = reverse_mean(xt, eps, *coefs, clip=_clamp if clip_denoised else None)
     return mean, logvar
 
 
@@ -125,15 +128,11 @@ def sample_loop(
         a, b, c1, c2, c3, lp, lb, _ = table[step]  # 0-d float32 tensors
         out = eps_fn(x, torch.full((n,), step, dtype=torch.int64, device=x.device)).float()
         eps, var_values = out.chunk(2, dim=-1)
-        x0 = a * x - b * eps
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
-        mean = c1 * x0 + c2 * x
+        x0, mean = reverse_mean(x, eps, a, b, c1, c2, clip=_clamp if clip_denoised else None)
         if uses_prev[step]:
             mean = mean + c3 * x0_prev
         if noisy[step] and temperature > 0 and step_noise is not None:
-            frac = (var_values + 1) / 2
-            logvar = frac * lb + (1 - frac) * lp
+            logvar = learned_logvar(var_values, lp, lb)
             x = mean + torch.exp(0.5 * logvar) * step_noise[i] * temperature
         else:
             x = mean

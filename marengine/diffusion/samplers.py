@@ -23,7 +23,10 @@ down to 0), with the guided eps and the variance output v in [-1, 1] of the netw
 At t = 0 every sampler returns x0 (abar_prev = 1).
 
 Columns of the table ([S, 8], row t): a, b, c1, c2, c3, lp, lb, nw. Everything here is
-pure Python (float64), so the torch-free deploy sampler computes the same tables.
+pure Python (float64), so the torch-free deploy sampler computes the same tables; the
+update's arithmetic (`reverse_mean`, `learned_logvar`) is written once here too, for torch
+tensors and numpy arrays alike, and the ddpm table's columns are training's posterior
+coefficients (diffusion/schedule.DiffusionTables reads them from it).
 Deterministic samplers have no per-step noise: `temperature` then scales the starting
 noise x_T instead (see `scales_start_noise`).
 """
@@ -32,9 +35,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 from ..checks import check_choice, check_float
 from ..schedules import space_timesteps
+
+T = TypeVar("T")  # a torch tensor or a numpy array: the update is arithmetic only
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 COLUMNS = ("a", "b", "c1", "c2", "c3", "lp", "lb", "nw")
@@ -108,6 +114,24 @@ def respaced(num_train_steps: int, spacing: str | int) -> tuple[list[float], lis
         betas.append(1.0 - abar[i] / last)
         last = abar[i]
     return betas, kept
+
+
+def reverse_mean(x: T, eps: T, a: Any, b: Any, c1: Any, c2: Any, clip: Callable[[T], T] | None = None) -> tuple[T, T]:
+    """The reverse update, written once for torch tensors and numpy arrays alike (arithmetic
+    only): x0 = a x - b eps (then `clip`, e.g. to [-1, 1]), mean = c1 x0 + c2 x, with the
+    coefficients of a row of `step_table` (scalars, or [N, 1] columns per row). Training's
+    posterior, the torch sampler and the deploy sampler all call it. Returns (x0, mean)."""
+    x0 = a * x - b * eps
+    if clip is not None:
+        x0 = clip(x0)
+    return x0, c1 * x0 + c2 * x
+
+
+def learned_logvar(var_values: T, logvar_lo: Any, logvar_hi: Any) -> T:
+    """The learned-range variance: v in [-1, 1] interpolates between the clipped posterior
+    log-variance (v = -1, column 5) and log beta_t (v = 1, column 6)."""
+    frac = (var_values + 1) / 2
+    return frac * logvar_hi + (1 - frac) * logvar_lo
 
 
 def step_table(betas: list[float], sampler: HeadSampler) -> list[list[float]]:

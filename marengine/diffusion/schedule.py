@@ -39,20 +39,18 @@ class DiffusionTables:
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
         self._beta_values = b.tolist()  # host floats for the sampler tables, read once here (never in a loop)
         abar = torch.cumprod(1.0 - b, 0)
-        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        post_var = b * (1.0 - abar_prev) / (1.0 - abar)
+        # the reverse update's coefficients come from the one table (samplers.step_table, DDPM
+        # columns): training's posterior and every sampling path read the same numbers
+        ddpm = torch.tensor(self._sampler_rows(samplers.DDPM), dtype=torch.float64)  # [S, 8]
         self.coefs: dict[str, torch.Tensor] = {
             "sqrt_abar": abar.sqrt(),
             "sqrt_one_minus_abar": (1.0 - abar).sqrt(),
-            "sqrt_recip_abar": (1.0 / abar).sqrt(),
-            "sqrt_recipm1_abar": (1.0 / abar - 1).sqrt(),
-            "post_var": post_var,
-            # the posterior variance is 0 at step 0: its log is clipped to step 1's (one step: unused, as
-            # step 0 adds no noise; log beta keeps it finite)
-            "post_logvar": torch.cat([post_var[1:2], post_var[1:]]).log() if len(b) > 1 else b.log(),
-            "log_betas": b.log(),
-            "post_coef1": b * abar_prev.sqrt() / (1.0 - abar),
-            "post_coef2": (1.0 - abar_prev) * (1.0 - b).sqrt() / (1.0 - abar),
+            "sqrt_recip_abar": ddpm[:, 0],
+            "sqrt_recipm1_abar": ddpm[:, 1],
+            "post_coef1": ddpm[:, 2],
+            "post_coef2": ddpm[:, 3],
+            "post_logvar": ddpm[:, 5],  # clipped at step 0 to step 1's (step 0 adds no noise)
+            "log_betas": ddpm[:, 6],
         }
 
     @property

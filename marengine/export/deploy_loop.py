@@ -19,7 +19,15 @@ import numpy as np
 
 from ..checks import check_labels, check_sampling
 from ..config import TRAIN_DIFFUSION_STEPS
-from ..diffusion.samplers import DDPM, HeadSampler, respaced, scales_start_noise, step_table
+from ..diffusion.samplers import (
+    DDPM,
+    HeadSampler,
+    learned_logvar,
+    respaced,
+    reverse_mean,
+    scales_start_noise,
+    step_table,
+)
 from ..schedules import CFG_SCHEDULES, cfg_combine, generation_plan, step_schedule
 
 if TYPE_CHECKING:
@@ -68,20 +76,20 @@ def head_loop(
             eps, var_values = cfg_combine(cond[:, :c], uncond[:, :c], np.float32(cfg)), cond[:, c:]
         else:
             eps, var_values = out[:, :c], out[:, c:]
-        x0 = a * x - b * eps
-        if clip_denoised:
-            x0 = np.clip(x0, np.float32(-1), np.float32(1))
-        mean = c1 * x0 + c2 * x
+        x0, mean = reverse_mean(x, eps, a, b, c1, c2, clip=_clip if clip_denoised else None)
         if c3 != 0:
             mean = mean + c3 * x0_prev
         if nw != 0 and temperature > 0 and step_noise is not None:
-            frac = (var_values + np.float32(1)) / np.float32(2)
-            logvar = frac * lb + (np.float32(1) - frac) * lp
+            logvar = learned_logvar(var_values, lp, lb)
             x = mean + np.exp(np.float32(0.5) * logvar) * step_noise[i] * np.float32(temperature)
         else:
             x = mean
         x0_prev = x0
     return x.astype(np.float32, copy=False)
+
+
+def _clip(x0: np.ndarray) -> np.ndarray:
+    return np.clip(x0, np.float32(-1), np.float32(1))
 
 
 def default_noise(rng: np.random.Generator, channels: int, temperature: float) -> NoiseFn:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ARCH_AR, SAMPLE_DEFAULTS, ARConfig
+from ..config import ARCH_AR, LAYERNORM_EPS, SAMPLE_DEFAULTS, ARConfig
 from ..utils import check_generator, check_tensor, rand
 from . import ar_sampling
 from .ce_head import CEHead
@@ -71,7 +71,7 @@ class CausalAR(nn.Module, PretrainedMixin):
             self.tok_emb = nn.Embedding(cfg.codebook_size, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, length, dim))  # where an input token sits
         self.target_pos_embed = nn.Parameter(torch.zeros(1, length, dim))  # where the next token goes
-        self.input_ln = nn.LayerNorm(dim, eps=1e-6)
+        self.input_ln = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.blocks = nn.ModuleList(
             [
                 Block(dim, cfg.num_heads, cfg.mlp_ratio, True, cfg.proj_dropout, cfg.attn_dropout)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import SAMPLE_DEFAULTS, MARConfig
+from ..config import LAYERNORM_EPS, SAMPLE_DEFAULTS, MARConfig
 from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
 from .checkpoints import PretrainedMixin
@@ -107,7 +107,7 @@ class MAR(nn.Module, PretrainedMixin):
         self.class_emb = nn.Embedding(class_num, enc)
         self.fake_latent = nn.Parameter(torch.zeros(1, enc))  # the null class of CFG
         self.z_proj = nn.Linear(self.token_embed_dim, enc)
-        self.z_proj_ln = nn.LayerNorm(enc, eps=1e-6)
+        self.z_proj_ln = nn.LayerNorm(enc, eps=LAYERNORM_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, total, enc))
         self.encoder_blocks = nn.ModuleList(
             [
