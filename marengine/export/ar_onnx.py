@@ -30,7 +30,7 @@ import torch.nn as nn
 from ..files import building_folder, claim_output_folder
 from ..models.ar import CausalAR
 from ..models.checkpoints import non_finite_keys, read_checkpoint, read_folder_config
-from ..models.kv_cache import block_step, concat_kv
+from ..models.kv_cache import concat_kv
 from ..models.loading import load_model
 from .onnx import EXPORT_KIND, HeadStep, export_module, require_export_deps
 from .runtime import FORMAT_VERSION, KEY_CONFIG, KEY_FORMAT, KEY_ROLE
@@ -76,7 +76,7 @@ class ARStep(nn.Module):
         x = m.input_ln((x + m.target_pos_embed[0][next_pos]).unsqueeze(1))  # [R, 1, D]
         present: list[torch.Tensor] = []
         for layer, blk in enumerate(m.blocks):
-            x = block_step(blk, x, concat_kv(past_k[layer], past_v[layer], present))
+            x = blk(x, kv=concat_kv(past_k[layer], past_v[layer], present))
         z = m.norm(x[:, 0]) + m.head_pos_embed[0][next_pos]
         return z, torch.stack(present[0::2]), torch.stack(present[1::2])
 

@@ -12,8 +12,11 @@ and, on the others, reuses what the last iterations computed:
 - CFG cache: with guidance, a cached iteration runs the conditional half only and takes
   the unconditional prediction as cond - (cond - uncond) of the last full iteration.
 
-The full iterations are the plain backbone; with no policy the MAR loop never calls this
-module, so sampling without caching is bitwise what it was. Keys/values are kept per
+This is a mechanism of the backbone, not a copy of it: full iterations are the model's own
+pass (MAR.backbone) whose attention hooks (layers.KVHook) record the keys/values, and cached
+iterations run the model's own blocks on the changed rows with a hook that updates and reads
+that cache. With no policy the MAR loop never calls this module, so sampling without caching
+is bitwise what it was. Keys/values are kept per
 position ([rows, heads, buffer + L, head_dim] per layer), so gathers need no bookkeeping.
 """
 
@@ -23,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..checks import check_bool, check_int
+from .layers import KVHook
 
 
 @dataclass(frozen=True)
@@ -128,30 +131,28 @@ class BackboneCache:
         return z
 
     def _recorded(self, x: torch.Tensor, known_idx: torch.Tensor, ce: torch.Tensor, keep: int) -> torch.Tensor:
-        """The backbone (as MAR.encode_known / decode_known), recording per-position K/V and the
-        encoder outputs of the first `keep` rows."""
+        """The model's own backbone pass, its attention hooks recording per-position K/V of the
+        first `keep` rows (encoder: scattered to position-indexed [R', H, T, hd] slabs)."""
         m = self.m
         T = m.seq_len + m.buffer_size
         idx = m._with_buffer(known_idx)  # [R, buffer + K] positions
-        h = m.z_proj(x)
-        rows, _, dim = h.shape
-        buf = ce.to(h.dtype).unsqueeze(1).expand(rows, m.buffer_size, dim)
-        h = m.z_proj_ln(torch.cat([buf, h], dim=1) + m.encoder_pos_embed_learned)
-        h = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
-        self.enc_kv = []
-        for blk in m.encoder_blocks:
-            h, k, v = _block(blk, h, None, None)
-            self.enc_kv.append(_scatter_kv(k[:keep], v[:keep], idx[:keep], T))
-        d = m.decoder_embed(m.encoder_norm(h))
-        ddim = d.shape[-1]
-        full = m.mask_token.to(d.dtype).expand(rows, T, ddim)
-        d = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, ddim), d) + m.decoder_pos_embed_learned
-        self.dec_kv = []
-        for blk in m.decoder_blocks:
-            d, k, v = _block(blk, d, None, None)
-            self.dec_kv.append((k[:keep].contiguous(), v[:keep].contiguous()))
-        d = m.decoder_norm(d)
-        return d[:, m.buffer_size :] + m.diffusion_pos_embed_learned
+        self.enc_kv, self.dec_kv = [], []
+
+        def enc(layer: int) -> KVHook:
+            def record(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                self.enc_kv.append(_scatter_kv(k[:keep], v[:keep], idx[:keep], T))
+                return k, v
+
+            return record
+
+        def dec(layer: int) -> KVHook:
+            def record(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                self.dec_kv.append((k[:keep].contiguous(), v[:keep].contiguous()))
+                return k, v
+
+            return record
+
+        return m.backbone(x, known_idx, ce, kv=(enc, dec))
 
     # ---------------------------------------------------------------- cached iterations
     def _partial(self, x: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, rows: int) -> torch.Tensor:
@@ -169,8 +170,7 @@ class BackboneCache:
         pos = m.encoder_pos_embed_learned.expand(rows, -1, -1)
         h = m.z_proj_ln(h + pos.gather(1, new_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1])))
         for layer, blk in enumerate(m.encoder_blocks):
-            k_all, v_all = self.enc_kv[layer]
-            h, _, _ = _block(blk, h, (k_all, v_all, new_idx), known_pos)
+            h = blk(h, kv=_update(*self.enc_kv[layer], new_idx, known_pos))
         h = m.encoder_norm(h)
         # decoder: the new tokens' rows and the rows to predict; every other position keeps its K/V
         pred_idx = to_pred.nonzero()[:, 1].reshape(rows, -1) + buf  # [R, p]
@@ -181,8 +181,7 @@ class BackboneCache:
         dpos = m.decoder_pos_embed_learned.expand(rows, -1, -1)
         d = torch.cat([d_new, d_pred], dim=1) + dpos.gather(1, q_idx.unsqueeze(-1).expand(-1, -1, ddim))
         for layer, blk in enumerate(m.decoder_blocks):
-            k_all, v_all = self.dec_kv[layer]
-            d, _, _ = _block(blk, d, (k_all, v_all, q_idx), None)
+            d = blk(d, kv=_update(*self.dec_kv[layer], q_idx, None))
         d = m.decoder_norm(d[:, new_idx.shape[1] :])  # [R, p, D] at the predicted positions
         z = d.new_zeros(rows, L, ddim)
         tok = pred_idx - buf
@@ -198,35 +197,19 @@ def _scatter_kv(k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, T: int) -> 
     return (k.new_zeros(r, hh, T, hd).scatter(2, where, k), v.new_zeros(r, hh, T, hd).scatter(2, where, v))
 
 
-def _block(
-    blk: nn.Module,
-    x: torch.Tensor,
-    cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    keys_at: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One transformer block (layers.Block) on the rows x [R, n, D]: (out, k, v).
+def _update(k_all: torch.Tensor, v_all: torch.Tensor, pos: torch.Tensor, keys_at: torch.Tensor | None) -> KVHook:
+    """The attention hook of a cached iteration: the rows' fresh K/V [R, H, n, hd] are written
+    into the position-indexed cache K_all/V_all [R, H, T, hd] at `pos` [R, n] (in place), and
+    the rows attend to every cached position, or to the `keys_at` [R, m] positions only."""
 
-    cache = (K_all, V_all [R, H, T, hd], positions [R, n] of these rows): the rows' fresh
-    keys/values are written into the cache (in place), and they attend to every cached
-    position, or to `keys_at` [R, m] positions only. Without a cache: plain self-attention."""
-    attn = blk.attn
-    r, n, dim = x.shape
-    heads = attn.num_heads
-    qkv = attn.qkv(blk.norm1(x)).reshape(r, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # [R, H, n, hd]
-    if cache is not None:
-        k_all, v_all, pos = cache
-        where = pos.view(r, 1, n, 1).expand(-1, heads, -1, k.shape[-1])
+    def hook(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r, heads, n, hd = k.shape
+        where = pos.view(r, 1, n, 1).expand(-1, heads, -1, hd)
         k_all.scatter_(2, where, k)
         v_all.scatter_(2, where, v)
-        if keys_at is not None:
-            sel = keys_at.view(r, 1, -1, 1).expand(-1, heads, -1, k.shape[-1])
-            k_use, v_use = k_all.gather(2, sel), v_all.gather(2, sel)
-        else:
-            k_use, v_use = k_all, v_all
-        out = F.scaled_dot_product_attention(q, k_use, v_use)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v)
-    x = x + attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(r, n, dim)))
-    x = x + blk.mlp(blk.norm2(x))
-    return x, k, v
+        if keys_at is None:
+            return k_all, v_all
+        sel = keys_at.view(r, 1, -1, 1).expand(-1, heads, -1, hd)
+        return k_all.gather(2, sel), v_all.gather(2, sel)
+
+    return hook

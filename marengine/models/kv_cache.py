@@ -7,24 +7,22 @@ whole sequence, one slab per layer: k and v [depth, rows, heads, length, head_di
 with rows = 2 x batch under classifier-free guidance (conditional rows, then the null
 class). Steps index it with Python ints (no host syncs).
 
-`block_step` takes the old keys and values through a callback, so the same block code
-serves the in-place preallocated cache (`KVCache.write`) and the functional past/present
-form of the ONNX step (`concat_kv`).
+A block takes the old keys and values through its attention's hook (layers.KVHook), so the
+one Block serves the plain pass, the in-place preallocated cache (`KVCache.writer`), the
+functional past/present form of the ONNX step (`concat_kv`) and MAR's backbone reuse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import Block
+from .layers import KVHook
 
 # (new k, new v [R, H, 1, hd]) -> (all keys, all values [R, H, T + 1, hd]) of the layer
-KVWriter = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+KVWriter = KVHook
 
 
 @dataclass
@@ -90,22 +88,8 @@ def concat_kv(past_k: torch.Tensor, past_v: torch.Tensor, out: list[torch.Tensor
     return write
 
 
-def block_step(blk: Block, x: torch.Tensor, write_kv: KVWriter) -> torch.Tensor:
-    """One block for the newest token x [R, 1, D] attending over the cached prefix (eval mode:
-    no dropout). Same parameters and arithmetic as `Block.forward(..., is_causal=True)`."""
-    attn = blk.attn
-    r, n, d = x.shape
-    h = blk.norm1(x)
-    qkv = attn.qkv(h).reshape(r, n, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # [R, H, 1, hd]
-    keys, values = write_kv(k, v)  # [R, H, T + 1, hd]
-    o = F.scaled_dot_product_attention(q, keys, values)  # the new token sees every cached one
-    x = x + attn.proj(o.transpose(1, 2).reshape(r, n, d))
-    return x + blk.mlp(blk.norm2(x))
-
-
 def blocks_step(blocks: nn.ModuleList, x: torch.Tensor, cache: KVCache, index: int) -> torch.Tensor:
     """Every block for the token at position `index` of the sequence, x [R, 1, D] -> [R, 1, D]."""
     for layer, blk in enumerate(blocks):
-        x = block_step(blk, x, cache.writer(layer, index))
+        x = blk(x, kv=cache.writer(layer, index))  # eval mode: Block.forward with the cache's hook
     return x

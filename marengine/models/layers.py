@@ -19,6 +19,10 @@ from ..config import LAYERNORM_EPS
 default_norm: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=LAYERNORM_EPS)
 
 
+# (fresh k, v [R, H, n, hd]) -> (the keys and values the rows attend to [R, H, T, hd])
+KVHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 class Attention(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
@@ -32,11 +36,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # [B, N, D]
-        """Self-attention over the N tokens; is_causal: token i sees tokens 0..i only (the AR family)."""
+    def forward(self, x: torch.Tensor, is_causal: bool = False, kv: KVHook | None = None) -> torch.Tensor:
+        """Self-attention of the N rows x [B, N, D]; is_causal: row i sees rows 0..i only (the AR family).
+
+        kv: the one hook every cache uses (the causal kv-cache, MAR's backbone reuse): it gets
+        the rows' fresh keys and values [B, H, N, hd], may store them, and returns the keys and
+        values they attend to [B, H, T, hd] (with a hook, attention is not causal: the hook
+        gives exactly the positions to see)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B, H, N, hd]
+        if kv is not None:
+            k, v = kv(k, v)
+            is_causal = False
         drop = self.attn_drop if self.training else 0.0
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=is_causal)
         x = x.transpose(1, 2).reshape(b, n, d)
@@ -75,8 +87,9 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
 
-    def forward(self, x: torch.Tensor, is_causal: bool = False) -> torch.Tensor:  # [B, N, D]
-        x = x + self.attn(self.norm1(x), is_causal=is_causal)
+    def forward(self, x: torch.Tensor, is_causal: bool = False, kv: KVHook | None = None) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]; kv: the attention's cache hook (Attention.forward)."""
+        x = x + self.attn(self.norm1(x), is_causal=is_causal, kv=kv)
         return x + self.mlp(self.norm2(x))
 
 

@@ -21,8 +21,10 @@ from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
 from .checkpoints import PretrainedMixin
 from .diffloss import DiffLoss
-from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
+from .layers import Block, KVHook, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders, sample_mask_ratio
+
+LayerHooks = Callable[[int], KVHook]  # layer index -> the attention hook of that block
 
 
 class MAR(nn.Module, PretrainedMixin):
@@ -193,16 +195,21 @@ class MAR(nn.Module, PretrainedMixin):
         buf = torch.arange(self.buffer_size, device=known_idx.device, dtype=known_idx.dtype)
         return torch.cat([buf.expand(known_idx.shape[0], -1), known_idx + self.buffer_size], dim=1)
 
-    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for blk in blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+    def _blocks(self, blocks: nn.ModuleList, x: torch.Tensor, kv: LayerHooks | None = None) -> torch.Tensor:
+        for layer, blk in enumerate(blocks):
+            if kv is not None:
+                x = blk(x, kv=kv(layer))
+            elif self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
         return x
 
-    def encode_known(self, x: torch.Tensor, known_idx: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        """tokens [B, L, C], known_idx [B, K], class_embedding [B, D] -> [B, buffer + K, D]."""
+    def encode_known(
+        self, x: torch.Tensor, known_idx: torch.Tensor, class_embedding: torch.Tensor, kv: LayerHooks | None = None
+    ) -> torch.Tensor:
+        """tokens [B, L, C], known_idx [B, K], class_embedding [B, D] -> [B, buffer + K, D].
+        kv(layer): the attention hook of each encoder block (backbone reuse records K/V with it)."""
         x = self.z_proj(x)
         bsz, _, dim = x.shape
         buf = class_embedding.to(x.dtype).unsqueeze(1).expand(bsz, self.buffer_size, dim)
@@ -210,21 +217,29 @@ class MAR(nn.Module, PretrainedMixin):
         x = self.z_proj_ln(x)
         idx = self._with_buffer(known_idx)
         x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))
-        return self.encoder_norm(self._blocks(self.encoder_blocks, x))
+        return self.encoder_norm(self._blocks(self.encoder_blocks, x, kv))
 
-    def decode_known(self, x: torch.Tensor, known_idx: torch.Tensor) -> torch.Tensor:
-        """encoder output [B, buffer + K, D] -> z [B, L, D_dec]."""
+    def decode_known(self, x: torch.Tensor, known_idx: torch.Tensor, kv: LayerHooks | None = None) -> torch.Tensor:
+        """encoder output [B, buffer + K, D] -> z [B, L, D_dec]; kv(layer) as encode_known's."""
         x = self.decoder_embed(x)
         bsz, _, dim = x.shape
         full = self.mask_token.to(x.dtype).expand(bsz, self.seq_len + self.buffer_size, dim)
         idx = self._with_buffer(known_idx)
         x = full.scatter(1, idx.unsqueeze(-1).expand(-1, -1, dim), x) + self.decoder_pos_embed_learned
-        x = self.decoder_norm(self._blocks(self.decoder_blocks, x))
+        x = self.decoder_norm(self._blocks(self.decoder_blocks, x, kv))
         return x[:, self.buffer_size :] + self.diffusion_pos_embed_learned
 
-    def backbone(self, tokens: torch.Tensor, known_idx: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        """z [B, L, D] for tokens [B, L, C] whose known positions are known_idx [B, K]."""
-        return self.decode_known(self.encode_known(tokens, known_idx, class_embedding), known_idx)
+    def backbone(
+        self,
+        tokens: torch.Tensor,
+        known_idx: torch.Tensor,
+        class_embedding: torch.Tensor,
+        kv: tuple[LayerHooks, LayerHooks] | None = None,
+    ) -> torch.Tensor:
+        """z [B, L, D] for tokens [B, L, C] whose known positions are known_idx [B, K]; kv: the
+        (encoder, decoder) attention hooks per layer (models.backbone_cache records K/V so)."""
+        enc, dec = kv if kv is not None else (None, None)
+        return self.decode_known(self.encode_known(tokens, known_idx, class_embedding, enc), known_idx, dec)
 
     def forward_mae_encoder(
         self,
