@@ -1,0 +1,377 @@
+"""GenerationEngine: requests in, images out, with iteration-level continuous batching.
+
+    engine = pipe.engine(max_batch_rows=64, max_queue=256)     # starts one worker thread
+    ticket = engine.submit([3, 1], seed=7, num_iter=8)          # -> Ticket, at once
+    out = ticket.result(timeout=60)                             # PipelineOutput
+    for event in engine.submit([5], preview_every=2).stream():  # Preview ..., then Done
+        ...
+    engine.shutdown()
+
+One worker thread does all torch work: at every iteration boundary it drops cancelled
+and timed-out requests, admits waiting ones while their rows fit in max_batch_rows, and
+runs one batched iteration (batching.batched_step) over all active requests. A finished
+request is decoded and leaves; its image equals pipe(labels, seed=...) for the same
+request alone (one sample_tokens call: n <= settings.batch_size).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..checks import check_labels
+from ..models.tokenizers import to_uint8
+from ..sampling.engine import SampleSettings
+from .batching import LoopState, batched_step, start_loop
+from .pipeline import MARPipeline, PipelineOutput
+
+ENGINE_DEFAULTS = dict(max_batch_rows=64, max_queue=256)  # the engine's and `marengine serve`'s defaults
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is full; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Cancelled(RuntimeError):
+    """The request was cancelled (by its caller, a disconnect or shutdown)."""
+
+
+@dataclass
+class Preview:
+    """A partial image: the tokens known after `iteration` of `total` iterations."""
+
+    iteration: int
+    total: int
+    array: np.ndarray  # uint8 [N, H, W, C]
+
+
+@dataclass
+class Done:
+    """The request's last event: its output, or the error that ended it."""
+
+    output: PipelineOutput | None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted request: result(), stream(), cancel()."""
+
+    id: int
+    labels: list[int]
+    settings: SampleSettings
+    rows: int
+    preview_every: int
+    deadline: float | None
+    known_tokens: torch.Tensor | None = None
+    known_mask: torch.Tensor | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    cancel_reason: str | None = None
+    _listeners: list[Callable[[Any], None]] = field(default_factory=list)
+    _events: collections.deque = field(default_factory=collections.deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Ask the engine to drop this request at the next iteration boundary (frees its rows)."""
+        self.cancel_reason = self.cancel_reason or reason
+
+    def result(self, timeout: float | None = None) -> PipelineOutput:
+        """The output; raises the error that ended the request (Cancelled, TimeoutError, ...)."""
+        return self.future.result(timeout)
+
+    def subscribe(self, fn: Callable[[Any], None]) -> None:
+        """fn(event) for every Preview and the final Done, called from the worker thread
+        (events sent before subscribing are replayed first)."""
+        with self._lock:
+            for ev in self._events:
+                fn(ev)
+            self._listeners.append(fn)
+
+    def stream(self, timeout: float | None = None) -> Iterator[Preview | Done]:
+        """Previews as they come, then Done (blocking; timeout per event)."""
+        import queue
+
+        q: queue.Queue = queue.Queue()
+        self.subscribe(q.put)
+        while True:
+            ev = q.get(timeout=timeout)
+            yield ev
+            if isinstance(ev, Done):
+                return
+
+    def _emit(self, ev: Any) -> None:
+        with self._lock:
+            self._events.append(ev)
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn(ev)
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics (read without locking: a snapshot may be a step old)."""
+
+    queue_depth: int = 0
+    active_requests: int = 0
+    active_rows: int = 0
+    max_batch_rows: int = 0
+    iterations: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    rejected: int = 0
+    busy_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds, completed requests (last 10k)
+    occupancy: list[float] = field(default_factory=list)  # active rows / max rows per iteration (last 10k)
+
+
+class GenerationEngine:
+    """Continuous batching over a MARPipeline (see the module docstring)."""
+
+    def __init__(
+        self,
+        pipeline: MARPipeline,
+        *,
+        max_batch_rows: int = ENGINE_DEFAULTS["max_batch_rows"],
+        max_queue: int = ENGINE_DEFAULTS["max_queue"],
+        start: bool = True,
+    ) -> None:
+        if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be a positive int, got {max_batch_rows!r}")
+        if not isinstance(max_queue, int) or max_queue < 0:
+            raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+        self.pipe = pipeline
+        self.max_batch_rows = max_batch_rows
+        self.max_queue = max_queue
+        self.stats = EngineStats(max_batch_rows=max_batch_rows)
+        self._waiting: collections.deque[Ticket] = collections.deque()
+        self._active: list[tuple[Ticket, LoopState]] = []
+        self._cv = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # ---------------------------------------------------------------- the caller's side
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="marengine-engine", daemon=True)
+            self._thread.start()
+
+    def settings_for(self, settings: SampleSettings | None = None, **overrides: Any) -> SampleSettings:
+        """The pipeline's settings (or `settings`) with overrides, checked."""
+        s = settings or self.pipe.settings
+        if not isinstance(s, SampleSettings):
+            raise TypeError(f"settings must be a SampleSettings, got {type(s).__name__}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(SampleSettings)}
+        if unknown:
+            raise ValueError(f"unknown sampling option(s) {sorted(unknown)}")
+        return replace(s, **overrides) if overrides else s
+
+    def submit(
+        self,
+        labels: Any,
+        settings: SampleSettings | None = None,
+        *,
+        known_tokens: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+        preview_every: int = 0,
+        timeout: float | None = None,
+        **overrides: Any,
+    ) -> Ticket:
+        """Queue one request (all checks now: a bad request raises here, not in the worker).
+        known_tokens [N, L, C] / known_mask [N, L]: editing (every image the same number of
+        known tokens). preview_every: a Preview every k-th iteration (0: none); timeout:
+        seconds from now after which the request is dropped with TimeoutError."""
+        s = self.settings_for(settings, **overrides)
+        labels = check_labels(labels, self.pipe.model.num_classes)
+        if not labels:
+            raise ValueError("a request needs at least one label")
+        if len(labels) > s.batch_size:
+            raise ValueError(f"{len(labels)} images exceed the batch size {s.batch_size}: split the request")
+        if not isinstance(preview_every, int) or isinstance(preview_every, bool) or preview_every < 0:
+            raise ValueError(f"preview_every must be an int >= 0, got {preview_every!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        rows = len(labels) * (2 if s.cfg != 1.0 else 1)
+        if rows > self.max_batch_rows:
+            raise ValueError(
+                f"the request needs {rows} backbone rows (n x 2 with CFG) but the engine takes at most "
+                f"{self.max_batch_rows}; ask for fewer images"
+            )
+        # a dry start checks every knob the loop will see (cheap: no backbone or head call)
+        self._state(labels, s, torch.Generator(device=self.pipe.device), known_tokens, known_mask)
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        t = Ticket(next(self._ids), labels, s, rows, preview_every, deadline, known_tokens, known_mask)
+        with self._cv:
+            if self._stopping:
+                raise Cancelled("the engine is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(f"the queue is full ({self.max_queue} waiting)", self.retry_after())
+            self._waiting.append(t)
+            self.stats.queue_depth = len(self._waiting)
+            self._cv.notify()
+        return t
+
+    def retry_after(self) -> float:
+        """A guess at when a queue slot frees: the mean latency of recent requests (>= 1 s)."""
+        recent = self.stats.latencies[-50:]
+        return max(1.0, float(np.mean(recent)) if recent else 1.0)
+
+    def shutdown(self, *, cancel: bool = False, timeout: float | None = 30.0) -> None:
+        """Stop taking requests; finish the active and waiting ones (cancel=True: drop them
+        with Cancelled), then stop the worker."""
+        with self._cv:
+            self._stopping = True
+            if cancel:
+                for t in list(self._waiting) + [t for t, _ in self._active]:
+                    t.cancel("the engine shut down")
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---------------------------------------------------------------- the worker
+    def _loop_args(self, s: SampleSettings, gen: torch.Generator) -> tuple:
+        model = self.pipe.model
+        num_iter = min(s.num_iter, model.seq_len)  # as generate_latents (which also warns)
+        clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.pipe.tokenizer, "bounded", False))
+        opts = s.options(model)
+        return (num_iter, s.cfg, s.cfg_schedule, s.temperature, gen), dict(
+            backend=opts["backend"],
+            clip_denoised=clip,
+            sampler=opts["sampler"],
+            steps=opts["steps"],
+            cache=opts["cache"],
+        )
+
+    def _state(
+        self, labels: list[int], s: SampleSettings, gen: torch.Generator, known_tokens: Any, known_mask: Any
+    ) -> LoopState:
+        args, kw = self._loop_args(s, gen)
+        if known_mask is not None:
+            kw.update(known_tokens=known_tokens, known_mask=known_mask)
+        return start_loop(self.pipe.model, labels, *args, **kw)
+
+    def _start(self, t: Ticket) -> LoopState:
+        gen = torch.Generator(device=self.pipe.device).manual_seed(t.settings.seed)
+        return self._state(t.labels, t.settings, gen, t.known_tokens, t.known_mask)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._active and not self._stopping:
+                    self._cv.wait()
+                if self._stopping and not self._waiting and not self._active:
+                    return
+                self._drop_ended()
+                self._admit()
+            if self._active:
+                self._iterate()
+
+    def _drop_ended(self) -> None:
+        now = time.monotonic()
+        for t in list(self._waiting):
+            if t.cancel_reason or (t.deadline is not None and now > t.deadline):
+                self._waiting.remove(t)
+                self._end(t, None, self._why(t))
+        for t, s in list(self._active):
+            if t.cancel_reason or (t.deadline is not None and now > t.deadline):
+                self._active.remove((t, s))
+                self._end(t, None, self._why(t))
+        self.stats.queue_depth = len(self._waiting)
+
+    def _why(self, t: Ticket) -> BaseException:
+        if t.cancel_reason:
+            return Cancelled(t.cancel_reason)
+        return TimeoutError("the request ran past its timeout")
+
+    def _admit(self) -> None:
+        used = sum(t.rows for t, _ in self._active)
+        while self._waiting and used + self._waiting[0].rows <= self.max_batch_rows:
+            t = self._waiting.popleft()
+            try:
+                state = self._start(t)
+            except Exception as e:  # checked at submit; anything left fails this request only
+                self._end(t, None, e)
+                continue
+            t.started = time.monotonic()
+            self._active.append((t, state))
+            used += t.rows
+        self.stats.queue_depth = len(self._waiting)
+        self.stats.active_requests = len(self._active)
+        self.stats.active_rows = used
+
+    def _iterate(self) -> None:
+        running = [(t, s) for t, s in self._active if not s.done]
+        began = time.perf_counter()
+        try:
+            batched_step([s for _, s in running])
+        except Exception as e:  # a failing step ends the requests in it, never the engine
+            with self._cv:
+                for pair in running:
+                    self._active.remove(pair)
+                    self._end(pair[0], None, e)
+            return
+        self.stats.busy_seconds += time.perf_counter() - began
+        self.stats.iterations += 1
+        self._record(self.stats.occupancy, self.stats.active_rows / self.max_batch_rows)
+        finished = []
+        for t, s in self._active:
+            if s.done:
+                finished.append((t, s))
+            elif t.preview_every and s.iterations_done % t.preview_every == 0:
+                t._emit(Preview(s.iterations_done, s.total_iterations, self._decode(s)))
+        with self._cv:
+            for pair in finished:
+                self._active.remove(pair)
+        for t, s in finished:
+            try:
+                out = PipelineOutput(self._decode(s), list(t.labels), s.latents())
+            except Exception as e:
+                self._end(t, None, e)
+                continue
+            self._end(t, out, None)
+
+    def _decode(self, s: LoopState) -> np.ndarray:
+        with torch.no_grad():
+            return to_uint8(self.pipe.tokenizer.decode(s.latents())).cpu().numpy()
+
+    def _end(self, t: Ticket, out: PipelineOutput | None, error: BaseException | None) -> None:
+        if error is None:
+            self.stats.completed += 1
+            self._record(self.stats.latencies, time.monotonic() - t.submitted)
+            t.future.set_result(out)
+        else:
+            if isinstance(error, (Cancelled, TimeoutError)):
+                self.stats.cancelled += 1
+            else:
+                self.stats.failed += 1
+            t.future.set_exception(error)
+        t._emit(Done(out, error))
+
+    @staticmethod
+    def _record(values: list[float], v: float) -> None:
+        values.append(v)
+        if len(values) > 10_000:
+            del values[:5_000]
