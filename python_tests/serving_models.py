@@ -32,5 +32,5 @@ def random_digits_pipeline(seed: int = 0, **settings) -> MARPipeline:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    defaults = dict(num_iter=6, cfg=2.0, batch_size=16, **settings)
+    defaults = {"num_iter": 6, "cfg": 2.0, "batch_size": 16, **settings}
     return MARPipeline(model, PixelTokenizer(1, 2), SampleSettings(**defaults))

@@ -16,6 +16,7 @@ request alone (one sample_tokens call: n <= settings.batch_size).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import concurrent.futures
 import dataclasses
@@ -29,12 +30,11 @@ import numpy as np
 import torch
 
 from ..checks import check_labels
+from ..config import SERVE_DEFAULTS
 from ..models.tokenizers import to_uint8
 from ..sampling.engine import SampleSettings
 from .batching import LoopState, batched_step, start_loop
 from .pipeline import MARPipeline, PipelineOutput
-
-ENGINE_DEFAULTS = dict(max_batch_rows=64, max_queue=256)  # the engine's and `marengine serve`'s defaults
 
 
 class QueueFull(RuntimeError):
@@ -122,6 +122,9 @@ class Ticket:
             fn(ev)
 
 
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # seconds
+
+
 @dataclass
 class EngineStats:
     """Counters for /metrics (read without locking: a snapshot may be a step old)."""
@@ -138,6 +141,14 @@ class EngineStats:
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, completed requests (last 10k)
     occupancy: list[float] = field(default_factory=list)  # active rows / max rows per iteration (last 10k)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))  # per bucket, +Inf
+    latency_sum: float = 0.0
+    iteration_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+
+    def iterations_per_second(self, window: float = 10.0) -> float:
+        """Iterations in the last `window` seconds, per second."""
+        now = time.monotonic()
+        return sum(1 for t in list(self.iteration_times) if now - t <= window) / window
 
 
 class GenerationEngine:
@@ -147,8 +158,8 @@ class GenerationEngine:
         self,
         pipeline: MARPipeline,
         *,
-        max_batch_rows: int = ENGINE_DEFAULTS["max_batch_rows"],
-        max_queue: int = ENGINE_DEFAULTS["max_queue"],
+        max_batch_rows: int = SERVE_DEFAULTS.max_batch_rows,
+        max_queue: int = SERVE_DEFAULTS.max_queue,
         start: bool = True,
     ) -> None:
         if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
@@ -335,6 +346,7 @@ class GenerationEngine:
             return
         self.stats.busy_seconds += time.perf_counter() - began
         self.stats.iterations += 1
+        self.stats.iteration_times.append(time.monotonic())
         self._record(self.stats.occupancy, self.stats.active_rows / self.max_batch_rows)
         finished = []
         for t, s in self._active:
@@ -360,7 +372,10 @@ class GenerationEngine:
     def _end(self, t: Ticket, out: PipelineOutput | None, error: BaseException | None) -> None:
         if error is None:
             self.stats.completed += 1
-            self._record(self.stats.latencies, time.monotonic() - t.submitted)
+            latency = time.monotonic() - t.submitted
+            self._record(self.stats.latencies, latency)
+            self.stats.latency_sum += latency
+            self.stats.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
             t.future.set_result(out)
         else:
             if isinstance(error, (Cancelled, TimeoutError)):
