@@ -174,6 +174,19 @@ def test_bad_requests_refused_at_submit(pipe, kw, match):
         engine.shutdown()
 
 
+def test_static_batching_baseline_equals_alone(pipe):
+    engine = pipe.engine(max_batch_rows=4, static_window=0.05)
+    try:
+        reqs = [([i], i, dict(num_iter=2 + i)) for i in range(5)]
+        outs = [t.result(60) for t in [engine.submit(lab, seed=s, **kw) for lab, s, kw in reqs]]
+    finally:
+        engine.shutdown()
+    for (labels, seed, kw), out in zip(reqs, outs):
+        assert_same(out, alone(pipe, labels, seed, **kw))
+    with pytest.raises(ValueError, match="static_window"):
+        pipe.engine(static_window=-1, start=False)
+
+
 def test_shutdown_finishes_or_cancels(pipe):
     engine = pipe.engine(max_batch_rows=2)
     a, b = engine.submit([1], seed=0, num_iter=3), engine.submit([2], seed=0, num_iter=3)

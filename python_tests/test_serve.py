@@ -289,3 +289,44 @@ def test_shutdown_finishes_in_flight_requests(pipe):
         t.join(60)
     assert results == [200]
     assert not server.engine.running
+
+
+def test_cli_serves_and_stops_on_sigterm(pipe, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = pipe.save_pretrained(tmp_path / "model")
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "marengine", "serve", "--checkpoint", str(folder), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--num-iter", "4", "--device", "cpu"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the server did not come up"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        r = httpx.post(url + GEN, json=dict(prompt=4, seed=9, n=2, cfg=2.5), timeout=60)
+        assert r.status_code == 200
+        np.testing.assert_array_equal(images_of(r.json()), alone(pipe, 4, 2, 9, num_iter=4, cfg=2.5))
+        proc.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully, then re-raises the signal
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "engine stopped: 1 completed, 0 cancelled, 0 failed" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "marengine", "serve", "--checkpoint", str(tmp_path / "missing")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("marengine serve: error:"), bad.stderr

@@ -41,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         shutdown_grace=args.shutdown_grace,
         class_names=read_class_names(args.class_names, pipe.model.num_classes),
+        static_window=args.static_batching_window,
     )
     print(f"marengine serve: http://{args.host}:{args.port}  (POST /v1/images/generations, GET /health)", flush=True)
     run(server, args.host, args.port)
@@ -90,6 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=arg(check_float, "--shutdown-grace", lo=0.001),
         default=D.shutdown_grace,
         help=f"seconds in-flight requests get to finish on SIGTERM/SIGINT (default {D.shutdown_grace:g})",
+    )
+    p.add_argument(
+        "--static-batching-window",
+        type=arg(check_float, "--static-batching-window", lo=0.0),
+        default=None,
+        help="a baseline for benchmarks: static batches that start when full or after this many seconds "
+        "and run to their end (default: off, continuous batching)",
     )
     p.add_argument("--class-names", default=None, help="a text file naming class i on line i (default: labels only)")
     add_sampling_options(p, batch_flag="--sample-batch-size")

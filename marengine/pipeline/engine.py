@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,8 @@ from ..models.tokenizers import to_uint8
 from ..sampling.engine import SampleSettings
 from .batching import LoopState, batched_step, start_loop
 from .pipeline import MARPipeline, PipelineOutput
+
+log = logging.getLogger("marengine.engine")
 
 
 class QueueFull(RuntimeError):
@@ -119,7 +122,10 @@ class Ticket:
             self._events.append(ev)
             listeners = list(self._listeners)
         for fn in listeners:
-            fn(ev)
+            try:
+                fn(ev)
+            except Exception:  # a listener's failure is its own: the engine goes on
+                log.exception("a listener of request %d failed", self.id)
 
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # seconds
@@ -160,13 +166,19 @@ class GenerationEngine:
         *,
         max_batch_rows: int = SERVE_DEFAULTS.max_batch_rows,
         max_queue: int = SERVE_DEFAULTS.max_queue,
+        static_window: float | None = None,
         start: bool = True,
     ) -> None:
         if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be a positive int, got {max_batch_rows!r}")
         if not isinstance(max_queue, int) or max_queue < 0:
             raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
+        if static_window is not None and not (isinstance(static_window, (int, float)) and static_window >= 0):
+            raise ValueError(f"static_window must be a number of seconds >= 0 (or None), got {static_window!r}")
         self.pipe = pipeline
+        # None: continuous batching. A number: the static-batching baseline (benchmarks): a batch
+        # starts when full or when its oldest request has waited this long, and runs to its end
+        self.static_window = static_window
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
         self.stats = EngineStats(max_batch_rows=max_batch_rows)
@@ -296,9 +308,20 @@ class GenerationEngine:
                 if self._stopping and not self._waiting and not self._active:
                     return
                 self._drop_ended()
+                hold = self._static_hold()
+                if hold > 0:
+                    self._cv.wait(hold)
+                    continue
                 self._admit()
             if self._active:
-                self._iterate()
+                try:
+                    self._iterate()
+                except Exception as e:  # a safety net: the worker never dies with requests in it
+                    with self._cv:
+                        ended, self._active = self._active, []
+                    for t, _ in ended:
+                        if not t.future.done():
+                            self._end(t, None, e)
 
     def _drop_ended(self) -> None:
         now = time.monotonic()
@@ -317,7 +340,17 @@ class GenerationEngine:
             return Cancelled(t.cancel_reason)
         return TimeoutError("the request ran past its timeout")
 
+    def _static_hold(self) -> float:
+        """Seconds the static baseline still waits before it starts a batch (0: go on)."""
+        if self.static_window is None or self._active or not self._waiting or self._stopping:
+            return 0.0
+        rows = sum(t.rows for t in self._waiting)
+        age = time.monotonic() - self._waiting[0].submitted
+        return 0.0 if rows >= self.max_batch_rows else max(0.0, self.static_window - age)
+
     def _admit(self) -> None:
+        if self.static_window is not None and self._active:
+            return  # a static batch runs to its end before the next one starts
         used = sum(t.rows for t, _ in self._active)
         while self._waiting and used + self._waiting[0].rows <= self.max_batch_rows:
             t = self._waiting.popleft()
@@ -357,6 +390,8 @@ class GenerationEngine:
         with self._cv:
             for pair in finished:
                 self._active.remove(pair)
+            self.stats.active_requests = len(self._active)
+            self.stats.active_rows = sum(t.rows for t, _ in self._active)
         for t, s in finished:
             try:
                 out = PipelineOutput(self._decode(s), list(t.labels), s.latents())

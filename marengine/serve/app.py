@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from starlette.routing import Route
 from ..pipeline.engine import Cancelled, Done, GenerationEngine, Preview, QueueFull, Ticket
 from . import metrics
 from .protocol import BadRequest, ImageRequest, Limits, b64_images, parse_json, parse_request, png_bytes
+
+log = logging.getLogger("marengine.serve")
 
 
 @dataclass
@@ -81,6 +84,8 @@ class ImageServer:
         yield
         self.stopping = True  # in-flight requests had their grace (uvicorn's graceful shutdown)
         await asyncio.to_thread(self.engine.shutdown, cancel=True, timeout=self.options.shutdown_grace)
+        s = self.engine.stats
+        log.info("engine stopped: %d completed, %d cancelled, %d failed", s.completed, s.cancelled, s.failed)
 
     # ---------------------------------------------------------------- endpoints
     async def health(self, request: Request) -> Response:

@@ -34,6 +34,7 @@ def build_server(
     request_timeout: float = SERVE_DEFAULTS.request_timeout,
     shutdown_grace: float = SERVE_DEFAULTS.shutdown_grace,
     class_names: tuple[str, ...] = (),
+    static_window: float | None = None,
 ) -> ImageServer:
     """The app over a started engine (the caller runs it, e.g. with uvicorn)."""
     options = ServerOptions(max_n, max_body_bytes, body_timeout, request_timeout, shutdown_grace, class_names)
@@ -43,7 +44,7 @@ def build_server(
     for name in ("body_timeout", "request_timeout", "shutdown_grace"):
         if not getattr(options, name) > 0:
             raise ValueError(f"{name} must be > 0 seconds, got {getattr(options, name)}")
-    engine = GenerationEngine(pipe, max_batch_rows=max_batch_rows, max_queue=max_queue)
+    engine = GenerationEngine(pipe, max_batch_rows=max_batch_rows, max_queue=max_queue, static_window=static_window)
     return ImageServer(engine, options)
 
 
