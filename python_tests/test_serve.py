@@ -160,6 +160,8 @@ BAD = [
     (dict(prompt=1, cfg=float("nan")), 400, "not a JSON number"),
     (dict(prompt=1, temperature="hot"), 400, "temperature"),
     (dict(prompt=1, num_iter=0), 400, "num_iter"),
+    (dict(prompt=1, num_iter=10**12), 400, "num_iter must be in [1, 16]"),
+    (dict(prompt=1, steps=[5] * 100), 400, "entries"),
     (dict(prompt="eleven"), 400, "unknown class"),
     (dict(prompt=10), 400, "unknown class"),
     (dict(prompt=True), 400, "boolean"),
@@ -184,11 +186,21 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(served, body, status, mat
         assert c.post(GEN, json=dict(prompt=1, seed=0, num_iter=2)).status_code == 200
 
 
+def test_fast_preset_without_backbone_reuse_equals_alone(pipe, served):
+    url, _, _ = served
+    body = dict(prompt=6, seed=2, preset="fast", cache="off")
+    r = httpx.post(url + GEN, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(images_of(r.json()), alone(pipe, 6, 1, 2, preset="fast", cache="off"))
+
+
 def test_hostile_bodies(served):
     url, _, _ = served
     with httpx.Client(base_url=url, timeout=30) as c:
         assert c.post(GEN, content=b"{" * 10).status_code == 400  # not JSON
         assert c.post(GEN, content=b"[1, 2]").status_code == 400  # not an object
+        deep = c.post(GEN, content=b"[" * 9000 + b"]" * 9000)  # under the size limit, too deep to parse
+        assert deep.status_code == 400 and "nests too deeply" in deep.json()["error"]["message"]
         big = c.post(GEN, content=b" " * 50_000)  # over max_body_bytes
         assert big.status_code == 413 and "larger than" in big.json()["error"]["message"]
 

@@ -104,7 +104,8 @@ class LoopState:
 
     @property
     def total_iterations(self) -> int:
-        return self.iterations_done + max(0, self.num_iter - self.step) if not self.done else self.iterations_done
+        """Iterations this request runs in all (editing starts part-way through the schedule)."""
+        return self.iterations_done + (0 if self.done else self.num_iter - self.step)
 
     def latents(self) -> torch.Tensor:
         """[B, C, h, w] from the current tokens (unknown positions are 0 until done)."""
@@ -265,7 +266,7 @@ def _head_unit(p: _Plan, z: torch.Tensor) -> tuple[_HeadUnit, tuple]:
     if s.temperature > 0 and not s.sampler.deterministic:
         step_noise = randn((tables.num_steps, n, head.in_channels), s.generator, zs.device, torch.float32)
     unit = _HeadUnit(zs[:n], zs[n:] if guided else None, x_T, step_noise, scale, len(pred_idx[0]))
-    key = (float(s.temperature), str(s.per_iter[s.step]), s.sampler, s.clip_denoised, s.backend)
+    key = (float(s.temperature), s.per_iter[s.step], s.sampler, s.clip_denoised, s.backend)
     return unit, key
 
 
@@ -302,7 +303,7 @@ def _run_head(model: Any, key: tuple, units: list[_HeadUnit]) -> list[torch.Tens
     """The new tokens [n_pred, C] of each unit, one reverse diffusion per call group."""
     temperature, steps, sampler, clip, backend = key
     head = model.diffloss
-    tables = head.tables(None if steps == "None" else int(steps))
+    tables = head.tables(steps)
     device = units[0].zc.device
     use_native = backend != "torch" and dispatch.native_unsupported(head.net, device) is None
     calls: dict[Any, list[int]] = {}

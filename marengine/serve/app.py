@@ -65,6 +65,7 @@ class ImageServer:
             image_size=pipe.image_size,
             image_channels=pipe.image_channels,
             num_classes=pipe.model.num_classes,
+            seq_len=pipe.model.seq_len,
             class_names=list(options.class_names),
         )
         self.http = metrics.HttpCounters()
@@ -137,7 +138,9 @@ class ImageServer:
         """The body, at most max_body_bytes (413), within body_timeout seconds (408)."""
         limit = self.options.max_body_bytes
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and not length.isdigit():
+            raise BadRequest(f"Content-Length must be a number of bytes, got {length[:20]!r}")
+        if length is not None and int(length) > limit:
             raise BadRequest(f"the body is larger than {limit} bytes (Content-Length {length[:20]})", 413)
         chunks: list[bytes] = []
         size = 0

@@ -26,7 +26,7 @@ import numpy as np
 
 RESPONSE_FORMATS = ("b64_json", "png")
 # the sampling knobs a request may set (SampleSettings fields); seed and batch size are the server's
-KNOBS = ("num_iter", "cfg", "cfg_schedule", "temperature", "preset", "sampler", "steps")
+KNOBS = ("num_iter", "cfg", "cfg_schedule", "temperature", "preset", "sampler", "steps", "cache")
 FIELDS = {"prompt", "n", "seed", "response_format", "stream", "preview_every", "timeout", "size", "user", "model"}
 EDIT_FIELDS = {"image", "mask"}
 MAX_SEED = 2**63 - 1
@@ -50,6 +50,7 @@ class Limits:
     image_size: int
     image_channels: int
     num_classes: int
+    seq_len: int  # tokens of an image: the most iterations a request may ask for
     class_names: list[str] = field(default_factory=list)
 
 
@@ -76,6 +77,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
         obj = json.loads(body.decode("utf-8"), parse_constant=no_constants)
     except BadRequest:
         raise
+    except RecursionError:
+        raise BadRequest("the body nests too deeply to be a request") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"the body is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
@@ -109,6 +112,8 @@ def parse_request(obj: dict[str, Any], limits: Limits, *, edit: bool, default_se
     if size is not None and size != want:
         raise BadRequest(f"size must be {want!r} (the model's), got {size!r}")
     knobs = {k: obj[k] for k in KNOBS if k in obj and obj[k] is not None}
+    if "num_iter" in knobs:  # bounded before the settings build a per-iteration schedule
+        knobs["num_iter"] = _int(obj, "num_iter", 1, 1, limits.seq_len)
     for k, v in knobs.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise BadRequest(f"{k} must be finite, got {v}")
