@@ -194,6 +194,11 @@ def test_shutdown_finishes_or_cancels(pipe):
     assert a.result(1) is not None and b.result(1) is not None and not engine.running
     with pytest.raises(Cancelled):
         engine.submit([1])
+    engine = pipe.engine(start=False)
+    never = engine.submit([4], seed=0)
+    engine.shutdown()
+    with pytest.raises(Cancelled, match="before it started"):
+        never.result(1)
     engine = pipe.engine(max_batch_rows=2, start=False)
     c = engine.submit([3], seed=0)
     engine.start()

@@ -267,6 +267,12 @@ class GenerationEngine:
                 for t in list(self._waiting) + [t for t, _ in self._active]:
                     t.cancel("the engine shut down")
             self._cv.notify()
+            never_started = self._thread is None
+            orphans = list(self._waiting) if never_started else []
+            if never_started:
+                self._waiting.clear()
+        for t in orphans:  # no worker will ever take them: end them now
+            self._end(t, None, Cancelled("the engine shut down before it started"))
         if self._thread is not None:
             self._thread.join(timeout)
 
