@@ -105,7 +105,7 @@ def parse_request(obj: dict[str, Any], limits: Limits, *, edit: bool, default_se
         raise BadRequest(f"stream must be true or false, got {stream!r}")
     if fmt == "png" and (n != 1 or stream):
         raise BadRequest("response_format 'png' returns one image: use n=1 without stream, or b64_json")
-    preview_every = _int(obj, "preview_every", 1 if stream else 0, 0, 10_000)
+    preview_every = _int(obj, "preview_every", 1, 0, 10_000) if stream else 0  # previews only go to streams
     timeout = _number(obj, "timeout", limits.request_timeout, 0.001, limits.request_timeout)
     size = obj.get("size")
     want = f"{limits.image_size}x{limits.image_size}"
