@@ -173,6 +173,24 @@ class SampleDefaults:
 
 
 SAMPLE_DEFAULTS = SampleDefaults()
+
+
+@dataclass(frozen=True)
+class ServeDefaults:
+    """Defaults of the continuous-batching engine (pipeline/engine.py) and `marengine serve`."""
+
+    host: str = "127.0.0.1"  # loopback only unless asked
+    port: int = 8000
+    max_batch_rows: int = 64  # backbone rows in one iteration (an image with CFG takes 2)
+    max_queue: int = 256  # waiting requests; more answer 429
+    max_n: int = 8  # images per request
+    max_body_bytes: int = 4 << 20  # request bodies (base64 images of edits included)
+    body_timeout: float = 10.0  # seconds to receive a request's body (slow clients get 408)
+    request_timeout: float = 300.0  # seconds a request may wait and run (504 after)
+    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on shutdown
+
+
+SERVE_DEFAULTS = ServeDefaults()
 # the head sampler's backends: native kernels where built, else torch ("auto"), or one forced
 HEAD_BACKENDS = ("auto", "torch", "native")
 

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training", "export"),                             # trainer and data; ONNX export and deployment
     ("evaluation",),                                    # judges and metrics
     ("bench",),                                         # the benchmark suite
+    ("serve",),                                         # the HTTP image server over the pipeline's engine
     ("cli",),                                           # the command line
     ("__main__",),                                      # python -m marengine
 ]

@@ -41,7 +41,7 @@ class DiffusionTables:
         abar = torch.cumprod(1.0 - b, 0)
         # the reverse update's coefficients come from the one table (samplers.step_table, DDPM
         # columns): training's posterior and every sampling path read the same numbers
-        ddpm = torch.tensor(self._sampler_rows(samplers.DDPM), dtype=torch.float64)  # [S, 8]
+        ddpm = torch.tensor(self._sampler_rows(samplers.DDPM), dtype=torch.float64, device="cpu")  # [S, 8]
         self.coefs: dict[str, torch.Tensor] = {
             "sqrt_abar": abar.sqrt(),
             "sqrt_one_minus_abar": (1.0 - abar).sqrt(),

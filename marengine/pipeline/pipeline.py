@@ -173,6 +173,19 @@ class MARPipeline:
         known = torch.from_numpy(editing.token_mask(~given, m.patch_size)).to(self.device)  # all its cells given
         return self._run(labels, settings, kw, m.patchify(latents.float().to(self.device)), known)
 
+    def engine(self, **kw: Any) -> Any:
+        """A started GenerationEngine over this pipeline (continuous batching: submit / stream /
+        result; pipeline/engine.py). kw: max_batch_rows, max_queue."""
+        from .engine import GenerationEngine
+
+        return GenerationEngine(self, **kw)
+
+    def edit_inputs(self, images: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N, L, C], known [N, L] bool) of inpainting `images` where `mask` (pixels to
+        fill, True) is given: what inpaint() samples from (for the engine)."""
+        x = self._images(images)
+        return self._known(x, editing.pixel_mask(mask, x.shape[0], self.image_size))
+
     # ---------------------------------------------------------------- internals
     def _images(self, images: Any) -> torch.Tensor:
         """[N, C, H, W] float32 in [-1, 1] on the device: float tensors as given, else uint8 images."""
@@ -189,12 +202,16 @@ class MARPipeline:
         return torch.from_numpy(editing.to_unit_range(arr)).to(self.device)
 
     def _edit(self, x: torch.Tensor, pixel: np.ndarray, labels: Any, settings: Any, kw: dict) -> PipelineOutput:
+        return self._run(labels, settings, kw, *self._known(x, pixel))
+
+    def _known(self, x: torch.Tensor, pixel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N, L, C], known [N, L]) of images x whose pixels `pixel` (True) are to be filled."""
         patch = self.tokenizer.stride * self.model.patch_size
         known = torch.from_numpy(editing.token_mask(pixel, patch)).to(self.device)  # [N, L]
         with torch.no_grad():
             latents = self.tokenizer.encode(x.to(self.device)).mode()  # [N, C, h, w] as MAR sees them, or codes
         tokens = self.model.patchify(latents) if latents.is_floating_point() else latents.flatten(1)  # [N, L(, C)]
-        return self._run(labels, settings, kw, tokens, known)
+        return tokens, known
 
     @torch.no_grad()
     def _run(

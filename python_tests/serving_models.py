@@ -1,0 +1,36 @@
+"""A small random-weight digits pipeline for the engine and server tests (no training)."""
+
+from __future__ import annotations
+
+import torch
+
+from marengine.config import MARConfig
+from marengine.models import MAR
+from marengine.models.tokenizers import PixelTokenizer
+from marengine.pipeline import MARPipeline
+from marengine.sampling.engine import SampleSettings
+
+
+def random_digits_pipeline(seed: int = 0, **settings) -> MARPipeline:
+    """mar_digits shrunk to width 64 and a 2x64 head with 10 diffusion steps, every weight
+    perturbed (the official init zeroes the head's output layers, whose eps would be 0)."""
+    torch.manual_seed(seed)
+    cfg = MARConfig.from_name(
+        "mar_digits",
+        encoder_embed_dim=64,
+        decoder_embed_dim=64,
+        encoder_depth=1,
+        decoder_depth=1,
+        encoder_num_heads=2,
+        decoder_num_heads=2,
+        diffloss_w=64,
+        diffloss_d=2,
+        num_sampling_steps="10",
+    )
+    model = MAR.from_config(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    defaults = {"num_iter": 6, "cfg": 2.0, "batch_size": 16, **settings}
+    return MARPipeline(model, PixelTokenizer(1, 2), SampleSettings(**defaults))
