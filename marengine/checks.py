@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .limits import MAX_CFG, MAX_JSON_BYTES, MAX_TEMPERATURE
+from .limits import MAX_CFG, MAX_JSON_BYTES, MAX_TEMPERATURE, USUAL_CFG, USUAL_TEMPERATURE
 
 
 def _describe(value: Any) -> str:
@@ -186,11 +186,19 @@ def check_finite_result(finite: bool, what: str, cfg: float, temperature: float)
     message names the settings that make the reverse diffusion overflow."""
     if finite:
         return
-    raise ValueError(
-        f"sampling produced non-finite {what} (NaN or inf) with cfg={cfg:g}, temperature={temperature:g}: "
-        "lower cfg (guidance scale) or temperature (e.g. cfg <= 10, temperature <= 2); if they are already "
-        "small, the model's weights overflow (a diverged checkpoint, or a half-precision head)"
+    large = [
+        f"{n}={v:g}"
+        for n, v, usual in (("cfg", cfg, USUAL_CFG), ("temperature", temperature, USUAL_TEMPERATURE))
+        if v > usual
+    ]
+    cause = (
+        f"{' and '.join(large)} made the sampler overflow: lower it (usual: cfg <= {USUAL_CFG:g}, "
+        f"temperature <= {USUAL_TEMPERATURE:g})"
+        if large
+        else f"with cfg={cfg:g} and temperature={temperature:g} (usual values), so the model's weights overflow "
+        "(a diverged checkpoint, or a half-precision head: try backend='torch' or float32 weights)"
     )
+    raise ValueError(f"sampling produced non-finite {what} (NaN or inf): {cause}")
 
 
 # ---------------------------------------------------------------- what files say
@@ -206,7 +214,7 @@ def read_json_file(path: str | os.PathLike, what: str = "metadata file") -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path} is not a valid JSON {what} (corrupt or truncated?): {e}") from None
+        raise ValueError(f"{path} is not valid JSON (a {what}; corrupt or truncated?): {e}") from None
 
 
 def json_object(value: Any, path: str | os.PathLike, what: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ MAX_SEQ_LEN = 65536  # tokens of one image
 # the paper samples with cfg <= 10 and temperatures around 1.
 MAX_CFG = 100.0
 MAX_TEMPERATURE = 10.0
+USUAL_CFG, USUAL_TEMPERATURE = 10.0, 2.0  # what a non-finite result's message suggests staying under
 
 # ---------------------------------------------------------------- data
 MAX_IMAGE_PIXELS = 1 << 28  # 268 M pixels per image file (16384 x 16384); larger is a decompression bomb

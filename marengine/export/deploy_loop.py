@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..checks import check_labels, check_sampling
+from ..checks import check_finite_result, check_labels, check_sampling
 from ..config import TRAIN_DIFFUSION_STEPS
 from ..diffusion.samplers import DDPM, HeadSampler, respaced, scales_start_noise, step_table
 from ..schedules import CFG_SCHEDULES, cfg_at, cfg_combine, first_iteration, next_mask_len, step_schedule
@@ -187,6 +187,7 @@ def sample_tokens(
         mask, num_masked = mask_next, mask_len
         if progress:
             print(f"step {step + 1}/{num_iter}: {len(rows)} tokens", file=sys.stderr)
+    check_finite_result(bool(np.isfinite(tokens).all()), "latents", cfg, temperature)
     return tokens
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checks import check_int, check_sampling
+from ..checks import check_finite_result, check_int, check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import CFG_SCHEDULES, cfg_at, step_schedule
@@ -115,6 +115,8 @@ def sample_tokens(
                 z, scale = z[:bsz], 1.0  # no guidance at this step: the conditional rows alone
             head = {"sampler": head_sampler, "steps": per_step[i]}
             out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised, head)
+    if not ce:
+        check_finite_result(bool(torch.isfinite(out).all()), "latents", cfg, temperature)
     image_order = model.scatter_ordered(out, orders)
     if ce:
         return image_order.reshape(bsz, model.seq_h, model.seq_w)
@@ -141,6 +143,13 @@ def _sample_head(
     if model.loss == "ce":
         return model.ce_head.sample(z, temperature, cfg, generator=generator)
     sampled = model.diffloss.sample(
-        z, temperature, cfg, generator=generator, backend=backend, clip_denoised=clip_denoised, **head
+        z,
+        temperature,
+        cfg,
+        generator=generator,
+        backend=backend,
+        clip_denoised=clip_denoised,
+        check_finite=False,
+        **head,
     )  # [R, C]; the null-class rows only guided the chain
     return sampled[: z.shape[0] // 2] if cfg != 1.0 else sampled

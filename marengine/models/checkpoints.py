@@ -224,7 +224,7 @@ def check_config_fits_weights(
     is built (a config.json that says a million blocks next to a file holding two)."""
     for field, found in sizes_of_weights(shapes).items():
         said = config.get(field)
-        if field in config and said != found:
+        if isinstance(said, int) and not isinstance(said, bool) and said != found:  # other types: the config's checks
             raise ValueError(
                 f"{config_file}: field {field!r} is {said!r} but {weights_file} holds weights for {found}: "
                 "the configuration does not belong to these weights"
@@ -294,7 +294,7 @@ def load_folder(
         with torch.device("meta"):
             model = build(arch, cfg)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{folder / CONFIG_NAME}: {e}") from None
+        raise type(e)(f"{folder / CONFIG_NAME}: {e}") from None
     check_shapes(model, shapes, folder / WEIGHTS_NAME)
     load_strict(model, read_folder_weights(folder, device), assign=True)
     return model.eval()

@@ -124,7 +124,7 @@ def load_model(
         try:
             cfg, kind = config_from_dict(arch, dict(ckpt["config"])), "training"
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{p} (its 'config'): {e}") from None
+            raise type(e)(f"{p} (its 'config'): {e}") from None
         if config is not None and (arch != MAR.architecture or resolve_config(config) != cfg):
             raise ValueError(
                 f"{p} is a training checkpoint of another configuration than the one named; "

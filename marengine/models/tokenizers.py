@@ -94,6 +94,11 @@ class VAETokenizer(nn.Module):
 
 def to_uint8(imgs: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C]."""
+    if not bool(torch.isfinite(imgs).all()):
+        raise ValueError(
+            "the tokenizer decoded non-finite pixels (NaN or inf): the latents were out of its range "
+            "(lower cfg or temperature) or its weights are broken"
+        )
     x = ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
 
