@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import read_json_file
 from ..files import atomic_write
 from .data import BadItem, ImageFolderDataset, collate_items
 
@@ -132,8 +133,8 @@ class LatentCacheWriter:
         for name in (INDEX, SETTINGS):
             path = self.out / name
             if path.is_file():
-                found = json.loads(path.read_text())
-                found = found.get("settings", {}) if name == INDEX else found
+                found = read_json_file(path, "latent cache index" if name == INDEX else "latent cache settings")
+                found = found.get("settings", {}) if name == INDEX and isinstance(found, dict) else found
                 if found != self.settings:
                     diff = "; ".join(_settings_diff(found, self.settings)[:6])
                     raise ValueError(
