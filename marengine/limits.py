@@ -25,6 +25,11 @@ MAX_MLP_RATIO = 64.0
 MAX_BATCH_MUL = 64  # diffusion_batch_mul
 MAX_SEQ_LEN = 65536  # tokens of one image
 
+# the heads `marengine doctor` builds with real weights for its self-checks (MAR-H's head: 1536 x 12)
+MAX_CHECK_WIDTH = 4096
+MAX_CHECK_DEPTH = 32
+MAX_CHECK_CHANNELS = 256
+
 # ---------------------------------------------------------------- sampling settings
 # Guidance and temperature far above these make the reverse diffusion overflow (black images);
 # the paper samples with cfg <= 10 and temperatures around 1.
