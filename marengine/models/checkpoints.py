@@ -149,17 +149,28 @@ def save_pretrained(
 def read_folder_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(architecture, configuration fields) of a pretrained folder's config.json."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pretrained folder {folder} not found")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(
                 f"{folder / name} not found: a pretrained folder holds {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/)"
+                f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/){_folder_hint(folder)}"
             )
     cfg = json_object(read_json_file(folder / CONFIG_NAME, "model configuration"), folder / CONFIG_NAME, "fields")
     arch = cfg.pop(ARCHITECTURE_KEY, "mar")
     if not isinstance(arch, str):
         raise ValueError(f"{folder / CONFIG_NAME}: field {ARCHITECTURE_KEY!r} must be a string, got {arch!r}")
     return arch, cfg
+
+
+def _folder_hint(folder: Path) -> str:
+    """What a folder that is not a pretrained one looks like instead."""
+    if (folder / "ema" / CONFIG_NAME).is_file() or (folder / "last.pth").is_file():
+        return f"; {folder} is a training run: load {folder / 'ema'} (EMA weights) or {folder / 'last.pth'}"
+    if (folder / "deploy.json").is_file():
+        return f"; {folder} is an ONNX export: sample from it with `python -m marengine.export.deploy --model {folder}`"
+    return ""
 
 
 def read_folder_weights(folder: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
