@@ -214,6 +214,7 @@ def test_a_good_cache_opens(cache):
         (lambda ix: ix["shards"][0].update(count=300_000_000), r"shard .*shard-00000-of-00003\.npy does not match"),
         (lambda ix: ix["shards"][1].update(count=-2), r"shards\[1\]: field 'count' must be an integer >= 0"),
         (lambda ix: ix["shards"][1].update(count="2"), r"shards\[1\]: field 'count' must be an integer"),
+        (lambda ix: ix.update(shards=[], num_items=0), r"the cache holds no items"),
         (lambda ix: ix.update(num_items=10**9), r"field 'num_items' is 1000000000, its shards hold 5"),
         (lambda ix: ix["settings"].update(num_classes=-1), r"settings: field 'num_classes' must be an integer in"),
         (lambda ix: ix["settings"].update(moments_shape=[2, 2, 10**6, 2]), r"moments_shape: field 'h' must be"),

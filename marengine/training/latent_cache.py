@@ -134,7 +134,9 @@ class LatentCacheWriter:
             path = self.out / name
             if path.is_file():
                 found = read_json_file(path, "latent cache index" if name == INDEX else "latent cache settings")
-                found = found.get("settings", {}) if name == INDEX and isinstance(found, dict) else found
+                if not isinstance(found, dict):
+                    raise ValueError(f"{path} must hold a JSON object: not a latent cache of marengine")
+                found = found.get("settings", {}) if name == INDEX else found
                 if found != self.settings:
                     diff = "; ".join(_settings_diff(found, self.settings)[:6])
                     raise ValueError(

@@ -104,6 +104,8 @@ class LatentCacheDataset(Dataset):
             counts.append(count)
         if "num_items" in index and file_field(index_path, index, "num_items", lo=0) != sum(counts):
             raise ValueError(f"{index_path}: field 'num_items' is {index['num_items']}, its shards hold {sum(counts)}")
+        if sum(counts) == 0:
+            raise ValueError(f"{index_path}: the cache holds no items (every shard's count is 0); re-run cache-latents")
         self.ends = np.cumsum(np.asarray(counts, dtype=np.int64))  # [num_shards]
         self.max_open = max_open
         self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> open descriptor, least recently used first
