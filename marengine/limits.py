@@ -38,6 +38,5 @@ MAX_TEMPERATURE = 10.0
 USUAL_CFG, USUAL_TEMPERATURE = 10.0, 2.0  # what a non-finite result's message suggests staying under
 
 # ---------------------------------------------------------------- data
-MAX_IMAGE_PIXELS = 1 << 28  # 268 M pixels per image file (16384 x 16384); larger is a decompression bomb
 MAX_CACHE_SHARDS = 1_000_000  # shards listed in a latent cache's index.json
 MAX_JSON_BYTES = 64 << 20  # a metadata file (config, tokenizer, index, deploy) larger than this is refused
