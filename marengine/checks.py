@@ -10,9 +10,14 @@ would let them through).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import operator
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from .limits import MAX_CFG, MAX_JSON_BYTES, MAX_TEMPERATURE, USUAL_CFG, USUAL_TEMPERATURE
 
 
 def _describe(value: Any) -> str:
@@ -155,10 +160,96 @@ def check_sampling(
     """(bsz, num_iter, cfg, cfg_schedule, temperature) of one MAR sampling call, checked."""
     bsz = check_int("the batch size", bsz, lo=1)
     num_iter = check_int("num_iter", num_iter, lo=1, hi=seq_len, hint=f"at most the {seq_len} tokens of an image")
-    cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
+    cfg = check_cfg("cfg", cfg)
     cfg_schedule = check_choice("cfg_schedule", cfg_schedule, cfg_schedules)
-    temperature = check_float("temperature", temperature, lo=0.0)
+    temperature = check_temperature("temperature", temperature)
     return bsz, num_iter, cfg, cfg_schedule, temperature
+
+
+# the bounds of guidance and temperature (marengine.limits), as check keyword arguments
+CFG_BOUNDS: dict[str, Any] = {"lo": 1.0, "hi": MAX_CFG, "hint": f"1 disables guidance; at most {MAX_CFG:g}"}
+TEMPERATURE_BOUNDS: dict[str, Any] = {"lo": 0.0, "hi": MAX_TEMPERATURE}
+
+
+def check_cfg(name: str, value: Any) -> float:
+    """A guidance scale in [1, MAX_CFG] (larger ones overflow the reverse diffusion)."""
+    return check_float(name, value, **CFG_BOUNDS)
+
+
+def check_temperature(name: str, value: Any) -> float:
+    """A sampling temperature in [0, MAX_TEMPERATURE]."""
+    return check_float(name, value, **TEMPERATURE_BOUNDS)
+
+
+def check_finite_result(finite: bool, what: str, cfg: float, temperature: float) -> None:
+    """Raise when a sampler's result (`what`: latents, tokens, logits) is not finite: the
+    message names the settings that make the reverse diffusion overflow."""
+    if finite:
+        return
+    large = [
+        f"{n}={v:g}"
+        for n, v, usual in (("cfg", cfg, USUAL_CFG), ("temperature", temperature, USUAL_TEMPERATURE))
+        if v > usual
+    ]
+    cause = (
+        f"{' and '.join(large)} made the sampler overflow: lower it (usual: cfg <= {USUAL_CFG:g}, "
+        f"temperature <= {USUAL_TEMPERATURE:g})"
+        if large
+        else f"with cfg={cfg:g} and temperature={temperature:g} (usual values), so the model's weights overflow "
+        "(a diverged checkpoint, or a half-precision head: try backend='torch' or float32 weights)"
+    )
+    raise ValueError(f"sampling produced non-finite {what} (NaN or inf): {cause}")
+
+
+# ---------------------------------------------------------------- what files say
+def read_json_file(path: str | os.PathLike, what: str = "metadata file") -> Any:
+    """The JSON value of a metadata file (config.json, tokenizer.json, index.json, deploy.json),
+    refused with a one-line error when missing, too large, unreadable or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {size} bytes, too large for a {what} (at most {MAX_JSON_BYTES}): not ours?")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not valid JSON (a {what}; corrupt or truncated?): {e}") from None
+
+
+def json_object(value: Any, path: str | os.PathLike, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object ({what}), got {type(value).__name__}")
+    return value
+
+
+def file_field(path: str | os.PathLike, d: dict[str, Any], field: str, lo: int = 1, hi: int | None = None) -> int:
+    """The integer d[field] read from file `path`, in [lo, hi]; the error names the file and the field."""
+    if field not in d:
+        raise ValueError(f"{path}: field {field!r} is missing")
+    try:
+        return check_int(f"{path}: field {field!r}", d[field], lo=lo, hi=hi)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def path_inside(folder: str | os.PathLike, name: Any, source: str | os.PathLike) -> Path:
+    """folder/name for a file name read from the file `source`, refused when it is not a plain
+    relative name or resolves outside `folder` (absolute paths, '..', symlinks leading out)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"{source} names a file {_describe(name)}, which is not a file name")
+    folder = Path(folder)
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise ValueError(f"{source} names {name!r}, outside its folder {folder}: refused (only names inside it)")
+    target = folder / rel
+    root = folder.resolve()
+    resolved = target.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(
+            f"{source} names {name!r}, which leads outside its folder {folder} (a symbolic link?): refused"
+        )
+    return target
 
 
 # ---------------------------------------------------------------- argparse

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from . import limits
 from .checks import Rules, check_bool, check_choice, check_fields, check_float, check_int
 from .schedules import space_timesteps
 
@@ -30,34 +31,52 @@ def checked_fields(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
     return dict(d)
 
 
-_POSITIVE = (check_int, {"lo": 1})
 _FRACTION = (check_float, {"lo": 0.0, "hi": 1.0})
-MAR_CONFIG_RULES: Rules = {
-    **{
-        k: _POSITIVE
-        for k in (
-            "img_size",
-            "vae_stride",
-            "patch_size",
-            "encoder_embed_dim",
-            "encoder_depth",
-            "encoder_num_heads",
-            "decoder_embed_dim",
-            "decoder_depth",
-            "decoder_num_heads",
-            "vae_embed_dim",
-            "class_num",
-            "diffloss_d",
-            "diffloss_w",
-            "diffusion_batch_mul",
-        )
-    },
-    "buffer_size": (check_int, {"lo": 0}),
-    "mlp_ratio": (check_float, {"lo": 0.0, "lo_open": True}),
-    **{k: _FRACTION for k in ("mask_ratio_min", "label_drop_prob")},
-    **{k: (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True}) for k in ("attn_dropout", "proj_dropout")},
+_DROPOUT = (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True})
+
+
+def _capped(cap: int, what: str) -> tuple[Any, dict[str, Any]]:
+    """A positive integer at most `cap` (marengine.limits): a size a file may not inflate."""
+    return check_int, {"lo": 1, "hi": cap, "hint": f"the {what} cap of marengine.limits"}
+
+
+# the sizes every member of the family shares
+SIZE_RULES: Rules = {
+    "img_size": _capped(limits.MAX_IMAGE_SIZE, "image size"),
+    "vae_stride": _capped(limits.MAX_STRIDE, "stride"),
+    "patch_size": _capped(limits.MAX_STRIDE, "patch size"),
+    "vae_embed_dim": _capped(limits.MAX_CHANNELS, "channel"),
+    "class_num": _capped(limits.MAX_CLASSES, "class count"),
+    "diffloss_d": _capped(limits.MAX_DEPTH, "depth"),
+    "diffloss_w": _capped(limits.MAX_WIDTH, "width"),
+    "diffusion_batch_mul": _capped(limits.MAX_BATCH_MUL, "diffusion_batch_mul"),
+    "mlp_ratio": (check_float, {"lo": 0.0, "lo_open": True, "hi": limits.MAX_MLP_RATIO}),
+    "label_drop_prob": _FRACTION,
+    "attn_dropout": _DROPOUT,
+    "proj_dropout": _DROPOUT,
     "grad_checkpointing": (check_bool, {}),
 }
+MAR_CONFIG_RULES: Rules = {
+    **SIZE_RULES,
+    **{k: _capped(limits.MAX_WIDTH, "width") for k in ("encoder_embed_dim", "decoder_embed_dim")},
+    **{k: _capped(limits.MAX_DEPTH, "depth") for k in ("encoder_depth", "decoder_depth")},
+    **{k: _capped(limits.MAX_HEADS, "heads") for k in ("encoder_num_heads", "decoder_num_heads")},
+    "buffer_size": (check_int, {"lo": 0, "hi": limits.MAX_BUFFER}),
+    "mask_ratio_min": _FRACTION,
+}
+
+
+def check_seq_len(what: str, img_size: int, vae_stride: int, patch_size: int) -> int:
+    """Tokens of one image, at most limits.MAX_SEQ_LEN; the image must split into tokens."""
+    if img_size % (vae_stride * patch_size):
+        raise ValueError(
+            f"{what} img_size {img_size} is not divisible by vae_stride*patch_size = "
+            f"{vae_stride * patch_size}: the image does not split into tokens"
+        )
+    seq_len = (img_size // (vae_stride * patch_size)) ** 2
+    if seq_len > limits.MAX_SEQ_LEN:
+        raise ValueError(f"{what}: {seq_len} tokens per image, more than the cap {limits.MAX_SEQ_LEN} of limits")
+    return seq_len
 
 
 @dataclass
@@ -89,6 +108,7 @@ class MARConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, MAR_CONFIG_RULES, "MAR config")
+        check_seq_len("MAR config", self.img_size, self.vae_stride, self.patch_size)
         self.num_sampling_steps = str(self.num_sampling_steps)
         space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)  # a clear error for a bad spacing
 
@@ -244,27 +264,11 @@ def resolve_preset(
 LOSSES = ("diffusion", "ce")
 AR_ORDERS = ("raster", "random")
 AR_CONFIG_RULES: Rules = {
-    **{
-        k: _POSITIVE
-        for k in (
-            "img_size",
-            "vae_stride",
-            "patch_size",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "vae_embed_dim",
-            "codebook_size",
-            "class_num",
-            "diffloss_d",
-            "diffloss_w",
-            "diffusion_batch_mul",
-        )
-    },
-    "mlp_ratio": (check_float, {"lo": 0.0, "lo_open": True}),
-    "label_drop_prob": _FRACTION,
-    **{k: (check_float, {"lo": 0.0, "hi": 1.0, "hi_open": True}) for k in ("attn_dropout", "proj_dropout")},
-    "grad_checkpointing": (check_bool, {}),
+    **SIZE_RULES,
+    "embed_dim": _capped(limits.MAX_WIDTH, "width"),
+    "depth": _capped(limits.MAX_DEPTH, "depth"),
+    "num_heads": _capped(limits.MAX_HEADS, "heads"),
+    "codebook_size": _capped(limits.MAX_CODEBOOK, "codebook"),
 }
 
 
@@ -305,11 +309,7 @@ class ARConfig:
         check_choice("AR config loss", self.loss, LOSSES)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"AR config embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.img_size % (self.vae_stride * self.patch_size):
-            raise ValueError(
-                f"AR config img_size {self.img_size} is not divisible by vae_stride*patch_size = "
-                f"{self.vae_stride * self.patch_size}: the image does not split into tokens"
-            )
+        check_seq_len("AR config", self.img_size, self.vae_stride, self.patch_size)
         if self.loss == "ce" and self.patch_size != 1:
             raise ValueError("AR config: cross-entropy models one code per position, so patch_size must be 1")
         self.num_sampling_steps = str(self.num_sampling_steps)
@@ -333,7 +333,9 @@ class MARCEConfig(MARConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.codebook_size = check_int("MAR-CE config codebook_size", self.codebook_size, lo=1)
+        self.codebook_size = check_int(
+            "MAR-CE config codebook_size", self.codebook_size, lo=1, hi=limits.MAX_CODEBOOK, hint="the cap of limits"
+        )
         if self.patch_size != 1:
             raise ValueError("MAR-CE config: cross-entropy models one code per position, so patch_size must be 1")
 
@@ -417,8 +419,17 @@ class VQConfig:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "channels", "stride", "embed_dim", "codebook_size", "hidden"):
-            setattr(self, name, check_int(f"VQ config {name}", getattr(self, name), lo=1))
+        caps = {
+            "img_size": limits.MAX_IMAGE_SIZE,
+            "channels": limits.MAX_CHANNELS,
+            "stride": limits.MAX_STRIDE,
+            "embed_dim": limits.MAX_CHANNELS,
+            "codebook_size": limits.MAX_CODEBOOK,
+            "hidden": limits.MAX_WIDTH,
+        }
+        for name, cap in caps.items():
+            value = check_int(f"VQ config {name}", getattr(self, name), lo=1, hi=cap, hint="the cap of limits")
+            setattr(self, name, value)
         if self.img_size % self.stride:
             raise ValueError(f"VQ config img_size {self.img_size} is not divisible by the stride {self.stride}")
 

@@ -13,33 +13,30 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .imageio import read_image, to_uint8_image
+
 
 def load_images(paths: Sequence[str | os.PathLike], channels: int) -> np.ndarray:
-    """uint8 [N, H, W, channels] from image files (converted to grayscale or RGB)."""
-    from PIL import Image
-
+    """uint8 [N, H, W, channels] from image files (converted to grayscale or RGB by
+    imageio.read_image, as training reads them: 16-bit and palette images included)."""
     if not paths:
         raise ValueError("no image files given")
-    arrays = []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"image {p} not found")
-        try:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("L" if channels == 1 else "RGB")))
-        except OSError as e:
-            raise ValueError(f"{p} is not a readable image: {e}") from e
-    return as_uint8_images(arrays)
+    return as_uint8_images([read_image(p, channels) for p in paths])
 
 
-def as_uint8_images(images: Any) -> np.ndarray:
-    """uint8 [N, H, W, C] from PIL images, a list of arrays, or an array."""
-    if hasattr(images, "convert") and hasattr(images, "size"):  # one PIL image
+def _is_pil(x: Any) -> bool:
+    return hasattr(x, "convert") and hasattr(x, "size") and hasattr(x, "mode")
+
+
+def as_uint8_images(images: Any, channels: int | None = None) -> np.ndarray:
+    """uint8 [N, H, W, C] from PIL images (of any mode: converted by imageio.to_uint8_image to
+    `channels`, or to RGB / grayscale as they come), a list of arrays, or an array."""
+    if _is_pil(images):  # one PIL image
         images = [images]
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("no images given")
-        arrays = [np.asarray(im) for im in images]
+        arrays = [np.asarray(_pil_uint8(im, channels)) if _is_pil(im) else np.asarray(im) for im in images]
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"all images must have one size, got {sorted(shapes)}")
@@ -59,6 +56,12 @@ def as_uint8_images(images: Any) -> np.ndarray:
     return arr
 
 
+def _pil_uint8(im: Any, channels: int | None) -> Any:
+    if channels is None:
+        channels = 1 if im.mode in ("1", "L", "LA", "La", "F", "I") or im.mode.startswith("I;16") else 3
+    return to_uint8_image(im, channels)
+
+
 def check_images(arr: np.ndarray, channels: int, size: int) -> np.ndarray:
     if arr.shape[-1] != channels:
         raise ValueError(f"the model's images have {channels} channel(s), got {arr.shape[-1]}")
@@ -70,7 +73,7 @@ def check_images(arr: np.ndarray, channels: int, size: int) -> np.ndarray:
 def pixel_mask(mask: Any, n: int, size: int) -> np.ndarray:
     """bool [n, size, size], True = the pixel is to be generated."""
     if hasattr(mask, "convert") and hasattr(mask, "size"):  # a PIL image: nonzero = generate
-        mask = mask.convert("L")
+        mask = to_uint8_image(mask, 1, "the mask")
     m = np.asarray(mask)
     if m.dtype.kind == "f":
         if not np.isfinite(m).all():
@@ -92,12 +95,7 @@ def pixel_mask(mask: Any, n: int, size: int) -> np.ndarray:
 
 def load_mask(path: str | os.PathLike, n: int, size: int) -> np.ndarray:
     """A mask image file: white / nonzero = generate."""
-    from PIL import Image
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask image {path} not found")
-    with Image.open(path) as im:
-        return pixel_mask(np.asarray(im.convert("L")) > 127, n, size)
+    return pixel_mask(read_image(path, 1)[..., 0] > 127, n, size)
 
 
 def token_mask(mask: np.ndarray, patch: int) -> np.ndarray:

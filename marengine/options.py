@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .checks import arg, check_float, check_int
+from .checks import CFG_BOUNDS, TEMPERATURE_BOUNDS, arg, check_float, check_int
 from .config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from .limits import MAX_CFG, MAX_TEMPERATURE
 from .schedules import CFG_SCHEDULES
 
 
@@ -38,15 +39,16 @@ def add_sampling_options(
     )
     p.add_argument(
         "--cfg",
-        type=arg(check_float, "--cfg", lo=1.0),
+        type=arg(check_float, "--cfg", **CFG_BOUNDS),
         default=d.get("cfg", SAMPLE_DEFAULTS.cfg),
-        help="classifier-free guidance scale (1: none)",
+        help=f"classifier-free guidance scale in [1, {MAX_CFG:g}] (1: none; default %(default)s)",
     )
     p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule)
     p.add_argument(
         "--temperature",
-        type=arg(check_float, "--temperature", lo=0.0),
+        type=arg(check_float, "--temperature", **TEMPERATURE_BOUNDS),
         default=d.get("temperature", SAMPLE_DEFAULTS.temperature),
+        help=f"sampling temperature in [0, {MAX_TEMPERATURE:g}] (default %(default)s)",
     )
     p.add_argument(
         seed_flag,

@@ -18,6 +18,7 @@ Only the Python standard library is used here (no numpy, no torch).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
@@ -220,7 +221,7 @@ def step_schedule(spec: int | str | Sequence[int] | None, num_iter: int) -> list
         return out
     if not isinstance(spec, (list, tuple)):
         raise TypeError(f"diffusion steps must be an int, 'A-B' or a list of ints, got {type(spec).__name__} {spec!r}")
-    counts = [_steps(int(v)) if not isinstance(v, bool) and float(v) == int(v) else _bad(v) for v in spec]
+    counts = [_steps(_entry(v)) for v in spec]
     if not counts:
         raise ValueError("a diffusion-step schedule list needs at least one entry")
     if len(counts) > num_iter:
@@ -236,5 +237,13 @@ def _steps(n: int) -> int:
     return n
 
 
-def _bad(v: object) -> int:
+def _entry(v: object) -> int:
+    """One entry of a step-schedule list: an int (or a whole float such as 5.0)."""
+    if not isinstance(v, bool):
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        try:
+            return operator.index(v)  # int, numpy integers
+        except TypeError:
+            pass
     raise TypeError(f"diffusion steps must be integers, got {v!r}")

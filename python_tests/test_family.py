@@ -112,6 +112,13 @@ def test_no_host_sync_inside_the_cached_loop(monkeypatch, loss):
         return step_input(*a, **kw)
 
     monkeypatch.setattr(model, "step_input", arm_then_step)
+    scatter = model.scatter_ordered
+
+    def disarm_then_scatter(*a, **kw):  # the loop is over: its one check of the result may sync
+        armed.clear()
+        return scatter(*a, **kw)
+
+    monkeypatch.setattr(model, "scatter_ordered", disarm_then_scatter)
     try:
         out = sample(model, cfg=2.0)
     finally:

@@ -18,6 +18,7 @@ PKG = Path(__file__).resolve().parents[1] / "marengine"
 # lowest first; a name is a top-level module or package of marengine
 # fmt: off
 LAYERS: list[tuple[str, ...]] = [
+    ("limits",),                                        # the caps on sizes read from files and settings
     ("checks", "files", "schedules", "_C"),             # argument checks; atomic writes; torch-free schedules
     ("config", "imageio"),                              # presets and defaults; image grids and archives
     ("options", "editing"),                             # sampling's command-line options; editing images/masks
@@ -40,6 +41,7 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # importing these never imports torch (export/runtime.py imports it inside the functions that
 # receive torch tensors; the deploy sampler's test runs it with torch made unimportable)
 TORCH_FREE = (
+    "limits.py",
     "config.py",
     "files.py",
     "checks.py",

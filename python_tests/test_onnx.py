@@ -268,7 +268,9 @@ def torch_engine_tokens(
     noise = noise_source(seed, model.token_embed_dim, temperature)
     step = iter(range(num_iter))
 
-    def sample(z, temperature, cfg, generator=None, backend="auto", clip_denoised=False, sampler="ddpm", steps=None):
+    def sample(
+        z, temperature, cfg, generator=None, backend="auto", clip_denoised=False, sampler="ddpm", steps=None, **kw
+    ):
         # DiffLoss.sample's contract with the deploy sampler's noise stream
         guided, s = cfg != 1.0, HeadSampler.parse(sampler)
         tables = model.diffloss.tables(steps)

@@ -15,6 +15,7 @@ import os
 import time
 
 from ..checks import arg, check_int
+from ..limits import MAX_CHECK_CHANNELS, MAX_CHECK_DEPTH, MAX_CHECK_WIDTH
 
 
 def _head_template(width: int, depth: int, channels: int):
@@ -110,7 +111,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pos = {n: arg(check_int, n, lo=1) for n in ("--width", "--depth", "--channels", "--cpu-width", "--cpu-depth")}
+    caps = {"--width": MAX_CHECK_WIDTH, "--cpu-width": MAX_CHECK_WIDTH, "--depth": MAX_CHECK_DEPTH}
+    caps.update({"--cpu-depth": MAX_CHECK_DEPTH, "--channels": MAX_CHECK_CHANNELS})
+    hint = "the self-checks build this head with real weights; marengine.limits caps it"
+    pos = {n: arg(check_int, n, lo=1, hi=cap, hint=hint) for n, cap in caps.items()}
     p = sub.add_parser(
         "doctor", help="build info, which head sampler runs where, and the native kernels' self-checks (exit 1 on fail)"
     )

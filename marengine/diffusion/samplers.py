@@ -74,13 +74,19 @@ class HeadSampler:
             return text
         if not isinstance(text, str):
             raise TypeError(f"a head sampler is a name such as 'ddpm', 'ddim:0.5' or 'dpm++2m', got {text!r}")
-        kind, _, eta = text.partition(":")
-        if eta and kind != "ddim":
+        kind, colon, eta = text.partition(":")
+        if kind not in SAMPLERS:
+            raise ValueError(f"unknown head sampler {text!r}; choose one of {', '.join(SAMPLERS)} or ddim:ETA")
+        if colon and kind != "ddim":
             raise ValueError(f"only ddim takes a parameter (its eta), got {text!r}")
         try:
-            return cls(kind, float(eta) if eta else 0.0)
+            value = float(eta) if colon else 0.0
+        except ValueError:
+            raise ValueError(f"head sampler {text!r}: the eta of ddim:ETA must be a number in [0, 1]") from None
+        try:
+            return cls(kind, value)
         except ValueError as e:
-            raise ValueError(f"{e} (in head sampler {text!r}; choose one of {', '.join(SAMPLERS)}, ddim:ETA)") from None
+            raise ValueError(f"head sampler {text!r}: {e}") from None
 
 
 DDPM = HeadSampler("ddpm")

@@ -14,7 +14,6 @@ time with the posterior update in numpy float32. Randomness comes from
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import editing, imageio
-from ..checks import arg, check_int, check_labels
+from ..checks import arg, check_int, check_labels, json_object, path_inside, read_json_file
+from ..config import ARCH_MAR
 from ..diffusion.samplers import HeadSampler
 from ..files import claim_output_folder, record_outputs, remove_outputs
 from ..options import ArgumentParser, add_sampling_options, add_speed_options, resolve_speed
@@ -37,12 +37,26 @@ from .runtime import (
     OnnxDecoder,
     OnnxEncoder,
     OnnxHead,
+    check_tokenizer_info,
+    checked_config,
     config_mismatch,
     default_providers,
 )
 
-
 # ---------------------------------------------------------------- the exported model
+# fields of deploy.json's "sampling" that repeat the model configuration's
+SAMPLING_FROM_CONFIG = (
+    "patch_size",
+    "img_size",
+    "class_num",
+    "buffer_size",
+    "vae_stride",
+    "vae_embed_dim",
+    "encoder_embed_dim",
+    "decoder_embed_dim",
+)
+
+
 @dataclass
 class DeployedMAR:
     meta: dict[str, Any]
@@ -72,26 +86,16 @@ class DeployedMAR:
         meta_path = folder / DEPLOY_JSON
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: give a folder written by `marengine export-onnx`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
-        if int(meta.get("format_version", -1)) > FORMAT_VERSION or "config" not in meta:
-            raise ValueError(
-                f"{meta_path} has format version {meta.get('format_version')!r}; "
-                f"this marengine reads versions <= {FORMAT_VERSION}"
-            )
-        files = meta.get("files", {})
-        for role in ("backbone", "head"):
-            if role not in files:
-                raise ValueError(f"{meta_path} lists no {role} file: the sampler needs backbone.onnx and head.onnx")
+        meta = check_deploy_metadata(read_json_file(meta_path, "deployment description"), meta_path)
+        files = meta["files"]
+        paths = {role: path_inside(folder, name, meta_path) for role, name in files.items() if name}
         providers = list(providers) if providers is not None else default_providers()
-        backbone = OnnxBackbone(folder / files["backbone"], providers)
+        backbone = OnnxBackbone(paths["backbone"], providers)
         if not backbone.takes_labels:
             raise ValueError(f"{files['backbone']} is the class-embedding variant; the sampler needs backbone.onnx")
-        head = OnnxHead(folder / files["head"], providers)
-        decoder = OnnxDecoder(folder / files["decoder"], providers) if files.get("decoder") else None
-        encoder = OnnxEncoder(folder / files["encoder"], providers) if files.get("encoder") else None
+        head = OnnxHead(paths["head"], providers)
+        decoder = OnnxDecoder(paths["decoder"], providers) if "decoder" in paths else None
+        encoder = OnnxEncoder(paths["encoder"], providers) if "encoder" in paths else None
         for part in (backbone, head, decoder, encoder):
             if part is None:
                 continue
@@ -102,6 +106,42 @@ class DeployedMAR:
                     f"({'; '.join(diff[:6])}): re-export the whole folder from one checkpoint"
                 )
         return cls(meta, backbone, head, decoder, encoder)
+
+
+def check_deploy_metadata(meta: Any, meta_path: Path) -> dict[str, Any]:
+    """deploy.json, checked before any size is taken from it: its format, its model configuration
+    (sizes within marengine.limits), the sampling sizes (derived from the configuration, so they
+    must agree with it), the tokenizer (fits the model) and the file names (plain names)."""
+    meta = json_object(meta, meta_path, "an export's description")
+    version = meta.get("format_version", -1)
+    if not isinstance(version, int) or version > FORMAT_VERSION or "config" not in meta:
+        raise ValueError(
+            f"{meta_path} has format version {version!r}; this marengine reads versions <= {FORMAT_VERSION}"
+        )
+    config = checked_config(meta["config"], ARCH_MAR, f"{meta_path} (config)")
+    sampling = json_object(meta.get("sampling"), f"{meta_path} (sampling)", "the sampling sizes")
+    side = config["img_size"] // config["vae_stride"] // config["patch_size"]
+    derived = {
+        "seq_len": side * side,
+        "seq_h": side,
+        "seq_w": side,
+        "token_embed_dim": config["vae_embed_dim"] * config["patch_size"] ** 2,
+        **{k: config[k] for k in SAMPLING_FROM_CONFIG},
+    }
+    for name, value in derived.items():
+        if sampling.get(name) != value:
+            raise ValueError(
+                f"{meta_path}: field 'sampling.{name}' is {sampling.get(name)!r} but its model configuration "
+                f"gives {value}: the file was edited or is damaged; re-export the folder"
+            )
+    tok = meta.get("tokenizer")
+    if tok is not None:
+        check_tokenizer_info(tok, config, f"{meta_path} (tokenizer)")
+    files = json_object(meta.get("files", {}), f"{meta_path} (files)", "file names by role")
+    for role in ("backbone", "head"):
+        if role not in files:
+            raise ValueError(f"{meta_path} lists no {role} file: the sampler needs backbone.onnx and head.onnx")
+    return {**meta, "config": config, "sampling": sampling, "files": files}
 
 
 def tokens_to_latents(dm: DeployedMAR, tokens: np.ndarray) -> np.ndarray:

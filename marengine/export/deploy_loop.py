@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..checks import check_labels, check_sampling
+from ..checks import check_finite_result, check_labels, check_sampling
 from ..config import TRAIN_DIFFUSION_STEPS
 from ..diffusion.samplers import (
     DDPM,
@@ -192,6 +192,7 @@ def sample_tokens(
         mask, num_masked = mask_next, it.mask_len
         if progress:
             print(f"step {it.step + 1}/{num_iter}: {len(rows)} tokens", file=sys.stderr)
+    check_finite_result(bool(np.isfinite(tokens).all()), "latents", cfg, temperature)
     return tokens
 
 

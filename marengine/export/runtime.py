@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import ARCH_AR, ARCH_MAR, ARCH_MAR_CE, ARConfig, MARCEConfig, MARConfig
+
 FORMAT_VERSION = 1
 META_PREFIX = "marengine."
 KEY_FORMAT = META_PREFIX + "format_version"
@@ -28,6 +30,7 @@ KEY_CONFIG = META_PREFIX + "config"
 KEY_EXPORTER = META_PREFIX + "exporter"
 KEY_PRECISION = META_PREFIX + "precision"
 KEY_TOKENIZER = META_PREFIX + "tokenizer"
+KEY_ARCHITECTURE = META_PREFIX + "architecture"
 # role -> file name inside an export folder
 FILES = {
     "backbone": "backbone.onnx",
@@ -101,6 +104,22 @@ def _check_range(name: str, x: Any, lo: int, hi: int) -> None:
         raise ValueError(f"{name} must be in [{lo}, {hi}), got values in [{mn}, {mx}]")
 
 
+def checked_config(config: Any, architecture: str, source: str) -> dict[str, Any]:
+    """A model configuration read from a file (JSON text or a dict), checked by its dataclass
+    (sizes positive and within marengine.limits) before any size is taken from it."""
+    classes = {ARCH_MAR: MARConfig, ARCH_MAR_CE: MARCEConfig, ARCH_AR: ARConfig}
+    if architecture not in classes:
+        raise ValueError(f"{source}: unknown architecture {architecture!r}; known: {sorted(classes)}")
+    try:
+        d = json.loads(config) if isinstance(config, str) else config
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON object of configuration fields is expected, got {type(d).__name__}")
+        classes[architecture].from_dict(dict(d))
+    except (TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{source}: {e}") from None
+    return dict(d)
+
+
 class OnnxModel:
     """One exported marengine .onnx file on onnxruntime; checks its metadata on load."""
 
@@ -137,7 +156,9 @@ class OnnxModel:
         self.role = self.metadata.get(KEY_ROLE, "")
         if self.roles and self.role not in self.roles:
             raise ValueError(f"{self.path} holds the {self.role!r} part of a MAR export, expected one of {self.roles}")
-        self.config: dict[str, Any] = json.loads(self.metadata[KEY_CONFIG])
+        self.config: dict[str, Any] = checked_config(
+            self.metadata[KEY_CONFIG], self.metadata.get(KEY_ARCHITECTURE, ARCH_MAR), f"{self.path} ({KEY_CONFIG})"
+        )
         self.precision = self.metadata.get(KEY_PRECISION, "fp32")
         self.exporter = self.metadata.get(KEY_EXPORTER, "")
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
@@ -325,7 +346,11 @@ class _OnnxTokenizerPart(OnnxModel):
         self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
     ) -> None:
         super().__init__(path, providers, session_options)
-        self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}"))
+        try:
+            self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}")) or {}
+        except ValueError as e:
+            raise ValueError(f"{self.path}: its {KEY_TOKENIZER} metadata is not valid JSON: {e}") from None
+        check_tokenizer_info(self.tokenizer, self.config, f"{self.path} ({KEY_TOKENIZER})")
         c = self.config
         side = c["img_size"] // c["vae_stride"]
         self.latent_shape = (c["vae_embed_dim"], side, side)
@@ -342,6 +367,21 @@ class OnnxDecoder(_OnnxTokenizerPart):
     def __call__(self, latents: Any) -> Any:
         _check("latents", latents, "f", 4, (None, *self.latent_shape))
         return self._run({"latents": latents}, (latents.shape[0], *self.image_shape))
+
+
+def check_tokenizer_info(tok: Any, config: dict[str, Any], source: str) -> None:
+    """The tokenizer an export describes must fit its model: image channels 1 or 3, latent
+    channels and stride the model's (else the images would come out of the wrong shape)."""
+    if not isinstance(tok, dict):
+        raise ValueError(f"{source}: the tokenizer must be a JSON object, got {type(tok).__name__}")
+    if "image_channels" in tok and tok["image_channels"] not in (1, 3):
+        raise ValueError(f"{source}: field 'image_channels' must be 1 or 3, got {tok['image_channels']!r}")
+    for field, model_field in (("embed_dim", "vae_embed_dim"), ("stride", "vae_stride")):
+        if field in tok and tok[field] != config.get(model_field):
+            raise ValueError(
+                f"{source}: field {field!r} is {tok[field]!r} but the model's {model_field} is "
+                f"{config.get(model_field)!r}: the tokenizer does not fit the model"
+            )
 
 
 def config_mismatch(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checks import check_int, check_sampling
+from ..checks import check_finite_result, check_int, check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import CFG_SCHEDULES, cfg_at, step_schedule
@@ -95,6 +95,7 @@ def sample_tokens(
     ce = model.loss == "ce"
     out = torch.zeros((bsz, seq_len) if ce else (bsz, seq_len, model.token_embed_dim), device=device)
     out = out.long() if ce else out  # tokens in generation order
+    finite = torch.ones((), dtype=torch.bool, device=device)  # the CE head's logits, checked after the loop
     steps = range(seq_len)
     if progress:
         from tqdm.auto import tqdm
@@ -114,8 +115,12 @@ def sample_tokens(
             if not guided or scale == 1.0:
                 z, scale = z[:bsz], 1.0  # no guidance at this step: the conditional rows alone
             head = {"sampler": head_sampler, "steps": per_step[i]}
-            out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised, head)
+            out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised, head, finite)
     image_order = model.scatter_ordered(out, orders)
+    if ce:  # after the loop: one host sync
+        check_finite_result(bool(finite), "logits", cfg, temperature)
+    else:
+        check_finite_result(bool(torch.isfinite(out).all()), "latents", cfg, temperature)
     if ce:
         return image_order.reshape(bsz, model.seq_h, model.seq_w)
     return model.unpatchify(image_order)
@@ -135,12 +140,20 @@ def _sample_head(
     backend: str,
     clip_denoised: bool,
     head: dict[str, Any],
+    finite: torch.Tensor,
 ) -> torch.Tensor:
     """The next token of each image [B, C] (code [B]) from z [R, D] (R = 2B when cfg != 1);
     head: the diffusion head's sampler and steps."""
     if model.loss == "ce":
-        return model.ce_head.sample(z, temperature, cfg, generator=generator)
+        return model.ce_head.sample(z, temperature, cfg, generator=generator, finite=finite)
     sampled = model.diffloss.sample(
-        z, temperature, cfg, generator=generator, backend=backend, clip_denoised=clip_denoised, **head
+        z,
+        temperature,
+        cfg,
+        generator=generator,
+        backend=backend,
+        clip_denoised=clip_denoised,
+        check_finite=False,
+        **head,
     )  # [R, C]; the null-class rows only guided the chain
     return sampled[: z.shape[0] // 2] if cfg != 1.0 else sampled

@@ -63,13 +63,16 @@ class CachePolicy:
         kw: dict[str, object] = {}
         for part in text.split(","):
             key, _, value = part.partition("=")
-            key = key.strip()
-            if key not in names or not value.strip().lstrip("-").isdigit():
+            key, value = key.strip(), value.strip()
+            flag = names.get(key) in ("tokens", "cfg")
+            if key not in names or not value.lstrip("-").isdigit() or (flag and value not in ("0", "1")):
                 raise ValueError(
                     f"bad cache setting {part!r} in {text!r}: use refresh=N, warmup=N, tokens=0|1, cfg=0|1"
                 )
             field = names[key]
-            kw[field] = bool(int(value)) if field in ("tokens", "cfg") else int(value)
+            if field in kw:
+                raise ValueError(f"cache setting {key!r} is given twice in {text!r}")
+            kw[field] = value == "1" if flag else int(value)
         return cls(**kw)
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_float
+from ..checks import check_cfg, check_finite_result, check_temperature
 from ..schedules import cfg_combine
 from ..utils import check_generator, check_tensor, rand
 
@@ -47,12 +47,15 @@ class CEHead(nn.Module):
         *,
         generator: torch.Generator | None = None,
         guided: bool | None = None,
+        finite: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Codes [N] (int64) for z [N, Z], or for z [2N, Z] (conditional rows then unconditional
         ones) when guided (default: cfg != 1; a guided call at scale 1 combines the logits as
-        the official CFG does). temperature 0 takes the most likely code."""
-        temperature = check_float("temperature", temperature, lo=0.0)
-        cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
+        the official CFG does). temperature 0 takes the most likely code. Non-finite logits raise a
+        ValueError naming cfg and temperature; a loop that may not sync passes `finite` (a 0-d
+        bool tensor, and-ed in place with the logits' finiteness) and checks it at its end."""
+        temperature = check_temperature("temperature", temperature)
+        cfg = check_cfg("cfg", cfg)
         check_generator(generator)
         z = check_tensor("z", z, (None, self.linear.in_features), floating=True)
         logits = self.forward(z.to(self.linear.weight.dtype)).float()  # [M, K]
@@ -61,6 +64,10 @@ class CEHead(nn.Module):
                 raise ValueError(f"with cfg != 1, z needs an even number of rows (cond then uncond), got {z.shape[0]}")
             cond, uncond = logits.chunk(2)
             logits = cfg_combine(cond, uncond, cfg)
+        if finite is None:
+            check_finite_result(bool(torch.isfinite(logits).all()), "logits", cfg, temperature)
+        else:
+            finite &= torch.isfinite(logits).all()  # no host sync
         return sample_logits(logits, temperature, generator)
 
 

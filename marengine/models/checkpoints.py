@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
 
+from ..checks import json_object, read_json_file
 from ..files import building_folder
 
 CONFIG_NAME = "config.json"
@@ -151,19 +153,28 @@ def save_pretrained(
 def read_folder_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """(architecture, configuration fields) of a pretrained folder's config.json."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pretrained folder {folder} not found")
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(
                 f"{folder / name} not found: a pretrained folder holds {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/)"
+                f"{WEIGHTS_NAME} (written by save_pretrained or by training as ema/){_folder_hint(folder)}"
             )
-    try:
-        cfg = json.loads((folder / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{folder / CONFIG_NAME} must hold a JSON object of configuration fields")
-    return str(cfg.pop(ARCHITECTURE_KEY, "mar")), cfg
+    cfg = json_object(read_json_file(folder / CONFIG_NAME, "model configuration"), folder / CONFIG_NAME, "fields")
+    arch = cfg.pop(ARCHITECTURE_KEY, "mar")
+    if not isinstance(arch, str):
+        raise ValueError(f"{folder / CONFIG_NAME}: field {ARCHITECTURE_KEY!r} must be a string, got {arch!r}")
+    return arch, cfg
+
+
+def _folder_hint(folder: Path) -> str:
+    """What a folder that is not a pretrained one looks like instead."""
+    if (folder / "ema" / CONFIG_NAME).is_file() or (folder / "last.pth").is_file():
+        return f"; {folder} is a training run: load {folder / 'ema'} (EMA weights) or {folder / 'last.pth'}"
+    if (folder / "deploy.json").is_file():
+        return f"; {folder} is an ONNX export: sample from it with `python -m marengine.export.deploy --model {folder}`"
+    return ""
 
 
 def read_folder_weights(folder: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -175,6 +186,80 @@ def read_folder_weights(folder: str | os.PathLike, device: torch.device | str = 
         return load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+
+
+def read_weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of a safetensors file, from its header alone (nothing is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+
+
+# the configuration fields the weights of the family say themselves: blocks counted per stack,
+# and (tensor, dimension) pairs giving a size
+_STACKS = {
+    "encoder_blocks": "encoder_depth",
+    "decoder_blocks": "decoder_depth",
+    "blocks": "depth",
+    "diffloss.net.res_blocks": "diffloss_d",
+}
+_STACK_KEY = re.compile(r"^(encoder_blocks|decoder_blocks|blocks|diffloss\.net\.res_blocks)\.(\d+)\.")
+_SIZES = {
+    "encoder_embed_dim": ("encoder_norm.weight", 0),
+    "decoder_embed_dim": ("decoder_norm.weight", 0),
+    "embed_dim": ("norm.weight", 0),
+    "diffloss_w": ("diffloss.net.input_proj.weight", 0),
+    "class_num": ("class_emb.weight", 0),
+    "codebook_size": ("ce_head.linear.weight", 0),
+}
+
+
+def sizes_of_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Configuration fields (depths, widths, classes, codes) that tensor shapes fix."""
+    out: dict[str, int] = {}
+    for key in shapes:
+        m = _STACK_KEY.match(key)
+        if m:
+            field = _STACKS[m.group(1)]
+            out[field] = max(out.get(field, 0), int(m.group(2)) + 1)
+    for field, (key, dim) in _SIZES.items():
+        if key in shapes and len(shapes[key]) > dim:
+            out[field] = int(shapes[key][dim])
+    return out
+
+
+def check_config_fits_weights(
+    config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], config_file: Any, weights_file: Any
+) -> None:
+    """Refuse a configuration whose sizes contradict the weights it comes with, before the model
+    is built (a config.json that says a million blocks next to a file holding two)."""
+    for field, found in sizes_of_weights(shapes).items():
+        said = config.get(field)
+        if isinstance(said, int) and not isinstance(said, bool) and said != found:  # other types: the config's checks
+            raise ValueError(
+                f"{config_file}: field {field!r} is {said!r} but {weights_file} holds weights for {found}: "
+                "the configuration does not belong to these weights"
+            )
+
+
+def check_shapes(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], weights_file: Any) -> None:
+    """The model's tensors (built on the meta device) against the shapes a weights file declares,
+    before the file is read (load_strict says the same after reading it)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k}: file {shapes[k]} vs model {own[k]}" for k in own if k in shapes and shapes[k] != own[k]]
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    if wrong or missing or unexpected:
+        parts = [
+            f"{name} ({len(v)}): {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+            for name, v in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
+            if v
+        ]
+        raise ValueError(f"{weights_file} does not match its model configuration; " + "; ".join(parts))
 
 
 class PretrainedMixin:
@@ -197,13 +282,35 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: torch.device | str = "cpu") -> Any:
         """Build from config.json on the meta device and assign the weights (no init cost)."""
-        arch, cfg = read_folder_config(folder)
-        if arch != cls.architecture:
-            raise ValueError(
-                f"{folder} holds a {arch!r} model, not a {cls.architecture!r} one: load it with "
-                "marengine.models.loading.from_pretrained, which picks the class"
-            )
+
+        def build(arch: str, cfg: dict[str, Any]) -> nn.Module:
+            if arch != cls.architecture:
+                raise ValueError(
+                    f"{folder} holds a {arch!r} model, not a {cls.architecture!r} one: load it with "
+                    "marengine.models.loading.from_pretrained, which picks the class"
+                )
+            return cls.from_config(cfg)  # type: ignore[attr-defined]
+
+        return load_folder(folder, build, device)
+
+
+def load_folder(
+    folder: str | os.PathLike, build: Callable[[str, dict[str, Any]], nn.Module], device: torch.device | str = "cpu"
+) -> nn.Module:
+    """The model of a pretrained folder: config.json checked against the weights' header, the
+    model built by `build(architecture, fields)` on the meta device, its shapes checked against
+    the header, and only then the weights read and assigned (in eval mode)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a pretrained folder ({CONFIG_NAME} + {WEIGHTS_NAME})")
+    arch, cfg = read_folder_config(folder)
+    shapes = read_weight_shapes(folder / WEIGHTS_NAME)
+    check_config_fits_weights(cfg, shapes, folder / CONFIG_NAME, folder / WEIGHTS_NAME)
+    try:
         with torch.device("meta"):
-            model = cls.from_config(cfg)  # type: ignore[attr-defined]
-        load_strict(model, read_folder_weights(folder, device), assign=True)
-        return model.eval()
+            model = build(arch, cfg)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{folder / CONFIG_NAME}: {e}") from None
+    check_shapes(model, shapes, folder / WEIGHTS_NAME)
+    load_strict(model, read_folder_weights(folder, device), assign=True)
+    return model.eval()

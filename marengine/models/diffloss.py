@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..checks import check_float
+from ..checks import check_cfg, check_finite_result, check_temperature
 from ..diffusion.gaussian import training_losses
 from ..diffusion.samplers import DDPM, HeadSampler, scales_start_noise
 from ..diffusion.schedule import DiffusionTables, make_tables
@@ -102,6 +102,7 @@ class DiffLoss(nn.Module):
         clip_denoised: bool = False,
         sampler: str | HeadSampler = DDPM,
         steps: int | str | None = None,
+        check_finite: bool = True,
     ) -> torch.Tensor:
         """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
 
@@ -114,9 +115,11 @@ class DiffLoss(nn.Module):
         steps: diffusion steps of this call, an int or a respacing string (default: the
         model's num_sampling_steps). A deterministic sampler (DDIM with eta 0, DPM-Solver++)
         injects no noise along the chain: the temperature then scales x_T instead.
+        check_finite: raise a ValueError naming cfg and temperature when the tokens are not
+        finite (one host sync; the sampling loops check once at their end instead).
         """
-        temperature = check_float("temperature", temperature, lo=0.0)
-        cfg = check_float("cfg", cfg, lo=1.0, hint="1 disables guidance")
+        temperature = check_temperature("temperature", temperature)
+        cfg = check_cfg("cfg", cfg)
         z = self.check_z(z)
         check_generator(generator)
         guided = cfg != 1.0
@@ -136,6 +139,8 @@ class DiffLoss(nn.Module):
         out = dispatch.sample_head(
             self.net, tables, z, x_T, float(temperature), float(cfg), step_noise, backend, clip_denoised, sampler
         )  # [N, C]
+        if check_finite:
+            check_finite_result(bool(torch.isfinite(out).all()), "tokens", cfg, temperature)
         return torch.cat([out, out]) if guided else out
 
 

@@ -23,9 +23,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ..checks import read_json_file
 from ..config import MARConfig
 from .checkpoints import (
     TOKENIZER_NAME,
+    check_config_fits_weights,
+    load_folder,
     load_strict,
     pick_state_dict,
     read_checkpoint,
@@ -34,7 +37,7 @@ from .checkpoints import (
 )
 from .family import ARCHITECTURES, config_from_dict
 from .mar import MAR
-from .tokenizers import default_tokenizer_spec, with_vae_ckpt
+from .tokenizers import check_spec, default_tokenizer_spec, with_vae_ckpt
 
 ConfigLike = str | os.PathLike | Mapping[str, Any] | MARConfig
 
@@ -78,10 +81,7 @@ def build_model(
 
 def from_pretrained(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
     """The model a pretrained folder holds, of whichever architecture it names."""
-    arch, cfg = read_folder_config(folder)
-    model = build_model(arch, cfg)
-    load_strict(model, read_folder_weights(folder, device), assign=True)
-    return model.eval()
+    return load_folder(folder, build_model, device)
 
 
 def load_model(
@@ -105,19 +105,34 @@ def load_model(
             )
         model = from_pretrained(p, device)
         spec_file = p / TOKENIZER_NAME
-        spec = _read_spec(spec_file) if spec_file.is_file() else default_tokenizer_spec(model.config, vae)
+        spec = (
+            check_spec(read_json_file(spec_file, "tokenizer spec"), model.config, str(spec_file))
+            if spec_file.is_file()
+            else default_tokenizer_spec(model.config, vae)
+        )
         return LoadedModel(model, with_vae_ckpt(spec, vae), "folder")
     ckpt = read_checkpoint(p)
     arch = MAR.architecture
     if "config" in ckpt:  # written by the marengine trainer: it carries its configuration
         arch = str(ckpt.get("architecture", MAR.architecture))  # older checkpoints: MAR
-        cfg, kind = config_from_dict(arch, dict(ckpt["config"])), "training"
+        if not isinstance(ckpt["config"], Mapping):
+            raise ValueError(f"{p}: its 'config' entry is a {type(ckpt['config']).__name__}, not a configuration")
+        for key in ("model", "model_ema"):  # the sizes it says against the weights it holds (memory-mapped)
+            if isinstance(ckpt.get(key), Mapping):
+                shapes = {k: tuple(v.shape) for k, v in ckpt[key].items() if isinstance(v, torch.Tensor)}
+                check_config_fits_weights(ckpt["config"], shapes, f"{p} (its 'config')", f"its {key!r} weights")
+        try:
+            cfg, kind = config_from_dict(arch, dict(ckpt["config"])), "training"
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{p} (its 'config'): {e}") from None
         if config is not None and (arch != MAR.architecture or resolve_config(config) != cfg):
             raise ValueError(
                 f"{p} is a training checkpoint of another configuration than the one named; "
                 "drop --model/--config (the checkpoint carries its own)"
             )
-        spec = with_vae_ckpt(ckpt.get("tokenizer") or default_tokenizer_spec(cfg, vae), vae)
+        given = ckpt.get("tokenizer")
+        spec = check_spec(given, cfg, f"{p} (its 'tokenizer')") if given else default_tokenizer_spec(cfg, vae)
+        spec = with_vae_ckpt(spec, vae)
     elif config is not None:
         cfg, kind = resolve_config(config), "official"
         spec = default_tokenizer_spec(cfg, vae)
@@ -146,13 +161,3 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "m
     with torch.no_grad():
         load_strict(model, state)
     return model
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise ValueError(f'{path} must hold a tokenizer spec such as {{"kind": "pixel", ...}}')
-    return spec

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..checks import check_finite_result
 from ..config import ARCH_MAR_CE, SAMPLE_DEFAULTS, MARCEConfig
 from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
@@ -126,6 +127,7 @@ class MARCE(MAR):
             known_tokens,
             known_mask,
         )
+        check_finite_result(bool(head.finite), "logits", cfg, temperature)
         if known_codes is not None:
             codes = torch.where(known_mask.to(codes.device), known_codes, codes)
         return codes.reshape(bsz, self.seq_h, self.seq_w)
@@ -138,9 +140,10 @@ class CodeTokens:
     def __init__(self, model: MARCE, temperature: float, generator: torch.Generator | None) -> None:
         self.model, self.temperature, self.generator = model, temperature, generator
         self.embed = model.code_embed
+        self.finite = torch.ones((), dtype=torch.bool, device=model.fake_latent.device)  # checked after the loop
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
         return self.model.ce_head.sample(
-            zs, self.temperature, it.cfg, generator=self.generator, guided=z_null is not None
+            zs, self.temperature, it.cfg, generator=self.generator, guided=z_null is not None, finite=self.finite
         )  # [P]

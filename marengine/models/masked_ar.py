@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
-from ..checks import check_sampling
+from ..checks import check_finite_result, check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
@@ -116,6 +116,7 @@ class DiffusionTokens:
             clip_denoised=self.clip_denoised,
             sampler=self.sampler,
             steps=it.head_steps,
+            check_finite=False,  # once, at the end of the loop: no host sync per iteration
         )
         return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
 
@@ -172,6 +173,7 @@ def sample_tokens(
         known_mask,
         steps,
     )
+    check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, temperature)
     return model.unpatchify(tokens)
 
 

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import file_field
 from ..config import VAE_LATENT_SCALE, MARConfig
+from ..limits import MAX_CHANNELS, MAX_CODEBOOK, MAX_STRIDE
 from .ldm_vq import LDMVQModel
 from .vae import AutoencoderKL, DiagonalGaussian
 from .vq import DigitsVQ, VQTokenizer
@@ -92,6 +94,11 @@ class VAETokenizer(nn.Module):
 
 def to_uint8(imgs: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] in [-1, 1] -> uint8 [B, H, W, C]."""
+    if not bool(torch.isfinite(imgs).all()):
+        raise ValueError(
+            "the tokenizer decoded non-finite pixels (NaN or inf): the latents were out of its range "
+            "(lower cfg or temperature) or its weights are broken"
+        )
     x = ((imgs.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
 
@@ -169,6 +176,52 @@ def default_tokenizer_spec(cfg: MARConfig, vae_ckpt: str | None = None) -> dict[
     return tokenizer_spec("pixel", cfg) if pixel_channels(cfg) is not None else None
 
 
+# the integer fields of each kind of spec, with their caps
+_SPEC_FIELDS = {
+    "pixel": {"channels": MAX_CHANNELS, "stride": MAX_STRIDE},
+    "vae": {"embed_dim": MAX_CHANNELS},
+    "vq": {"codebook_size": MAX_CODEBOOK, "stride": MAX_STRIDE},
+}
+
+
+def check_spec(spec: Any, cfg: Any = None, source: str = "the tokenizer spec") -> dict[str, Any]:
+    """A tokenizer spec read from a file (`source`: tokenizer.json, a checkpoint), checked: its kind,
+    its sizes (positive, capped) and, given the model configuration `cfg`, that its channels and
+    stride fit the model (else the images would come out of the wrong shape)."""
+    if not isinstance(spec, dict) or spec.get("kind") not in TOKENIZER_KINDS:
+        got = repr(spec)[:120]
+        raise ValueError(f'{source} must hold a tokenizer spec with "kind" one of {TOKENIZER_KINDS}, got {got}')
+    kind = spec["kind"]
+    for field, cap in _SPEC_FIELDS[kind].items():
+        if field in spec or kind != "vq":
+            file_field(source, spec, field, lo=1, hi=cap)
+    if spec.get("ckpt") is not None and not isinstance(spec["ckpt"], str):
+        raise ValueError(f"{source}: field 'ckpt' must be a path or null, got {spec['ckpt']!r}")
+    if kind == "pixel" and spec["channels"] not in (1, 3):
+        raise ValueError(f"{source}: field 'channels' must be 1 (grayscale) or 3 (RGB), got {spec['channels']}")
+    if cfg is None:
+        return spec
+    if models_codes(cfg) != (kind == "vq"):
+        want = "a VQ tokenizer (codes)" if models_codes(cfg) else "continuous tokens (pixel or vae)"
+        raise ValueError(f"{source} describes a {kind!r} tokenizer, but the model needs {want}")
+    if kind == "pixel":
+        said = {"vae_embed_dim": spec["channels"] * spec["stride"] ** 2, "vae_stride": spec["stride"]}
+    elif kind == "vae":
+        said = {"vae_embed_dim": spec["embed_dim"], "vae_stride": 16}
+    else:
+        said = {
+            "codebook_size": spec.get("codebook_size", cfg.codebook_size),
+            "vae_stride": spec.get("stride", cfg.vae_stride),
+        }
+    wrong = [f"{k} {v} (model: {getattr(cfg, k)})" for k, v in said.items() if v != getattr(cfg, k)]
+    if wrong:
+        raise ValueError(
+            f"{source} does not fit the model: its {kind} tokenizer gives {', '.join(wrong)}; "
+            "the channels and stride of the tokenizer must be the model's vae_embed_dim and vae_stride"
+        )
+    return spec
+
+
 def with_vae_ckpt(spec: dict[str, Any] | None, vae_ckpt: str | None) -> dict[str, Any] | None:
     """`spec` with the VAE weights path replaced when one is given (files move between machines)."""
     if spec is not None and spec.get("kind") == "vae" and vae_ckpt is not None:
@@ -178,8 +231,7 @@ def with_vae_ckpt(spec: dict[str, Any] | None, vae_ckpt: str | None) -> dict[str
 
 def build_tokenizer(spec: dict[str, Any]) -> nn.Module:
     """The tokenizer a spec describes (in eval mode)."""
-    if not isinstance(spec, dict) or spec.get("kind") not in TOKENIZER_KINDS:
-        raise ValueError(f"a tokenizer spec is a dict with 'kind' in {TOKENIZER_KINDS}, got {spec!r}")
+    check_spec(spec)
     if spec["kind"] == "pixel":
         return PixelTokenizer(int(spec["channels"]), int(spec["stride"])).eval()
     if spec["kind"] == "vq":

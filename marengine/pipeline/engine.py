@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import check_labels
+from ..checks import check_finite_result, check_labels
 from ..config import SERVE_DEFAULTS
 from ..models.tokenizers import to_uint8
 from ..sampling.engine import SampleSettings
@@ -281,7 +281,8 @@ class GenerationEngine:
             self.stats.active_requests = len(self._active)
             self.stats.active_rows = sum(t.rows for t, _ in self._active)
         for t, s in finished:
-            try:
+            try:  # as the plain loop: non-finite latents fail the request, naming the setting
+                check_finite_result(bool(torch.isfinite(s.tokens).all()), "latents", s.cfg, s.temperature)
                 out = PipelineOutput(self._decode(s), list(t.labels), s.latents())
             except Exception as e:
                 self._end(t, None, e)

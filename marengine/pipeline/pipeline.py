@@ -139,7 +139,7 @@ class MARPipeline:
         if (padding is None) == (region is None):
             raise ValueError("give exactly one of padding=(left, top, right, bottom) or region=(x0, y0, x1, y1)")
         if padding is not None:
-            small = editing.as_uint8_images(images)
+            small = editing.as_uint8_images(images, self.image_channels)
             if small.shape[-1] != self.image_channels:
                 raise ValueError(f"the model's images have {self.image_channels} channel(s), got {small.shape[-1]}")
             canvas, pixel = editing.pad_images(small, padding, self.image_size)
@@ -197,7 +197,9 @@ class MARPipeline:
             if not torch.isfinite(x).all() or x.abs().max() > 1.0:
                 raise ValueError("float images must be finite and in [-1, 1]")
             return x.to(self.device)
-        arr = editing.as_uint8_images(images.cpu().numpy() if isinstance(images, torch.Tensor) else images)
+        arr = editing.as_uint8_images(
+            images.cpu().numpy() if isinstance(images, torch.Tensor) else images, self.image_channels
+        )
         editing.check_images(arr, self.image_channels, self.image_size)
         return torch.from_numpy(editing.to_unit_range(arr)).to(self.device)
 

@@ -10,7 +10,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_labels, check_str
+from ..checks import (
+    CFG_BOUNDS,
+    TEMPERATURE_BOUNDS,
+    Rules,
+    check_bool,
+    check_choice,
+    check_fields,
+    check_float,
+    check_int,
+    check_labels,
+    check_str,
+)
 from ..config import HEAD_BACKENDS as BACKENDS
 from ..config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from ..diffusion.samplers import HeadSampler
@@ -26,9 +37,9 @@ log = logging.getLogger("marengine.sampling")
 
 SETTINGS_RULES: Rules = {
     "num_iter": (check_int, {"lo": 1}),
-    "cfg": (check_float, {"lo": 1.0, "hint": "1 disables guidance"}),
+    "cfg": (check_float, CFG_BOUNDS),
     "cfg_schedule": (check_choice, {"choices": CFG_SCHEDULES}),
-    "temperature": (check_float, {"lo": 0.0}),
+    "temperature": (check_float, TEMPERATURE_BOUNDS),
     "seed": (check_int, {"lo": 0, "hi": 2**63 - 1}),
     "batch_size": (check_int, {"lo": 1}),
     "backend": (check_choice, {"choices": BACKENDS}),

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..imageio import open_image, to_uint8_image
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -142,21 +144,19 @@ class ImageFolderDataset(Dataset):
         return self.root / os.fsdecode(self.names[i])
 
     def load(self, i: int) -> np.ndarray | BadItem:  # [size, size, 3] uint8
-        from PIL import Image
-
         path = self.path(i)
         try:
-            with Image.open(path) as im:
-                if not self.crop and im.size != (self.size, self.size):
-                    return BadItem(
-                        str(path),
-                        f"{im.size[0]}x{im.size[1]}, not {self.size}x{self.size}; resize it "
-                        "or train with center cropping (--crop)",
-                    )
-                im = im.convert("RGB")  # decodes the whole file: truncated data fails here
-                arr = center_crop(im, self.size) if self.crop else np.asarray(im)
+            im = open_image(path)  # decodes the whole file: truncated data and decompression bombs fail here
+            if not self.crop and im.size != (self.size, self.size):
+                return BadItem(
+                    str(path),
+                    f"{im.size[0]}x{im.size[1]}, not {self.size}x{self.size}; resize it "
+                    "or train with center cropping (--crop)",
+                )
+            im = to_uint8_image(im, 3, str(path))  # 16-bit, palette and alpha images as editing reads them
+            arr = center_crop(im, self.size) if self.crop else np.asarray(im)
         except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ... for broken files)
-            return BadItem(str(path), f"{type(e).__name__}: {e}")
+            return BadItem(str(path), str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
         return np.array(arr, dtype=np.uint8)  # a writable, contiguous copy
 
     def get(self, i: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int] | BadItem:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import read_json_file
 from ..files import atomic_write, claim_output_folder, read_manifest, record_outputs, remove_stale_temporaries
 from .data import BadItem, ImageFolderDataset, collate_items
 
@@ -138,7 +139,9 @@ class LatentCacheWriter:
         for name in (INDEX, SETTINGS):
             path = self.out / name
             if path.is_file():
-                found = json.loads(path.read_text())
+                found = read_json_file(path, "latent cache index" if name == INDEX else "latent cache settings")
+                if not isinstance(found, dict):
+                    raise ValueError(f"{path} must hold a JSON object: not a latent cache of marengine")
                 found = found.get("settings", {}) if name == INDEX else found
                 if found != self.settings:
                     diff = "; ".join(_settings_diff(found, self.settings)[:6])

@@ -12,7 +12,6 @@ so it is safe in forked DataLoader workers.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .latent_cache import FORMAT, INDEX, SETTINGS, read_npy_header, record_dtype
+from ..checks import check_float, file_field, json_object, path_inside, read_json_file
+from ..limits import MAX_CACHE_SHARDS, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE
+from .latent_cache import DTYPES, FORMAT, INDEX, SETTINGS, read_npy_header, record_dtype
 
 log = logging.getLogger("marengine.data")
 
@@ -35,6 +36,30 @@ def sample_posterior(moments: torch.Tensor, generator: torch.Generator | None, s
     mean, logvar = moments.float().chunk(2, dim=0)
     eps = torch.randn(mean.shape, generator=generator)
     return (mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps) * scale
+
+
+def check_cache_settings(settings: Any, index_path: Path) -> dict[str, Any]:
+    """The settings of a cache index, checked: scale, class count and moments shape within the caps."""
+    where = f"{index_path} settings"
+    settings = json_object(settings, where, "the cache's settings")
+    try:
+        check_float(f"{where}: field 'scale'", settings.get("scale"), lo=0.0, lo_open=True)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    file_field(where, settings, "num_classes", lo=1, hi=MAX_CLASSES)
+    if settings.get("dtype") not in DTYPES:
+        raise ValueError(f"{where}: field 'dtype' must be one of {DTYPES}, got {settings.get('dtype')!r}")
+    shape = settings.get("moments_shape")
+    if not isinstance(shape, list) or len(shape) != 4:
+        raise ValueError(f"{where}: field 'moments_shape' must be [2, 2C, h, w], got {shape!r}")
+    dims = dict(zip(("views", "2C", "h", "w"), shape))
+    file_field(where + " moments_shape", dims, "views", lo=2, hi=2)
+    file_field(where + " moments_shape", dims, "2C", lo=2, hi=2 * MAX_CHANNELS)
+    for side in ("h", "w"):
+        file_field(where + " moments_shape", dims, side, lo=1, hi=MAX_IMAGE_SIZE)
+    if dims["2C"] % 2:
+        raise ValueError(f"{where}: field 'moments_shape' must hold 2C (mean and log-variance), got {dims['2C']}")
+    return settings
 
 
 class LatentCacheDataset(Dataset):
@@ -54,27 +79,57 @@ class LatentCacheDataset(Dataset):
                     "`marengine cache-latents` command again to finish it"
                 )
             raise FileNotFoundError(f"latent cache {self.folder} not found (no {INDEX}): run `marengine cache-latents`")
-        index = json.loads(index_path.read_text())
+        index = json_object(read_json_file(index_path, "latent cache index"), index_path, "a latent cache index")
         if index.get("format") != FORMAT:
             raise ValueError(f"{index_path} is not a {FORMAT} index (format {index.get('format')!r})")
-        self.settings: dict[str, Any] = index["settings"]
-        self.shards = [self.folder / s["name"] for s in index["shards"]]
-        missing = [p.name for p in self.shards if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"latent cache {self.folder} lacks {len(missing)} shard(s) "
-                f"({', '.join(missing[:3])}); copy the whole folder, or re-run cache-latents"
-            )
-        self.ends = np.cumsum([s["count"] for s in index["shards"]])  # [num_shards]
+        self.settings = check_cache_settings(index.get("settings"), index_path)
         self.scale = float(self.settings["scale"])
         self.num_classes = int(self.settings["num_classes"])
         self.classes: list[str] = list(self.settings.get("class_names", []))
         self.moments_shape = tuple(self.settings["moments_shape"])  # [2, 2C, h, w]
         self.dtype = record_dtype(self.moments_shape, self.settings["dtype"])
+        # every shard's name stays inside the folder and its count is what its file holds, before
+        # anything is sized from the counts (a sampler's permutation of len(self) items)
+        shards = index.get("shards")
+        if not isinstance(shards, list) or len(shards) > MAX_CACHE_SHARDS:
+            raise ValueError(f"{index_path}: field 'shards' must be a list of at most {MAX_CACHE_SHARDS} shards")
+        self.shards, counts, self._offsets = [], [], {}
+        for i, entry in enumerate(shards):
+            where = f"{index_path} shards[{i}]"
+            entry = json_object(entry, where, "a shard's name and count")
+            path = path_inside(self.folder, entry.get("name"), where)
+            count = file_field(where, entry, "count", lo=0)
+            self._offsets[i] = self._check_shard(path, count, index_path)
+            self.shards.append(path)
+            counts.append(count)
+        if "num_items" in index and file_field(index_path, index, "num_items", lo=0) != sum(counts):
+            raise ValueError(f"{index_path}: field 'num_items' is {index['num_items']}, its shards hold {sum(counts)}")
+        if sum(counts) == 0:
+            raise ValueError(f"{index_path}: the cache holds no items (every shard's count is 0); re-run cache-latents")
+        self.ends = np.cumsum(np.asarray(counts, dtype=np.int64))  # [num_shards]
         self.max_open = max_open
         self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> open descriptor, least recently used first
-        self._offsets: dict[int, int] = {}  # shard -> offset of its data (header checked)
         self._pid = os.getpid()
+
+    def _check_shard(self, path: Path, count: int, index_path: Path) -> int:
+        """The data offset of a shard file whose header and size hold `count` records of this cache."""
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"latent cache {self.folder} lacks its shard {path.name}; copy the whole folder, "
+                "or re-run cache-latents"
+            )
+        try:
+            with open(path, "rb") as f:
+                shape, dtype, offset = read_npy_header(f)
+                size = os.fstat(f.fileno()).st_size
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"shard {path} is not a readable .npy file ({e}); re-run cache-latents") from None
+        if dtype != self.dtype or shape != (count,) or size != offset + count * dtype.itemsize:
+            raise ValueError(
+                f"shard {path} does not match {index_path}: the index says {count} items of this cache's layout, "
+                f"the file holds {shape} items in {size} bytes (truncated or edited?); re-run cache-latents"
+            )
+        return offset
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:  # [C, h, w]
@@ -96,18 +151,10 @@ class LatentCacheDataset(Dataset):
             return self._fds[s], self._offsets[s]
         path = self.shards[s]
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        if s not in self._offsets:
-            with open(path, "rb") as f:
-                shape, dtype, offset = read_npy_header(f)
-            expected = int(self.ends[s] - (self.ends[s - 1] if s else 0))
-            size = os.fstat(fd).st_size
-            if dtype != self.dtype or shape != (expected,) or size != offset + expected * dtype.itemsize:
-                os.close(fd)
-                raise ValueError(
-                    f"shard {path} does not match {self.folder / INDEX} (or is truncated); "
-                    "re-run cache-latents into a new folder"
-                )
-            self._offsets[s] = offset
+        expected = int(self.ends[s] - (self.ends[s - 1] if s else 0))
+        if os.fstat(fd).st_size != self._offsets[s] + expected * self.dtype.itemsize:  # changed since it was opened
+            os.close(fd)
+            raise ValueError(f"shard {path} changed size since the cache was opened; re-run cache-latents")
         self._fds[s] = fd
         if len(self._fds) > self.max_open:
             os.close(self._fds.popitem(last=False)[1])
