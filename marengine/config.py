@@ -215,6 +215,9 @@ SERVE_DEFAULTS = ServeDefaults()
 HEAD_BACKENDS = ("auto", "torch", "native")
 
 
+GENERATION_ORDERS = ("random", "halton", "lattice")  # models/orders.py; random is the official order
+
+
 @dataclass(frozen=True)
 class SamplingPreset:
     """How the head and the backbone are run (not what is sampled: num_iter, cfg and the
@@ -225,6 +228,7 @@ class SamplingPreset:
     sampler: str = "ddpm"  # ddpm | ddim[:eta] | dpm++2m
     steps: int | str | list[int] | None = None  # head diffusion steps per iteration; None: the model's own
     cache: str | None = None  # cross-iteration backbone reuse, e.g. "refresh=3,warmup=2"; None: off
+    order: str = "random"  # the masked loop's generation order (GENERATION_ORDERS)
     note: str = ""
 
 
@@ -247,12 +251,13 @@ def resolve_preset(
     sampler: str | None = None,
     steps: int | str | list[int] | None = None,
     cache: str | None = None,
+    order: str | None = None,
 ) -> SamplingPreset:
     """The named preset with the explicitly given fields replacing its own (None: keep)."""
     if preset not in SAMPLING_PRESETS:
         raise ValueError(f"unknown sampling preset {preset!r}; choose one of {', '.join(SAMPLING_PRESETS)}")
     base = SAMPLING_PRESETS[preset]
-    given = {k: v for k, v in dict(sampler=sampler, steps=steps, cache=cache).items() if v is not None}
+    given = {k: v for k, v in dict(sampler=sampler, steps=steps, cache=cache, order=order).items() if v is not None}
     if given.get("cache") in ("off", "none", ""):
         given["cache"] = None
     return dataclasses.replace(base, **given)

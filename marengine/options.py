@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from .checks import CFG_BOUNDS, TEMPERATURE_BOUNDS, arg, check_float, check_int
-from .config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from .config import GENERATION_ORDERS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from .limits import MAX_CFG, MAX_TEMPERATURE
 from .schedules import CFG_SCHEDULES
 
@@ -78,6 +78,13 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
         p.add_argument(
             "--cache", default=None, help="backbone reuse: off, or refresh=N,warmup=N,tokens=0|1,cfg=0|1 (preset's)"
         )
+        p.add_argument(
+            "--order",
+            choices=GENERATION_ORDERS,
+            default=None,
+            help="generation order of the masked loop: random (official), halton (low-discrepancy) or "
+            "lattice (a spread quarter first, then the rest) (default: preset's)",
+        )
     p.add_argument(
         "--clip-denoised",
         action=argparse.BooleanOptionalAction,
@@ -88,4 +95,6 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
 
 def resolve_speed(args: argparse.Namespace) -> SamplingPreset:
     """The preset named on the command line with the explicitly given knobs applied."""
-    return resolve_preset(args.preset, args.sampler, args.steps, getattr(args, "cache", None))
+    return resolve_preset(
+        args.preset, args.sampler, args.steps, getattr(args, "cache", None), getattr(args, "order", None)
+    )

@@ -89,4 +89,5 @@ def sample_settings(args: argparse.Namespace):
         sampler=args.sampler,
         steps=args.steps,
         cache=args.cache,
+        order=args.order,
     )

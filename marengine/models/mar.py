@@ -32,7 +32,7 @@ class MAR(nn.Module, PretrainedMixin):
     causal = False  # several tokens per iteration, in a random order
     # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
     loss: str = "diffusion"  # the head: "diffusion" (Diffusion Loss) or "ce" (MAR-CE)
-    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache")
+    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache", "order")
 
     def __init__(
         self,
@@ -311,7 +311,8 @@ class MAR(nn.Module, PretrainedMixin):
         e.g. onnxruntime), clip_denoised (clamp x_0 predictions to [-1, 1]; pixel tokens),
         sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"), steps (diffusion steps per iteration:
         an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
-        known_tokens [bsz, L, C] with known_mask [bsz, L] (editing)."""
+        known_tokens [bsz, L, C] with known_mask [bsz, L] (editing), order (the generation
+        order: "random", the official one, "halton" or "lattice"; models/orders.py)."""
         return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
 
     # ---------------------------------------------------------------- checks

@@ -29,7 +29,7 @@ from .masked_ar import check_sampling_args, masked_loop
 class MARCE(MAR):
     architecture = ARCH_MAR_CE
     loss = "ce"
-    sampling_knobs = ("cache",)  # backbone reuse; no diffusion head, so no head sampler or steps
+    sampling_knobs = ("cache", "order")  # backbone reuse, orders; no diffusion head, so no head sampler or steps
 
     def __init__(self, codebook_size: int = 16384, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -91,12 +91,13 @@ class MARCE(MAR):
         cache: str | CachePolicy | None = None,
         known_tokens: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
+        order: str = "random",
     ) -> torch.Tensor:
         """Codes [bsz, h, w] in `num_iter` masked-autoregressive steps: MAR's loop (masked_ar.masked_loop)
         with a categorical head (MAR's signature; backend and clip_denoised concern the diffusion
         head and are ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
         [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
-        kept exactly."""
+        kept exactly; order: the generation order (models/orders.py)."""
         self.check_weights()
         check_generator(generator)
         bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
@@ -126,6 +127,8 @@ class MARCE(MAR):
             cache,
             known_tokens,
             known_mask,
+            None,
+            order,
         )
         check_finite_result(bool(head.finite), "logits", cfg, temperature)
         if known_codes is not None:

@@ -21,9 +21,10 @@ from ..checks import check_finite_result, check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
-from ..utils import check_generator, check_tensor, rand
+from ..utils import check_generator, check_tensor
 from .backbone_cache import BackboneCache, CachePolicy
-from .masking import mask_by_order, random_orders
+from .masking import mask_by_order
+from .orders import generation_orders
 
 if TYPE_CHECKING:
     from .mar import MAR
@@ -64,13 +65,6 @@ def check_known(
     if not torch.isfinite(known_tokens[known_mask]).all():
         raise ValueError("known_tokens are not finite (NaN or inf) at known positions")
     return known_tokens, known_mask
-
-
-def editing_orders(known: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """[B, L] orders whose first positions are a random permutation of the unknown positions
-    and whose last are the known ones (the loop reveals an order from its end)."""
-    keys = rand(known.shape, generator, known.device) + known.to(torch.float32) * 2.0  # known sort last
-    return keys.argsort(dim=1)
 
 
 class TokenSampler(Protocol):
@@ -140,6 +134,7 @@ def sample_tokens(
     cache: str | CachePolicy | None = None,
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
+    order: str = "random",
 ) -> torch.Tensor:
     """Latents [bsz, C, h, w] of MAR (Diffusion Loss); randomness (orders, noise) only from `generator`.
 
@@ -149,7 +144,8 @@ def sample_tokens(
     cache: a CachePolicy (or its string form) for cross-iteration reuse in the backbone;
     known_tokens [B, L, C] with known_mask [B, L] (True = given): those tokens are kept
     exactly, the order covers only the others, and the schedule starts where the cosine
-    schedule has that many tokens known."""
+    schedule has that many tokens known. order: the generation order (models/orders.py:
+    "random", the official one, "halton" or "lattice")."""
     model.check_weights()
     check_generator(generator)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
@@ -172,6 +168,7 @@ def sample_tokens(
         known_tokens,
         known_mask,
         steps,
+        order,
     )
     check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, temperature)
     return model.unpatchify(tokens)
@@ -192,11 +189,13 @@ def masked_loop(
     known_tokens: torch.Tensor | None,
     known_mask: torch.Tensor | None,
     steps: int | str | Sequence[int] | None = None,
+    order: str = "random",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The masked-autoregressive loop, written once for every masked member (MAR, MAR-CE),
     generation and editing, running the plan of schedules.generation_plan: (tokens [B, L, C],
     the head's values [B, L] or None when the tokens are the values). Arguments are checked by
-    the caller (check_sampling_args); `steps` is the head's step schedule."""
+    the caller (check_sampling_args); `steps` is the head's step schedule, `order` the
+    generation order (models/orders.py)."""
     policy = CachePolicy.parse(cache)
     if policy is not None and backbone is not None:
         raise ValueError("cache works on the model's own backbone; drop backbone= or cache=")
@@ -207,12 +206,11 @@ def masked_loop(
     if known_tokens is None:
         tokens = torch.zeros(bsz, seq_len, model.token_embed_dim, device=device)
         mask = torch.ones(bsz, seq_len, dtype=torch.bool, device=device)
-        orders = random_orders(bsz, seq_len, generator, device)
     else:
         known_mask = known_mask.to(device)
         tokens = torch.where(known_mask.unsqueeze(-1), known_tokens.to(device).float(), 0.0)
         mask = ~known_mask
-        orders = editing_orders(known_mask, generator)
+    orders = generation_orders(order, model.seq_h, model.seq_w, bsz, generator, device, known_mask)
     values = None if head.embed is None else torch.zeros(bsz, seq_len, dtype=torch.long, device=device)
     num_masked = int(mask[0].sum()) if bsz else seq_len
     if num_masked == 0:  # nothing to generate: the given tokens are the image

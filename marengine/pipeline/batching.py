@@ -30,8 +30,9 @@ import torch
 from ..diffusion.gaussian import sample_loop
 from ..diffusion.samplers import HeadSampler, scales_start_noise
 from ..models.backbone_cache import CachePolicy
-from ..models.masked_ar import check_known, check_sampling_args, editing_orders
-from ..models.masking import mask_by_order, random_orders
+from ..models.masked_ar import check_known, check_sampling_args
+from ..models.masking import mask_by_order
+from ..models.orders import generation_orders
 from ..ops import dispatch
 from ..schedules import Iteration, cfg_combine, generation_plan, step_schedule
 from ..utils import randn
@@ -129,6 +130,7 @@ def start_loop(
     cache: Any,
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
+    order: str = "random",
 ) -> LoopState:
     """The state masked_ar.sample_tokens sets up before its first iteration, with the same
     checks and the same draws from `generator` (the order)."""
@@ -166,12 +168,11 @@ def start_loop(
     if known_tokens is None:
         s.tokens = torch.zeros(bsz, L, model.token_embed_dim, device=device)
         s.mask = torch.ones(bsz, L, dtype=torch.bool, device=device)
-        s.orders = random_orders(bsz, L, generator, device)
     else:
         known_mask = known_mask.to(device)
         s.tokens = torch.where(known_mask.unsqueeze(-1), known_tokens.to(device).float(), 0.0)
         s.mask = ~known_mask
-        s.orders = editing_orders(known_mask, generator)
+    s.orders = generation_orders(order, model.seq_h, model.seq_w, bsz, generator, device, known_mask)
     s.num_masked = int(s.mask[0].sum()) if bsz else L
     null = model.fake_latent.expand(bsz, -1)
     s.class_embedding = model.class_emb(label_t)

@@ -174,6 +174,7 @@ class GenerationEngine:
             sampler=opts["sampler"],
             steps=opts["steps"],
             cache=opts["cache"],
+            order=opts["order"],
         )
 
     def _state(

@@ -22,8 +22,8 @@ from ..checks import (
     check_labels,
     check_str,
 )
+from ..config import GENERATION_ORDERS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from ..config import HEAD_BACKENDS as BACKENDS
-from ..config import SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from ..diffusion.samplers import HeadSampler
 from ..editing import batches
 from ..models.backbone_cache import CachePolicy
@@ -66,6 +66,7 @@ class SampleSettings:
     sampler: str | None = None  # the preset's head sampler unless given: ddpm | ddim[:eta] | dpm++2m
     steps: int | str | list[int] | None = None  # the preset's head steps per iteration unless given
     cache: str | None = None  # the preset's backbone reuse unless given ("off" disables it)
+    order: str | None = None  # the preset's generation order unless given: random | halton | lattice
 
     def __post_init__(self) -> None:
         check_fields(self, SETTINGS_RULES, "sampling setting")
@@ -73,10 +74,12 @@ class SampleSettings:
         HeadSampler.parse(speed.sampler)
         step_schedule(speed.steps, self.num_iter)
         CachePolicy.parse(speed.cache)
+        if speed.order not in GENERATION_ORDERS:
+            raise ValueError(f"unknown generation order {speed.order!r}; choose one of {', '.join(GENERATION_ORDERS)}")
 
     def speed(self) -> SamplingPreset:
         """The preset with the explicitly given knobs applied."""
-        return resolve_preset(self.preset, self.sampler, self.steps, self.cache)
+        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order)
 
     def options(self, model: Any = None) -> dict[str, Any]:
         """The keyword options of `model`.sample_tokens these settings ask for (None: MAR's).
@@ -85,7 +88,7 @@ class SampleSettings:
         is left out (a cross-entropy model has no diffusion head to speed up), a knob the user
         gave explicitly is refused with a clear error."""
         speed = self.speed()
-        knobs = {"sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache}
+        knobs = {"sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache, "order": speed.order}
         takes = knobs.keys() if model is None else set(getattr(model, "sampling_knobs", ()))
         for name in knobs.keys() - takes:
             if getattr(self, name) not in (None, "off"):
