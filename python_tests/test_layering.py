@@ -15,28 +15,25 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "marengine"
 
-# lowest first; a name is a top-level module or package of marengine
-# fmt: off
-LAYERS: list[tuple[str, ...]] = [
-    ("limits",),                                        # the caps on sizes read from files and settings
-    ("checks", "files", "schedules", "_C"),             # argument checks; atomic writes; torch-free schedules
-    ("config", "imageio"),                              # presets and defaults; image grids and archives
-    ("options", "editing"),                             # sampling's command-line options; editing images/masks
-    ("utils",),                                         # seeded noise on any device
-    ("diffusion",),                                     # schedules, tables, loss, reverse steps
-    ("ops",),                                           # the head sampler: reference, native kernels, dispatch
-    ("models",),                                        # MAR, head, DiffLoss, VAE, tokenizers, loading, the MAR loop
-    ("sampling",),                                      # settings, presets, batched generation
-    ("pipeline",),                                      # the user-facing object, editing
-    ("training", "export"),                             # trainer and data; ONNX export and deployment
-    ("evaluation",),                                    # judges and metrics
-    ("bench",),                                         # the benchmark suite
-    ("serve",),                                         # the HTTP image server over the pipeline's engine
-    ("cli",),                                           # the command line
-    ("__main__",),                                      # python -m marengine
-]
-# fmt: on
+ARCHITECTURE = PKG.parent / "docs" / "ARCHITECTURE.md"
 
+
+def read_layers(doc: Path = ARCHITECTURE) -> list[tuple[str, ...]]:
+    """The layers, lowest first, from the `layers` block of docs/ARCHITECTURE.md (the one
+    picture of the design): each line names the modules of one rank, then says what they do
+    (two spaces or more separate names from words)."""
+    text = doc.read_text()
+    start = text.index("```layers\n") + len("```layers\n")
+    block = text[start : text.index("```", start)]
+    layers = []
+    for line in block.splitlines():
+        names = line.split("  ")[0].split()
+        if names:
+            layers.append(tuple(names))
+    return layers
+
+
+LAYERS: list[tuple[str, ...]] = read_layers()
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # importing these never imports torch (export/runtime.py imports it inside the functions that
 # receive torch tensors; the deploy sampler's test runs it with torch made unimportable)
@@ -88,7 +85,7 @@ def violations(pkg: Path = PKG) -> list[str]:
             continue  # the package root only names the version
         own = top_level(module, pkg)
         if own not in RANK:
-            bad.append(f"{module.relative_to(pkg)}: {own!r} has no layer in test_layering.LAYERS")
+            bad.append(f"{module.relative_to(pkg)}: {own!r} has no layer in the layers block of docs/ARCHITECTURE.md")
             continue
         for line, name in imported_names(module, pkg):
             parts = name.split(".")
