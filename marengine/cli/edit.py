@@ -6,7 +6,7 @@ import argparse
 
 from ..editing import add_edit_options
 from ..options import add_sampling_options
-from .common import add_backend_options, add_model_options, sample_settings
+from .common import add_backend_options, add_model_options, add_threads_option, sample_settings
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -50,4 +50,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_edit_options(p)
     add_sampling_options(p)
     add_backend_options(p)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_edit)

@@ -9,7 +9,7 @@ import time
 from ..checks import arg, check_int
 from ..options import add_sampling_options
 from ..training.config import DEMO, TrainConfig
-from .common import add_backend_options, add_dataclass_flags, dataclass_from, sample_settings
+from .common import add_backend_options, add_dataclass_flags, add_threads_option, dataclass_from, sample_settings
 
 DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
 
@@ -58,6 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a MAR (torchrun --nproc_per_node=N -m marengine train ... for DDP)")
     add_dataclass_flags(p, TrainConfig, TrainConfig())
+    add_threads_option(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, sample, write images")
@@ -71,4 +72,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="score the samples with an independent digits classifier",
     )
+    add_threads_option(p)
     p.set_defaults(fn=cmd_demo)
