@@ -136,11 +136,52 @@ def test_bad_thread_count(capsys):
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without a GPU")
-def test_cuda_without_a_gpu_skips_cleanly(tmp_path, capsys):
-    assert cli(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "o")]) == 0
-    assert "skipped" in capsys.readouterr().out
-    assert not (tmp_path / "o" / "records.json").exists()
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_cuda_without_a_gpu_is_an_error(tmp_path, capsys):
+    assert cli(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "marengine bench: error: --device cuda asked for, but torch sees no GPU here: run with --device cpu (or auto)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("only", ["", ",", "e2e,", " "])
+def test_an_empty_benchmark_name_is_an_error(tmp_path, capsys, only):
+    assert cli(["bench", "--quick", "--only", only, "--out", str(tmp_path / "o")]) == 2
+    assert "--only names no benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_relative_out_is_the_callers(tmp_path):
+    """A relative --out is resolved against the caller's working directory: records, logs,
+    report and plots all land there (the scripts run from the checkout); the load is recorded."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    rel = f"bench-rel-{os.getpid()}"
+    cmd = [sys.executable, "-m", "marengine", "bench", "--quick", "--only", "head", "--device", "cpu"]
+    proc = subprocess.run(
+        [*cmd, "--threads", "1", "--out", rel], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / rel
+    for name in ("records.json", "report.md", "records/head.json", "logs/head.log"):
+        assert (out / name).is_file(), name
+    assert not (REPO / rel).exists()
+    assert f"report:  {out / 'report.md'}" in proc.stdout
+    for rec in json.loads((out / "records.json").read_text()):
+        assert len(rec["machine"]["loadavg_start"]) == len(rec["machine"]["loadavg_end"]) == 3
+        assert rec["machine"]["cpu_cores"] == os.cpu_count()
+    report = (out / "report.md").read_text()
+    assert "before the suite" in report and f"on {os.cpu_count()} cores" in report
+
+
+def test_load_warning():
+    from marengine.bench.machine import load_warning
+
+    assert load_warning(0.9, 2) is None  # 0.9 <= 0.5 x 2
+    assert load_warning(2.5, 2, own=2.0) is None  # our own two threads do not count
+    line = load_warning(3.0, 2, own=1.0, when="at the end")
+    assert line is not None and "busy at the end: load average 3.00 on 2 cores (~2.0 besides" in line
 
 
 def test_missing_benchmarks_folder_is_explained(tmp_path):
