@@ -35,10 +35,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = pipe.inpaint(images, mask, args.labels)
     shown = images.copy()
     shown[mask] = 127  # what the model was given: the region to generate greyed out
+    masks = np.ascontiguousarray(np.broadcast_to(mask, images.shape[:3]))  # [N, H, W] True = generated
     paths = save_samples(
-        args.out, np.concatenate([shown, out.array]), np.concatenate([args.labels, args.labels]), ncols=len(images)
+        args.out,
+        out.array,
+        np.asarray(args.labels),
+        ncols=len(images),
+        grid_images=np.concatenate([shown, out.array]),
+        extra={"inputs": images, "masks": masks},
     )
-    print(f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and {paths['samples']}")
+    print(
+        f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and "
+        f"{paths['samples']} (images: the results; inputs; masks: True where generated; labels)"
+    )
     return 0
 
 
@@ -46,7 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="inpaint / outpaint image files (known pixels are kept exactly)")
     add_model_options(p)
     p.add_argument("--labels", type=int, nargs="+", required=True, help="the class to complete each image as")
-    p.add_argument("--out", required=True, help="output folder: grid.png (inputs and results) and samples.npz")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: grid.png (inputs above results) and samples.npz "
+        "(images: the results, inputs: the given images, masks: True where generated, labels)",
+    )
     add_edit_options(p)
     add_sampling_options(p)
     add_backend_options(p)

@@ -27,7 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a small MAR on the bundled digits, sample per class, write grid, npz and checkpoint."""
+    """Train a small MAR on the bundled digits, sample per class, write grid, npz, one PNG per
+    sample and the checkpoint."""
     import numpy as np
 
     from ..evaluation.digits import evaluate
@@ -46,9 +47,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     labels = np.repeat(np.arange(10), args.per_class)
     images = generate(trainer.ema_model(), trainer.tokenizer, labels, settings)
-    paths = save_samples(args.out_dir, images, labels, ncols=args.per_class)
+    paths = save_samples(args.out_dir, images, labels, ncols=args.per_class, per_image=True)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  samples:    {paths['grid']}  {paths['samples']}")
+    print(f"  images:     {paths['pngs']}/class{{c}}_{{i}}.png (one PNG per sample, e.g. for marengine edit --images)")
     print(f"  checkpoint: {out['checkpoint']} (EMA model: {out['ema']})")
     if args.evaluate:
         print(f"  quality:    {evaluate(images, labels)}")
