@@ -44,7 +44,6 @@ def save_samples(
     and the `extra` arrays under their own keys). The grid shows `grid_images` when given (e.g. the
     inputs above the results), else `images`. `per_image`: also samples/class{c}_{i}.png, each
     image at its own size (the i-th of class c), ready for `marengine edit --images`."""
-    from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
