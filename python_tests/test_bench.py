@@ -181,7 +181,8 @@ def test_load_warning():
     assert load_warning(0.9, 2) is None  # 0.9 <= 0.5 x 2
     assert load_warning(2.5, 2, own=2.0) is None  # our own two threads do not count
     line = load_warning(3.0, 2, own=1.0, when="at the end")
-    assert line is not None and "busy at the end: load average 3.00 on 2 cores (~2.0 besides" in line
+    assert line is not None and "busy at the end: load average 3.00 on 2 cores, ~2.0 besides" in line
+    assert "besides" not in (load_warning(1.5, 2) or "besides")  # nothing of ours to subtract
 
 
 def test_missing_benchmarks_folder_is_explained(tmp_path):

@@ -128,10 +128,11 @@ def load_warning(loadavg_1min: float, cores: int, own: float = 0.0, when: str = 
     if others <= HIGH_LOAD_SHARE * cores:
         return None
     where = f" {when}" if when else ""
+    besides = f", ~{others:.1f} besides this benchmark's {own:g} threads" if own else ""
     return (
-        f"WARNING: the machine was busy{where}: load average {loadavg_1min:.2f} on {cores} cores "
-        f"(~{others:.1f} besides this benchmark's {own:g}); timings are unreliable, compare only ratios "
-        "measured side by side, and rerun on a quiet machine for absolute figures"
+        f"WARNING: the machine was busy{where}: load average {loadavg_1min:.2f} on {cores} cores{besides}; "
+        "timings are unreliable, compare only ratios measured side by side, and rerun on a quiet machine "
+        "for absolute figures"
     )
 
 
