@@ -280,3 +280,41 @@ def test_digits16_data_and_judge():
     assert MARConfig.from_name("mar_digits16").img_size == 16
     with pytest.raises(ValueError, match="size 8 or 16"):
         DigitsDataset("all", size=12)
+
+
+def test_plot_titles_and_legends_stay_clear(tmp_path, monkeypatch):
+    """A long title is wrapped to its axes, the legend sits outside the axes (over no bar or
+    label), and the saved PNG holds every artist (bbox_inches='tight')."""
+    from marengine.bench import plots
+
+    machine = {"cpu_model": "A CPU with a very long model name, 64-Core Processor, as /proc/cpuinfo gives it"}
+    rows = [
+        {
+            "benchmark": "e2e",
+            "params": {"model": "digits8", "backend": b, "sweep": "base"},
+            "metrics": {"speedup_vs_official": s},
+            "machine": machine,
+        }
+        for b, s in (("official", 1.0), ("engine-torch", 1.2), ("engine-native", 2.5), ("onnx-native", 2.6))
+    ]
+    seen = {}
+    real_save = plots._save
+
+    def check(fig, path):
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        renderer = fig.canvas.get_renderer()
+        seen["title"] = ax.get_title()
+        seen["legend_x0"] = ax.get_legend().get_window_extent(renderer).x0
+        seen["axes_x1"] = ax.get_window_extent(renderer).x1
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", check)
+    path = plots.e2e_speedup(rows, tmp_path)
+    assert "\n" in seen["title"] and "64-Core" in seen["title"].replace("\n", " ")
+    assert seen["legend_x0"] >= seen["axes_x1"]  # the legend is right of the axes
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+    assert width > 2.6 * 110  # grown past the axes to hold the legend
