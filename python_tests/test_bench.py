@@ -38,13 +38,14 @@ def quick_suite(tmp_path_factory) -> Path:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,  # a guard against a hang, not a speed check: the suite has its own per-benchmark limits
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report:" in proc.stdout
     return out
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_records_are_well_formed(quick_suite):
     records = json.loads((quick_suite / "records.json").read_text())
     assert validate_records(records) == []
@@ -57,6 +58,7 @@ def test_records_are_well_formed(quick_suite):
     assert len(names) == len(set(names)), "record names are unique within a benchmark"
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_e2e_compares_every_backend_side_by_side(quick_suite):
     e2e = [r for r in json.loads((quick_suite / "records.json").read_text()) if r["benchmark"] == "e2e"]
     assert {r["params"]["backend"] for r in e2e} == {"official", "engine-torch", "engine-native", "onnx-native"}
@@ -69,6 +71,7 @@ def test_e2e_compares_every_backend_side_by_side(quick_suite):
         assert {"batch", "num_iter", "diffusion_steps", "cfg_on", "precision", "warmup"} <= set(r["params"])
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_stages_sum_to_the_total(quick_suite):
     stages = [r for r in json.loads((quick_suite / "records.json").read_text()) if r["benchmark"] == "stages"]
     assert stages
@@ -80,6 +83,7 @@ def test_stages_sum_to_the_total(quick_suite):
         assert m["peak_memory_mb_per_image"] is not None and m["peak_memory_mb_per_image"] >= 0
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_quality_and_roofline_records(quick_suite):
     records = json.loads((quick_suite / "records.json").read_text())
     quality = [r for r in records if r["benchmark"] == "quality" and "accuracy" in r["metrics"]]
@@ -93,6 +97,7 @@ def test_quality_and_roofline_records(quick_suite):
     assert all(r["metrics"]["gflops"] > 0 for r in roof)
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_report_and_plots(quick_suite):
     report = (quick_suite / "report.md").read_text()
     for section in ("## Machine", "## Key ratios", "## End to end", "## Per-stage breakdown", "## Speed vs quality"):
@@ -318,3 +323,18 @@ def test_plot_titles_and_legends_stay_clear(tmp_path, monkeypatch):
     with Image.open(path) as im:
         width, height = im.size
     assert width > 2.6 * 110  # grown past the axes to hold the legend
+
+
+def test_a_silent_benchmark_is_stopped_at_its_timeout(tmp_path):
+    """The timeout holds even when a benchmark prints nothing (a watchdog, not a check per line)."""
+    from marengine.bench.suite import Benchmark, _run_one
+
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "silent.py").write_text("import time\ntime.sleep(120)\n")
+    out = tmp_path / "out"
+    for sub in ("records", "logs"):
+        (out / sub).mkdir(parents=True)
+    bench = Benchmark("silent", "silent.py", common=False, timeout_s={"quick": 2, "full": 2})
+    run = _run_one(bench, folder, "quick", "cpu", 1, out, echo=lambda line: None)
+    assert run["status"] == "timed out after 2 s"
