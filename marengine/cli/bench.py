@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "about 1.2 min of CPU time: ~1.5 min on an idle 2-core CPU at --threads 1, several times longer on a busy "
         "machine (14.5 min at load average ~10 with 2 threads; the report then carries a warning)",
     )
-    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the full suite (default): ~16 min on an idle 2-core CPU")
+    full = "the full suite (default): ~16 min on an idle 2-core CPU (it trains the two digits models once)"
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
     p.set_defaults(mode="full")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if torch sees a GPU")
     p.add_argument("--out", default="runs/bench", help="output folder (reused: trained models are cached there)")
