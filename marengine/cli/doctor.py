@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
 from ..checks import arg, check_int
+
+if TYPE_CHECKING:
+    from ..ops.selfcheck import Verdict
 from .common import add_threads_option
 
 
@@ -92,7 +96,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("  none: no native kernels are built, so there is nothing to check")
         print("result: NO self-check ran (build the extension: pip install --no-build-isolation -e .)")
         return 1
-    verdicts = []
+    verdicts: list[Verdict] = []
     old_path = os.environ.pop("MARENGINE_HEAD_PATH", None)  # each check takes the path it names
     try:
         for device, width, depth in plans:
@@ -110,7 +114,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return status
 
 
-def summarize(verdicts: list) -> tuple[str, int]:
+def summarize(verdicts: list[Verdict]) -> tuple[str, int]:
     """The result line and the exit status: 0 only when every planned check ran and passed;
     a check whose harness could not run (SKIP) is not counted as passed."""
     ran = [v for v in verdicts if v.ran]
