@@ -77,11 +77,11 @@ QUICK = {"img_size": 8, "batch": [2], "known": ["0", "half"], "repeats": 3, "no_
 
 def write_records(path: str, info: dict, args: argparse.Namespace) -> None:
     """One record per (B, K, backend) in the suite's format (marengine.bench.records)."""
-    from marengine.bench.machine import machine_info
+    from marengine.bench.machine import finish_info, machine_info
     from marengine.bench.records import Record
     from marengine.bench.records import write_records as write
 
-    machine = machine_info(info["device"])
+    machine = finish_info(machine_info(info["device"]))  # taken at the end: start and end loads alike
     recs = []
     for r in info["results"]:
         for key in ("eager_ms", "compiled_ms", "ort_cpu_ms", "ort_cuda_ms"):

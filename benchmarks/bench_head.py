@@ -95,11 +95,11 @@ QUICK = {"rows": "16", "heads": "128x2", "cfg": "on", "dtype": "fp32", "steps": 
 
 def write_records(path: Path, results: list[Row], args: argparse.Namespace, device: torch.device) -> None:
     """One record per (head, rows, cfg, backend) in the suite's format (marengine.bench.records)."""
-    from marengine.bench.machine import machine_info
+    from marengine.bench.machine import finish_info, machine_info
     from marengine.bench.records import Record
     from marengine.bench.records import write_records as write
 
-    machine = machine_info(str(device))
+    machine = finish_info(machine_info(str(device)))  # taken at the end: start and end loads alike
     recs = []
     for r in results:
         ref = r.ms.get("torch_fp32")

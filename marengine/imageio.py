@@ -114,26 +114,52 @@ def save_samples(
     images: np.ndarray,
     labels: np.ndarray,
     ncols: int | None = None,
+    grid_images: np.ndarray | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    per_image: bool = False,
     replace: bool = False,
     kind: str = SAMPLES_KIND,
 ) -> dict[str, Path]:
-    """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N]).
+    """Write out_dir/grid.png and out_dir/samples.npz (`images` uint8 [N, H, W, C], `labels` int [N],
+    and the `extra` arrays under their own keys). The grid shows `grid_images` when given (e.g. the
+    inputs above the results), else `images`. `per_image`: also samples/class{c}_{i}.png, each
+    image at its own size (the i-th of class c), ready for `marengine edit --images`.
 
     `out_dir` is new or empty or holds marengine's `kind` output (files.claim_output_folder: a
     folder with other files is refused); `replace` first deletes the earlier output there."""
-    from PIL import Image
 
     out = claim_output_folder(out_dir, kind, reuse=True)
     if replace:
         remove_outputs(out, kind)
-    record_outputs(out, kind, ["grid.png", "samples.npz"])
+    record_outputs(out, kind, ["grid.png", "samples.npz"] + (["samples"] if per_image else []))
     labels = np.asarray(labels, dtype=np.int64)
-    upscale = max(1, 64 // images.shape[1])  # tiny images (digits) are enlarged to be seen
-    grid = make_grid(images, ncols=ncols, upscale=upscale)
-    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    atomic_write(out / "grid.png", lambda tmp: picture.save(tmp, format="PNG"))
-    save_npz(out / "samples.npz", images=images, labels=labels)
-    return {"grid": out / "grid.png", "samples": out / "samples.npz"}
+    shown = images if grid_images is None else grid_images
+    upscale = max(1, 64 // shown.shape[1])  # tiny images (digits) are enlarged to be seen
+    grid = make_grid(shown, ncols=ncols, upscale=upscale)
+    atomic_write(out / "grid.png", lambda tmp: _image(grid).save(tmp, format="PNG"))
+    save_npz(out / "samples.npz", images=images, labels=labels, **(extra or {}))
+    paths = {"grid": out / "grid.png", "samples": out / "samples.npz"}
+    if per_image:
+        paths["pngs"] = save_pngs(out / "samples", images, labels)
+    return paths
+
+
+def save_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """folder/class{c}_{i}.png for every image (uint8 [N, H, W, C]): the i-th image of label c."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: dict[int, int] = {}
+    for image, label in zip(images, labels.tolist()):
+        i = seen[label] = seen.get(label, -1) + 1
+        picture = _image(image)
+        atomic_write(folder / f"class{label}_{i}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"))
+    return folder
+
+
+def _image(array: np.ndarray):
+    """A PIL image of uint8 [H, W, C] (C = 1: greyscale)."""
+    from PIL import Image
+
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:

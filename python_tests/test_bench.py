@@ -38,13 +38,14 @@ def quick_suite(tmp_path_factory) -> Path:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,  # a guard against a hang, not a speed check: the suite has its own per-benchmark limits
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report:" in proc.stdout
     return out
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_records_are_well_formed(quick_suite):
     records = json.loads((quick_suite / "records.json").read_text())
     assert validate_records(records) == []
@@ -57,6 +58,7 @@ def test_records_are_well_formed(quick_suite):
     assert len(names) == len(set(names)), "record names are unique within a benchmark"
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_e2e_compares_every_backend_side_by_side(quick_suite):
     e2e = [r for r in json.loads((quick_suite / "records.json").read_text()) if r["benchmark"] == "e2e"]
     assert {r["params"]["backend"] for r in e2e} == {"official", "engine-torch", "engine-native", "onnx-native"}
@@ -69,6 +71,7 @@ def test_e2e_compares_every_backend_side_by_side(quick_suite):
         assert {"batch", "num_iter", "diffusion_steps", "cfg_on", "precision", "warmup"} <= set(r["params"])
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_stages_sum_to_the_total(quick_suite):
     stages = [r for r in json.loads((quick_suite / "records.json").read_text()) if r["benchmark"] == "stages"]
     assert stages
@@ -80,6 +83,7 @@ def test_stages_sum_to_the_total(quick_suite):
         assert m["peak_memory_mb_per_image"] is not None and m["peak_memory_mb_per_image"] >= 0
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_quality_and_roofline_records(quick_suite):
     records = json.loads((quick_suite / "records.json").read_text())
     quality = [r for r in records if r["benchmark"] == "quality" and "accuracy" in r["metrics"]]
@@ -93,6 +97,7 @@ def test_quality_and_roofline_records(quick_suite):
     assert all(r["metrics"]["gflops"] > 0 for r in roof)
 
 
+@pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one
 def test_report_and_plots(quick_suite):
     report = (quick_suite / "report.md").read_text()
     for section in ("## Machine", "## Key ratios", "## End to end", "## Per-stage breakdown", "## Speed vs quality"):
@@ -136,11 +141,53 @@ def test_bad_thread_count(capsys):
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without a GPU")
-def test_cuda_without_a_gpu_skips_cleanly(tmp_path, capsys):
-    assert cli(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "o")]) == 0
-    assert "skipped" in capsys.readouterr().out
-    assert not (tmp_path / "o" / "records.json").exists()
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_cuda_without_a_gpu_is_an_error(tmp_path, capsys):
+    assert cli(["bench", "--quick", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "marengine bench: error: --device cuda asked for, but torch sees no GPU here: run with --device cpu (or auto)"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("only", ["", ",", "e2e,", " "])
+def test_an_empty_benchmark_name_is_an_error(tmp_path, capsys, only):
+    assert cli(["bench", "--quick", "--only", only, "--out", str(tmp_path / "o")]) == 2
+    assert "--only names no benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_relative_out_is_the_callers(tmp_path):
+    """A relative --out is resolved against the caller's working directory: records, logs,
+    report and plots all land there (the scripts run from the checkout); the load is recorded."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    rel = f"bench-rel-{os.getpid()}"
+    cmd = [sys.executable, "-m", "marengine", "bench", "--quick", "--only", "head", "--device", "cpu"]
+    proc = subprocess.run(
+        [*cmd, "--threads", "1", "--out", rel], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / rel
+    for name in ("records.json", "report.md", "records/head.json", "logs/head.log"):
+        assert (out / name).is_file(), name
+    assert not (REPO / rel).exists()
+    assert f"report:  {out / 'report.md'}" in proc.stdout
+    for rec in json.loads((out / "records.json").read_text()):
+        assert len(rec["machine"]["loadavg_start"]) == len(rec["machine"]["loadavg_end"]) == 3
+        assert rec["machine"]["cpu_cores"] == os.cpu_count()
+    report = (out / "report.md").read_text()
+    assert "before the suite" in report and f"on {os.cpu_count()} cores" in report
+
+
+def test_load_warning():
+    from marengine.bench.machine import load_warning
+
+    assert load_warning(0.9, 2) is None  # 0.9 <= 0.5 x 2
+    assert load_warning(2.5, 2, own=2.0) is None  # our own two threads do not count
+    line = load_warning(3.0, 2, own=1.0, when="at the end")
+    assert line is not None and "busy at the end: load average 3.00 on 2 cores, ~2.0 besides" in line
+    assert "besides" not in (load_warning(1.5, 2) or "besides")  # nothing of ours to subtract
 
 
 def test_missing_benchmarks_folder_is_explained(tmp_path):
@@ -238,3 +285,56 @@ def test_digits16_data_and_judge():
     assert MARConfig.from_name("mar_digits16").img_size == 16
     with pytest.raises(ValueError, match="size 8 or 16"):
         DigitsDataset("all", size=12)
+
+
+def test_plot_titles_and_legends_stay_clear(tmp_path, monkeypatch):
+    """A long title is wrapped to its axes, the legend sits outside the axes (over no bar or
+    label), and the saved PNG holds every artist (bbox_inches='tight')."""
+    from marengine.bench import plots
+
+    machine = {"cpu_model": "A CPU with a very long model name, 64-Core Processor, as /proc/cpuinfo gives it"}
+    rows = [
+        {
+            "benchmark": "e2e",
+            "params": {"model": "digits8", "backend": b, "sweep": "base"},
+            "metrics": {"speedup_vs_official": s},
+            "machine": machine,
+        }
+        for b, s in (("official", 1.0), ("engine-torch", 1.2), ("engine-native", 2.5), ("onnx-native", 2.6))
+    ]
+    seen = {}
+    real_save = plots._save
+
+    def check(fig, path):
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        renderer = fig.canvas.get_renderer()
+        seen["title"] = ax.get_title()
+        seen["legend_x0"] = ax.get_legend().get_window_extent(renderer).x0
+        seen["axes_x1"] = ax.get_window_extent(renderer).x1
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", check)
+    path = plots.e2e_speedup(rows, tmp_path)
+    assert "\n" in seen["title"] and "64-Core" in seen["title"].replace("\n", " ")
+    assert seen["legend_x0"] >= seen["axes_x1"]  # the legend is right of the axes
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+    assert width > 2.6 * 110  # grown past the axes to hold the legend
+
+
+def test_a_silent_benchmark_is_stopped_at_its_timeout(tmp_path):
+    """The timeout holds even when a benchmark prints nothing (a watchdog, not a check per line)."""
+    from marengine.bench.suite import Benchmark, _run_one
+
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "silent.py").write_text("import time\ntime.sleep(120)\n")
+    out = tmp_path / "out"
+    for sub in ("records", "logs"):
+        (out / sub).mkdir(parents=True)
+    bench = Benchmark("silent", "silent.py", common=False, timeout_s={"quick": 2, "full": 2})
+    run = _run_one(bench, folder, "quick", "cpu", 1, out, echo=lambda line: None)
+    assert run["status"] == "timed out after 2 s"

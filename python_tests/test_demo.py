@@ -1,4 +1,8 @@
-"""The main job end to end, with its quality gate, and the sample command."""
+"""The main job end to end, and the sample and edit commands on its outputs.
+
+The plumbing tests run the demo with a short recipe (a few steps, 2 samples per digit: seconds,
+whatever the machine's load); the quality gate and the inpainting test need the full recipe
+(800 steps, minutes) and are marked slow (`pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+# the demo's own recipe and sampling, cut short: the outputs and the plumbing, not the quality
+SHORT = ["--max-steps", "12", "--warmup-steps", "2", "--batch-size", "32", "--ckpt-every", "12", "--log-every", "4"]
+SHORT += ["--per-class", "2", "--num-iter", "4", "--threads", "1"]
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "marengine", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
@@ -21,22 +30,66 @@ def _cli(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    proc = _cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate")
+def short_demo(tmp_path_factory) -> Path:
+    """`marengine demo` with a short recipe: the same command and outputs in seconds."""
+    out = tmp_path_factory.mktemp("demo-short")
+    proc = _cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", *SHORT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out / "grid.png") in proc.stdout
     return out
 
 
-def test_demo_writes_outputs(demo_dir):
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    """The full demo (the README's main job): minutes on a CPU, so only for the slow tests."""
+    out = tmp_path_factory.mktemp("demo")
+    proc = _cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(out / "grid.png") in proc.stdout
+    return out
+
+
+def test_demo_writes_outputs(short_demo):
     for name in ("grid.png", "samples.npz", "last.pth", "ema/config.json", "ema/model.safetensors"):
-        assert (demo_dir / name).is_file(), name
-    data = np.load(demo_dir / "samples.npz")
-    assert data["images"].dtype == np.uint8 and data["images"].shape == (100, 8, 8, 1)
-    assert sorted(np.bincount(data["labels"]).tolist()) == [10] * 10
+        assert (short_demo / name).is_file(), name
+    data = np.load(short_demo / "samples.npz")
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (20, 8, 8, 1)
+    assert sorted(np.bincount(data["labels"]).tolist()) == [2] * 10
 
 
+def test_demo_writes_one_png_per_sample(short_demo):
+    """samples/class{c}_{i}.png is the i-th sample of digit c, pixel for pixel the npz's."""
+    from PIL import Image
+
+    data = np.load(short_demo / "samples.npz")
+    pngs = sorted(p.name for p in (short_demo / "samples").glob("*.png"))
+    assert pngs == sorted(f"class{c}_{i}.png" for c in range(10) for i in range(2))
+    for c in (0, 7):
+        (first, second) = np.flatnonzero(data["labels"] == c)
+        for i, k in enumerate((first, second)):
+            with Image.open(short_demo / "samples" / f"class{c}_{i}.png") as im:
+                assert im.mode == "L" and im.size == (8, 8)
+                np.testing.assert_array_equal(np.asarray(im), data["images"][k, :, :, 0])
+
+
+def test_demo_png_feeds_edit(short_demo, tmp_path):
+    """A demo PNG goes straight into `marengine edit`; samples.npz keeps results, inputs and
+    masks apart, and the kept pixels are the input's."""
+    png = short_demo / "samples" / "class3_0.png"
+    args = ["--images", str(png), "--box", "4", "0", "8", "8", "--labels", "3", "--num-iter", "2", "--threads", "1"]
+    proc = _cli("edit", "--checkpoint", str(short_demo / "ema"), *args, "--out", str(tmp_path / "e"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = np.load(tmp_path / "e" / "samples.npz")
+    assert set(saved.files) == {"images", "labels", "inputs", "masks"}
+    demo = np.load(short_demo / "samples.npz")
+    src = demo["images"][np.flatnonzero(demo["labels"] == 3)[0]]  # what class3_0.png holds
+    np.testing.assert_array_equal(saved["inputs"][0], src)
+    assert saved["images"].shape == (1, 8, 8, 1) and saved["masks"].shape == (1, 8, 8)
+    assert saved["masks"][0, :, 4:].all() and not saved["masks"][0, :, :4].any()
+    np.testing.assert_array_equal(saved["images"][0, :, :4], src[:, :4])
+
+
+@pytest.mark.slow
 def test_demo_quality_gate(demo_dir):
     """An independent classifier trained on real digits recognises >= 90% of the samples."""
     from marengine.evaluation.digits import evaluate
@@ -48,11 +101,11 @@ def test_demo_quality_gate(demo_dir):
     assert report.accuracy >= 0.9, str(report)
 
 
-def test_sample_command(demo_dir, tmp_path):
+def test_sample_command(short_demo, tmp_path):
     """The training checkpoint and the EMA folder sample the same images (same EMA weights, seed)."""
     got = []
-    for name, checkpoint in (("s", demo_dir / "last.pth"), ("t", demo_dir / "ema")):
-        args = ["--labels", "3", "3", "7", "--num-iter", "8", "--cfg", "2.0", "--seed", "1"]
+    for name, checkpoint in (("s", short_demo / "last.pth"), ("t", short_demo / "ema")):
+        args = ["--labels", "3", "3", "7", "--num-iter", "8", "--cfg", "2.0", "--seed", "1", "--threads", "1"]
         proc = _cli("sample", "--checkpoint", str(checkpoint), *args, "--out", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr[-3000:]
         got.append(np.load(tmp_path / name / "samples.npz"))
@@ -61,13 +114,14 @@ def test_sample_command(demo_dir, tmp_path):
     assert np.array_equal(a["images"], b["images"])
 
 
-def test_sample_command_bad_label(demo_dir, tmp_path):
-    proc = _cli("sample", "--checkpoint", str(demo_dir / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x"))
+def test_sample_command_bad_label(short_demo, tmp_path):
+    proc = _cli("sample", "--checkpoint", str(short_demo / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "--labels must be class indices in [0, 10)" in proc.stderr
     proc = _cli("train", "--resume", str(tmp_path / "nothing.pth"), "--out-dir", str(tmp_path / "y"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_inpainting_held_out_digits(demo_dir):
     """The demo model completes real held-out digits whose right half is masked: with the true
     label the judge recognises >= 90%; with a wrong label it follows that label less often than

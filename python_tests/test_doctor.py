@@ -45,3 +45,44 @@ def test_doctor_without_checks(capsys):
     out = capsys.readouterr().out
     assert "backends for a 96x2 head" in out and "self-checks" not in out
     assert selfcheck.results() == []
+
+
+def test_doctor_fails_when_no_check_can_run(capsys, monkeypatch):
+    """No kernels built: nothing was checked, so the doctor says so and does not pass."""
+    import dataclasses
+
+    from marengine.ops import buildinfo
+
+    real = buildinfo.build_info
+    monkeypatch.setattr(buildinfo, "build_info", lambda: dataclasses.replace(real(), extension=None, gpus=[]))
+    assert main(["doctor", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert "NO self-check ran" in out and "passed" not in out
+
+
+def test_doctor_does_not_count_a_check_that_could_not_run(capsys, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("harness broke")
+
+    monkeypatch.setattr(selfcheck, "_compare", broken)
+    assert main(["doctor", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert out.count("SKIP cpu") == 3 and "not checked: harness broke" in out
+    assert "NO self-check ran: all 3 could not run" in out and "self-checks passed" not in out
+
+
+def test_doctor_counts_only_this_run(capsys, monkeypatch):
+    """One check whose harness fails among passing ones: the result names both counts."""
+    real = selfcheck._compare
+
+    def first_broken(net, config, *a, **k):
+        if config.dtype == torch.bfloat16:
+            raise RuntimeError("harness broke")
+        return real(net, config, *a, **k)
+
+    monkeypatch.setattr(selfcheck, "_compare", first_broken)
+    assert main(["doctor", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert "all 2 self-checks that ran passed; 1 of 3 could NOT run" in out
+    assert main(["doctor", *SMALL, "--threads", "1"]) == 1  # the verdicts of the first run are not counted again
+    assert "all 2 self-checks that ran passed; 1 of 3 could NOT run" in capsys.readouterr().out

@@ -204,6 +204,32 @@ def test_a_cache_of_the_wrong_size_is_refused():
     torch.testing.assert_close(out, sample(model), rtol=0, atol=0)
 
 
+def test_an_aliased_cache_is_refused():
+    """A cache whose positions share memory (expanded, or k and v one buffer) would let one
+    sequence's writes overwrite another's: it is refused, not sampled from."""
+    model = tiny_ar()
+    good = model.allocate_cache(2)
+    expanded = KVCache(good.k[:, :1].expand_as(good.k), good.v[:, :1].expand_as(good.v))  # both rows alias
+    with pytest.raises(ValueError, match=r"cache's k has elements that share memory.*expand"):
+        sample(model, kv_cache=expanded)
+    with pytest.raises(ValueError, match="k and v share memory"):
+        sample(model, kv_cache=KVCache(good.k, good.k))
+    heads = good.k[:, :, :1].expand_as(good.k).contiguous()  # .contiguous() gives each its own storage
+    out = sample(model, kv_cache=KVCache(heads, good.v.clone()))
+    torch.testing.assert_close(out, sample(model), rtol=0, atol=0)
+
+
+def test_overlap_helpers():
+    from marengine.models.kv_cache import overlap, self_overlapping
+
+    buf = torch.zeros(2, 3, 4, 5)
+    assert not any(self_overlapping(t) for t in (buf, buf[:, :, :2], buf.transpose(1, 3)))
+    assert self_overlapping(buf[:, :1].expand(2, 3, 4, 5))
+    assert self_overlapping(torch.zeros(10).as_strided((3, 4), (2, 1)))  # rows overlap by two elements
+    assert not self_overlapping(torch.zeros(1, 1).expand(1, 1))  # size-1 dims do not matter
+    assert overlap(buf[0], buf[0, 1:]) and not overlap(buf[0], buf[1]) and not overlap(buf, torch.zeros(2, 3, 4, 5))
+
+
 def test_unknown_member_or_loss_and_mismatched_tokenizer():
     from marengine.training.config import TrainConfig
 

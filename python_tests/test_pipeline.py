@@ -153,8 +153,14 @@ def test_edit_command_and_deploy_sampler_keep_known_pixels(run_dir, tmp_path):
     args = ["edit", "--checkpoint", str(run_dir / "ema"), "--images", *files, "--box", "4", "0", "8", "8",
             "--labels", "1", "2", "3", "--out", str(out), "--num-iter", "4"]  # fmt: skip
     assert main(args) == 0
-    res = np.load(out / "samples.npz")["images"][3:]
+    saved = np.load(out / "samples.npz")
+    res = saved["images"]  # the results only; the inputs and masks under their own keys
+    assert res.shape == imgs.shape and saved["labels"].tolist() == [1, 2, 3]
     np.testing.assert_array_equal(res[:, :, :4], imgs[:, :, :4])
+    np.testing.assert_array_equal(saved["inputs"], imgs)
+    want = np.zeros((3, 8, 8), bool)
+    want[:, :, 4:] = True  # --box 4 0 8 8: x 4..8, all rows
+    np.testing.assert_array_equal(saved["masks"], want)
     # the torch-free deploy sampler does the same through the exported encoder
     pytest.importorskip("onnxscript")
     from marengine.export import deploy

@@ -1,7 +1,8 @@
 """What every benchmark record carries about the machine it was measured on.
 
 `machine_info()` is called once at the start of a benchmark script: the load average it
-records is the one at that moment (a busy machine skews timings; the record says so).
+records is the one at that moment (a busy machine skews timings; the record says so), and
+`finish_info()` adds the one at its end. `load_warning()` says when other work held the cores.
 """
 
 from __future__ import annotations
@@ -113,3 +114,29 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "device": device,
         "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+# other work (the load average less our own threads) above this share of the cores makes timings unreliable
+HIGH_LOAD_SHARE = 0.5
+
+
+def load_warning(loadavg_1min: float, cores: int, own: float = 0.0, when: str = "") -> str | None:
+    """A one-line warning when the 1-minute load average, less `own` (the runnable threads of
+    our own work, e.g. the benchmark's --threads after it ran), exceeds HIGH_LOAD_SHARE x cores;
+    None on a quiet machine."""
+    others = max(0.0, loadavg_1min - own)
+    if others <= HIGH_LOAD_SHARE * cores:
+        return None
+    where = f" {when}" if when else ""
+    besides = f", ~{others:.1f} besides this benchmark's {own:g} threads" if own else ""
+    return (
+        f"WARNING: the machine was busy{where}: load average {loadavg_1min:.2f} on {cores} cores{besides}; "
+        "timings are unreliable, compare only ratios measured side by side, and rerun on a quiet machine "
+        "for absolute figures"
+    )
+
+
+def finish_info(machine: dict[str, Any]) -> dict[str, Any]:
+    """Add the load average at the end of the run to a machine_info() dict (in place)."""
+    machine["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    return machine

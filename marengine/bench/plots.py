@@ -6,6 +6,7 @@ wrote, or None when the records hold nothing to plot.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,25 @@ def _of(records: Records, benchmark: str) -> Records:
 
 
 def _save(fig, path: Path) -> Path:
+    """Lay out, then save with the bounding box grown to every artist (titles, labels and
+    legends placed outside the axes are never clipped)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     _pyplot().close(fig)
     return path
+
+
+def _title(ax, text: str, fontsize: float = 9) -> None:
+    """An axes title wrapped to the axes' width (a long title would run past the figure)."""
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    chars = max(20, int(inches * 72 / (0.55 * fontsize)))  # ~0.55 em per character
+    ax.set_title(textwrap.fill(text, chars), fontsize=fontsize)
+
+
+def _legend_outside(ax, **kw) -> None:
+    """The legend to the right of the axes, clear of bars, lines and labels."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, framealpha=0.9, **kw)
 
 
 def e2e_speedup(records: Records, out: Path) -> Path | None:
@@ -43,7 +58,7 @@ def e2e_speedup(records: Records, out: Path) -> Path | None:
     plt = _pyplot()
     models = list(dict.fromkeys(r["params"]["model"] for r in rows))
     backends = [b for b in BACKEND_ORDER if any(r["params"]["backend"] == b for r in rows)]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 3.6))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.4 * len(models), 3.6))
     width = 0.8 / max(1, len(backends))
     for i, b in enumerate(backends):
         xs, ys = [], []
@@ -65,8 +80,9 @@ def e2e_speedup(records: Records, out: Path) -> Path | None:
     )
     ax.set_ylabel("speed-up over the official anchor (p50)")
     device = rows[0]["machine"].get("gpu") or rows[0]["machine"].get("cpu_model")
-    ax.set_title(f"end to end, base point per model ({device}); * reduced configuration", fontsize=9)
-    ax.legend(fontsize=7)
+    _title(ax, f"end to end, base point per model ({device}); * reduced configuration")
+    ax.set_ylim(0, max([1.0] + [r["metrics"].get("speedup_vs_official") or 0 for r in rows]) * 1.12)  # room for labels
+    _legend_outside(ax, title="backend", title_fontsize=7)
     return _save(fig, out / "e2e_speedup.png")
 
 
@@ -100,9 +116,9 @@ def e2e_sweeps(records: Records, out: Path) -> Path | None:
             ax.xaxis.set_minor_formatter(_pyplot().NullFormatter())
             ax.set_xlabel(key)
             ax.set_ylabel("s / image (p50)")
-            ax.set_title(f"{m}: {sweep} sweep", fontsize=9)
+            _title(ax, f"{m}: {sweep} sweep")
             ax.grid(alpha=0.3, which="both")
-        axes[i][0].legend(fontsize=7)
+        _legend_outside(axes[i][2])
     return _save(fig, out / "e2e_sweeps.png")
 
 
@@ -125,8 +141,8 @@ def stages(records: Records, out: Path) -> Path | None:
     ax.set_xlim(0, 125)
     ax.set_xlabel("% of the generation time")
     ax.invert_yaxis()
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(rows)))
-    ax.set_title("where the time goes (per-stage breakdown); * reduced configuration", fontsize=9)
+    _legend_outside(ax, title="stage", title_fontsize=7)
+    _title(ax, "where the time goes (per-stage breakdown); * reduced configuration")
     return _save(fig, out / "stages.png")
 
 
@@ -160,13 +176,24 @@ def quality(records: Records, out: Path) -> Path | None:
     for floor, models in floors.items():
         a2.axhline(floor, lw=0.7, ls=":", color="gray")
         a2.text(a2.get_xlim()[0], floor, f" real-vs-real floor ({', '.join(models)})", fontsize=6, va="bottom")
-    a1.set_ylabel("judge accuracy (samples recognised as their class)")
-    a2.set_ylabel("Frechet distance to held-out digits (lower is better)")
+    a1.set_ylabel("judge accuracy\n(samples recognised as their class)")
+    a2.set_ylabel("Frechet distance to held-out digits\n(lower is better)")
     for ax in (a1, a2):
         ax.set_xscale("log")
         ax.set_xlabel("seconds per image")
         ax.grid(alpha=0.3, which="both")
-    a1.legend(fontsize=7)
+    a2.margins(x=0.08)  # room for the point labels at the ends
+    a1.margins(x=0.08)
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(3, len(labels)),
+        framealpha=0.9,
+    )
     quick = rows[0]["params"].get("mode") == "quick"
     fig.suptitle("speed vs quality on digits" + (" (quick: barely trained models)" if quick else ""), fontsize=10)
     return _save(fig, out / "quality.png")
@@ -179,15 +206,18 @@ def roofline(records: Records, out: Path) -> Path | None:
         return None
     plt = _pyplot()
     labels = [f"{r['params']['kind']} {r['params']['backend']} {r['params']['dtype']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(rows)))
     ax.barh(labels, [r["metrics"]["gflops"] for r in rows], color="tab:blue", label="achieved")
+    peaks = {}
     for dt in dict.fromkeys(r["params"]["dtype"] for r in rows):
-        peak = next(r["metrics"]["peak_matmul_gflops"] for r in rows if r["params"]["dtype"] == dt)
-        ax.axvline(peak, color="tab:red", ls="--", lw=1)
-        ax.text(peak, -0.6, f" matmul peak {dt}: {peak:.0f}", color="tab:red", fontsize=7)
+        peaks[dt] = next(r["metrics"]["peak_matmul_gflops"] for r in rows if r["params"]["dtype"] == dt)
+        ax.axvline(peaks[dt], color="tab:red", ls="--", lw=1, label=f"measured matmul peak, {dt}: {peaks[dt]:.0f}")
+    top = max([r["metrics"]["gflops"] for r in rows] + [p for p in peaks.values() if p])
+    ax.set_xlim(0, top * 1.08)
     ax.set_xlabel("GFLOP/s (counted FLOPs / time)")
     ax.invert_yaxis()
-    ax.set_title("achieved vs measured peak", fontsize=9)
+    _legend_outside(ax)
+    _title(ax, "achieved vs measured peak")
     return _save(fig, out / "roofline.png")
 
 

@@ -33,16 +33,27 @@ def machine_lines(records: Records) -> list[str]:
     if not records:
         return ["(no records)", ""]
     m = records[0]["machine"]
-    loads = {r["benchmark"]: r["machine"].get("loadavg_start") for r in records}
+    loads = {r["benchmark"]: (r["machine"].get("loadavg_start"), r["machine"].get("loadavg_end")) for r in records}
     return [
         f"- CPU: {m.get('cpu_model')} ({m.get('cpu_cores')} cores, {m.get('cpu_cores_usable', '?')} usable); "
         f"GPU: {m.get('gpu') or 'none'}",
         f"- torch {m.get('torch')}, marengine {m.get('marengine')} (commit `{m.get('commit')}`), "
         f"onnxruntime {m.get('onnxruntime') or '-'}, Python {m.get('python')}, torch threads {m.get('torch_threads')}",
-        "- load average (1, 5, 15 min) at the start of each benchmark: "
-        + ", ".join(f"{k} {v}" for k, v in loads.items())
+        "- load average (1, 5, 15 min) at the start / end of each benchmark: "
+        + ", ".join(f"{k} {start} / {end or '-'}" for k, (start, end) in loads.items())
         + " (a load above the core count means other work shared the machine: timings are noisy, "
         "ratios measured side by side less so)",
+        "",
+    ]
+
+
+def load_lines(load: dict[str, Any] | None) -> list[str]:
+    """The machine's load around the whole suite (os.getloadavg before and after, the cores)."""
+    if not load:
+        return []
+    return [
+        f"- load average (1, 5, 15 min) before the suite {load['loadavg_before']}, after it "
+        f"{load['loadavg_after']}, on {load['cores']} cores; the benchmarks ran with {load['threads']} threads",
         "",
     ]
 
@@ -256,6 +267,8 @@ def write_report(
     command: str,
     wall_s: float,
     records_file: str,
+    load: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
 ) -> Path:
     """report.md: everything above, with plot links relative to the report's folder."""
     mode = runs[0].get("mode", "?") if runs else "?"
@@ -271,7 +284,8 @@ def write_report(
     ]
     if failed:
         lines += ["**Failed:** " + ", ".join(f"{r['name']} ({r['status']}, see `{r['log']}`)" for r in failed), ""]
-    lines += ["## Machine", ""] + machine_lines(records)
+    lines += [f"**{w}**" for w in warnings or []] + ([""] if warnings else [])
+    lines += ["## Machine", ""] + machine_lines(records) + load_lines(load)
     lines += key_ratios(records)
     for p in plots:
         if p.name == "e2e_speedup.png":

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .machine import machine_info, usable_cores
+from .machine import finish_info, machine_info, usable_cores
 from .records import Record, write_records
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,6 +88,7 @@ def start(benchmark: str, args: argparse.Namespace) -> Context | None:
 
 
 def finish(ctx: Context, out: Path | None) -> int:
+    finish_info(ctx.machine)  # every record shares this dict: each gets the load average at the end
     if out is not None:
         write_records(out, ctx.records)
         print(f"{ctx.benchmark}: wrote {len(ctx.records)} records to {out}")

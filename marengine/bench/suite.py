@@ -18,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from .records import merge_records, read_records
 
 MODES = ("quick", "full")
 BENCH_KIND = "bench"  # the output kind in the suite folder's manifest (files.claim_output_folder)
+# a CPU benchmark whose CPU time is below this share of its wall time (less than half of one core,
+# whatever its threads: every benchmark keeps at least one core busy) waited for cores
+STARVED_SHARE = 0.5
 # console lines of the ONNX exporter that say nothing about the benchmark (they stay in the logs)
 NOISE = (
     "torchvision is not installed",
@@ -94,15 +98,29 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_suite_device(device: str) -> str | None:
-    """cpu or cuda; None when cuda is asked for and there is no GPU (the suite is skipped)."""
+def resolve_suite_device(device: str) -> str:
+    """cpu or cuda; an error when cuda is asked for and torch sees no GPU."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "auto":
         return "cuda" if gpu_available() else "cpu"
     if device == "cuda" and not gpu_available():
-        return None
+        raise RuntimeError("--device cuda asked for, but torch sees no GPU here: run with --device cpu (or auto)")
     return device
+
+
+def check_only(only: list[str] | None) -> list[str] | None:
+    """The --only subset, checked: None runs every benchmark; an empty or unknown name is an error."""
+    if only is None:
+        return None
+    names = [n.strip() for n in only]
+    if not names or any(not n for n in names):
+        raise ValueError(f"--only names no benchmark (got {','.join(only)!r}); give a comma-separated subset of "
+                         f"{','.join(NAMES)}, or leave --only out to run them all")  # fmt: skip
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"unknown benchmarks {unknown}; choose among {list(NAMES)}")
+    return names
 
 
 def _children_cpu_s() -> float:
@@ -134,20 +152,28 @@ def _run_one(
     status = "ok"
     with open(log, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
+        expired = threading.Event()  # a watchdog: a benchmark that stops printing is stopped too
+
+        def stop() -> None:
+            expired.set()
+            proc.kill()
+
+        watchdog = threading.Timer(bench.timeout_s[mode], stop)
+        watchdog.start()
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 logf.write(line)
                 if not any(n in line for n in NOISE):
                     echo(line.rstrip("\n"))
-                if time.perf_counter() - t0 > bench.timeout_s[mode]:
-                    proc.kill()
-                    status = f"timed out after {bench.timeout_s[mode]} s"
-                    break
             rc = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            watchdog.cancel()
+    if expired.is_set():
+        status = f"timed out after {bench.timeout_s[mode]} s"
     if status == "ok" and rc != 0:
         status = f"exit status {rc}"
     n = 0
@@ -181,30 +207,43 @@ def run_suite(
     echo: Callable[[str], None] = print,
     command: str = "marengine bench",
 ) -> dict[str, Any]:
-    """Run the suite; returns {"skipped": reason} or {"runs", "records", "report", "plots", "wall_s"}."""
+    """Run the suite; returns {"runs", "records", "report", "plots", "wall_s", "load", "warnings", "out"}.
+    `out` is resolved once against the caller's working directory: every path the scripts get
+    is absolute (they run with the checkout as their working directory)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    unknown = sorted(set(only or ()) - set(NAMES))
-    if unknown:
-        raise ValueError(f"unknown benchmarks {unknown}; choose among {list(NAMES)}")
+    only = check_only(only)
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     # reused by design (its trained models are cached there), but only when marengine wrote it
-    out = claim_output_folder(out, BENCH_KIND, reuse=True)
+    out = claim_output_folder(Path(os.path.abspath(out)), BENCH_KIND, reuse=True)
     folder = benchmarks_dir()
     resolved = resolve_suite_device(device)
-    if resolved is None:
-        return {"skipped": "--device cuda asked for, but torch sees no GPU here (run with --device cpu)"}
-    from .machine import usable_cores
+    from .machine import load_warning, usable_cores
 
     threads = threads or usable_cores()
     record_outputs(out, BENCH_KIND, ["records", "logs", "plots", "models", "records.json", "report.md"])
+    cores = os.cpu_count() or 1
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    warnings = [w for w in [load_warning(load_before[0], cores, 0.0, "before the suite")] if w]
+    for w in warnings:
+        echo(w)
     for sub in ("records", "logs", "plots"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for old in (out / "plots").glob("*.png"):  # only this run's figures are linked from the report
         old.unlink()
     t0 = time.perf_counter()
     runs = [_run_one(b, folder, mode, resolved, threads, out, echo) for b in BENCHMARKS if not only or b.name in only]
+    load_after = [round(v, 2) for v in os.getloadavg()]
+    late = [w for w in [load_warning(load_after[0], cores, threads, "at the end of the suite")] if w]
+    starved = [r["name"] for r in runs if r["wall_s"] > 10 and r["cpu_s"] < STARVED_SHARE * r["wall_s"]]
+    if starved and resolved == "cpu":
+        late.append(
+            f"WARNING: {', '.join(starved)} got less than {STARVED_SHARE:.0%} of one core (CPU s vs wall s in "
+            "the Runs table): other work held the cores; their timings are unreliable"
+        )
+    warnings += late
+    load = {"cores": cores, "threads": threads, "loadavg_before": load_before, "loadavg_after": load_after}
     records = merge_records(out / "records" / f"{r['name']}.json" for r in runs if r["status"] == "ok")
     records_file = out / "records.json"
     atomic_write_text(records_file, json.dumps(records, indent=1, allow_nan=False) + "\n")
@@ -213,5 +252,18 @@ def run_suite(
 
     plots = write_plots(records, out / "plots")
     wall = time.perf_counter() - t0
-    report = write_report(out / "report.md", records, plots, runs, command, wall, records_file.name)
-    return {"runs": runs, "records": records_file, "report": report, "plots": plots, "wall_s": wall}
+    report = write_report(
+        out / "report.md", records, plots, runs, command, wall, records_file.name, load=load, warnings=warnings
+    )
+    for w in late:  # after the benchmarks' tables, where it is seen
+        echo(w)
+    return {
+        "runs": runs,
+        "records": records_file,
+        "report": report,
+        "plots": plots,
+        "wall_s": wall,
+        "load": load,
+        "warnings": warnings,
+        "out": out,
+    }

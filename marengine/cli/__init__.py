@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ..options import ArgumentParser
 from . import bench, data, doctor, edit, export, sample, serve, train, vq
+from .common import apply_threads
 
 COMMANDS = (train, sample, edit, serve, data, export, bench, doctor, vq)
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(name)s: %(message)s")
     try:
+        apply_threads(args)  # --threads of the commands that compute, before any work
         return args.fn(args)
     except (ValueError, TypeError, KeyError, RuntimeError, ImportError, OSError) as e:
         if args.verbose:

@@ -1,12 +1,15 @@
-"""What the sub-commands share: flags generated from a settings dataclass and the sampling
-settings built from parsed options."""
+"""What the sub-commands share: flags generated from a settings dataclass, the sampling
+settings built from parsed options, and --threads."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 from typing import Any
+
+from ..checks import arg, check_int
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -91,3 +94,31 @@ def sample_settings(args: argparse.Namespace):
         cache=args.cache,
         order=args.order,
     )
+
+
+def add_threads_option(p: argparse.ArgumentParser, default: str = "") -> None:
+    """--threads N for a command that computes: the torch CPU threads it uses (apply_threads);
+    `default` says what happens without it when that is not torch's own choice."""
+    default = default or f"torch's own choice, one per core ({os.cpu_count() or 1} here)"
+    p.add_argument(
+        "--threads",
+        type=arg(check_int, "--threads", lo=1),
+        default=None,
+        help=f"torch CPU threads (intra-op, and inter-op where it can still be set); default: {default}. "
+        "On a machine that other jobs share, give the cores that are free (e.g. --threads 1 when another "
+        "job holds one of two cores): more threads than free cores run several times slower",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads from --threads before the command does any work (no-op without it)."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # only settable before the first inter-op parallel work of the process
+        pass

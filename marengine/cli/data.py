@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..checks import arg, check_int
-from .common import json_object
+from .common import add_threads_option, json_object
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
@@ -92,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=workers, default=0, help="DataLoader processes decoding images")
     p.add_argument("--device", default="cpu", help="cpu or cuda (each torchrun rank takes its local GPU)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_cache_latents)
 
     p = sub.add_parser("check-data", help="open every image of a folder; list unreadable ones (exit 1 if any)")
@@ -105,4 +106,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-workers", type=workers, default=0, help="processes decoding images")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_check_data)

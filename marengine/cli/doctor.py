@@ -4,7 +4,8 @@ Prints the build (versions, CPU kernel ISA, whether the CUDA kernels are built a
 the GPUs, which backend a head of the given size gets on each device, and runs the self-checks
 (marengine/ops/selfcheck.py) now: the CPU kernels always (on a small head: their code does not
 depend on the size), the CUDA kernels where a GPU is visible (every weight dtype on every
-path, and each sampler, on the given head). Exit status 1 when a self-check fails. A few
+path, and each sampler, on the given head). Exit status 0 only when every check ran and
+passed: 1 when one fails, when one could not run, or when none could (no kernels built). A few
 seconds on a CPU; well under a second of GPU time.
 """
 
@@ -13,9 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
 from ..checks import arg, check_int
 from ..limits import MAX_CHECK_CHANNELS, MAX_CHECK_DEPTH, MAX_CHECK_WIDTH
+
+if TYPE_CHECKING:
+    from ..ops.selfcheck import Verdict
+from .common import add_threads_option
 
 
 def _head_template(width: int, depth: int, channels: int):
@@ -88,26 +94,41 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 1
     print(f"self-checks (now; during sampling {selfcheck.ENV}={selfcheck.mode()})")
     if not plans:
-        print("  none: no native kernels are built")
-        return 0
-    failed = 0
+        print("  none: no native kernels are built, so there is nothing to check")
+        print("result: NO self-check ran (build the extension: pip install --no-build-isolation -e .)")
+        return 1
+    verdicts: list[Verdict] = []
     old_path = os.environ.pop("MARENGINE_HEAD_PATH", None)  # each check takes the path it names
     try:
         for device, width, depth in plans:
             template = _head_template(width, depth, args.channels)
             for config in _configs(device, width, depth, args.channels, args.full):
-                v = selfcheck.run_check(template, config)
-                failed += not v.ok
-                print(f"  {v.line()}", flush=True)
+                verdicts.append(selfcheck.run_check(template, config))
+                print(f"  {verdicts[-1].line()}", flush=True)
     finally:
         if old_path is not None:
             os.environ["MARENGINE_HEAD_PATH"] = old_path
-    total = len(selfcheck.results())
-    verdict = f"{failed} of {total} self-checks FAILED" if failed else f"all {total} self-checks passed"
+    verdict, status = summarize(verdicts)
     print(f"result: {verdict} ({time.perf_counter() - t_start:.1f} s)")
-    if failed:
+    if any(not v.ok for v in verdicts):
         print("  the failing configurations run on the PyTorch reference during sampling; please report this output")
-    return 1 if failed else 0
+    return status
+
+
+def summarize(verdicts: list[Verdict]) -> tuple[str, int]:
+    """The result line and the exit status: 0 only when every planned check ran and passed;
+    a check whose harness could not run (SKIP) is not counted as passed."""
+    ran = [v for v in verdicts if v.ran]
+    failed = sum(not v.ok for v in ran)
+    skipped = len(verdicts) - len(ran)
+    if not ran:
+        return f"NO self-check ran: all {skipped} could not run (see the SKIP lines)", 1
+    text = f"{failed} of {len(ran)} self-checks FAILED" if failed else f"all {len(ran)} self-checks that ran passed"
+    if skipped:
+        return f"{text}; {skipped} of {len(verdicts)} could NOT run (see the SKIP lines)", 1
+    if not failed:
+        text = f"all {len(ran)} self-checks passed"
+    return text, 1 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,4 +147,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true", help="more CPU configurations (fp16, DDIM without CFG)")
     p.add_argument("--no-checks", action="store_true", help="build info only")
     p.add_argument("--require-cuda", action="store_true", help="exit 1 when the CUDA kernels cannot be checked")
+    add_threads_option(p)
     p.set_defaults(fn=cmd_doctor)

@@ -6,7 +6,7 @@ import argparse
 
 from ..editing import add_edit_options
 from ..options import add_sampling_options
-from .common import add_backend_options, add_model_options, add_overwrite_option, sample_settings
+from .common import add_backend_options, add_model_options, add_overwrite_option, add_threads_option, sample_settings
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -35,14 +35,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = pipe.inpaint(images, mask, args.labels)
     shown = images.copy()
     shown[mask] = 127  # what the model was given: the region to generate greyed out
+    masks = np.ascontiguousarray(np.broadcast_to(mask, images.shape[:3]))  # [N, H, W] True = generated
     paths = save_samples(
         args.out,
-        np.concatenate([shown, out.array]),
-        np.concatenate([args.labels, args.labels]),
+        out.array,
+        np.asarray(args.labels),
         ncols=len(images),
+        grid_images=np.concatenate([shown, out.array]),
+        extra={"inputs": images, "masks": masks},
         replace=args.overwrite,
     )
-    print(f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and {paths['samples']}")
+    print(
+        f"wrote {paths['grid']} (top: the inputs, generated region grey; bottom: the results) and "
+        f"{paths['samples']} (images: the results; inputs; masks: True where generated; labels)"
+    )
     return 0
 
 
@@ -50,9 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="inpaint / outpaint image files (known pixels are kept exactly)")
     add_model_options(p)
     p.add_argument("--labels", type=int, nargs="+", required=True, help="the class to complete each image as")
-    p.add_argument("--out", required=True, help="output folder: grid.png (inputs and results) and samples.npz")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: grid.png (inputs above results) and samples.npz "
+        "(images: the results, inputs: the given images, masks: True where generated, labels)",
+    )
     add_edit_options(p)
     add_sampling_options(p)
     add_backend_options(p)
     add_overwrite_option(p)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_edit)

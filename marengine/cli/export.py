@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import arg, check_int
-from .common import add_overwrite_option
+from .common import add_overwrite_option, add_threads_option
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -55,4 +55,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="preset name or JSON config, required for an official .pth")
     p.add_argument("--vae", default=None, help="kl16.ckpt: export the VAE decoder")
     p.add_argument("--tokenizer", choices=("auto", "vae", "pixel", "none"), default="auto")
+    add_threads_option(p)
     p.set_defaults(fn=cmd_export_onnx)

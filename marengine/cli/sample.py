@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import add_sampling_options
-from .common import add_backend_options, add_model_options, add_overwrite_option, sample_settings
+from .common import add_backend_options, add_model_options, add_overwrite_option, add_threads_option, sample_settings
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -41,4 +41,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sampling_options(p)
     add_backend_options(p)
     add_overwrite_option(p)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_sample)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from ..checks import check_float, check_int
 from ..config import SERVE_DEFAULTS as D
 from ..options import add_sampling_options, arg
-from .common import add_backend_options, add_model_options, sample_settings
+from .common import add_backend_options, add_model_options, add_threads_option, sample_settings
 
 log = logging.getLogger("marengine.serve")
 
@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve images over HTTP with continuous batching")
     add_model_options(p)
+    add_threads_option(p)
     p.add_argument("--host", default=D.host, help=f"address to listen on (default {D.host}: this machine only)")
     p.add_argument("--port", type=arg(check_int, "--port", lo=0, hi=65535), default=D.port, help=f"default {D.port}")
     p.add_argument(

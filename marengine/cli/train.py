@@ -9,7 +9,7 @@ import time
 from ..checks import arg, check_int
 from ..options import add_sampling_options
 from ..training.config import DEMO, TrainConfig
-from .common import add_backend_options, add_dataclass_flags, dataclass_from, sample_settings
+from .common import add_backend_options, add_dataclass_flags, add_threads_option, dataclass_from, sample_settings
 
 DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
 
@@ -27,7 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a small MAR on the bundled digits, sample per class, write grid, npz and checkpoint."""
+    """Train a small MAR on the bundled digits, sample per class, write grid, npz, one PNG per
+    sample and the checkpoint."""
     import numpy as np
 
     from ..evaluation.digits import evaluate
@@ -46,9 +47,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     labels = np.repeat(np.arange(10), args.per_class)
     images = generate(trainer.ema_model(), trainer.tokenizer, labels, settings)
-    paths = save_samples(args.out_dir, images, labels, ncols=args.per_class, kind=RUN_KIND)  # part of the run
+    paths = save_samples(
+        args.out_dir, images, labels, ncols=args.per_class, per_image=True, kind=RUN_KIND
+    )  # in the run
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  samples:    {paths['grid']}  {paths['samples']}")
+    print(f"  images:     {paths['pngs']}/class{{c}}_{{i}}.png (one PNG per sample, e.g. for marengine edit --images)")
     print(f"  checkpoint: {out['checkpoint']} (EMA model: {out['ema']})")
     if args.evaluate:
         print(f"  quality:    {evaluate(images, labels)}")
@@ -58,6 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a MAR (torchrun --nproc_per_node=N -m marengine train ... for DDP)")
     add_dataclass_flags(p, TrainConfig, TrainConfig())
+    add_threads_option(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, sample, write images")
@@ -71,4 +76,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="score the samples with an independent digits classifier",
     )
+    add_threads_option(p)
     p.set_defaults(fn=cmd_demo)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..checks import arg, check_float, check_int
-from .common import add_overwrite_option
+from .common import add_overwrite_option, add_threads_option
 
 
 def cmd_train_vq(args: argparse.Namespace) -> int:
@@ -49,4 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=arg(check_int, "--hidden", lo=1), default=d.hidden)
     p.add_argument("--seed", type=arg(check_int, "--seed", lo=0), default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_threads_option(p)
     p.set_defaults(fn=cmd_train_vq)

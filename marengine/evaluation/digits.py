@@ -62,13 +62,20 @@ def hidden_features(clf, x: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
+    """Frechet distance between Gaussians fitted to features a [N, F] and b [M, F]:
+    |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2).
 
+    tr((S1 S2)^1/2) is taken as the sum of the square roots of the eigenvalues of the symmetric
+    S1^1/2 S2 S1^1/2 (the same eigenvalues as S1 S2), so a singular covariance (fewer samples
+    than features, a dead feature) is handled exactly: its zero eigenvalues add nothing, where
+    scipy's sqrtm of the non-symmetric product warns and returns an approximation."""
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2).real  # may be singular with fewer samples than features
-
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(s1)  # s1 is symmetric PSD; round-off may leave tiny negative eigenvalues
+    s1_half = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = s1_half @ s2 @ s1_half
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
 
 
 def evaluate(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> DigitsReport:

@@ -17,10 +17,12 @@ role, the MARConfig JSON, exporter (dynamo | torchscript), precision.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,7 +132,40 @@ def _dynamo_shapes(names: Sequence[str], dynamic: dict) -> dict[str, Any]:
     return shapes
 
 
-def export_module(
+# the exporter's own chatter (graph passes, optimizer INFO logs, torchvision notices, deprecations):
+# silenced unless marengine's logging is at DEBUG (`marengine -v`)
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silence torch.onnx / onnxscript / onnx_ir logs and warnings for the duration (they describe the
+    exporter's internals, ~350 lines per export); a failure still raises. `-v` keeps them."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch\.onnx|torch\.export|onnxscript)")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_module(*args: Any, **kwargs: Any) -> tuple[str, int]:
+    """`_export_module` with the exporter's logs and warnings silenced (quiet_exporter)."""
+    with quiet_exporter():
+        return _export_module(*args, **kwargs)
+
+
+def _export_module(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
     path: Path,

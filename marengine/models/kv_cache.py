@@ -65,6 +65,19 @@ class KVCache:
             )
         if self.k.dtype != self.v.dtype or not self.k.is_floating_point():
             raise TypeError(f"the kv-cache must hold floating tensors of one dtype, got {self.k.dtype}/{self.v.dtype}")
+        for name, t in (("k", self.k), ("v", self.v)):
+            if self_overlapping(t):
+                raise ValueError(
+                    f"the kv-cache's {name} has elements that share memory (strides {list(t.stride())} for shape "
+                    f"{list(t.shape)}, e.g. from .expand()): every position must have its own storage, or the "
+                    "writes of one sequence overwrite another's. Allocate it with model.allocate_cache(rows) "
+                    "(or .contiguous() it)"
+                )
+        if overlap(self.k, self.v):
+            raise ValueError(
+                "the kv-cache's k and v share memory: the values would overwrite the keys. Allocate it with "
+                "model.allocate_cache(rows)"
+            )
 
     def writer(self, layer: int, index: int) -> KVWriter:
         """Store the new k, v of `layer` at position `index`; return the keys, values 0..index."""
@@ -75,6 +88,35 @@ class KVCache:
             return self.k[layer, :, :, : index + 1], self.v[layer, :, :, : index + 1]
 
         return write
+
+
+def self_overlapping(t: torch.Tensor) -> bool:
+    """Whether two indices of `t` may address the same element (a stride 0 from .expand(), or
+    strides that interleave): sorted by stride, each dim must step over the whole extent of
+    the smaller ones. Dims of size 1 do not matter."""
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1)
+    extent = 1  # elements spanned by the dims seen so far
+    for stride, size in dims:
+        if stride < extent:
+            return True
+        extent = stride * (size - 1) + extent
+    return False
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory ranges of a and b intersect (same storage, overlapping byte spans)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        start = t.storage_offset() * t.element_size()
+        last = sum((sz - 1) * st for sz, st in zip(t.shape, t.stride())) * t.element_size()
+        return start, start + last + t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def concat_kv(past_k: torch.Tensor, past_v: torch.Tensor, out: list[torch.Tensor]) -> KVWriter:

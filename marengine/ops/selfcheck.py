@@ -115,12 +115,15 @@ class Verdict:
     allowed: float
     ms: float  # wall time of the whole check (twin, native, reference)
     detail: str = ""
+    ran: bool = True  # False: the harness itself failed, the kernel was not checked (ok stays True)
 
     def summary(self) -> str:
         extra = f"; {self.detail}" if self.detail else ""
         return f"max error {self.error:.3g} (allowed {self.allowed:.3g}), {self.ms:.0f} ms{extra}"
 
     def line(self) -> str:
+        if not self.ran:
+            return f"SKIP {self.config.describe()}: {self.detail}"
         return f"{'ok  ' if self.ok else 'FAIL'} {self.config.describe()}: {self.summary()}"
 
 
@@ -251,7 +254,7 @@ def run_check(net: nn.Module, config: Config) -> Verdict:
     except Exception as e:  # the harness itself failed: say so, do not condemn the kernel
         log.warning("marengine: the self-check of [%s] could not run (%s); the native kernel runs unchecked",
                     config.describe(), e)  # fmt: skip
-        v = Verdict(config, True, float("nan"), float("nan"), 0.0, f"not checked: {e}")
+        v = Verdict(config, True, float("nan"), float("nan"), 0.0, f"not checked: {e}", ran=False)
     v.ms = (time.perf_counter() - t0) * 1e3
     with _LOCK:
         _VERDICTS[config] = v
