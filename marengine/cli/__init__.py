@@ -1,4 +1,4 @@
-"""Command line: marengine train | demo | sample | edit | cache-latents | check-data | export-onnx | bench |
+"""Command line: marengine train | demo | sample | evaluate | edit | cache-latents | check-data | export-onnx | bench |
 doctor | train-vq.
 
 Each sub-command lives in its own module and registers its parser here. Every error a
@@ -16,9 +16,9 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import bench, data, doctor, edit, export, sample, train, vq
+from . import bench, data, doctor, edit, evaluate, export, sample, train, vq
 
-COMMANDS = (train, sample, edit, data, export, bench, doctor, vq)
+COMMANDS = (train, sample, evaluate, edit, data, export, bench, doctor, vq)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,8 +41,12 @@ def check_count(n: int, what: str = "images") -> None:
     if n < MIN_IMAGES:
         raise ValueError(f"{n} {what}: FID and IS need at least {MIN_IMAGES} (papers use 50,000)")
     if n < UNBIASED_FROM:
-        log.warning("only %d %s: with fewer than %d, FID is biased upward; compare only scores of equal counts",
-                    n, what, UNBIASED_FROM)  # fmt: skip
+        log.warning(
+            "only %d %s: with fewer than %d, FID is biased upward; compare only scores of equal counts",
+            n,
+            what,
+            UNBIASED_FROM,
+        )
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -50,8 +54,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f"statistics of different dimensions: mu {mu1.shape} / {mu2.shape}, "
-                         f"sigma {sigma1.shape} / {sigma2.shape}")  # fmt: skip
+        raise ValueError(
+            f"statistics of different dimensions: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}"
+        )
     diff = mu1 - mu2
     tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)).real)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
@@ -120,8 +125,10 @@ def load_stats(path: str | os.PathLike, dim: int) -> tuple[np.ndarray, np.ndarra
     """(mu [dim], sigma [dim, dim]) float64 from an npz with `mu` and `sigma` (ADM's adm_in256_stats.npz)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"statistics file {path} not found: give an npz with mu and sigma "
-                                "(e.g. adm_in256_stats.npz), or make one with --save-stats")  # fmt: skip
+        raise FileNotFoundError(
+            f"statistics file {path} not found: give an npz with mu and sigma "
+            "(e.g. adm_in256_stats.npz), or make one with --save-stats"
+        )
     try:
         z = np.load(path, allow_pickle=False)
         keys = set(z.files)
@@ -129,12 +136,16 @@ def load_stats(path: str | os.PathLike, dim: int) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"statistics file {path} is not a readable npz with mu and sigma: {e}") from e
     with z:
         if not {"mu", "sigma"} <= keys:
-            raise ValueError(f"statistics file {path} lacks {sorted({'mu', 'sigma'} - keys)} "
-                             f"(it has {sorted(keys)}): it needs mu [{dim}] and sigma [{dim}, {dim}]")  # fmt: skip
+            raise ValueError(
+                f"statistics file {path} lacks {sorted({'mu', 'sigma'} - keys)} "
+                f"(it has {sorted(keys)}): it needs mu [{dim}] and sigma [{dim}, {dim}]"
+            )
         mu, sigma = z["mu"], z["sigma"]
     if mu.shape != (dim,) or sigma.shape != (dim, dim):
-        raise ValueError(f"statistics file {path} has mu {list(mu.shape)} and sigma {list(sigma.shape)}; "
-                         f"these features need mu [{dim}] and sigma [{dim}, {dim}]")  # fmt: skip
+        raise ValueError(
+            f"statistics file {path} has mu {list(mu.shape)} and sigma {list(sigma.shape)}; "
+            f"these features need mu [{dim}] and sigma [{dim}, {dim}]"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"statistics file {path} holds non-finite values")
     return mu.astype(np.float64), sigma.astype(np.float64)
