@@ -8,6 +8,7 @@ import pytest
 from scipy import linalg
 
 from marengine.evaluation.metrics import (
+    check_count,
     fid_statistics,
     frechet_distance,
     inception_score,
@@ -112,5 +113,7 @@ def test_stats_files(tmp_path):
 def test_too_few_images(caplog):
     with pytest.raises(ValueError, match="at least 2"):
         fid_statistics(np.zeros((1, 4)))
-    fid_statistics(np.random.default_rng(0).normal(size=(10, 4)))
+    with pytest.raises(ValueError, match="at least 2"):
+        check_count(1)
+    check_count(10)
     assert "biased" in caplog.text

@@ -32,7 +32,8 @@ def fid_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
     f = features.cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if f.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {list(f.shape)}")
-    check_count(len(f))
+    if len(f) < MIN_IMAGES:
+        raise ValueError(f"{len(f)} images: FID needs at least {MIN_IMAGES} (papers use 50,000)")
     return f.astype(np.float64).mean(axis=0), np.cov(f, rowvar=False)
 
 
