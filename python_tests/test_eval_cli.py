@@ -115,8 +115,15 @@ def test_images_npz_and_folder_agree(weights, tmp_path, capsys, caplog):
     code, _, err = cli(["evaluate", "--images", str(npz), "--inception-weights", str(weights),
                         "--save-stats", str(tmp_path / "st.npz")], capsys)  # fmt: skip
     assert code == 0, err
-    code, out, err = cli(["evaluate", "--images", str(folder), *args, "--out", str(tmp_path / "r.json")], capsys)
+    code, out, err = cli(["evaluate", "--images", str(folder), *args, "--out", str(tmp_path / "r.json"),
+                          "--save-features", str(tmp_path / "f.npz")], capsys)  # fmt: skip
     assert code == 0, err
+    from marengine.evaluation.inception import load_inception
+
+    with np.load(npz) as z, np.load(tmp_path / "f.npz") as f:
+        pool, logits = load_inception(weights)(z["arr_0"][:2])
+        np.testing.assert_allclose(f["pool"][:2], pool.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f["logits_unbiased"][:2], logits.numpy(), rtol=1e-5, atol=1e-5)
     r = json.loads((tmp_path / "r.json").read_text())
     assert abs(r["fid"]) < 1e-2  # the same images as the statistics: FID ~ 0 (up to rank-deficient round-off)
     assert r["inception_score_mean"] is None and r["num_images"] == 4  # IS needs 10 splits

@@ -75,6 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_stats,
     )
     from ..evaluation.shards import ShardStore
+    from ..imageio import save_npz
     from ..training.distributed import barrier, init_distributed, shutdown
     from ..utils import resolve_device
 
@@ -82,6 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_args(args)
     out = _refuse_existing(args.out, "--out")
     _refuse_existing(args.save_stats, "--save-stats")
+    _refuse_existing(args.save_features, "--save-features")
     settings = sample_settings(args) if args.checkpoint else None  # checked before any work
     device = resolve_device(args.device)
     info = init_distributed(device.type)
@@ -160,6 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         stats = result.pop("_stats", None)
         if args.save_stats:
             write_stats(args.save_stats, stats)
+        if args.save_features and "pool" in arrays:
+            save_npz(args.save_features, pool=arrays["pool"], logits_unbiased=arrays["logits"])
         if args.save_images:
             write_saved_npz(Path(args.save_images), labels)
             (Path(args.save_images) / ".marengine-eval").unlink(missing_ok=True)
@@ -251,6 +255,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reference images (folder or npz) instead of --ref-stats; adds precision and recall (k=3)",
     )
     p.add_argument("--save-stats", default=None, help="write mu, sigma of the scored images to this new npz")
+    p.add_argument(
+        "--save-features",
+        default=None,
+        help="write the float32 features (pool [N, 2048], logits_unbiased [N, 1008]) to this new npz (default: none)",
+    )
     p.add_argument("--out", default=None, help="new report JSON file (default: none, the line is printed only)")
     p.add_argument(
         "--work-dir",
