@@ -251,3 +251,33 @@ def test_two_ranks_equal_one(run_dir, weights, tmp_path):
     assert reports[2]["world_size"] == 2
     for key in ("fid", "inception_score_mean", "precision", "recall"):
         assert reports[2][key] == pytest.approx(reports[1][key], rel=1e-6), key
+
+
+# ---------------------------------------------------------------- online evaluation during training
+def test_train_eval_every_writes_metrics_columns(tmp_path, capsys):
+    import csv
+
+    from conftest import SMALL
+
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mar_digits", "--model-overrides", json.dumps(SMALL), "--batch-size", "16",
+            "--max-steps", "4", "--log-every", "3", "--out-dir", str(out), "--no-progress",
+            "--eval-every", "2", "--eval-images", "20", "--eval-num-iter", "2"]  # fmt: skip
+    code, _, err = cli(argv, capsys)
+    assert code == 0, err
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"eval_accuracy", "eval_fd"} <= rows[0].keys()
+    scored = {int(r["step"]): r for r in rows if r["eval_accuracy"]}
+    assert sorted(scored) == [2, 4]  # every 2 steps and at the end (log rows at 3 carry no score)
+    assert all(0.0 <= float(r["eval_accuracy"]) <= 1.0 and float(r["eval_fd"]) > 0 for r in scored.values())
+    assert any(int(r["step"]) == 3 and not r["eval_accuracy"] for r in rows)
+
+
+def test_train_eval_bad_inputs_refused_before_training(tmp_path, capsys):
+    base = ["train", "--max-steps", "2", "--out-dir", str(tmp_path / "run"), "--eval-every", "1"]
+    code, _, err = cli([*base, "--eval-images", "15"], capsys)
+    assert code == 2 and "does not divide into the model's 10 classes" in err
+    code, _, err = cli([*base, "--eval-inception-weights", str(tmp_path / "none.pth")], capsys)
+    assert code == 2 and "not found" in err
+    assert not (tmp_path / "run" / "last.pth").exists()

@@ -11,8 +11,9 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -37,9 +38,21 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+@dataclass
+class EvalHook:
+    """Online evaluation (built by the caller: training does not import evaluation): every `every`
+    steps and at the end, the main process calls fn(step, ema_model, tokenizer) -> {column: value}
+    and writes the values into metrics.csv under `columns`."""
+
+    fn: Callable[[int, Any, Any], dict[str, float]]
+    every: int
+    columns: tuple[str, ...]
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, eval_hook: EvalHook | None = None) -> None:
         self.cfg = cfg
+        self.eval_hook = eval_hook
         device = resolve_device(cfg.device)
         self.dist = init_distributed(device.type)
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
@@ -255,7 +268,9 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsWriter(self.out_dir, enabled=main, append=self.cfg.resume is not None)
+        hook = self.eval_hook
+        extra = hook.columns if hook else ()
+        metrics = MetricsWriter(self.out_dir, enabled=main, append=self.cfg.resume is not None, extra=extra)
         bar = _progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
         history: list[float] = []
         try:
@@ -283,7 +298,10 @@ class Trainer:
                         skipped=self.skipped,
                         bad=bad_inputs,
                     )
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                evaluate = hook is not None and (self.step % hook.every == 0 or self.step == cfg.max_steps)
+                if evaluate and main:
+                    out.update(hook.fn(self.step, self.ema_model(), self.tokenizer or build_tokenizer(self.tok_spec)))
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or evaluate:
                     metrics.write(self.step, out, self.skipped)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                     self.write_sample_grid(self.out_dir / f"samples-{self.step}")
@@ -353,16 +371,20 @@ class MetricsWriter:
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped", "bad_inputs")
 
-    def __init__(self, out_dir: Path, enabled: bool, append: bool = False) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, append: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.enabled, self.tb = enabled, None
+        self.fields = self.FIELDS + tuple(extra)  # extra: the online evaluation's columns
         if not enabled:
             return
         path = out_dir / "metrics.csv"
         new = not (append and path.exists())
+        if not new:  # a resumed run keeps the columns its file has
+            with open(path, newline="") as f:
+                self.fields = tuple(next(csv.reader(f), self.fields))
         self.file = open(path, "a" if append else "w", newline="")
         self.csv = csv.writer(self.file)
         if new:
-            self.csv.writerow(self.FIELDS)
+            self.csv.writerow(self.fields)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -374,7 +396,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"bad_inputs": 0, **out, "step": step, "skipped": skipped}
-        self.csv.writerow([row[k] for k in self.FIELDS])
+        self.csv.writerow([row.get(k, "") for k in self.fields])
         self.file.flush()
         if self.tb is not None:
             for k in ("loss", "grad_norm", "lr", "imgs_per_s"):
