@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     gen_s, images = timed(lambda: generate_indexed(model, tokenizer, labels, settings), ctx.device)
 
     inception = InceptionV3FID().to(ctx.device)  # default init: random weights, the real network's cost
-    rgb = np.repeat(images, 3, axis=-1)  # [n, 8, 8, 3]
-    big = np.random.default_rng(0).integers(0, 256, size=(n, 256, 256, 3), dtype=np.uint8)
+    m = min(n, 4) if ctx.mode == "quick" else n  # quick: 4 images through the network (a CPU forward is ~0.5 s)
+    rgb = np.repeat(images[:m], 3, axis=-1)  # [m, 8, 8, 3]
+    big = np.random.default_rng(0).integers(0, 256, size=(m, 256, 256, 3), dtype=np.uint8)
     features_of_batch(inception, rgb[:2])  # warm-up
 
     def extract(x: np.ndarray):
@@ -74,28 +75,36 @@ def main(argv: list[str] | None = None) -> int:
 
     feat_digits_s, _ = timed(lambda: extract(rgb), ctx.device)
     feat_big_s, _ = timed(lambda: extract(big), ctx.device)
-    total = gen_s + feat_digits_s
+    per_gen, per_feat = gen_s / n, feat_digits_s / m  # seconds per image
     rows = [
-        {"stage": "generate (digits8, 16 it, cfg 2)", "seconds": gen_s, "img_s": n / gen_s, "share": gen_s / total},
-        {"stage": "Inception features (8x8 digits)", "seconds": feat_digits_s, "img_s": n / feat_digits_s,
-         "share": feat_digits_s / total},
-        {"stage": "Inception features (256x256)", "seconds": feat_big_s, "img_s": n / feat_big_s, "share": None},
+        {"stage": "generate (digits8, 16 it, cfg 2)", "images": n, "seconds": gen_s, "img_s": 1 / per_gen,
+         "share": per_gen / (per_gen + per_feat)},
+        {"stage": "Inception features (8x8 digits)", "images": m, "seconds": feat_digits_s, "img_s": 1 / per_feat,
+         "share": per_feat / (per_gen + per_feat)},
+        {"stage": "Inception features (256x256)", "images": m, "seconds": feat_big_s, "img_s": m / feat_big_s,
+         "share": None},
     ]  # fmt: skip
     print_table(
         rows,
         [
             ("stage", "stage", ""),
+            ("images", "images", "d"),
             ("seconds", "seconds", ".2f"),
             ("images/s", "img_s", ".3g"),
             ("share", "share", ".0%"),
         ],
-        title=f"evaluation of {n} images on {ctx.device} ({ctx.threads} threads); share: of generate + features",
+        title=f"evaluation on {ctx.device} ({ctx.threads} threads); share: of the time per image, generate + features",
     )
     names = ("generate", "features-digits", "features-256")
     for name, row in zip(names, rows):
         ctx.record(
             name,
-            {"images": n, "batch_size": args.batch_size, "model": "digits8", "trained_steps": info.get("train_steps")},
+            {
+                "images": row["images"],
+                "batch_size": args.batch_size,
+                "model": "digits8",
+                "trained_steps": info.get("train_steps"),
+            },
             {"seconds": row["seconds"], "images_per_s": row["img_s"], "share_of_total": row["share"]},
             {"seconds": "s", "images_per_s": "img/s"},
             notes="random-weight Inception (same cost as the real weights)" if name != "generate" else "",

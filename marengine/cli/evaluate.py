@@ -19,6 +19,7 @@ from ..config import EVAL_DEFAULTS
 from ..options import add_sampling_options
 from .common import add_backend_options, add_model_options, sample_settings
 
+DEFAULT_PER_CLASS = 50  # the official evaluation: 50 images per class (FID-50K on ImageNet)
 DIGITS_SIZES = (8, 16)  # the digits models' image sides (the judge's input, 16 pooled to 8)
 
 
@@ -46,8 +47,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--save-stats writes Inception statistics: add --inception-weights FILE")
     if args.images is not None and args.save_images:
         raise ValueError("--save-images writes generated images: it needs --checkpoint")
-    if args.checkpoint is not None and (args.num_images is None) == (args.per_class is None):
-        raise ValueError("with --checkpoint give --num-images N (a multiple of the classes) or --per-class K")
+    if args.num_images is not None and args.per_class is not None:
+        raise ValueError("give --num-images N or --per-class K, not both")
+    if args.checkpoint is not None and args.num_images is None and args.per_class is None:
+        args.per_class = DEFAULT_PER_CLASS
     if args.save_images and Path(args.save_images).exists() and any(Path(args.save_images).iterdir()):
         if not (Path(args.save_images) / ".marengine-eval").is_file():  # ours, from a run being resumed
             raise FileExistsError(
