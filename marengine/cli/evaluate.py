@@ -120,6 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             manifest.update(
                 checkpoint=str(Path(args.checkpoint).resolve()),
                 ema=not args.no_ema,
+                save_images=args.save_images,
                 settings=dataclasses.asdict(settings),
             )
         else:
