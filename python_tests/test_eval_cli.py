@@ -101,6 +101,7 @@ def test_sample_per_class_matches_evaluate_images(run_dir, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- Inception scoring of image sets
+@pytest.mark.slow
 def test_images_npz_and_folder_agree(weights, tmp_path, capsys, caplog):
     from PIL import Image
 
