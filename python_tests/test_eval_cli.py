@@ -184,6 +184,10 @@ def test_bad_images(weights, tmp_path, capsys):
     bad(capsys, ["evaluate", "--images", str(tmp_path / "empty"), *w], "holds no .png/.jpg/.jpeg files")
     one = rgb_npz(tmp_path / "one.npz", 1)
     bad(capsys, ["evaluate", "--images", str(one), *w], "at least 2")
+    np.savez(tmp_path / "none.npz", arr_0=np.zeros((0, 8, 8, 3), np.uint8))
+    bad(capsys, ["evaluate", "--images", str(tmp_path / "none.npz"), *w], "0 images")
+    two = rgb_npz(tmp_path / "two.npz", 2)
+    bad(capsys, ["evaluate", "--images", str(two), *w, "--ref-images", str(tmp_path / "nowhere")], "not found")
     bad(capsys, ["evaluate", "--images", str(one)], "not digits images: FID needs --inception-weights")
 
 

@@ -66,7 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from ..evaluation.images import open_images
     from ..evaluation.inception import POOL_DIM, load_inception
-    from ..evaluation.metrics import load_stats
+    from ..evaluation.metrics import MIN_IMAGES, load_stats
     from ..evaluation.run import (
         Scoring,
         dataset_producer,
@@ -143,6 +143,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             manifest.update(inception=str(w.resolve()), inception_bytes=w.stat().st_size)
             if args.ref_stats:
                 scoring.ref_stats = load_stats(args.ref_stats, POOL_DIM)
+        if n < MIN_IMAGES:
+            raise ValueError(f"{n} images: FID and IS need at least {MIN_IMAGES} (papers use 50,000)")
+        ref = open_images(args.ref_images) if args.ref_images and not judge else None  # checked before the work
         manifest.update(scorer="digits-judge" if judge else "inception", shard_size=args.shard_size, n=n)
         work = args.work_dir or (f"{out}.shards" if out else None)
         store = None
@@ -155,10 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         barrier(info)
         if not info.is_main:
             return 0
-        if args.ref_images and not judge:
+        if ref is not None:
             from ..evaluation.features import extract_features
 
-            ref = open_images(args.ref_images)
             scoring.ref_features = extract_features(
                 scoring.inception, ref, args.batch_size, args.workers, progress=True, desc="reference features"
             )
