@@ -286,3 +286,14 @@ def test_train_eval_bad_inputs_refused_before_training(tmp_path, capsys):
     code, _, err = cli([*base, "--eval-inception-weights", str(tmp_path / "none.pth")], capsys)
     assert code == 2 and "not found" in err
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_sample_balanced_bad_inputs(run_dir, tmp_path, capsys):
+    base = ["sample", "--checkpoint", str(run_dir / "ema"), *FAST, "--out", str(tmp_path / "s")]
+    code, _, err = cli([*base, "--num-images", "15"], capsys)
+    assert code == 2 and "does not divide into the model's 10 classes" in err
+    code, _, err = cli([*base, "--per-class", "1", "--labels", "3"], capsys)
+    assert code == 2 and "not both" in err
+    code, _, err = cli([*base, "--per-class", "1", "--num-images", "10"], capsys)
+    assert code == 2 and "not both" in err
+    assert not (tmp_path / "s").exists()
