@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -53,7 +53,6 @@ class Timings:
     produce: float = 0.0  # generating or decoding images
     score: float = 0.0  # feature extraction
     images: int = 0  # images this rank made in this run (resumed shards not counted)
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _as_rgb(images: np.ndarray) -> np.ndarray:
