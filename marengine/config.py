@@ -211,6 +211,21 @@ class ServeDefaults:
 
 
 SERVE_DEFAULTS = ServeDefaults()
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """Defaults of `marengine evaluate` and the metrics (torch-fidelity's conventions)."""
+
+    batch_size: int = 64  # images per Inception forward
+    workers: int = 4  # DataLoader workers decoding image files (at most the CPU count)
+    shard_size: int = 1024  # images per resumable shard (rounded up to whole sampling batches)
+    isc_splits: int = 10  # Inception Score splits
+    isc_seed: int = 2020  # the Inception Score's shuffle (numpy RandomState(2020).permutation)
+    prc_k: int = 3  # precision/recall neighbourhood
+
+
+EVAL_DEFAULTS = EvalDefaults()
 # the head sampler's backends: native kernels where built, else torch ("auto"), or one forced
 HEAD_BACKENDS = ("auto", "torch", "native")
 

@@ -24,7 +24,7 @@ from marengine.bench.records import Record, validate_record, validate_records, w
 from marengine.bench.timing import PeakMemory, StageClock, interleaved, percentile, summarize  # noqa: E402
 from marengine.cli import main as cli  # noqa: E402
 
-BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone", "presets"}
+BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone", "presets", "eval"}
 
 
 # ---------------------------------------------------------------- the quick suite, end to end
@@ -81,6 +81,16 @@ def test_stages_sum_to_the_total(quick_suite):
         assert parts == pytest.approx(m["total_s_per_image"], rel=1e-6)
         assert m["backbone_calls"] > 0 and m["head_calls"] > 0 and m["decode_calls"] == 1
         assert m["peak_memory_mb_per_image"] is not None and m["peak_memory_mb_per_image"] >= 0
+
+
+@pytest.mark.slow  # the whole quick suite
+def test_eval_records(quick_suite):
+    rows = {r["name"]: r["metrics"] for r in json.loads((quick_suite / "records.json").read_text())
+            if r["benchmark"] == "eval"}  # fmt: skip
+    assert set(rows) == {"generate", "features-digits", "features-256"}
+    assert all(m["images_per_s"] > 0 for m in rows.values())
+    shares = rows["generate"]["share_of_total"] + rows["features-digits"]["share_of_total"]
+    assert shares == pytest.approx(1.0)
 
 
 @pytest.mark.slow  # the whole quick suite: 1-2 min on an idle machine, far more on a busy one

@@ -58,6 +58,7 @@ BENCHMARKS = (
     Benchmark("presets", "bench_presets.py", uses_models=True),
     Benchmark("e2e", "bench_e2e.py", uses_models=True),
     Benchmark("stages", "bench_stages.py", uses_models=True),
+    Benchmark("eval", "bench_eval.py", uses_models=True),
     Benchmark("roofline", "bench_roofline.py"),
     Benchmark(
         "head",

@@ -1,4 +1,4 @@
-"""Command line: marengine train | demo | sample | edit | serve | cache-latents | check-data | export-onnx | bench |
+"""Command line: marengine train | demo | sample | evaluate | edit | serve | cache-latents | check-data | export-onnx |
 doctor | train-vq.
 
 Each sub-command lives in its own module and registers its parser here. Every error a
@@ -16,10 +16,10 @@ import sys
 from typing import Sequence
 
 from ..options import ArgumentParser
-from . import bench, data, doctor, edit, export, sample, serve, train, vq
+from . import bench, data, doctor, edit, evaluate, export, sample, serve, train, vq
 from .common import apply_threads
 
-COMMANDS = (train, sample, edit, serve, data, export, bench, doctor, vq)
+COMMANDS = (train, sample, evaluate, edit, serve, data, export, bench, doctor, vq)
 
 
 def build_parser() -> argparse.ArgumentParser:

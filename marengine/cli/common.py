@@ -58,9 +58,9 @@ def add_overwrite_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     """The model to load (any checkpoint kind, models.loading.load_model) and where to run it."""
-    p.add_argument("--checkpoint", required=True, help="training .pth, pretrained folder, or official .pth")
+    p.add_argument("--checkpoint", required=required, help="training .pth, pretrained folder, or official .pth")
     p.add_argument("--model", default=None, help="preset for official checkpoints (mar_base, mar_large, mar_huge)")
     p.add_argument("--vae-ckpt", default=None, help="the KL-16 VAE file, for official checkpoints")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

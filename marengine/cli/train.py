@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..checks import arg, check_int
+from ..checks import arg, check_float, check_int
+from ..config import SAMPLE_DEFAULTS
 from ..options import add_sampling_options
 from ..training.config import DEMO, TrainConfig
 from .common import add_backend_options, add_dataclass_flags, add_threads_option, dataclass_from, sample_settings
@@ -15,15 +16,88 @@ DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.trainer import train
+    from ..training.trainer import Trainer
 
-    out = train(dataclass_from(TrainConfig, args))
+    cfg = dataclass_from(TrainConfig, args)
+    make_hook = online_eval_hook(args, cfg)  # every evaluation option checked before training starts
+    trainer = Trainer(cfg)
+    try:
+        if make_hook is not None:
+            trainer.eval_hook = make_hook(trainer.device)
+        out = trainer.fit()
+    finally:
+        trainer.close()
     if out["ema"] is not None:  # the main process
         print(
             f"trained {out['step']} steps ({out['skipped']} skipped); checkpoint {out['checkpoint']}, "
             f"EMA model {out['ema']}"
         )
     return 0
+
+
+def online_eval_hook(args: argparse.Namespace, cfg: TrainConfig):
+    """None without --eval-every; else a function device -> EvalHook (evaluation.online builds the callback)."""
+    if not args.eval_every:
+        return None
+    from ..config import family_config
+    from ..evaluation.online import online_eval
+    from ..sampling.balanced import balanced_labels
+    from ..sampling.engine import SampleSettings
+    from ..training.trainer import EvalHook
+
+    _, model_cfg = family_config(cfg.model, cfg.loss, **cfg.model_overrides)
+    balanced_labels(model_cfg.class_num, args.eval_images)  # a count that does not divide is refused now
+    digits = model_cfg.class_num == 10 and getattr(model_cfg, "img_size", None) in (8, 16)
+    if args.eval_inception_weights is None and not digits:
+        raise ValueError(
+            "--eval-every on this model needs --eval-inception-weights FILE (and --eval-ref-stats for FID)"
+        )
+    sides = [getattr(model_cfg, a, None) for a in ("img_size", "vae_stride", "patch_size")]
+    seq_len = (sides[0] // sides[1] // sides[2]) ** 2 if all(sides) else args.eval_num_iter
+    settings = SampleSettings(num_iter=min(args.eval_num_iter, seq_len), cfg=args.eval_cfg, seed=0)
+
+    def make(device):
+        fn, columns = online_eval(
+            args.eval_images, settings, model_cfg.class_num, args.eval_inception_weights, args.eval_ref_stats, device
+        )
+        return EvalHook(fn, args.eval_every, columns)
+
+    return make
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-every",
+        type=arg(check_int, "--eval-every", lo=1),
+        default=None,
+        help="score the EMA weights every N steps and at the end, into metrics.csv (default: never)",
+    )
+    p.add_argument(
+        "--eval-images",
+        type=arg(check_int, "--eval-images", lo=1),
+        default=1000,
+        help="class-balanced images per evaluation, a multiple of the classes (default 1000)",
+    )
+    p.add_argument(
+        "--eval-inception-weights",
+        default=None,
+        help="Inception weights file for FID/IS (default: none; digits models use the digits judge)",
+    )
+    p.add_argument(
+        "--eval-ref-stats", default=None, help="reference statistics npz (mu, sigma) for FID (default: none)"
+    )
+    p.add_argument(
+        "--eval-num-iter",
+        type=arg(check_int, "--eval-num-iter", lo=1),
+        default=SAMPLE_DEFAULTS.num_iter,
+        help=f"sampling iterations of the evaluation (default {SAMPLE_DEFAULTS.num_iter}, at most the tokens)",
+    )
+    p.add_argument(
+        "--eval-cfg",
+        type=arg(check_float, "--eval-cfg", lo=1.0),
+        default=SAMPLE_DEFAULTS.cfg,
+        help=f"guidance scale of the evaluation (default {SAMPLE_DEFAULTS.cfg})",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -63,6 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a MAR (torchrun --nproc_per_node=N -m marengine train ... for DDP)")
     add_dataclass_flags(p, TrainConfig, TrainConfig())
     add_threads_option(p)
+    add_eval_flags(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, sample, write images")

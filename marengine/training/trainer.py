@@ -11,8 +11,9 @@ import io
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -53,9 +54,21 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+@dataclass
+class EvalHook:
+    """Online evaluation (built by the caller: training does not import evaluation): every `every`
+    steps and at the end, the main process calls fn(step, ema_model, tokenizer) -> {column: value}
+    and writes the values into metrics.csv under `columns`."""
+
+    fn: Callable[[int, Any, Any], dict[str, float]]
+    every: int
+    columns: tuple[str, ...]
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, eval_hook: EvalHook | None = None) -> None:
         self.cfg = cfg
+        self.eval_hook = eval_hook
         device = resolve_device(cfg.device)
         self.dist = init_distributed(device.type)
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" else device
@@ -270,7 +283,11 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsWriter(self.out_dir, enabled=main, resumed_at=self.step if self.cfg.resume else None)
+        hook = self.eval_hook
+        extra = hook.columns if hook else ()
+        metrics = MetricsWriter(
+            self.out_dir, enabled=main, resumed_at=self.step if self.cfg.resume else None, extra=extra
+        )
         bar = _progress(cfg.max_steps, self.step, enabled=main and cfg.progress)
         history: list[float] = []
         try:
@@ -298,7 +315,10 @@ class Trainer:
                         skipped=self.skipped,
                         bad=bad_inputs,
                     )
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                evaluate = hook is not None and (self.step % hook.every == 0 or self.step == cfg.max_steps)
+                if evaluate and main:
+                    out.update(hook.fn(self.step, self.ema_model(), self.tokenizer or build_tokenizer(self.tok_spec)))
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or evaluate:
                     metrics.write(self.step, out, self.skipped)
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                     record_outputs(self.out_dir, RUN_KIND, [f"samples-{self.step}"])
@@ -400,17 +420,23 @@ class MetricsWriter:
 
     FIELDS = ("step", "loss", "grad_norm", "lr", "imgs_per_s", "skipped", "bad_inputs")
 
-    def __init__(self, out_dir: Path, enabled: bool, resumed_at: int | None = None) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool, resumed_at: int | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         """A new metrics.csv, or (resumed_at: the step a resumed run starts from) the run's own,
-        less the rows of steps after that checkpoint (a killed run logged them, then lost them)."""
+        with its columns, less the rows of steps after that checkpoint (a killed run logged them,
+        then lost them). extra: the online evaluation's columns."""
         self.enabled, self.tb = enabled, None
+        self.fields = self.FIELDS + tuple(extra)  # extra: the online evaluation's columns
         if not enabled:
             return
         record_outputs(out_dir, RUN_KIND, ["metrics.csv", "tb"])
         path = out_dir / "metrics.csv"
-        rows = _rows_until(path, resumed_at) if resumed_at is not None else []
+        header, rows = _rows_until(path, resumed_at) if resumed_at is not None else (None, [])
+        if header is not None:  # a resumed run keeps the columns its file has
+            self.fields = header
         text = io.StringIO()
-        csv.writer(text).writerows([self.FIELDS, *rows])
+        csv.writer(text).writerows([self.fields, *rows])
         atomic_write_text(path, text.getvalue())  # a kill here leaves the old file or the new, whole
         self.file = open(path, "a", newline="")
         self.csv = csv.writer(self.file)
@@ -425,7 +451,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"bad_inputs": 0, **out, "step": step, "skipped": skipped}
-        self.csv.writerow([row[k] for k in self.FIELDS])
+        self.csv.writerow([row.get(k, "") for k in self.fields])
         self.file.flush()
         if self.tb is not None:
             for k in ("loss", "grad_norm", "lr", "imgs_per_s"):
@@ -438,16 +464,16 @@ class MetricsWriter:
                 self.tb.close()
 
 
-def _rows_until(path: Path, step: int) -> list[list[str]]:
-    """The data rows of an earlier metrics.csv up to `step` (none if it is missing or not ours)."""
+def _rows_until(path: Path, step: int) -> tuple[tuple[str, ...] | None, list[list[str]]]:
+    """(header, data rows up to `step`) of an earlier metrics.csv; (None, []) if it is missing or not ours."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    if not rows or tuple(rows[0]) != MetricsWriter.FIELDS:
-        return []
-    return [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        return None, []
+    if not rows or tuple(rows[0][: len(MetricsWriter.FIELDS)]) != MetricsWriter.FIELDS:
+        return None, []
+    return tuple(rows[0]), [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
 
 
 def _progress(total: int, start: int, enabled: bool):
