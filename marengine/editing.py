@@ -157,30 +157,13 @@ def add_edit_options(p: Any) -> None:
     p.add_argument("--images", nargs="+", default=None, help="image files to edit (one label each)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mask", default=None, help="mask image: white (nonzero) pixels are generated")
-    group.add_argument(
-        "--box",
-        type=int,
-        nargs=4,
-        metavar=("X0", "Y0", "X1", "Y1"),
-        default=None,
-        help="inpaint this box (pixels, end exclusive)",
-    )
-    group.add_argument(
-        "--padding",
-        type=int,
-        nargs=4,
-        metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
-        default=None,
-        help="outpaint: the images are placed inside the model's canvas with this padding",
-    )
-    group.add_argument(
-        "--region",
-        type=int,
-        nargs=4,
-        metavar=("X0", "Y0", "X1", "Y1"),
-        default=None,
-        help="outpaint: keep this box of the images, generate the rest",
-    )
+    corners, sides = ("X0", "Y0", "X1", "Y1"), ("LEFT", "TOP", "RIGHT", "BOTTOM")
+    for flag, names, help in (
+        ("--box", corners, "inpaint this box (pixels, end exclusive)"),
+        ("--padding", sides, "outpaint: the images are placed inside the model's canvas with this padding"),
+        ("--region", corners, "outpaint: keep this box of the images, generate the rest"),
+    ):
+        group.add_argument(flag, type=int, nargs=4, metavar=names, default=None, help=help)
 
 
 def edit_inputs(args: Any, channels: int, size: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -72,19 +72,15 @@ def tiny_mar():
 
 # ---------------------------------------------------------------- tiny training runs
 # mar_digits shrunk to one block of width 32 and a 1x32 head: a training step takes milliseconds
-SMALL = dict(
+ONE_BLOCK = dict(  # an encoder and a decoder of one block of width 32 with 2 heads
     encoder_embed_dim=32,
     encoder_depth=1,
     encoder_num_heads=2,
     decoder_embed_dim=32,
     decoder_depth=1,
     decoder_num_heads=2,
-    diffloss_w=32,
-    diffloss_d=1,
-    diffusion_batch_mul=1,
-    attn_dropout=0.1,
-    proj_dropout=0.1,
 )
+SMALL = dict(**ONE_BLOCK, diffloss_w=32, diffloss_d=1, diffusion_batch_mul=1, attn_dropout=0.1, proj_dropout=0.1)
 
 
 def small_train_config(out: Path, **kw):

@@ -65,6 +65,14 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, err
 
 
+def cli_train(out: Path, capsys, max_steps: int, *extra: str) -> tuple[int, str]:
+    """`marengine train` into `out` for `max_steps` steps with `extra` flags: (exit code, stderr)."""
+    return cli(["train", "--out-dir", str(out), "--no-progress", "--max-steps", str(max_steps), *extra], capsys)
+
+
+SMALL_MODEL = ("--model-overrides", json.dumps(SMALL))  # the flags that pick the SMALL digits model
+
+
 def deploy(argv: list[str], capsys) -> tuple[int, str]:
     from marengine.export import deploy as dep
 
@@ -368,7 +376,7 @@ CLI_TRAIN = [
 @pytest.mark.parametrize("extra, match", CLI_TRAIN, ids=[f"cli-train-{i}" for i in range(len(CLI_TRAIN))])
 def test_cli_train(tmp_path, capsys, extra, match):
     out = tmp_path / "run"
-    code, err = cli(["train", "--out-dir", str(out), "--no-progress", "--max-steps", "1", *extra], capsys)
+    code, err = cli_train(out, capsys, 1, *extra)
     assert code == 2, err
     assert "Traceback" not in err and re.search(match, err), err
     assert not (out / "last.pth").exists()
@@ -491,25 +499,7 @@ def test_non_finite_checkpoint_is_refused_on_load_and_export(run_dir, tmp_path):
 
 def test_diverging_training_exits_non_zero_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "div"
-    code, err = cli(
-        [
-            "train",
-            "--out-dir",
-            str(out),
-            "--no-progress",
-            "--max-steps",
-            "3",
-            "--lr",
-            "1e30",
-            "--model-overrides",
-            json.dumps(SMALL),
-            "--batch-size",
-            "16",
-            "--max-bad-steps",
-            "50",
-        ],
-        capsys,
-    )
+    code, err = cli_train(out, capsys, 3, "--lr", "1e30", *SMALL_MODEL, "--batch-size", "16", "--max-bad-steps", "50")
     assert code == 2, err
     assert "without finite weights" in err and "no checkpoint was written" in err
     assert not (out / "last.pth").exists() and not (out / "ema").exists()
@@ -521,28 +511,10 @@ def test_existing_run_is_not_replaced(run_dir, tmp_path, capsys):
     out = tmp_path / "again"
     shutil.copytree(run_dir, out)
     before = (out / "last.pth").read_bytes()
-    code, err = cli(
-        ["train", "--out-dir", str(out), "--no-progress", "--max-steps", "1", "--model-overrides", json.dumps(SMALL)],
-        capsys,
-    )
+    code, err = cli_train(out, capsys, 1, *SMALL_MODEL)
     assert code == 2 and "--resume" in err and "--overwrite" in err
     assert (out / "last.pth").read_bytes() == before
-    code, err = cli(
-        [
-            "train",
-            "--out-dir",
-            str(out),
-            "--no-progress",
-            "--max-steps",
-            "1",
-            "--overwrite",
-            "--model-overrides",
-            json.dumps(SMALL),
-            "--batch-size",
-            "16",
-        ],
-        capsys,
-    )
+    code, err = cli_train(out, capsys, 1, "--overwrite", *SMALL_MODEL, "--batch-size", "16")
     assert code == 0, err
     assert (out / "last.pth").read_bytes() != before
     rows = (out / "metrics.csv").read_text().splitlines()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import ONE_BLOCK, rel_err
 
 from marengine.models import MAR
 
@@ -98,27 +98,9 @@ def test_bad_head_sampling_arguments(tiny_mar):
 
 def test_bad_config():
     with pytest.raises(ValueError, match="not divisible"):
-        MAR(
-            img_size=64,
-            vae_stride=16,
-            patch_size=3,
-            encoder_embed_dim=32,
-            encoder_depth=1,
-            encoder_num_heads=2,
-            decoder_embed_dim=32,
-            decoder_depth=1,
-            decoder_num_heads=2,
-        )
+        MAR(img_size=64, vae_stride=16, patch_size=3, **ONE_BLOCK)
     with pytest.raises(ValueError, match="num_heads"):
-        MAR(
-            img_size=64,
-            encoder_embed_dim=30,
-            encoder_num_heads=4,
-            encoder_depth=1,
-            decoder_embed_dim=32,
-            decoder_depth=1,
-            decoder_num_heads=2,
-        )
+        MAR(img_size=64, **{**ONE_BLOCK, "encoder_embed_dim": 30, "encoder_num_heads": 4})
 
 
 def test_training_loss_and_gradients(tiny_mar):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from ..checks import check_float, check_int
 from ..config import SERVE_DEFAULTS as D
@@ -48,50 +50,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_setting(p: argparse.ArgumentParser, flag: str, check: Callable[..., Any], help: str, **bounds: float) -> None:
+    """A numeric flag whose default is SERVE_DEFAULTS' field of the same name, checked by `check` within `bounds`."""
+    default = getattr(D, flag.removeprefix("--").replace("-", "_"))
+    shown = f"{default:g}" if isinstance(default, float) else f"{default}"
+    p.add_argument(flag, type=arg(check, flag, **bounds), default=default, help=f"{help} (default {shown})")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve images over HTTP with continuous batching")
     add_model_options(p)
     add_threads_option(p)
     p.add_argument("--host", default=D.host, help=f"address to listen on (default {D.host}: this machine only)")
-    p.add_argument("--port", type=arg(check_int, "--port", lo=0, hi=65535), default=D.port, help=f"default {D.port}")
-    p.add_argument(
-        "--max-batch-rows",
-        type=arg(check_int, "--max-batch-rows", lo=1),
-        default=D.max_batch_rows,
-        help=f"backbone rows per iteration, an image with CFG takes 2 (default {D.max_batch_rows})",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=arg(check_int, "--max-queue", lo=0),
-        default=D.max_queue,
-        help=f"waiting requests; more get 429 (default {D.max_queue})",
-    )
-    p.add_argument(
-        "--max-n", type=arg(check_int, "--max-n", lo=1), default=D.max_n, help=f"images per request (default {D.max_n})"
-    )
-    p.add_argument(
-        "--max-body-bytes",
-        type=arg(check_int, "--max-body-bytes", lo=1),
-        default=D.max_body_bytes,
-        help=f"largest request body; more get 413 (default {D.max_body_bytes})",
-    )
-    p.add_argument(
-        "--body-timeout",
-        type=arg(check_float, "--body-timeout", lo=0.001),
-        default=D.body_timeout,
-        help=f"seconds for a body to arrive; slower clients get 408 (default {D.body_timeout:g})",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=arg(check_float, "--request-timeout", lo=0.001),
-        default=D.request_timeout,
-        help=f"seconds a request may wait and run; then 504 (default {D.request_timeout:g})",
-    )
-    p.add_argument(
-        "--shutdown-grace",
-        type=arg(check_float, "--shutdown-grace", lo=0.001),
-        default=D.shutdown_grace,
-        help=f"seconds in-flight requests get to finish on SIGTERM/SIGINT (default {D.shutdown_grace:g})",
+    _add_setting(p, "--port", check_int, "port to listen on", lo=0, hi=65535)
+    _add_setting(p, "--max-batch-rows", check_int, "backbone rows per iteration, an image with CFG takes 2", lo=1)
+    _add_setting(p, "--max-queue", check_int, "waiting requests; more get 429", lo=0)
+    _add_setting(p, "--max-n", check_int, "images per request", lo=1)
+    _add_setting(p, "--max-body-bytes", check_int, "largest request body; more get 413", lo=1)
+    _add_setting(p, "--body-timeout", check_float, "seconds for a body to arrive; slower clients get 408", lo=0.001)
+    _add_setting(p, "--request-timeout", check_float, "seconds a request may wait and run; then 504", lo=0.001)
+    _add_setting(
+        p, "--shutdown-grace", check_float, "seconds in-flight requests get to finish on SIGTERM/SIGINT", lo=0.001
     )
     p.add_argument(
         "--static-batching-window",

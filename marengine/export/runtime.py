@@ -165,6 +165,10 @@ class OnnxModel:
         # IO binding on the device with CUDA; on CPU a plain run (binding works there too: tests use it)
         self.use_binding, self.device_type = self.on_cuda, ("cuda" if self.on_cuda else "cpu")
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self._read_config()
+
+    def _read_config(self) -> None:
+        """What a part derives from its config and metadata once they are checked (subclasses)."""
 
     def _run(self, feeds: dict[str, Any], out_shape: tuple[int, ...]) -> Any:
         """Run on validated inputs; the result is a torch tensor when the first input is one
@@ -236,10 +240,7 @@ class OnnxBackbone(OnnxModel):
     roles = ("backbone", "backbone_embed")
     output = "z"
 
-    def __init__(
-        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
-    ) -> None:
-        super().__init__(path, providers, session_options)
+    def _read_config(self) -> None:
         c = self.config
         self.seq_h = self.seq_w = c["img_size"] // c["vae_stride"] // c["patch_size"]
         self.seq_len = self.seq_h * self.seq_w
@@ -321,10 +322,7 @@ class OnnxHead(OnnxModel):
     roles = ("head",)
     output = "out"
 
-    def __init__(
-        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
-    ) -> None:
-        super().__init__(path, providers, session_options)
+    def _read_config(self) -> None:
         c = self.config
         self.channels = c["vae_embed_dim"] * c["patch_size"] ** 2
         self.z_dim = c["decoder_embed_dim"]
@@ -342,10 +340,7 @@ class OnnxHead(OnnxModel):
 class _OnnxTokenizerPart(OnnxModel):
     """The shapes both tokenizer parts check: MAR latents [C, h, w] and images [ch, H, W]."""
 
-    def __init__(
-        self, path: str | os.PathLike, providers: Sequence[str] | None = None, session_options: Any = None
-    ) -> None:
-        super().__init__(path, providers, session_options)
+    def _read_config(self) -> None:
         try:
             self.tokenizer: dict[str, Any] = json.loads(self.metadata.get(KEY_TOKENIZER, "{}")) or {}
         except ValueError as e:

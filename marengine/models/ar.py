@@ -24,7 +24,7 @@ and the training contract (`forward(imgs, labels, generator) -> loss`) are MAR's
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -261,42 +261,19 @@ class CausalAR(nn.Module, PretrainedMixin):
         labels: torch.Tensor | None = None,
         temperature: float = SAMPLE_DEFAULTS.temperature,
         progress: bool = False,
-        *,
-        generator: torch.Generator | None = None,
-        backend: str = "auto",
-        clip_denoised: bool = False,
-        orders: torch.Tensor | None = None,
-        use_cache: bool = True,
-        kv_cache: KVCache | None = None,
-        backbone: Callable | None = None,
-        sampler: str | None = None,
-        steps: int | str | list[int] | None = None,
+        **options: Any,
     ) -> torch.Tensor:
         """Generate one token per step (num_iter is the L tokens; None means L): latents
-        [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce). MAR's signature, plus orders
-        [bsz, L] (default: raster, or random from `generator`), use_cache (False: recompute the
-        whole prefix every step, the reference), kv_cache (a preallocated KVCache to reuse) and,
-        with Diffusion Loss, the head's sampler and diffusion steps per token (as for MAR:
-        schedules.step_schedule over the L steps)."""
-        if backbone is not None:
+        [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce). MAR's signature; the keyword
+        options are those of models/ar_sampling.sample_tokens: MAR's generator, backend,
+        clip_denoised, plus orders [bsz, L] (default: raster, or random from `generator`),
+        use_cache (False: recompute the whole prefix every step, the reference), kv_cache (a
+        preallocated KVCache to reuse) and, with Diffusion Loss, the head's sampler and
+        diffusion steps per token (as for MAR: schedules.step_schedule over the L steps)."""
+        if options.pop("backbone", None) is not None:
             raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
         return ar_sampling.sample_tokens(
-            self,
-            bsz,
-            num_iter,
-            cfg,
-            cfg_schedule,
-            labels,
-            temperature,
-            progress,
-            generator=generator,
-            backend=backend,
-            clip_denoised=clip_denoised,
-            orders=orders,
-            use_cache=use_cache,
-            kv_cache=kv_cache,
-            sampler=sampler,
-            steps=steps,
+            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options
         )
 
     # ---------------------------------------------------------------- checks

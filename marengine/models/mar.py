@@ -33,6 +33,7 @@ class MAR(nn.Module, PretrainedMixin):
     # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
     loss: str = "diffusion"  # the head: "diffusion" (Diffusion Loss) or "ce" (MAR-CE)
     sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache", "order")
+    sampling_loop = staticmethod(masked_ar.sample_tokens)  # what sample_tokens runs (MAR-CE: its own)
 
     def __init__(
         self,
@@ -306,14 +307,15 @@ class MAR(nn.Module, PretrainedMixin):
         """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps (the
         official signature; the official semantics unless options say otherwise).
 
-        Keyword options (models/masked_ar.sample_tokens): generator (all randomness), backend
+        Keyword options (those of `sampling_loop`, here models/masked_ar.sample_tokens; MAR-CE's
+        models/mar_ce.sample_codes returns codes [bsz, h, w]): generator (all randomness), backend
         ("auto" | "torch" | "native" head sampler), backbone (a stand-in for self.backbone,
         e.g. onnxruntime), clip_denoised (clamp x_0 predictions to [-1, 1]; pixel tokens),
         sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"), steps (diffusion steps per iteration:
         an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
         known_tokens [bsz, L, C] with known_mask [bsz, L] (editing), order (the generation
         order: "random", the official one, "halton" or "lattice"; models/orders.py)."""
-        return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
+        return self.sampling_loop(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
 
     # ---------------------------------------------------------------- checks
     def check_weights(self) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..checks import check_finite_result
-from ..config import ARCH_MAR_CE, SAMPLE_DEFAULTS, MARCEConfig
+from ..config import ARCH_MAR_CE, MARCEConfig
 from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
 from .backbone_cache import CachePolicy
@@ -26,10 +26,73 @@ from .mar import MAR
 from .masked_ar import check_sampling_args, masked_loop
 
 
+def sample_codes(
+    model: MARCE,
+    bsz: int,
+    num_iter: int,
+    cfg: float,
+    cfg_schedule: str,
+    labels: torch.Tensor | None,
+    temperature: float,
+    progress: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    backbone: Callable | None = None,
+    clip_denoised: bool = False,
+    cache: str | CachePolicy | None = None,
+    known_tokens: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    order: str = "random",
+) -> torch.Tensor:
+    """Codes [bsz, h, w] of MAR-CE (`MARCE.sample_tokens`): MAR's loop (masked_ar.masked_loop)
+    with a categorical head (backend and clip_denoised concern the diffusion head and are
+    ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
+    [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
+    kept exactly; order: the generation order (models/orders.py)."""
+    model.check_weights()
+    check_generator(generator)
+    bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
+        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
+    )
+    known_codes = None
+    if known_tokens is not None:
+        codes = (
+            known_tokens.reshape(known_tokens.shape[0], model.seq_h, model.seq_w)
+            if known_tokens.ndim == 2
+            else known_tokens
+        )
+        known_codes = model.check_codes(codes).to(model.fake_latent.device)  # [B, L]
+        known_tokens = model.code_embed(known_codes)  # [B, L, C]
+    head = CodeTokens(model, temperature, generator)
+    _, codes = masked_loop(
+        model,
+        head,
+        bsz,
+        num_iter,
+        cfg,
+        cfg_schedule,
+        labels,
+        progress,
+        generator,
+        backbone,
+        cache,
+        known_tokens,
+        known_mask,
+        None,
+        order,
+    )
+    check_finite_result(bool(head.finite), "logits", cfg, temperature)
+    if known_codes is not None:
+        codes = torch.where(known_mask.to(codes.device), known_codes, codes)
+    return codes.reshape(bsz, model.seq_h, model.seq_w)
+
+
 class MARCE(MAR):
     architecture = ARCH_MAR_CE
     loss = "ce"
     sampling_knobs = ("cache", "order")  # backbone reuse, orders; no diffusion head, so no head sampler or steps
+    sampling_loop = staticmethod(sample_codes)  # what MAR.sample_tokens runs
 
     def __init__(self, codebook_size: int = 16384, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -72,68 +135,6 @@ class MARCE(MAR):
         z = self.forward_mae_decoder(self.forward_mae_encoder(x, mask, self.class_emb(labels), generator), mask)
         bsz, seq_len, dim = z.shape
         return self.ce_head.loss(z.reshape(bsz * seq_len, dim), codes.reshape(-1), mask.reshape(-1))
-
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        bsz: int,
-        num_iter: int = SAMPLE_DEFAULTS.num_iter,
-        cfg: float = SAMPLE_DEFAULTS.cfg,
-        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
-        labels: torch.Tensor | None = None,
-        temperature: float = SAMPLE_DEFAULTS.temperature,
-        progress: bool = False,
-        *,
-        generator: torch.Generator | None = None,
-        backend: str = "auto",
-        backbone: Callable | None = None,
-        clip_denoised: bool = False,
-        cache: str | CachePolicy | None = None,
-        known_tokens: torch.Tensor | None = None,
-        known_mask: torch.Tensor | None = None,
-        order: str = "random",
-    ) -> torch.Tensor:
-        """Codes [bsz, h, w] in `num_iter` masked-autoregressive steps: MAR's loop (masked_ar.masked_loop)
-        with a categorical head (MAR's signature; backend and clip_denoised concern the diffusion
-        head and are ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
-        [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
-        kept exactly; order: the generation order (models/orders.py)."""
-        self.check_weights()
-        check_generator(generator)
-        bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature
-        )
-        known_codes = None
-        if known_tokens is not None:
-            codes = (
-                known_tokens.reshape(known_tokens.shape[0], self.seq_h, self.seq_w)
-                if known_tokens.ndim == 2
-                else known_tokens
-            )
-            known_codes = self.check_codes(codes).to(self.fake_latent.device)  # [B, L]
-            known_tokens = self.code_embed(known_codes)  # [B, L, C]
-        head = CodeTokens(self, temperature, generator)
-        _, codes = masked_loop(
-            self,
-            head,
-            bsz,
-            num_iter,
-            cfg,
-            cfg_schedule,
-            labels,
-            progress,
-            generator,
-            backbone,
-            cache,
-            known_tokens,
-            known_mask,
-            None,
-            order,
-        )
-        check_finite_result(bool(head.finite), "logits", cfg, temperature)
-        if known_codes is not None:
-            codes = torch.where(known_mask.to(codes.device), known_codes, codes)
-        return codes.reshape(bsz, self.seq_h, self.seq_w)
 
 
 class CodeTokens:

@@ -191,19 +191,22 @@ def collate_items(items: Sequence[tuple[torch.Tensor, int] | BadItem]) -> Batch:
     return Batch(x, y, bad)
 
 
-class _Unseeded(Dataset):
-    def __init__(self, source: ImageFolderDataset) -> None:
-        self.source = source
+class ItemView(Dataset):
+    """A map-style view of `source` for a DataLoader: item i is `source.<method>(i)`, with no
+    generator (no augmentation draws)."""
+
+    def __init__(self, source: ImageFolderDataset, method: str) -> None:
+        self.source, self.method = source, method
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int):
-        return self.source.load(i)  # decode and crop, no augmentation
+        return getattr(self.source, self.method)(i)
 
-    @staticmethod
-    def collate(items: Sequence[np.ndarray | BadItem]) -> list[BadItem]:
-        return [it for it in items if isinstance(it, BadItem)]
+
+def _bad_items(items: Sequence[np.ndarray | BadItem]) -> list[BadItem]:
+    return [it for it in items if isinstance(it, BadItem)]
 
 
 def check_image_folder(
@@ -211,7 +214,10 @@ def check_image_folder(
 ) -> list[BadItem]:
     """Open, decode and crop every image as training would; return the ones that fail."""
     loader = DataLoader(
-        _Unseeded(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=_Unseeded.collate
+        ItemView(dataset, "load"),  # decode and crop, no augmentation
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_bad_items,
     )
     bad: list[BadItem] = []
     if progress:

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..checks import read_json_file
 from ..files import atomic_write, claim_output_folder, read_manifest, record_outputs, remove_stale_temporaries
-from .data import BadItem, ImageFolderDataset, collate_items
+from .data import BadItem, ImageFolderDataset, ItemView, collate_items
 
 log = logging.getLogger("marengine.data")
 
@@ -242,17 +242,6 @@ def cache_settings(
     }
 
 
-class _CacheItems(Dataset):
-    def __init__(self, dataset: ImageFolderDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return self.dataset.get(i)  # the dataset has flip=False: the mirror is encoded separately
-
-
 @torch.no_grad()
 def encode_pending(
     writer: LatentCacheWriter,
@@ -285,7 +274,7 @@ def encode_pending(
         for s in range(0, len(r), batch_size)
     ]
     loader = DataLoader(
-        _CacheItems(dataset),
+        ItemView(dataset, "get"),  # the dataset has flip=False: the mirror is encoded separately
         batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=collate_items,
