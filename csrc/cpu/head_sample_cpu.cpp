@@ -401,16 +401,16 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
   for (int64_t d = 0; d < sh.D; ++d) {
     P.ln_w.push_back(f32.get(ln_w[d]));
     P.ln_b.push_back(f32.get(ln_b[d]));
-    P.mod_w.push_back(cached_pack(K, mod_w[d]));
+    P.mod_w.push_back(cached_pack(K, mod_w[d], true));
     P.mod_b.push_back(f32.get(mod_b[d]));
-    P.w1.push_back(cached_pack(K, w1[d]));
+    P.w1.push_back(cached_pack(K, w1[d], true));
     P.b1.push_back(f32.get(b1[d]));
-    P.w2.push_back(cached_pack(K, w2[d]));
+    P.w2.push_back(cached_pack(K, w2[d], true));
     P.b2.push_back(f32.get(b2[d]));
   }
-  P.fmod_w = cached_pack(K, fmod_w);
+  P.fmod_w = cached_pack(K, fmod_w, true);
   P.fmod_b = f32.get(fmod_b);
-  P.out_w = cached_pack(K, out_w);
+  P.out_w = cached_pack(K, out_w, true);
   P.out_b = f32.get(out_b);
 
   P.c_emb = c_emb.data_ptr<float>();
