@@ -197,11 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                 else {"preset": p.backbone_preset, "batch": p.backbone_batch, "seq_len": L, "known": L // 2}
             )
             params = {"kind": part, "backend": backend, "dtype": dt, "threads": ctx.threads, **shape}
+            isa = native._C.cpu_kernels() if backend == "native" and ctx.device.type == "cpu" else None
+            if isa:  # which build of the CPU kernels ran (MARENGINE_CPU_KERNELS forces one)
+                params["cpu_kernels"] = isa
             if part == "backbone":
                 params["config_overrides"] = p.backbone_overrides
             units = {"gflops": "GFLOP/s", "peak_matmul_gflops": "GFLOP/s", "seconds_p50": "s", "gflop": "GFLOP"}
             ctx.record(f"{part}/{backend}/{dt}", params, metrics, units, p.note)
-            rows.append({"what": f"{part} {backend} {dt}", **metrics})
+            rows.append({"what": f"{part} {backend} {dt}" + (f" [{isa}]" if isa else ""), **metrics})
     print_table(
         rows,
         [

@@ -117,7 +117,8 @@ inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight, bool
   const at::Tensor w = (weight.scalar_type() == at::kFloat || keep) ? weight : weight.to(at::kFloat);
   const Weight src = weight_of(w);
   const int64_t tiles = (src.n + kTileN - 1) / kTileN, kp = keep ? (src.k + 1) / 2 * 2 : src.k;
-  PackedWeight out{at::empty({std::max<int64_t>(1, tiles * kp * kTileN)}, w.options()), src.n, src.k, src.type};
+  const int64_t elems = K.packed_elems ? K.packed_elems(src.type, src.n, src.k) : tiles * kp * kTileN;
+  PackedWeight out{at::empty({std::max<int64_t>(1, elems)}, w.options()), src.n, src.k, src.type};
   void* dst = out.data.data_ptr();
   at::parallel_for(0, tiles, grain_for(src.k * kTileN),
                    [&](int64_t t0, int64_t t1) { K.pack_weights(src, t0, t1, dst); });
@@ -140,15 +141,16 @@ uint64_t content_hash_all(const std::vector<at::Tensor>& tensors);
 // Frees head_sample's cached per-thread workspaces (head_sample_cpu.cpp).
 void release_workspaces();
 
-// lanes: rows per panel that matter (<= 8 takes the half-panel micro-kernel).
+// lanes: rows per panel that matter (<= 8 takes the half-panel micro-kernels). Columns are
+// split across threads in ranges of kColSplit.
 inline void gemm_packed_parallel(const Kernels& K, const float* A, int64_t a_pstride, int64_t panels,
                                  const PackedWeight& w, const EpiArgs& e, int64_t lanes = kLanes) {
-  const int64_t tiles = (w.n + 2 * kTileN - 1) / (2 * kTileN);  // pairs of tiles (the 8-lane kernel's width)
-  const int64_t tile_flops = 2 * panels * kLanes * 2 * kTileN * w.k;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, tile_flops));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * 2 * kTileN, std::min(w.n, t1 * 2 * kTileN),
-                  lanes, e);
+  const int64_t parts = (w.n + kColSplit - 1) / kColSplit;
+  const int64_t part_flops = 2 * panels * kLanes * kColSplit * w.k;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, part_flops));
+  at::parallel_for(0, parts, grain, [&](int64_t t0, int64_t t1) {
+    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * kColSplit, std::min(w.n, t1 * kColSplit), lanes,
+                  e);
   });
 }
 

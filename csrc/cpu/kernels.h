@@ -21,9 +21,9 @@
 // Builds of the same source (kernels_impl.h): AVX2+FMA (kernels_avx2.cpp) and baseline
 // (kernels_base.cpp: SSE2 on x86, NEON on aarch64). kernels_avx512.cpp reuses it for the
 // row-wise parts and has its own AVX-512 GEMM micro-kernels (one 16-row panel is one zmm),
-// plus, where the CPU has AVX512-BF16, a bf16 x bf16 -> fp32 GEMM (vdpbf16ps) on bf16
-// weights packed in k-pairs. `kernels()` picks the best build for the running CPU
-// (avx512_bf16 > avx512 > avx2 > base; MARENGINE_CPU_KERNELS=NAME forces one, falling back
+// plus bf16 x bf16 -> fp32 GEMMs on bf16 weights: with AVX512-BF16 (vdpbf16ps, weights
+// packed in k-pairs) or with AMX-BF16 tiles (weights packed in 16 x 32 tiles). `kernels()` picks the best build for the
+// running CPU (avx512_amx > avx512_bf16 > avx512 > avx2 > base; MARENGINE_CPU_KERNELS=NAME forces one, falling back
 // with a message on stderr when the CPU cannot run it). Threading is the caller's business
 // (head_sample_cpu.cpp).
 //
@@ -35,8 +35,9 @@
 namespace marengine {
 namespace cpu {
 
-constexpr int64_t kLanes = 16;  // rows per panel
-constexpr int64_t kTileN = 6;   // weight rows per micro-tile
+constexpr int64_t kLanes = 16;     // rows per panel
+constexpr int64_t kTileN = 6;      // weight rows per micro-tile
+constexpr int64_t kColSplit = 48;  // column ranges given to gemm_packed start at multiples of this
 
 enum class WType : int { F32 = 0, BF16 = 1, F16 = 2 };
 
@@ -81,7 +82,8 @@ struct Kernels {
   // Weight tiles [t0, t1) (6 rows each) -> k-major tiles in W's element type, tile t at
   // out + t * K * 6 elements (rows past N zero). For weights reused across calls / steps.
   void (*pack_weights)(const Weight& W, int64_t t0, int64_t t1, void* out);
-  // gemm with prepacked weights ([ceil(N/6)][K][6] of `type`); n0 must be a multiple of 6.
+  // gemm with prepacked weights ([ceil(N/6)][K][6] of `type`, unless noted); n0 must be a
+  // multiple of kColSplit (every build's column groups divide it).
   // lanes <= 8: only rows 0-7 of each panel matter (8 x 12 micro-tile, half the FLOPs).
   void (*gemm_packed)(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type, int64_t K,
                       int64_t N, int64_t n0, int64_t n1, int64_t lanes, const EpiArgs& epi);
@@ -101,6 +103,9 @@ struct Kernels {
   // products); the A panels must then hold bf16-exact values. false: callers widen bf16
   // weights to fp32 before packing.
   bool dot_bf16 = false;
+  // Elements pack_weights writes for a whole [n][k] weight of `type`; null: ceil(n/6) * 6 * k
+  // (bf16 k-pairs: k rounded up to even).
+  int64_t (*packed_elems)(WType type, int64_t n, int64_t k) = nullptr;
 };
 
 // Per-thread scratch of at least `count` floats (grown on demand, kept for the thread's life).
@@ -110,8 +115,9 @@ const Kernels& kernels_base();
 const Kernels* kernels_avx2();         // null when not compiled for this architecture
 const Kernels* kernels_avx512();       // null when not compiled for this architecture
 const Kernels* kernels_avx512_bf16();  // null when not compiled for this architecture
+const Kernels* kernels_avx512_amx();   // null when not compiled for this architecture
 // The best available on the running CPU, chosen once per process; MARENGINE_CPU_KERNELS=
-// avx512_bf16|avx512|avx2|base forces a build (one the CPU cannot run falls back to the
+// avx512_amx|avx512_bf16|avx512|avx2|base forces a build (one the CPU cannot run falls back to the
 // best it can, with a message on stderr).
 const Kernels& kernels();
 // Which builds the running CPU can run, best first, comma-separated (e.g. "avx512_bf16,avx512,avx2,base").

@@ -393,6 +393,159 @@ static void gemm_packed512_bf16(const float* A, int64_t a_pstride, int64_t panel
 #pragma GCC pop_options
 #endif
 
+// ---------------------------------------------------------------- AMX-BF16 tiles
+#if defined(__clang__)
+#pragma clang attribute push(                                                                                 \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16"))), \
+    apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
+#endif
+
+namespace marengine {
+namespace cpu {
+namespace avx512 {
+
+// AMX layout. Weights: groups of 16 output rows, blocks of 32 k, [ceil(N/16)][ceil(K/32)]
+// [16][32] bf16 (one 1 KB A-operand tile each, zero past N and K). Panels: k-pairs
+// [ceil(K/32) * 16][16 lanes][2] bf16 (one 1 KB B-operand tile per k block). A tile
+// product C[n][lane] (16 x 16 fp32) is then exactly the [column][lane] layout the
+// epilogue takes, so no transposition anywhere.
+constexpr int64_t kAmxRows = 16, kAmxK = 32;
+
+static int64_t amx_packed_elems(WType type, int64_t n, int64_t k) {
+  if (type != WType::BF16) return (n + kTileN - 1) / kTileN * kTileN * k;
+  return (n + kAmxRows - 1) / kAmxRows * kAmxRows * ((k + kAmxK - 1) / kAmxK * kAmxK);
+}
+
+// pack_weights for the AMX build: bf16 weights in the AMX layout (tiles [t0, t1) of 6 rows
+// map to rows [6 t0, 6 t1); the call that ends at the last tile also zeroes the padding
+// rows of the last group); other types as usual.
+static void pack_weights_amx(const Weight& W, int64_t t0, int64_t t1, void* out) {
+  if (W.type != WType::BF16) return pack_weights(W, t0, t1, out);
+  const int64_t K = W.k, KB = (K + kAmxK - 1) / kAmxK, last = (W.n + kTileN - 1) / kTileN;
+  const int64_t r1 = t1 >= last ? (W.n + kAmxRows - 1) / kAmxRows * kAmxRows : std::min(W.n, t1 * kTileN);
+  const uint16_t* src = static_cast<const uint16_t*>(W.data);
+  uint16_t* o = static_cast<uint16_t*>(out);
+  for (int64_t n = t0 * kTileN; n < r1; ++n) {
+    uint16_t* g = o + (n / kAmxRows) * KB * kAmxRows * kAmxK + (n % kAmxRows) * kAmxK;
+    for (int64_t b = 0; b < KB; ++b) {
+      uint16_t* d = g + b * kAmxRows * kAmxK;
+      for (int64_t i = 0; i < kAmxK; ++i) {
+        const int64_t k = b * kAmxK + i;
+        d[i] = (n < W.n && k < K) ? src[n * K + k] : 0;
+      }
+    }
+  }
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tmm0-3: C (16 x 16 fp32), tmm4-5: weight tiles (16 rows x 32 bf16), tmm6-7: panel tiles
+// (16 k-pairs x 16 lanes x 2 bf16): every tile 16 rows x 64 bytes.
+static void amx_configure() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C tiles of G weight groups x P panels over KB k blocks; tile (g, p) is stored to
+// out + p * kMaxColsAmx * 16 + g * 256 floats ([column][lane]).
+constexpr int64_t kMaxColsAmx = 2 * kAmxRows;
+template <int G, int P>
+static inline void amx_tile(const uint16_t* w0, const uint16_t* w1, const uint32_t* a0, const uint32_t* a1, int64_t KB,
+                            float* out) {
+  _tile_zero(0);
+  if (P > 1) _tile_zero(1);
+  if (G > 1) _tile_zero(2);
+  if (G > 1 && P > 1) _tile_zero(3);
+  for (int64_t b = 0; b < KB; ++b) {
+    _tile_loadd(4, w0 + b * kAmxRows * kAmxK, 64);
+    if (G > 1) _tile_loadd(5, w1 + b * kAmxRows * kAmxK, 64);
+    _tile_loadd(6, a0 + b * kAmxRows * kLanes, 64);
+    if (P > 1) _tile_loadd(7, a1 + b * kAmxRows * kLanes, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (P > 1) _tile_dpbf16ps(1, 4, 7);
+    if (G > 1) _tile_dpbf16ps(2, 5, 6);
+    if (G > 1 && P > 1) _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  if (P > 1) _tile_stored(1, out + kMaxColsAmx * kLanes, 64);
+  if (G > 1) _tile_stored(2, out + kAmxRows * kLanes, 64);
+  if (G > 1 && P > 1) _tile_stored(3, out + kMaxColsAmx * kLanes + kAmxRows * kLanes, 64);
+}
+
+// gemm_packed on AMX-layout bf16 weights; n0 must be a multiple of 16.
+static void gemm_packed_amx(const float* A, int64_t a_ps, int64_t panels, const uint16_t* w, int64_t K, int64_t n0,
+                            int64_t n1, const EpiArgs& epi) {
+  const int64_t KB = (K + kAmxK - 1) / kAmxK, Kp = KB * kAmxK, pblock = panel_block(K);
+  const int64_t bps = Kp / 2 * kLanes, gstride = KB * kAmxRows * kAmxK;
+  uint32_t* buf = reinterpret_cast<uint32_t*>(thread_scratch(std::min(panels, pblock) * bps));
+  alignas(64) float tile[2 * kMaxColsAmx * kLanes];
+  amx_configure();
+  for (int64_t p0 = 0; p0 < panels; p0 += pblock) {
+    const int64_t p1 = std::min(panels, p0 + pblock);
+    for (int64_t p = p0; p < p1; ++p) {
+      uint32_t* d = buf + (p - p0) * bps;
+      panel_to_pairs(A + p * a_ps, K, d);
+      std::memset(d + (K + 1) / 2 * kLanes, 0, static_cast<size_t>(Kp / 2 - (K + 1) / 2) * kLanes * 4);
+    }
+    asm volatile("" ::: "memory");  // the tile loads below read buf through inline asm
+    for (int64_t n = n0; n < n1; n += kMaxColsAmx) {
+      const int nb = static_cast<int>(std::min<int64_t>(kMaxColsAmx, n1 - n));
+      const uint16_t* wg = w + (n / kAmxRows) * gstride;
+      const bool two = nb > kAmxRows;
+      int64_t p = p0;
+      for (; p + 1 < p1; p += 2) {
+        const uint32_t* a = buf + (p - p0) * bps;
+        if (two)
+          amx_tile<2, 2>(wg, wg + gstride, a, a + bps, KB, tile);
+        else
+          amx_tile<1, 2>(wg, wg, a, a + bps, KB, tile);
+        epilogue(epi, p, n, nb, tile);
+        epilogue(epi, p + 1, n, nb, tile + kMaxColsAmx * kLanes);
+      }
+      if (p < p1) {
+        const uint32_t* a = buf + (p - p0) * bps;
+        if (two)
+          amx_tile<2, 1>(wg, wg + gstride, a, a, KB, tile);
+        else
+          amx_tile<1, 1>(wg, wg, a, a, KB, tile);
+        epilogue(epi, p, n, nb, tile);
+      }
+    }
+  }
+  _tile_release();
+}
+
+static void gemm_packed512_amx(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type, int64_t K,
+                               int64_t N, int64_t n0, int64_t n1, int64_t lanes, const EpiArgs& epi) {
+  n1 = std::min(n1, N);
+  if (panels <= 0 || n1 <= n0) return;
+  if (type == WType::BF16)
+    return gemm_packed_amx(A, a_pstride, panels, static_cast<const uint16_t*>(wp), K, n0, n1, epi);
+  gemm_packed512(A, a_pstride, panels, wp, type, K, N, n0, n1, lanes, epi);
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace marengine
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
 namespace marengine {
 namespace cpu {
 
@@ -422,6 +575,20 @@ const Kernels* kernels_avx512_bf16() {
   return &k;
 }
 
+const Kernels* kernels_avx512_amx() {
+  static const Kernels k{"avx512_amx",
+                         avx512::gemm,
+                         avx512::pack_weights_amx,
+                         avx512::gemm_packed512_amx,
+                         avx512::ln_modulate,
+                         avx512::silu_add_rows,
+                         avx512::round_copy,
+                         avx512::to_f32,
+                         true,
+                         avx512::amx_packed_elems};
+  return &k;
+}
+
 }  // namespace cpu
 }  // namespace marengine
 
@@ -433,6 +600,9 @@ const Kernels* kernels_avx512() {
   return nullptr;
 }
 const Kernels* kernels_avx512_bf16() {
+  return nullptr;
+}
+const Kernels* kernels_avx512_amx() {
   return nullptr;
 }
 }  // namespace cpu

@@ -15,6 +15,12 @@
 
 #include "kernels.h"
 
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #define MARENGINE_KNS base
 #define MARENGINE_FMA(a, b, c) ((a) * (b) + (c))
 #if defined(__GNUC__) && !defined(__clang__)
@@ -53,6 +59,23 @@ bool cpu_has_avx512() {  // the subsets kernels_avx512.cpp is compiled for (the 
 bool cpu_has_avx512_bf16() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
+// AMX-TILE and AMX-BF16 (CPUID.(7,0):EDX bits 24, 22), and Linux's permission to use the
+// tile data state, asked for once for the whole process (arch_prctl ARCH_REQ_XCOMP_PERM).
+bool cpu_has_amx_bf16() {
+  static const bool ok = [] {
+#if defined(__linux__) && defined(__x86_64__)
+    if (!cpu_has_avx512_bf16()) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 24) & 1u) || !((d >> 22) & 1u)) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
 #else
 bool cpu_has_avx2_fma() {
   return false;
@@ -61,6 +84,9 @@ bool cpu_has_avx512() {
   return false;
 }
 bool cpu_has_avx512_bf16() {
+  return false;
+}
+bool cpu_has_amx_bf16() {
   return false;
 }
 #endif
@@ -73,7 +99,8 @@ struct Candidate {
 
 // Every build, best first.
 std::vector<Candidate> candidates() {
-  return {{"avx512_bf16", kernels_avx512_bf16(), cpu_has_avx512_bf16()},
+  return {{"avx512_amx", kernels_avx512_amx(), cpu_has_amx_bf16()},
+          {"avx512_bf16", kernels_avx512_bf16(), cpu_has_avx512_bf16()},
           {"avx512", kernels_avx512(), cpu_has_avx512()},
           {"avx2", kernels_avx2(), cpu_has_avx2_fma()},
           {"base", &kernels_base(), true}};
@@ -96,10 +123,11 @@ const Kernels* choose() {
                  env, c.name, kernels_supported(), best->name);
     return best;
   }
-  std::fprintf(stderr,
-               "marengine: MARENGINE_CPU_KERNELS=%s is not a CPU kernel build (avx512_bf16, avx512, avx2, base); "
-               "using %s\n",
-               env, best->name);
+  std::fprintf(
+      stderr,
+      "marengine: MARENGINE_CPU_KERNELS=%s is not a CPU kernel build (avx512_amx, avx512_bf16, avx512, avx2, base); "
+      "using %s\n",
+      env, best->name);
   return best;
 }
 
