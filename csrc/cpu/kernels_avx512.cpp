@@ -1,6 +1,7 @@
-// kernels_avx512.cpp -- the CPU kernels of kernels.h for AVX-512 (x86-64 only), in two
-// builds chosen at run time by kernels(): "avx512" (avx512f/bw/vl/dq + FMA) and
-// "avx512_bf16" (the same plus AVX512-BF16). The targets are set with pragmas after every
+// kernels_avx512.cpp -- the CPU kernels of kernels.h for AVX-512 (x86-64 only), in three
+// builds chosen at run time by kernels(): "avx512" (avx512f/bw/vl/dq + FMA), "avx512_bf16"
+// (the same plus AVX512-BF16) and "avx512_amx" (plus AMX-TILE/AMX-BF16; Linux must grant
+// the tile state, kernels_base.cpp asks). The targets are set with pragmas after every
 // standard header is included, so only this file's own functions use them and the
 // extension still loads on older CPUs.
 //
@@ -12,11 +13,16 @@
 //   fp32, 1 panel       1 panel x 24 columns (four tiles): 24 accumulators, 1 load + 24
 //                       broadcast FMAs; the weights stream once (small M is bandwidth-bound).
 //   <= 8 live lanes     the same with ymm (8 lanes), half the FLOPs of a zmm panel.
-//   bf16 x bf16 -> fp32 (avx512_bf16 only) the same shapes with vdpbf16ps: weights packed
-//                       in k-pairs ([tile][ceil(K/2)][6][2] bf16, one 32-bit broadcast per
-//                       column and pair), the panel converted once per block of panels to
+//   bf16, avx512_bf16   the same shapes with vdpbf16ps: weights packed in k-pairs
+//                       ([tile][ceil(K/2)][6][2] bf16, one 32-bit broadcast per column and
+//                       pair), the panel converted once per block of panels to
 //                       [ceil(K/2)][16][2] bf16 (its values are already bf16-exact: the
-//                       producers round them), fp32 accumulation.
+//                       producers round them), fp32 accumulation. (On Sapphire Rapids
+//                       vdpbf16ps runs at half the fp32 FMA rate: this build only halves
+//                       the weight traffic; the AMX build is the fast one.)
+//   bf16, avx512_amx    tdpbf16ps on 16 x 16 fp32 C tiles: 2 weight groups (32 columns) x
+//                       2 panels = 4 C tiles per k block of 32; weights packed as 16-row x
+//                       32-k tiles, panels as k-pair tiles (see the AMX section).
 // K is not blocked (the accumulators hold the whole dot product); a block of panels
 // (~512 KB of A, L2) is swept by each weight tile group, which stays in L1/L2.
 //
