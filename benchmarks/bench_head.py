@@ -4,7 +4,9 @@ Times `DiffLoss.sample` end to end (100 diffusion steps by default, temperature 
 per-step noise) with backend="torch" (the official structure: one Python iteration per
 step) and backend="native" (one operator call), fp32 weights, and native with bf16 (or
 fp16) weights via autocast; measured side by side, interleaved, in one run. Rows are the
-chain rows N (with CFG the network runs 2N rows).
+chain rows N (with CFG the network runs 2N rows). Native calls run inside
+`native.weights_frozen()`, as in the MAR loop (weights fingerprinted once, not per call).
+The CPU kernel build that ran (MARENGINE_CPU_KERNELS forces one) is printed and recorded.
 
     python benchmarks/bench_head.py                                   # full grid (slow on 2 cores)
     python benchmarks/bench_head.py --rows 32,256 --heads 1024x3 --cfg off --json out.json
@@ -64,6 +66,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--no-reference", action="store_true", help="time the native sampler only")
     p.add_argument(
+        "--fingerprint-every-call",
+        action="store_true",
+        help="native: hash the head weights' bytes on every call (default off: once, as inside the MAR loop's "
+        "weights_frozen block)",
+    )
+    p.add_argument(
         "--max-seconds",
         type=float,
         default=90.0,
@@ -106,6 +114,8 @@ def write_records(path: Path, results: list[Row], args: argparse.Namespace, devi
         for key, ms in r.ms.items():
             params = {"mode": args.mode, "device": str(device), "width": r.width, "depth": r.depth, "rows": r.rows}
             params |= {"cfg": r.cfg, "steps": r.steps, "backend": key, "threads": torch.get_num_threads()}
+            if key.startswith("native") and device.type == "cpu":
+                params["cpu_kernels"] = native._C.cpu_kernels()  # the kernel build (ISA) that ran
             metrics = {
                 "ms": ms,
                 "speedup_vs_torch_fp32": ref / ms if ref and ms else None,
@@ -134,13 +144,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sampler(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, cfg: float, backend: str, dtype: str):
+def sampler(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, cfg: float, backend: str, dtype: str, hash_calls: bool):
     ctx = (lambda: torch.autocast(z.device.type, dtype=LOWP[dtype])) if dtype in LOWP else nullcontext
+    # the MAR loop samples inside native.weights_frozen(): the head weights' bytes are
+    # fingerprinted once per generation, not per head call (--fingerprint-every-call: per call)
+    frozen = native.weights_frozen if backend == "native" and not hash_calls else nullcontext
     gen = torch.Generator(device=z.device)
 
     def run() -> torch.Tensor:
         gen.manual_seed(0)
-        with ctx():
+        with ctx(), frozen():
             return dl.sample(z, 1.0, cfg, noise=x_T, generator=gen, backend=backend)
 
     return run
@@ -177,10 +190,10 @@ def measure(dl: DiffLoss, row: Row, args: argparse.Namespace, device: torch.devi
     cfg = args.cfg_scale if row.cfg else 1.0
     fns = {}
     if not args.no_reference and row.gflop / 80.0 <= args.max_seconds:  # ~80 GFLOP/s eager fp32
-        fns["torch_fp32"] = sampler(dl, z, x_T, cfg, "torch", "fp32")
+        fns["torch_fp32"] = sampler(dl, z, x_T, cfg, "torch", "fp32", args.fingerprint_every_call)
     if row.gflop / 150.0 <= args.max_seconds:
         for dt in args.dtype.split(","):
-            fns[f"native_{dt}"] = sampler(dl, z, x_T, cfg, "native", dt)
+            fns[f"native_{dt}"] = sampler(dl, z, x_T, cfg, "native", dt, args.fingerprint_every_call)
     wait_quiet(args.quiet_load)
     row.load = os.getloadavg()[0]
     with torch.inference_mode():
@@ -219,6 +232,8 @@ def main() -> None:
     heads = [tuple(int(v) for v in h.lower().split("x")) for h in args.heads.split(",")]
     cfgs = {"off": [False], "on": [True], "both": [False, True]}[args.cfg]
     load0 = os.getloadavg()
+    if device.type == "cpu":
+        print(f"native CPU kernels: {native._C.cpu_kernels()} (this CPU runs {native._C.cpu_kernels_supported()})")
     results: list[Row] = []
     for width, depth in heads:
         dl = make_head(width, depth, args.steps, device)

@@ -5,6 +5,8 @@ dense bf16 peak from its spec sheet.
 
     python benchmarks/bench_roofline.py --quick --out roofline.json
     python benchmarks/bench_roofline.py --device cuda          # MAR-B head and backbone at real sizes
+    python benchmarks/bench_roofline.py --device cpu --head-rows 256 --head-preset mar_large
+The native head's row names the CPU kernel build that ran (e.g. [avx512_amx]).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ def plan(mode: str, device: torch.device) -> Plan:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
+    p.add_argument("--head-rows", type=int, default=None, help="head chain rows (default: the plan's; CPU 64)")
+    p.add_argument("--head-steps", type=int, default=None, help="head diffusion steps (default: the plan's; CPU 10)")
+    p.add_argument("--head-preset", default=None, help="head size preset, e.g. mar_large (default: the plan's)")
     return p.parse_args(argv)
 
 
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if ctx is None:
         return 0
     p = plan(ctx.mode, ctx.device)
+    for key in ("head_rows", "head_steps", "head_preset"):
+        if getattr(args, key) is not None:
+            setattr(p, key, getattr(args, key))
     from marengine.ops import native
 
     gpu_peak = device_bf16_peak(ctx.machine.get("gpu")) if ctx.device.type == "cuda" else None
@@ -197,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
                 else {"preset": p.backbone_preset, "batch": p.backbone_batch, "seq_len": L, "known": L // 2}
             )
             params = {"kind": part, "backend": backend, "dtype": dt, "threads": ctx.threads, **shape}
+            isa = native._C.cpu_kernels() if backend == "native" and ctx.device.type == "cpu" else None
+            if isa:  # which build of the CPU kernels ran (MARENGINE_CPU_KERNELS forces one)
+                params["cpu_kernels"] = isa
             if part == "backbone":
                 params["config_overrides"] = p.backbone_overrides
             units = {"gflops": "GFLOP/s", "peak_matmul_gflops": "GFLOP/s", "seconds_p50": "s", "gflop": "GFLOP"}
             ctx.record(f"{part}/{backend}/{dt}", params, metrics, units, p.note)
-            rows.append({"what": f"{part} {backend} {dt}", **metrics})
+            rows.append({"what": f"{part} {backend} {dt}" + (f" [{isa}]" if isa else ""), **metrics})
     print_table(
         rows,
         [

@@ -62,7 +62,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "marengine native kernels: registers torch.ops.marengine.{adaln_block, head_sample}";
   m.def(
       "cpu_kernels", [] { return std::string(marengine::cpu::kernels().name); },
-      "Which build of the CPU kernels runs on this machine ('avx2' or 'base').");
+      "Which build of the CPU kernels runs in this process ('avx512_bf16', 'avx512', 'avx2' or 'base'; "
+      "MARENGINE_CPU_KERNELS forces one).");
+  m.def(
+      "cpu_kernels_supported", [] { return std::string(marengine::cpu::kernels_supported()); },
+      "The builds of the CPU kernels this CPU can run, best first, comma-separated.");
   m.def("built_with_cuda", &built_with_cuda, "True when the CUDA kernels were compiled in.");
   m.def(
       "release_cpu_caches",

@@ -316,30 +316,93 @@ def test_pack_cache_follows_weight_updates() -> None:
     assert torch.equal(_call(args), fresh)
 
 
-def test_base_kernels_match_reference() -> None:
-    """The portable (non-AVX2) kernel build, forced in a subprocess, also matches the reference."""
-    code = (
-        "import torch, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
-        "from test_native_cpu import make_diffloss, inputs, rel_err\n"
-        "from marengine import _C\n"
-        "assert _C.cpu_kernels() == 'base', _C.cpu_kernels()\n"
-        "dl = make_diffloss(width=64, depth=2)\n"
-        "z, x_T = inputs(23, 3.0)\n"
-        "ref = dl.sample(z, 0.0, 3.0, noise=x_T, backend='torch')\n"
-        "out = dl.sample(z, 0.0, 3.0, noise=x_T, backend='native')\n"
-        "bf = __import__('marengine.ops.native', fromlist=['x']).sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0,"
-        " None, weight_dtype=torch.float16)\n"
-        "assert rel_err(out[:23], ref[:23]) <= 1e-4, rel_err(out, ref)\n"
-        "assert rel_err(bf, ref[:23]) <= 0.1\n"
-        "print('ok')\n"
-    )
-    env = dict(os.environ, MARENGINE_CPU_KERNELS="base")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+def _cpu_builds() -> list[str]:
+    """The CPU kernel builds this CPU can run (best first), e.g. ['avx512_bf16', 'avx512', 'avx2', 'base']."""
+    from marengine import _C
+
+    return _C.cpu_kernels_supported().split(",") if native.available("cpu") else []
 
 
-# ----------------------------------------------------------------------------- opcheck
+# Run in a subprocess with MARENGINE_CPU_KERNELS=<build> (chosen once per process). fp32:
+# odd row counts on a small head, and the MAR-B/L/H head widths at depth 1, all against the
+# PyTorch reference; bf16 weights: the 2x-PyTorch-error rule (CONVENTIONS.md).
+_FORCED_BUILD_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {here!r})
+from test_native_cpu import _moderate_head, inputs, make_diffloss, rel_err
+from marengine import _C
+from marengine.ops import native, reference
+torch.set_num_threads(2)
+assert _C.cpu_kernels() == {build!r}, _C.cpu_kernels()
+def fp32_case(dl, n, cfg):
+    z, x_T = inputs(n, cfg)
+    ref = dl.sample(z, 0.0, cfg, noise=x_T, backend="torch")
+    out = dl.sample(z, 0.0, cfg, noise=x_T, backend="native")
+    err = rel_err(out, ref)
+    assert err <= 1e-4, ("fp32", n, cfg, err)
+small = make_diffloss(width=64, depth=2, steps="5")
+for n in (1, 7, 59, 1025):
+    fp32_case(small, n, 3.0)
+fp32_case(small, 7, 1.0)
+for width in (1024, 1280, 1536):
+    fp32_case(make_diffloss(width=width, depth=1, steps="2", std=0.02), 7, 3.0)
+def bf16_case(dl, n):
+    z, x_T = inputs(n, 3.0)
+    x_T = 0.01 * x_T
+    tab = dl.gen_tables
+    ref32 = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_lp = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    out = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None, weight_dtype=torch.bfloat16)
+    torch_err = (ref_lp.double() - ref32.double()).abs().max().item()
+    ours = (out.double() - ref32.double()).abs().max().item()
+    assert 0 < torch_err and 0 < ours <= 2 * torch_err, ("bf16", n, ours, torch_err)
+mod = _moderate_head()
+for n in (1, 7, 59, 1025):
+    bf16_case(mod, n)
+wide = make_diffloss(width=1024, depth=1, steps="3", std=0.02)
+with torch.no_grad():
+    wide.net.final_layer.linear.weight.mul_(0.01)
+bf16_case(wide, 7)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", ["avx512_amx", "avx512_bf16", "avx512", "avx2", "base"])
+def test_forced_kernel_build_matches_reference(build: str) -> None:
+    """Each CPU kernel build this CPU can run, forced with MARENGINE_CPU_KERNELS in a
+    subprocess, matches the reference (fp32 within 1e-4, bf16 within the 2x-PyTorch rule)."""
+    if build not in _cpu_builds():
+        pytest.skip(f"this CPU cannot run the {build} kernels (it runs {_cpu_builds()})")
+    code = _FORCED_BUILD_SCRIPT.format(here=str(Path(__file__).resolve().parent), build=build)
+    env = dict(os.environ, MARENGINE_CPU_KERNELS=build)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["avx1024", "AVX2 "])
+def test_unknown_kernel_build_falls_back_with_a_message(name: str) -> None:
+    """A name that is no build: the best build runs and stderr says why."""
+    code = "import torch\nfrom marengine import _C\nprint(_C.cpu_kernels())\n"
+    env = dict(os.environ, MARENGINE_CPU_KERNELS=name)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == _cpu_builds()[0]
+    assert f"MARENGINE_CPU_KERNELS={name} is not a CPU kernel build" in res.stderr
+    assert f"using {_cpu_builds()[0]}" in res.stderr
+
+
+def test_supported_builds_are_consistent() -> None:
+    """The build that runs is the best the CPU supports, and 'base' always runs."""
+    from marengine import _C
+
+    builds = _cpu_builds()
+    assert builds[-1] == "base" and len(set(builds)) == len(builds)
+    if "MARENGINE_CPU_KERNELS" not in os.environ:
+        assert _C.cpu_kernels() == builds[0]
+
+
 def _head_args(
     n: int = 3,
     c: int = 4,

@@ -97,20 +97,28 @@ inline void gemm_parallel(const Kernels& K, const float* A, int64_t a_pstride, i
 
 // A weight packed (kernels.h pack_weights), reused across steps and calls.
 struct PackedWeight {
-  at::Tensor data;  // [ceil(N/6) * K * 6] elements of `type`
+  at::Tensor data;  // [ceil(N/6) * K * 6] elements of `type` (bf16 k-pairs: K rounded up to even)
   int64_t n = 0, k = 0;
   WType type = WType::F32;
   const void* ptr() const { return data.data_ptr(); }
 };
 
-// bf16/fp16 weights are widened to fp32 before packing (exact): on CPUs without bf16
+// The element type a weight is packed in: bf16 stays bf16 where the kernels multiply bf16
+// x bf16 -> fp32 themselves (K.dot_bf16) and the caller feeds bf16-exact panels
+// (`lowp_inputs`); everything else is widened to fp32 (exact): on CPUs without bf16
 // arithmetic the widening would otherwise be paid per tile and step, which costs more
 // than the halved memory traffic saves.
-inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight) {
-  const at::Tensor w = weight.scalar_type() == at::kFloat ? weight : weight.to(at::kFloat);
+inline WType packed_type(const Kernels& K, at::ScalarType dtype, bool lowp_inputs) {
+  return (lowp_inputs && K.dot_bf16 && dtype == at::kBFloat16) ? WType::BF16 : WType::F32;
+}
+
+inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight, bool lowp_inputs = false) {
+  const bool keep = packed_type(K, weight.scalar_type(), lowp_inputs) == WType::BF16;
+  const at::Tensor w = (weight.scalar_type() == at::kFloat || keep) ? weight : weight.to(at::kFloat);
   const Weight src = weight_of(w);
-  const int64_t tiles = (src.n + kTileN - 1) / kTileN;
-  PackedWeight out{at::empty({std::max<int64_t>(1, tiles * src.k * kTileN)}, w.options()), src.n, src.k, src.type};
+  const int64_t tiles = (src.n + kTileN - 1) / kTileN, kp = keep ? (src.k + 1) / 2 * 2 : src.k;
+  const int64_t elems = K.packed_elems ? K.packed_elems(src.type, src.n, src.k) : tiles * kp * kTileN;
+  PackedWeight out{at::empty({std::max<int64_t>(1, elems)}, w.options()), src.n, src.k, src.type};
   void* dst = out.data.data_ptr();
   at::parallel_for(0, tiles, grain_for(src.k * kTileN),
                    [&](int64_t t0, int64_t t1) { K.pack_weights(src, t0, t1, dst); });
@@ -124,7 +132,7 @@ inline PackedWeight pack_weight(const Kernels& K, const at::Tensor& weight) {
 // (content_hash), which then evicts the entries of those tensors (forget_packed).
 // Inference tensors have no version counter and are packed per call. Bounded (LRU,
 // MARENGINE_CPU_PACK_CACHE_MB, default 2048); release_pack_cache() empties it.
-PackedWeight cached_pack(const Kernels& K, const at::Tensor& w);
+PackedWeight cached_pack(const Kernels& K, const at::Tensor& w, bool lowp_inputs = false);
 void forget_packed(const std::vector<at::Tensor>& sources);
 void release_pack_cache();
 // A 64-bit fingerprint of a CPU tensor's bytes, and of a list of them in order (content_hash.cpp).
@@ -133,15 +141,16 @@ uint64_t content_hash_all(const std::vector<at::Tensor>& tensors);
 // Frees head_sample's cached per-thread workspaces (head_sample_cpu.cpp).
 void release_workspaces();
 
-// lanes: rows per panel that matter (<= 8 takes the half-panel micro-kernel).
+// lanes: rows per panel that matter (<= 8 takes the half-panel micro-kernels). Columns are
+// split across threads in ranges of kColSplit.
 inline void gemm_packed_parallel(const Kernels& K, const float* A, int64_t a_pstride, int64_t panels,
                                  const PackedWeight& w, const EpiArgs& e, int64_t lanes = kLanes) {
-  const int64_t tiles = (w.n + 2 * kTileN - 1) / (2 * kTileN);  // pairs of tiles (the 8-lane kernel's width)
-  const int64_t tile_flops = 2 * panels * kLanes * 2 * kTileN * w.k;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, tile_flops));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * 2 * kTileN, std::min(w.n, t1 * 2 * kTileN),
-                  lanes, e);
+  const int64_t parts = (w.n + kColSplit - 1) / kColSplit;
+  const int64_t part_flops = 2 * panels * kLanes * kColSplit * w.k;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, part_flops));
+  at::parallel_for(0, parts, grain, [&](int64_t t0, int64_t t1) {
+    K.gemm_packed(A, a_pstride, panels, w.ptr(), w.type, w.k, w.n, t0 * kColSplit, std::min(w.n, t1 * kColSplit), lanes,
+                  e);
   });
 }
 

@@ -6,8 +6,9 @@
 // (step, row) pairs, [chunk * rows, W] x [W, 3W] (they do not depend on x and are ~65%
 // of the FLOPs), and scattered into per-step P16 panels (kernels.h); then each step runs input_proj, D fused AdaLN
 // blocks (LN+modulate -> GEMM+bias+SiLU -> GEMM+bias+gate+residual), the final layer and the sampler's update, all in
-// preallocated buffers, no Python, no allocation per step. All GEMM weights are packed to fp32 k-major tiles once per
-// call (a few ms; bf16/fp16 are widened exactly), so no step repacks them.
+// preallocated buffers, no Python, no allocation per step. All GEMM weights are packed once (and cached between
+// calls, pack_cache.cpp), so no step repacks them: fp32 k-major tiles (bf16/fp16 widened exactly), except bf16
+// weights on CPUs whose kernels multiply bf16 themselves (AMX or AVX512-BF16: kernels.h dot_bf16), which stay bf16.
 //
 // Threading (at::parallel_for, torch's intra-op threads):
 //   row mode     chains are independent, so with at least one 16-row panel per thread
@@ -25,8 +26,8 @@
 // Numerics: residual stream, LN statistics, eps / variance outputs and the sampler update in
 // fp32; with bf16/fp16 weights the GEMM inputs (LN+modulate outputs, SiLU outputs, the
 // modulation GEMM's SiLU(y)) are rounded to that type and products are accumulated in
-// fp32 (what a bf16 tensor-core GEMM computes); the input projection reads the fp32
-// chain state unrounded.
+// fp32 (what a bf16 tensor-core GEMM computes; with AMX / AVX512-BF16 the CPU does exactly
+// that); the input projection reads the fp32 chain state unrounded (its weight stays fp32).
 //
 // Test: pytest python_tests/test_native_cpu.py; benchmark: python benchmarks/bench_head.py.
 #include <ATen/ATen.h>
@@ -401,16 +402,16 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
   for (int64_t d = 0; d < sh.D; ++d) {
     P.ln_w.push_back(f32.get(ln_w[d]));
     P.ln_b.push_back(f32.get(ln_b[d]));
-    P.mod_w.push_back(cached_pack(K, mod_w[d]));
+    P.mod_w.push_back(cached_pack(K, mod_w[d], true));
     P.mod_b.push_back(f32.get(mod_b[d]));
-    P.w1.push_back(cached_pack(K, w1[d]));
+    P.w1.push_back(cached_pack(K, w1[d], true));
     P.b1.push_back(f32.get(b1[d]));
-    P.w2.push_back(cached_pack(K, w2[d]));
+    P.w2.push_back(cached_pack(K, w2[d], true));
     P.b2.push_back(f32.get(b2[d]));
   }
-  P.fmod_w = cached_pack(K, fmod_w);
+  P.fmod_w = cached_pack(K, fmod_w, true);
   P.fmod_b = f32.get(fmod_b);
-  P.out_w = cached_pack(K, out_w);
+  P.out_w = cached_pack(K, out_w, true);
   P.out_b = f32.get(out_b);
 
   P.c_emb = c_emb.data_ptr<float>();

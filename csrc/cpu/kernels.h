@@ -18,9 +18,14 @@
 // weights the GEMM inputs are rounded to that type by the producers (LN, SiLU), so the
 // fp32 FMAs compute exactly what a bf16 x bf16 -> fp32 tensor-core GEMM computes.
 //
-// Two builds of the same source (kernels_impl.h): AVX2+FMA (kernels_avx2.cpp) and
-// baseline (kernels_base.cpp: SSE2 on x86, NEON on aarch64); `kernels()` picks the best
-// one for the running CPU. Threading is the caller's business (head_sample_cpu.cpp).
+// Builds of the same source (kernels_impl.h): AVX2+FMA (kernels_avx2.cpp) and baseline
+// (kernels_base.cpp: SSE2 on x86, NEON on aarch64). kernels_avx512.cpp reuses it for the
+// row-wise parts and has its own AVX-512 GEMM micro-kernels (one 16-row panel is one zmm),
+// plus bf16 x bf16 -> fp32 GEMMs on bf16 weights: with AVX512-BF16 (vdpbf16ps, weights
+// packed in k-pairs) or with AMX-BF16 tiles (weights packed in 16 x 32 tiles). `kernels()` picks the best build for the
+// running CPU (avx512_amx > avx512_bf16 > avx512 > avx2 > base; MARENGINE_CPU_KERNELS=NAME forces one, falling back
+// with a message on stderr when the CPU cannot run it). Threading is the caller's business
+// (head_sample_cpu.cpp).
 //
 // Test: pytest python_tests/test_native_cpu.py; benchmark: python benchmarks/bench_head.py.
 #pragma once
@@ -30,8 +35,9 @@
 namespace marengine {
 namespace cpu {
 
-constexpr int64_t kLanes = 16;  // rows per panel
-constexpr int64_t kTileN = 6;   // weight rows per micro-tile
+constexpr int64_t kLanes = 16;     // rows per panel
+constexpr int64_t kTileN = 6;      // weight rows per micro-tile
+constexpr int64_t kColSplit = 48;  // column ranges given to gemm_packed start at multiples of this
 
 enum class WType : int { F32 = 0, BF16 = 1, F16 = 2 };
 
@@ -76,7 +82,8 @@ struct Kernels {
   // Weight tiles [t0, t1) (6 rows each) -> k-major tiles in W's element type, tile t at
   // out + t * K * 6 elements (rows past N zero). For weights reused across calls / steps.
   void (*pack_weights)(const Weight& W, int64_t t0, int64_t t1, void* out);
-  // gemm with prepacked weights ([ceil(N/6)][K][6] of `type`); n0 must be a multiple of 6.
+  // gemm with prepacked weights ([ceil(N/6)][K][6] of `type`, unless noted); n0 must be a
+  // multiple of kColSplit (every build's column groups divide it).
   // lanes <= 8: only rows 0-7 of each panel matter (8 x 12 micro-tile, half the FLOPs).
   void (*gemm_packed)(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type, int64_t K,
                       int64_t N, int64_t n0, int64_t n1, int64_t lanes, const EpiArgs& epi);
@@ -91,14 +98,30 @@ struct Kernels {
   void (*round_copy)(const float* src, int64_t n, WType round, float* dst);
   // dst[i] = float(src[i]) for a weight-typed array.
   void (*to_f32)(const void* src, WType type, int64_t n, float* dst);
+  // true: pack_weights / gemm_packed also take bf16 weights as such (packed in k-pairs,
+  // [ceil(N/6)][ceil(K/2)][6][2] bf16, and multiplied with bf16 x bf16 -> fp32 dot
+  // products); the A panels must then hold bf16-exact values. false: callers widen bf16
+  // weights to fp32 before packing.
+  bool dot_bf16 = false;
+  // Elements pack_weights writes for a whole [n][k] weight of `type`; null: ceil(n/6) * 6 * k
+  // (bf16 k-pairs: k rounded up to even).
+  int64_t (*packed_elems)(WType type, int64_t n, int64_t k) = nullptr;
 };
 
 // Per-thread scratch of at least `count` floats (grown on demand, kept for the thread's life).
 float* thread_scratch(int64_t count);
 
 const Kernels& kernels_base();
-const Kernels* kernels_avx2();  // null when not compiled for this architecture
-const Kernels& kernels();       // the best available on the running CPU (MARENGINE_CPU_KERNELS=base forces base)
+const Kernels* kernels_avx2();         // null when not compiled for this architecture
+const Kernels* kernels_avx512();       // null when not compiled for this architecture
+const Kernels* kernels_avx512_bf16();  // null when not compiled for this architecture
+const Kernels* kernels_avx512_amx();   // null when not compiled for this architecture
+// The best available on the running CPU, chosen once per process; MARENGINE_CPU_KERNELS=
+// avx512_amx|avx512_bf16|avx512|avx2|base forces a build (one the CPU cannot run falls back to the
+// best it can, with a message on stderr).
+const Kernels& kernels();
+// Which builds the running CPU can run, best first, comma-separated (e.g. "avx512_bf16,avx512,avx2,base").
+const char* kernels_supported();
 
 }  // namespace cpu
 }  // namespace marengine

@@ -59,23 +59,23 @@ bool fresh(const Entry& e, const at::Tensor& w) {
 
 }  // namespace
 
-PackedWeight cached_pack(const Kernels& K, const at::Tensor& w) {
+PackedWeight cached_pack(const Kernels& K, const at::Tensor& w, bool lowp_inputs) {
   const int64_t cap = cap_bytes();
-  if (w.is_inference() || cap == 0) return pack_weight(K, w);
+  if (w.is_inference() || cap == 0) return pack_weight(K, w, lowp_inputs);
   Cache& c = cache();
   const c10::TensorImpl* key = w.unsafeGetTensorImpl();
   {
     std::lock_guard<std::mutex> g(c.mu);
     auto it = c.map.find(key);
     if (it != c.map.end()) {
-      if (fresh(it->second, w)) {
+      if (fresh(it->second, w) && it->second.packed.type == packed_type(K, w.scalar_type(), lowp_inputs)) {
         c.lru.splice(c.lru.begin(), c.lru, it->second.lru);
         return it->second.packed;
       }
       c.erase(it);
     }
   }
-  PackedWeight packed = pack_weight(K, w);
+  PackedWeight packed = pack_weight(K, w, lowp_inputs);
   std::lock_guard<std::mutex> g(c.mu);
   if (c.map.count(key)) return packed;  // another thread packed it meanwhile
   c.lru.push_front(key);

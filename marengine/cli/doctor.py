@@ -69,7 +69,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ("marengine", f"{info.marengine} (python {info.python})"),
         ("torch", f"{info.torch}, CUDA {info.torch_cuda or 'none (a CPU build)'}"),
         ("extension", info.extension or f"NOT BUILT ({info.load_error}): pip install --no-build-isolation -e ."),
-        ("CPU kernels", info.cpu_kernels or "not built"),
+        ("CPU kernels", info.cpu_kernels_line),
         ("CUDA kernels", info.cuda_kernels),
         ("stage tests", "available (torch.ops.marengine_stages)" if info.stage_ops else "not built"),
     ]

@@ -27,12 +27,20 @@ class BuildInfo:
     torch_cuda: str | None  # the CUDA version torch was built with (None: a CPU build)
     extension: str | None  # path of the loaded marengine._C, None when it is not loaded
     load_error: str | None
-    cpu_kernels: str | None  # 'avx2' or 'base'
+    cpu_kernels: str | None  # the build that runs: 'avx512_amx', 'avx512_bf16', 'avx512', 'avx2' or 'base'
     built_with_cuda: bool
     cuda_registered: bool  # torch.ops.marengine.head_sample has a CUDA kernel
     stage_ops: bool  # the test-only torch.ops.marengine_stages (CUDA builds)
     gpus: list[str] = field(default_factory=list)
     switches: dict[str, str] = field(default_factory=dict)
+    cpu_kernels_supported: str | None = None  # the builds this CPU can run, best first, comma-separated
+
+    @property
+    def cpu_kernels_line(self) -> str:
+        """One line on the CPU kernels: the build that runs and the ones this CPU can run."""
+        if self.cpu_kernels is None:
+            return "not built"
+        return f"{self.cpu_kernels} (this CPU runs: {self.cpu_kernels_supported}; MARENGINE_CPU_KERNELS forces one)"
 
     @property
     def cuda_kernels(self) -> str:
@@ -84,6 +92,7 @@ def build_info() -> BuildInfo:
         stage_ops=stages,
         gpus=gpus,
         switches={name: os.environ.get(name, "") or f"{default} (default)" for name, default in SWITCHES},
+        cpu_kernels_supported=C.cpu_kernels_supported() if C is not None else None,
     )
 
 
