@@ -27,11 +27,8 @@ from marengine.export import (
 )
 from marengine.export.onnx import export_from_checkpoint, export_onnx  # noqa: E402
 from marengine.export.runtime import OnnxBackbone, OnnxBackboneModule, OnnxDecoder, OnnxHead, import_onnxruntime  # noqa: E402
-from marengine.models import (  # noqa: E402
-    MAR,
-    masked_ar,  # noqa: E402
-    save_pretrained,
-)
+from marengine.models import MAR, save_pretrained  # noqa: E402
+from marengine.models import orders as generation_orders  # noqa: E402
 from marengine.models.tokenizers import VAETokenizer, build_tokenizer, default_tokenizer_spec  # noqa: E402
 from marengine.models.vae import AutoencoderKL  # noqa: E402
 from marengine.ops import reference  # noqa: E402
@@ -282,7 +279,7 @@ def torch_engine_tokens(
         )
         return torch.cat([out, out]) if guided else out
 
-    monkeypatch.setattr(masked_ar, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
+    monkeypatch.setattr(generation_orders, "random_orders", lambda b, L, gen, dev: torch.from_numpy(orders))
     monkeypatch.setattr(model.diffloss, "sample", sample)
     lab = None if labels is None else torch.tensor(labels)
     latents = model.sample_tokens(bsz, num_iter, cfg, schedule, lab, temperature, **options)
