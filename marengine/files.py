@@ -291,6 +291,9 @@ def publish_folder(built: str | os.PathLike, target: str | os.PathLike, kind: st
     does: what appeared there since the first check is never replaced."""
     built = Path(built)
     write_manifest(built, kind, [e for e in _entries(built) if e != MANIFEST])
+    for p in built.rglob("*"):  # files a library made private (safetensors writes 0600) get a new file's mode
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o666 & ~_UMASK)
     claim_output_folder(target, kind, overwrite=overwrite)
     return replace_folder(built, target)
 

@@ -44,3 +44,13 @@ def test_published_files_and_folders_get_the_usual_permissions(tmp_path, umask_0
     (built / "x.onnx").write_bytes(b"x")
     out = replace_folder(built, tmp_path / "export")
     assert _mode(out) == 0o755 and (out / "x.onnx").read_bytes() == b"x"
+
+
+def test_a_published_folder_gives_its_files_the_usual_permissions(tmp_path, umask_022, tiny_mar):
+    """save_pretrained builds its folder from files libraries write privately (safetensors: 0600):
+    published, each gets the mode open() would give, as the folder gets mkdir()'s."""
+    out = tiny_mar.save_pretrained(tmp_path / "m")
+    assert _mode(out) == 0o755
+    assert {p.name: _mode(p) for p in out.iterdir()} == {
+        n: 0o644 for n in (".marengine-outputs.json", "config.json", "model.safetensors")
+    }
