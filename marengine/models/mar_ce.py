@@ -50,10 +50,8 @@ def sample_codes(
     ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
     [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
     kept exactly; order: the generation order (models/orders.py)."""
-    model.check_weights()
-    check_generator(generator)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
+        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
     )
     known_codes = None
     if known_tokens is not None:
@@ -79,8 +77,7 @@ def sample_codes(
         cache,
         known_tokens,
         known_mask,
-        None,
-        order,
+        order=order,
     )
     check_finite_result(bool(head.finite), "logits", cfg, temperature)
     if known_codes is not None:

@@ -33,9 +33,20 @@ Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_sampling_args(
-    model: MAR, bsz: Any, num_iter: Any, cfg: Any, cfg_schedule: Any, labels: torch.Tensor | None, temperature: Any
+    model: MAR,
+    bsz: Any,
+    num_iter: Any,
+    cfg: Any,
+    cfg_schedule: Any,
+    labels: torch.Tensor | None,
+    temperature: Any,
+    generator: torch.Generator | None = None,
 ) -> tuple[int, int, float, str, float]:
-    """The checked (bsz, num_iter, cfg, cfg_schedule, temperature); labels must be [bsz] class indices."""
+    """Every check a masked sampler makes before its work: the model has weights, the generator
+    is one, labels are [bsz] class indices; returns the checked (bsz, num_iter, cfg,
+    cfg_schedule, temperature)."""
+    model.check_weights()
+    check_generator(generator)
     out = check_sampling(model.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES)
     if labels is not None:
         model._check_labels(labels, out[0])
@@ -146,10 +157,8 @@ def sample_tokens(
     exactly, the order covers only the others, and the schedule starts where the cosine
     schedule has that many tokens known. order: the generation order (models/orders.py:
     "random", the official one, "halton" or "lattice")."""
-    model.check_weights()
-    check_generator(generator)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature
+        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
     )
     step_schedule(steps, num_iter)  # checked before any work
     head = DiffusionTokens(model.diffloss, temperature, generator, backend, clip_denoised, HeadSampler.parse(sampler))
@@ -167,8 +176,8 @@ def sample_tokens(
         cache,
         known_tokens,
         known_mask,
-        steps,
-        order,
+        steps=steps,
+        order=order,
     )
     check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, temperature)
     return model.unpatchify(tokens)

@@ -135,11 +135,10 @@ def start_loop(
     """The state masked_ar.sample_tokens sets up before its first iteration, with the same
     checks and the same draws from `generator` (the order)."""
     check_engine_model(model)
-    model.check_weights()
     device = model.fake_latent.device
     label_t = torch.tensor(labels, dtype=torch.int64, device=device)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, len(labels), num_iter, cfg, cfg_schedule, label_t, temperature
+        model, len(labels), num_iter, cfg, cfg_schedule, label_t, temperature, generator
     )
     if CachePolicy.parse(cache) is not None:
         raise ValueError(
