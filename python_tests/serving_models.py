@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from marengine.config import MARConfig
@@ -34,3 +35,22 @@ def random_digits_pipeline(seed: int = 0, **settings) -> MARPipeline:
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     defaults = {"num_iter": 6, "cfg": 2.0, "batch_size": 16, **settings}
     return MARPipeline(model, PixelTokenizer(1, 2), SampleSettings(**defaults))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the engine's worker and the test share a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def strict_digits_pipeline(**settings) -> MARPipeline:
+    """random_digits_pipeline, once MKL gives a row the same bits whatever the batch (else skip):
+    the engine's images are compared bit for bit with the same requests sampled alone."""
+    from marengine.pipeline.batching import batch_invariant_blas
+
+    if not batch_invariant_blas():
+        pytest.skip("MKL's strict reproducibility could not be turned on (set MKL_CBWR=AUTO,STRICT)")
+    return random_digits_pipeline(**settings)

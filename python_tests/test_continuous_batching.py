@@ -10,30 +10,18 @@ import threading
 import numpy as np
 import pytest
 import torch
-from serving_models import random_digits_pipeline
+from serving_models import one_thread, strict_digits_pipeline  # noqa: F401 (one_thread: an autouse fixture)
 
 from marengine.ops.dispatch import native_available
-from marengine.pipeline.batching import batch_invariant_blas
 from marengine.pipeline.engine import Cancelled, Done, Preview, QueueFull
 
 SCHEDULES = ("linear", "constant")
 BACKENDS = ["torch", pytest.param("native", marks=pytest.mark.skipif(not native_available(), reason="no _C"))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the engine's worker and the test share a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe():
-    if not batch_invariant_blas():
-        pytest.skip("MKL's strict reproducibility could not be turned on (set MKL_CBWR=AUTO,STRICT)")
-    return random_digits_pipeline()
+    return strict_digits_pipeline()
 
 
 def alone(pipe, labels, seed, **kw):

@@ -16,32 +16,19 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from serving_models import random_digits_pipeline
+from serving_models import one_thread, strict_digits_pipeline  # noqa: F401 (one_thread: an autouse fixture)
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from marengine.pipeline.batching import batch_invariant_blas  # noqa: E402
 from marengine.serve.server import build_server  # noqa: E402
 
 GEN = "/v1/images/generations"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the engine's worker and the test share a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe():
-    if not batch_invariant_blas():
-        pytest.skip("MKL's strict reproducibility could not be turned on (set MKL_CBWR=AUTO,STRICT)")
-    return random_digits_pipeline(num_iter=4)
+    return strict_digits_pipeline(num_iter=4)
 
 
 def free_port() -> int:
