@@ -11,11 +11,21 @@ official and fast only unless --variants says otherwise (the suite's time budget
 
     python benchmarks/bench_presets.py --quick --out presets.json
     python benchmarks/bench_presets.py --models mar_base --tokens 256 --repeats 1 --variants all
+
+--search sweeps the knobs together (generation order, head sampler and steps with their
+annealing shape, backbone reuse with its refresh and warm-up, matmul precision) on both digits
+models: first each knob alone, then the crossing of the levels that kept quality (plus the
+next, more aggressive one). Every point is timed side by side with `official` and judged with
+the digits judge (accuracy, FD); it prints the Pareto front (speed-up vs FD ratio, the worst of
+the two models), draws it (--plot-dir) and names the fastest point within each budget:
+
+    python benchmarks/bench_presets.py --search --images 300 --out search.json --plot-dir plots
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import warnings
 from pathlib import Path
@@ -26,10 +36,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import random_model, trained_digits  # noqa: E402
+from marengine.bench.pareto import fastest_within, pareto_front  # noqa: E402
+from marengine.bench.plots import pareto as plot_pareto  # noqa: E402
 from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, finish, start  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
+from marengine.models.backbone_cache import CachePolicy  # noqa: E402
 from marengine.models.tokenizers import to_uint8  # noqa: E402
 from marengine.sampling.engine import SampleSettings, generate_latents  # noqa: E402
 
@@ -41,6 +54,36 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"steps {FAST.steps}": {"steps": FAST.steps},  # DiSA-style step annealing alone (the preset's)
     "cache": {"cache": FAST.cache},  # backbone reuse alone (the preset's)
     "fast": {"preset": "fast"},  # all of the preset together
+    **({"turbo": {"preset": "turbo"}} if "turbo" in SAMPLING_PRESETS else {}),  # the measured-loss preset
+}
+
+# --search: per knob, its levels as SampleSettings fields; the first level of each is official's
+SEARCH_AXES: dict[str, list[dict[str, Any]]] = {
+    "order": [{}, {"order": "lattice"}, {"order": "halton"}],
+    "head": [
+        {},
+        {"steps": "25-6"},
+        {"steps": "15-4"},
+        {"steps": "15-4:cos"},
+        {"steps": "10-3"},
+        {"steps": "8-2"},
+        {"steps": "6-2"},
+        {"sampler": "dpm++2m", "steps": "10-5"},
+    ],
+    "cache": [
+        {},
+        {"cache": "refresh=3,warmup=2"},
+        {"cache": "refresh=5,warmup=2"},
+        {"cache": "refresh=8,warmup=2"},
+        {"cache": "refresh=12,warmup=1"},
+    ],
+    "precision": [{}, {"precision": "auto"}],
+}
+# the budgets a preset is chosen within (worst of the digits models): `fast` keeps a margin
+# inside the run-to-run spread the acceptance allows (1 accuracy point, FD x1.1); `turbo` states its loss
+BUDGETS = {
+    "fast (no measurable loss)": {"accuracy_drop": 0.5, "fd_ratio": 1.05},
+    "turbo (stated loss)": {"accuracy_drop": 2.0, "fd_ratio": 1.5},
 }
 
 
@@ -52,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 2, quick 1)")
     p.add_argument("--tokens", type=int, default=None, help="MAR-B tokens per image (default: 256 on a GPU, 64 CPU)")
     add_cache_dir_arg(p)
+    p.add_argument("--search", action="store_true", help="sweep the knobs together on both digits models (see above)")
+    p.add_argument(
+        "--search-max", type=int, default=24, help="at most this many crossed points in the second stage (default 24)"
+    )
+    p.add_argument("--plot-dir", type=Path, default=None, help="--search: draw the Pareto front here (pareto.png)")
     p.add_argument(
         "--variants",
         default=None,
@@ -75,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if ctx is None:
         return 0
     quick = ctx.mode == "quick"
+    if args.search:
+        search(ctx, args.images or (20 if quick else 200), args.cache_dir, args.search_max, args.plot_dir)
+        return finish(ctx, args.out)
     models = (args.models or ("digits8,mar_base" if quick else "digits8,digits16,mar_base")).split(",")
     repeats = args.repeats or (1 if quick else 2)
     for name in models:
@@ -197,6 +248,141 @@ def mar_shape(
             {"s_per_image": "s"},
             "" if tokens == 256 else f"reduced to {tokens} tokens on this device",
         )
+
+
+# ---------------------------------------------------------------- --search
+def _short(fields: dict[str, Any]) -> str:
+    """A point's name from its non-official knobs, e.g. 'lattice+s15-4+r5w2+auto'."""
+    parts = [fields[k] for k in ("order", "sampler") if k in fields]
+    if "steps" in fields:
+        parts.append(f"s{fields['steps']}")
+    if "cache" in fields:
+        policy = CachePolicy.parse(fields["cache"])
+        parts.append(f"r{policy.refresh_every}w{policy.warmup}")
+    if "precision" in fields:
+        parts.append(fields["precision"])
+    return "+".join(parts) or "official"
+
+
+class _Digits:
+    """One trained digits model with its fixed labels: images and the judge's verdict for a point."""
+
+    def __init__(self, ctx, name: str, n: int, cache_dir: Path) -> None:
+        self.name = name
+        model, tokenizer, self.info = trained_digits(name, ctx.mode, cache_dir)
+        self.model, self.tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
+        self.labels = np.repeat(np.arange(10), -(-n // 10))[:n]
+        self.base = {"num_iter": min(16, model.seq_len), "cfg": 2.0, "temperature": 1.0, "batch_size": n}
+
+    def images(self, fields: dict[str, Any], seed: int = 0) -> np.ndarray:
+        s = SampleSettings(**{**self.base, **fields, "seed": seed})
+        bounded = bool(getattr(self.tokenizer, "bounded", False))
+        lat = generate_latents(self.model, self.labels, s, bounded=bounded)
+        return to_uint8(self.tokenizer.decode(lat)).cpu().numpy()
+
+    def judge(self, images: np.ndarray):
+        with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
+            warnings.filterwarnings("ignore", message="Matrix is singular")
+            return evaluate(images, self.labels)
+
+
+def _measure(ctx, judges: list[_Digits], points: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each point timed side by side with official (one interleaved round per model) and judged:
+    its worst speed-up, FD ratio and accuracy drop (points) over the models."""
+    out: dict[str, dict[str, float]] = {name: {} for name in points}
+    for j in judges:
+        images: dict[str, np.ndarray] = {}
+        fns = {name: (lambda name=name, f=f: images.__setitem__(name, j.images(f))) for name, f in points.items()}
+        times = interleaved({"official": lambda: images.__setitem__("official", j.images({})), **fns},
+                            ctx.device, warmup=0, repeats=1)  # fmt: skip
+        ref = j.judge(images["official"])
+        for name in points:
+            r = j.judge(images[name])
+            m = out[name]
+            m[f"{j.name}_speedup"] = times["official"][0] / times[name][0]
+            m[f"{j.name}_accuracy"], m[f"{j.name}_fd"] = r.accuracy, r.fd_samples
+            m[f"{j.name}_fd_ratio"] = r.fd_samples / ref.fd_samples
+            m[f"{j.name}_accuracy_drop"] = 100 * (ref.accuracy - r.accuracy)
+    for m in out.values():
+        for key in ("speedup", "fd_ratio", "accuracy_drop"):
+            vals = [m[f"{j.name}_{key}"] for j in judges]
+            m[key] = min(vals) if key == "speedup" else max(vals)
+    return out
+
+
+def _within(m: dict[str, float], budget: dict[str, float]) -> bool:
+    return all(m[k] <= v for k, v in budget.items())
+
+
+def _crossed(passed: dict[str, list[int]], done: set[str], most: int) -> dict[str, dict[str, Any]]:
+    """Stage two: every crossing of each knob's kept levels (official's, the ones that kept quality
+    alone and the next more aggressive one), the already measured left out; at most `most`, the
+    crossing of every knob's most aggressive kept level always among them."""
+    kept = {}
+    for axis, levels in SEARCH_AXES.items():
+        good = passed[axis]
+        nxt = [i for i in range(1, len(levels)) if i > max(good, default=0)][:1]
+        kept[axis] = sorted({0, *good, *nxt})
+    combos = [dict(zip(kept, idx)) for idx in itertools.product(*kept.values())]
+    strongest = {axis: max(passed[axis], default=0) for axis in SEARCH_AXES}
+    rng = np.random.default_rng(0)
+    rng.shuffle(combos)
+    combos.sort(key=lambda c: c != strongest)  # stable: the strongest first, the rest shuffled
+    points: dict[str, dict[str, Any]] = {}
+    for c in combos:
+        fields = {k: v for axis, i in c.items() for k, v in SEARCH_AXES[axis][i].items()}
+        name = _short(fields)
+        if name not in done and name != "official" and len(points) < most:
+            points[name] = fields
+    return points
+
+
+def search(ctx, n: int, cache_dir: Path, most: int, plot_dir: Path | None) -> None:
+    judges = [_Digits(ctx, name, n, cache_dir) for name in ("digits8", "digits16")]
+    for j in judges:  # untimed warm-up: first-use self-checks, allocator, caches
+        j.images({"precision": "auto", "steps": 2})
+    spread = {}
+    for j in judges:  # official's run-to-run spread: the same labels, another seed
+        a, b = j.judge(j.images({})), j.judge(j.images({}, seed=1))
+        fds = sorted((a.fd_samples, b.fd_samples))
+        spread[j.name] = (100 * abs(a.accuracy - b.accuracy), fds[1] / fds[0])
+    print("official run-to-run spread (seed 0 vs 1): " + ", ".join(
+        f"{k}: {acc:.1f} accuracy points, FD x{fd:.2f}" for k, (acc, fd) in spread.items()))  # fmt: skip
+    single = {}
+    for axis, levels in SEARCH_AXES.items():
+        for i, fields in enumerate(levels[1:], 1):
+            single[_short(fields)] = (axis, i, fields)
+    results = _measure(ctx, judges, {name: f for name, (_, _, f) in single.items()})
+    fast_budget = next(iter(BUDGETS.values()))
+    passed = {axis: [] for axis in SEARCH_AXES}
+    for name, (axis, i, _) in single.items():
+        if _within(results[name], fast_budget):
+            passed[axis].append(i)
+    settings = {name: f for name, (_, _, f) in single.items()}
+    crossed = _crossed(passed, set(single), most)
+    settings.update(crossed)
+    results.update(_measure(ctx, judges, crossed))
+    rows = [{"point": name, **m} for name, m in results.items()]
+    front = {r["point"] for r in pareto_front(rows, "speedup", "fd_ratio")}
+    table = Table(
+        [("point", "point", "", 34), ("speed-up", "speedup", ".2f", 8), ("FD ratio", "fd_ratio", ".2f", 8),
+         ("acc drop", "accuracy_drop", ".1f", 8), ("front", "front", "", 5)],
+        f"knob search on digits8 + digits16 ({n} images each, worst of the two; official's spread above)",
+    )  # fmt: skip
+    for r in sorted(rows, key=lambda r: r["speedup"]):
+        table.add({**r, "front": "*" if r["point"] in front else ""})
+        ctx.record(
+            f"search/{r['point']}",
+            {"search": True, "point": r["point"], "settings": settings[r["point"]], "images": n},
+            {**{k: v for k, v in r.items() if k != "point"}, "on_front": r["point"] in front},
+        )
+    for label, budget in BUDGETS.items():
+        best = fastest_within(rows, "speedup", budget)
+        what = "none" if best is None else f"{best['point']} {settings[best['point']]} ({best['speedup']:.2f}x)"
+        print(f"fastest within {label} {budget}: {what}")
+    if plot_dir is not None:
+        path = plot_pareto([rec.to_dict() for rec in ctx.records], plot_dir)
+        print(f"Pareto front drawn in {path}")
 
 
 if __name__ == "__main__":

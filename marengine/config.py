@@ -231,6 +231,8 @@ HEAD_BACKENDS = ("auto", "torch", "native")
 
 
 GENERATION_ORDERS = ("random", "halton", "lattice")  # models/orders.py; random is the official order
+# matmul precision of a generation (ops/precision.py): auto = bf16 where the device has bf16 units
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,7 @@ class SamplingPreset:
     steps: int | str | list[int] | None = None  # head diffusion steps per iteration; None: the model's own
     cache: str | None = None  # cross-iteration backbone reuse, e.g. "refresh=3,warmup=2"; None: off
     order: str = "random"  # the masked loop's generation order (GENERATION_ORDERS)
+    precision: str = "fp32"  # matmul precision (PRECISIONS): "auto" = bf16 where the device has bf16 units
     note: str = ""
 
 
@@ -267,12 +270,14 @@ def resolve_preset(
     steps: int | str | list[int] | None = None,
     cache: str | None = None,
     order: str | None = None,
+    precision: str | None = None,
 ) -> SamplingPreset:
     """The named preset with the explicitly given fields replacing its own (None: keep)."""
     if preset not in SAMPLING_PRESETS:
         raise ValueError(f"unknown sampling preset {preset!r}; choose one of {', '.join(SAMPLING_PRESETS)}")
     base = SAMPLING_PRESETS[preset]
-    given = {k: v for k, v in dict(sampler=sampler, steps=steps, cache=cache, order=order).items() if v is not None}
+    knobs = dict(sampler=sampler, steps=steps, cache=cache, order=order, precision=precision)
+    given = {k: v for k, v in knobs.items() if v is not None}
     if given.get("cache") in ("off", "none", ""):
         given["cache"] = None
     return dataclasses.replace(base, **given)

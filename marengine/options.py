@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from .checks import CFG_BOUNDS, TEMPERATURE_BOUNDS, arg, check_float, check_int
-from .config import GENERATION_ORDERS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from .config import GENERATION_ORDERS, PRECISIONS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from .limits import MAX_CFG, MAX_TEMPERATURE
 from .schedules import CFG_SCHEDULES
 
@@ -66,8 +66,9 @@ def add_sampling_options(
     )
 
 
-def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
-    """--preset and the knobs it sets: --sampler, --steps (and --cache), --clip-denoised."""
+def add_speed_options(p: argparse.ArgumentParser, cache: bool = True, precision_flag: str = "--precision") -> None:
+    """--preset and the knobs it sets: --sampler, --steps (and --cache, --order and the matmul
+    precision, named `precision_flag`: train has a --precision of its own), --clip-denoised."""
     names = ", ".join(f"{k} ({v.note})" for k, v in SAMPLING_PRESETS.items())
     p.add_argument("--preset", choices=tuple(SAMPLING_PRESETS), default="official", help=f"sampling preset: {names}")
     p.add_argument("--sampler", default=None, help="head sampler: ddpm, ddim, ddim:ETA or dpm++2m (default: preset's)")
@@ -85,6 +86,13 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
             help="generation order of the masked loop: random (official), halton (low-discrepancy) or "
             "lattice (a spread quarter first, then the rest) (default: preset's)",
         )
+        p.add_argument(
+            precision_flag,
+            dest="sample_precision",
+            choices=PRECISIONS,
+            default=None,
+            help="matmul precision: fp32, bf16, or auto (bf16 where the CPU/GPU has bf16 units) (default: preset's)",
+        )
     p.add_argument(
         "--clip-denoised",
         action=argparse.BooleanOptionalAction,
@@ -96,5 +104,10 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True) -> None:
 def resolve_speed(args: argparse.Namespace) -> SamplingPreset:
     """The preset named on the command line with the explicitly given knobs applied."""
     return resolve_preset(
-        args.preset, args.sampler, args.steps, getattr(args, "cache", None), getattr(args, "order", None)
+        args.preset,
+        args.sampler,
+        args.steps,
+        getattr(args, "cache", None),
+        getattr(args, "order", None),
+        getattr(args, "sample_precision", None),
     )

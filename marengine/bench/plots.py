@@ -221,7 +221,34 @@ def roofline(records: Records, out: Path) -> Path | None:
     return _save(fig, out / "roofline.png")
 
 
-PLOTS = (e2e_speedup, e2e_sweeps, stages, quality, roofline)
+def pareto(records: Records, out: Path) -> Path | None:
+    """The preset search: worst FD ratio to official against the worst speed-up, front joined."""
+    rows = [r for r in _of(records, "presets") if r["params"].get("search")]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for ok, colour, label in ((True, "tab:blue", "accuracy within 1 point"), (False, "tab:orange", "accuracy lost")):
+        pts = [r for r in rows if (r["metrics"]["accuracy_drop"] <= 1.0) == ok]
+        ax.scatter([r["metrics"]["speedup"] for r in pts], [r["metrics"]["fd_ratio"] for r in pts],
+                   s=14, color=colour, label=label)  # fmt: skip
+    front = sorted((r for r in rows if r["metrics"]["on_front"]), key=lambda r: r["metrics"]["speedup"])
+    ax.plot([r["metrics"]["speedup"] for r in front], [r["metrics"]["fd_ratio"] for r in front], "-", color="gray",
+            lw=1, label="Pareto front")  # fmt: skip
+    for r in front:
+        ax.annotate(r["params"]["point"], (r["metrics"]["speedup"], r["metrics"]["fd_ratio"]), fontsize=5,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.axhline(1.1, lw=0.7, ls=":", color="gray")
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over official (worst of the digits models)")
+    ax.set_ylabel("FD / official FD (worst of the digits models)")
+    ax.grid(alpha=0.3, which="both")
+    _legend_outside(ax)
+    _title(ax, "sampling-knob search: speed vs quality")
+    return _save(fig, out / "pareto.png")
+
+
+PLOTS = (e2e_speedup, e2e_sweeps, stages, quality, roofline, pareto)
 
 
 def write_plots(records: Records, out: Path) -> list[Path]:

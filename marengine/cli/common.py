@@ -67,13 +67,13 @@ def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-def add_backend_options(p: argparse.ArgumentParser) -> None:
+def add_backend_options(p: argparse.ArgumentParser, precision_flag: str = "--precision") -> None:
     """--backend, and the sampling preset with its knobs (options.add_speed_options)."""
     from ..config import HEAD_BACKENDS as BACKENDS
     from ..options import add_speed_options
 
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="head sampler: native kernels or torch")
-    add_speed_options(p)
+    add_speed_options(p, precision_flag=precision_flag)
 
 
 def sample_settings(args: argparse.Namespace):
@@ -93,6 +93,7 @@ def sample_settings(args: argparse.Namespace):
         steps=args.steps,
         cache=args.cache,
         order=args.order,
+        precision=args.sample_precision,
     )
 
 

@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, sample, write images")
     add_dataclass_flags(p, TrainConfig, DEMO)
     add_sampling_options(p, DEMO_SAMPLING, seed_flag="--sample-seed")
-    add_backend_options(p)
+    add_backend_options(p, precision_flag="--sample-precision")
     p.add_argument("--per-class", type=arg(check_int, "--per-class", lo=1), default=10, help="samples per digit")
     p.add_argument(
         "--evaluate",

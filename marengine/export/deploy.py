@@ -246,6 +246,8 @@ def run(a: argparse.Namespace) -> int:
             "sampling without it",
             file=sys.stderr,
         )
+    if speed.precision != "fp32":
+        print(f"note: preset {a.preset!r} runs bf16 where it can; the deploy sampler runs fp32 graphs", file=sys.stderr)
     dm = DeployedMAR.load(a.model, providers)
     labels = np.asarray(check_labels(a.labels or [], dm.meta["sampling"]["class_num"], "--labels"), np.int64)
     n = len(labels) if a.labels else (a.num_images or 1)

@@ -31,6 +31,7 @@ import torch
 from ..checks import check_finite_result, check_labels
 from ..config import SERVE_DEFAULTS
 from ..models.tokenizers import to_uint8
+from ..ops.precision import resolve_precision
 from ..sampling.engine import SampleSettings
 from .batching import LoopState, batched_step, start_loop
 from .pipeline import MARPipeline, PipelineOutput
@@ -168,6 +169,8 @@ class GenerationEngine:
         num_iter = min(s.num_iter, model.seq_len)  # as generate_latents (which also warns)
         clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.pipe.tokenizer, "bounded", False))
         opts = s.options(model)
+        if resolve_precision(s.speed().precision, self.pipe.device) != torch.float32:
+            raise ValueError("continuous batching runs in fp32: bf16 precision does not apply; pass precision='fp32'")
         return (num_iter, s.cfg, s.cfg_schedule, s.temperature, gen), dict(
             backend=opts["backend"],
             clip_denoised=clip,

@@ -22,13 +22,14 @@ from ..checks import (
     check_labels,
     check_str,
 )
-from ..config import GENERATION_ORDERS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from ..config import GENERATION_ORDERS, PRECISIONS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
 from ..config import HEAD_BACKENDS as BACKENDS
 from ..diffusion.samplers import HeadSampler
 from ..editing import batches
 from ..models.backbone_cache import CachePolicy
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
+from ..ops.precision import precision_context
 from ..schedules import CFG_SCHEDULES, step_schedule
 from ..utils import check_generator
 
@@ -47,6 +48,7 @@ SETTINGS_RULES: Rules = {
     "preset": (check_choice, {"choices": tuple(SAMPLING_PRESETS)}),
     "sampler": (check_str, {"optional": True}),
     "cache": (check_str, {"optional": True}),
+    "precision": (check_str, {"optional": True}),
 }
 
 
@@ -67,6 +69,7 @@ class SampleSettings:
     steps: int | str | list[int] | None = None  # the preset's head steps per iteration unless given
     cache: str | None = None  # the preset's backbone reuse unless given ("off" disables it)
     order: str | None = None  # the preset's generation order unless given: random | halton | lattice
+    precision: str | None = None  # the preset's matmul precision unless given: fp32 | bf16 | auto
 
     def __post_init__(self) -> None:
         check_fields(self, SETTINGS_RULES, "sampling setting")
@@ -74,12 +77,14 @@ class SampleSettings:
         HeadSampler.parse(speed.sampler)
         step_schedule(speed.steps, self.num_iter)
         CachePolicy.parse(speed.cache)
+        if speed.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {speed.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if speed.order not in GENERATION_ORDERS:
             raise ValueError(f"unknown generation order {speed.order!r}; choose one of {', '.join(GENERATION_ORDERS)}")
 
     def speed(self) -> SamplingPreset:
         """The preset with the explicitly given knobs applied."""
-        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order)
+        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order, self.precision)
 
     def options(self, model: Any = None) -> dict[str, Any]:
         """The keyword options of `model`.sample_tokens these settings ask for (None: MAR's).
@@ -141,25 +146,27 @@ def generate_latents(
         num_iter = model.seq_len
     clip = settings.clip_denoised if settings.clip_denoised is not None else bounded
     options = settings.options(model)
+    precision = settings.speed().precision
     out: torch.Tensor | None = None  # latents [N, C, H', W'] or codes [N, h, w], made from the first batch
     groups = batches(None if known_mask is None else known_mask.cpu().numpy(), n, settings.batch_size)
     for idx in tqdm(groups, desc="generating", disable=not progress or len(groups) < 2):
         idx = idx.tolist()
         edit = {} if known_mask is None else {"known_tokens": known_tokens[idx], "known_mask": known_mask[idx]}
         batch = torch.tensor([labels[i] for i in idx], dtype=torch.int64, device=device)
-        tokens = model.sample_tokens(
-            len(idx),
-            num_iter,
-            settings.cfg,
-            settings.cfg_schedule,
-            batch,
-            settings.temperature,
-            progress and len(groups) == 1,
-            generator=gen,
-            clip_denoised=clip,
-            **options,
-            **edit,
-        )
+        with precision_context(precision, device):
+            tokens = model.sample_tokens(
+                len(idx),
+                num_iter,
+                settings.cfg,
+                settings.cfg_schedule,
+                batch,
+                settings.temperature,
+                progress and len(groups) == 1,
+                generator=gen,
+                clip_denoised=clip,
+                **options,
+                **edit,
+            )
         tokens = tokens.float() if tokens.is_floating_point() else tokens
         if out is None:
             out = tokens.new_empty((n, *tokens.shape[1:]))
