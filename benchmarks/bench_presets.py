@@ -1,13 +1,15 @@
 """Fast sampling, knob by knob: how much faster, and at what quality, is each training-free
-knob alone and the `fast` preset against the `official` sampler?
+knob alone and the `fast` and `turbo` presets against the `official` preset, and against the
+official code itself (the eager anchor of its sampling, bench/official.py: "official code")?
 
 On the trained digits models (16 and 64 tokens), every variant generates the same images
 (same labels, same seed) in round-robin repeats (so the ratios are measured side by side)
 and the last images go to the digits judge (accuracy, Frechet distance). On a random-weight
-MAR-B shape (its released 6x1024 head, 100 diffusion steps) only the time is measured, at
-64 iterations with CFG: on the CPU with --tokens (default 64 in --full: a full 256-token
-MAR-B image costs minutes per variant here; pass --tokens 256 for the real size), one round,
-official and fast only unless --variants says otherwise (the suite's time budget).
+MAR-B shape (its released 6x1024 head, 100 diffusion steps) only the time is measured, end
+to end (tokens, then a random-weight KL-16 VAE decode), batch 1, at 64 iterations with CFG
+2.9: on the CPU with --tokens (default 64 in --full: a full 256-token MAR-B image costs
+minutes per variant here; pass --tokens 256 for the real size), one round, the presets only
+unless --variants says otherwise (the suite's time budget).
 
     python benchmarks/bench_presets.py --quick --out presets.json
     python benchmarks/bench_presets.py --models mar_base --tokens 256 --repeats 1 --variants all
@@ -32,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from marengine.bench.models import random_model, trained_digits  # noqa: E402
+from marengine.bench import official  # noqa: E402
+from marengine.bench.models import random_model, random_vae_tokenizer, trained_digits  # noqa: E402
 from marengine.bench.pareto import fastest_within, pareto_front  # noqa: E402
 from marengine.bench.plots import pareto as plot_pareto  # noqa: E402
 from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, finish, start  # noqa: E402
@@ -47,8 +51,10 @@ from marengine.models.tokenizers import to_uint8  # noqa: E402
 from marengine.sampling.engine import SampleSettings, generate_latents  # noqa: E402
 
 FAST = SAMPLING_PRESETS["fast"]
+CODE = "official code"  # the eager anchor of the official code's sampling (bench/official.py), not a preset
 # name -> SampleSettings fields on top of the point's (the official sampler unless changed)
 VARIANTS: dict[str, dict[str, Any]] = {
+    CODE: {},
     "official": {},
     "dpm++2m 10 steps": {"sampler": "dpm++2m", "steps": 10},  # a few-step solver alone
     f"steps {FAST.steps}": {"steps": FAST.steps},  # DiSA-style step annealing alone (the preset's)
@@ -104,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         default=None,
         help=f"'all' or a comma-separated subset of: {', '.join(VARIANTS)} (default: all; the MAR-B shape on a "
-        "CPU outside --quick: official,fast, the suite's time budget)",
+        "CPU outside --quick: the official, fast and turbo presets, the suite's time budget)",
     )
     args = p.parse_args(argv)
     if args.variants == "all":
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             # on the CPU one MAR-B image at 64 iterations takes a minute or more per variant: one
             # untimed-warm-up-free round unless --repeats asks for more (the suite's time budget)
             shape_repeats = args.repeats or (1 if cpu else repeats)
-            chosen = args.variants or (["official", "fast"] if cpu and not quick else list(VARIANTS))
+            presets = [v for v in ("official", "fast", "turbo") if v in VARIANTS]
+            chosen = args.variants or (presets if cpu and not quick else list(VARIANTS))
             mar_shape(ctx, name, tokens, 4 if quick else 64, shape_repeats, chosen, warmup=not (quick or cpu))
         else:
             raise SystemExit(f"bench_presets: unknown model {name!r}; choose among digits8, digits16, mar_base")
@@ -146,10 +153,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(title: str, quality: bool) -> Table:
-    cols = [("variant", "variant", "", 18), ("s/img p50", "p50", ".4g", 9), ("speed-up", "speedup", ".2f", 8)]
+    cols = [("variant", "variant", "", 18), ("s/img p50", "p50", ".4g", 9), ("speed-up", "speedup", ".2f", 8),
+            ("vs code", "vs_code", ".2f", 7)]  # fmt: skip
     if quality:
         cols += [("accuracy", "accuracy", ".1%", 8), ("FD", "fd", ".3g", 6), ("FD ratio", "fd_ratio", ".2f", 8)]
     return Table(cols, title)
+
+
+def _latents(model, labels: Any, base: dict[str, Any], variant: str, bounded: bool) -> Any:
+    """One generation of `variant`: the official code's anchor, or the engine with its settings."""
+    if variant == CODE:
+        gen = torch.Generator(device=model.fake_latent.device).manual_seed(0)
+        labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=model.fake_latent.device)
+        return official.sample_tokens(
+            model, len(labels_t), base["num_iter"], base["cfg"], "linear", labels_t, base["temperature"], generator=gen
+        )
+    return generate_latents(model, labels, SampleSettings(**{**base, **VARIANTS[variant]}), bounded=bounded)
+
+
+def _speedups(times: dict[str, list[float]], v: str) -> dict[str, float]:
+    t = summarize(times[v])["p50"]
+    out = {"speedup": summarize(times["official"])["p50"] / t}
+    if CODE in times:
+        out["vs_code"] = summarize(times[CODE])["p50"] / t
+    return out
 
 
 def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[str]) -> None:
@@ -160,12 +187,10 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[s
     images: dict[str, np.ndarray] = {}
 
     def run(variant: str) -> Any:
-        s = SampleSettings(**{**base, **VARIANTS[variant]})
-        lat = generate_latents(model, labels, s, bounded=bool(getattr(tokenizer, "bounded", False)))
-        images[variant] = to_uint8(tokenizer.decode(lat)).cpu().numpy()
+        lat = _latents(model, labels, base, variant, bool(getattr(tokenizer, "bounded", False)))
+        images[variant] = to_uint8(tokenizer.decode(lat.float())).cpu().numpy()
 
     times = interleaved({v: (lambda v=v: run(v)) for v in chosen}, ctx.device, warmup=1, repeats=repeats)
-    ref = summarize(times["official"])["p50"]
     judged = {}
     for v in chosen:
         with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
@@ -179,7 +204,7 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[s
     for v in chosen:
         t = summarize(times[v])
         r = judged[v]
-        row = {"variant": v, "p50": t["p50"] / n, "speedup": ref / t["p50"], "accuracy": r.accuracy,
+        row = {"variant": v, "p50": t["p50"] / n, **_speedups(times, v), "accuracy": r.accuracy,
                "fd": r.fd_samples, "fd_ratio": r.fd_samples / judged["official"].fd_samples}  # fmt: skip
         table.add(row)
         ctx.record(
@@ -195,7 +220,8 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[s
             },  # fmt: skip
             {
                 "s_per_image": t["p50"] / n,
-                "speedup_vs_official": ref / t["p50"],
+                "speedup_vs_official": row["speedup"],
+                "speedup_vs_official_code": row.get("vs_code"),
                 "accuracy": r.accuracy,
                 "fd_samples": r.fd_samples,
                 "fd_ratio_vs_official": row["fd_ratio"],
@@ -210,21 +236,22 @@ def mar_shape(
     ctx, name: str, tokens: int, iterations: int, repeats: int, chosen: list[str], warmup: bool = True
 ) -> None:
     """Time only: the `chosen` variants on a random-weight MAR shape, `iterations` MAR iterations (64 is the
-    acceptance point; --quick runs 4 without warm-up, to check the path in CI)."""
+    acceptance point; --quick runs 4 without warm-up, to check the path in CI), end to end: the tokens,
+    then the KL-16 VAE's decode (random weights: the decode's cost without the checkpoint)."""
     side = int(round(tokens**0.5))
     if side * side != tokens:
         raise SystemExit(f"bench_presets: --tokens must be a square (64, 256, ...), got {tokens}")
     model = random_model(name, ctx.device, img_size=16 * side)  # the released 6x1024 head, 100 steps
+    vae = random_vae_tokenizer(ctx.device)
     num_iter = min(iterations, model.seq_len)
     labels = [207]  # batch 1 on the CPU: one image is already minutes at 256 tokens
     base = {"num_iter": num_iter, "cfg": 2.9, "temperature": 1.0, "batch_size": 1}
 
     def run(variant: str) -> Any:
-        return generate_latents(model, labels, SampleSettings(**{**base, **VARIANTS[variant]}))
+        return vae.decode(_latents(model, labels, base, variant, bounded=False).float())
 
     variants = {v: (lambda v=v: run(v)) for v in chosen}
     times = interleaved(variants, ctx.device, warmup=1 if warmup and tokens <= 64 else 0, repeats=repeats)
-    ref = summarize(times["official"])["p50"]
     size = "the real size" if tokens == 256 else f"{tokens} tokens (the real one has 256)"
     table = _table(
         f"presets on the {name} shape (random weights, {size}, batch 1, {num_iter} iterations, "
@@ -233,7 +260,8 @@ def mar_shape(
     )
     for v in chosen:
         t = summarize(times[v])
-        table.add({"variant": v, "p50": t["p50"], "speedup": ref / t["p50"]})
+        row = {"variant": v, "p50": t["p50"], **_speedups(times, v)}
+        table.add(row)
         ctx.record(
             f"{name}/{v}",
             {
@@ -244,7 +272,12 @@ def mar_shape(
                 "repeats": repeats,
                 "weights": "random N(0, 0.02)",
             },  # fmt: skip
-            {"s_per_image": t["p50"], "speedup_vs_official": ref / t["p50"], **{f"s_{k}": x for k, x in t.items()}},
+            {
+                "s_per_image": t["p50"],
+                "speedup_vs_official": row["speedup"],
+                "speedup_vs_official_code": row.get("vs_code"),
+                **{f"s_{k}": x for k, x in t.items()},
+            },  # fmt: skip
             {"s_per_image": "s"},
             "" if tokens == 256 else f"reduced to {tokens} tokens on this device",
         )
