@@ -43,7 +43,8 @@ def add_sampling_options(
         default=d.get("cfg", SAMPLE_DEFAULTS.cfg),
         help=f"classifier-free guidance scale in [1, {MAX_CFG:g}] (1: none; default %(default)s)",
     )
-    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule)
+    schedule = "guidance over the iterations: linear (1 up to --cfg as tokens are revealed) or constant"
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule, help=schedule)
     p.add_argument(
         "--temperature",
         type=arg(check_float, "--temperature", **TEMPERATURE_BOUNDS),
