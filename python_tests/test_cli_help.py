@@ -99,3 +99,16 @@ def test_a_help_without_a_default_is_caught():
     n, m = _options(p)
     assert not any(form in _help(p, n) for form in _shown(7))
     assert "(default: 3)" in _help(p, m)
+
+
+@pytest.mark.parametrize("extra", [["--fp16"], ["--opset", "18"], ["--tokenizer", "pixel"], ["--config", "mar_tiny"]])
+def test_export_of_a_causal_model_refuses_the_mar_exporter_knobs(extra, tmp_path, capsys):
+    """export-onnx's knobs (fp16, opset, config, vae, tokenizer) are the MAR exporter's: a causal
+    AR model given any of them is refused in one line, before anything is written."""
+    from marengine.cli import main
+    from marengine.models.family import make_model
+
+    make_model("ar_raster_tiny").save_pretrained(tmp_path / "m")
+    assert main(["export-onnx", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "x"), *extra]) == 2
+    assert "a causal AR model exports in fp32" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
