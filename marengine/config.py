@@ -232,7 +232,7 @@ HEAD_BACKENDS = ("auto", "torch", "native")
 
 GENERATION_ORDERS = ("random", "halton", "lattice")  # models/orders.py; random is the official order
 # matmul precision of a generation (ops/precision.py): auto = bf16 where the device has bf16 units
-PRECISIONS = ("fp32", "bf16", "auto")
+SAMPLING_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ class SamplingPreset:
     steps: int | str | list[int] | None = None  # head diffusion steps per iteration; None: the model's own
     cache: str | None = None  # cross-iteration backbone reuse, e.g. "refresh=3,warmup=2"; None: off
     order: str = "random"  # the masked loop's generation order (GENERATION_ORDERS)
-    precision: str = "fp32"  # matmul precision (PRECISIONS): "auto" = bf16 where the device has bf16 units
+    precision: str = "fp32"  # matmul precision (SAMPLING_PRECISIONS): "auto" = bf16 where the device has bf16 units
     note: str = ""
 
 

@@ -11,7 +11,14 @@ import argparse
 from typing import Any
 
 from .checks import CFG_BOUNDS, TEMPERATURE_BOUNDS, arg, check_float, check_int
-from .config import GENERATION_ORDERS, PRECISIONS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from .config import (
+    GENERATION_ORDERS,
+    SAMPLE_DEFAULTS,
+    SAMPLING_PRECISIONS,
+    SAMPLING_PRESETS,
+    SamplingPreset,
+    resolve_preset,
+)
 from .limits import MAX_CFG, MAX_TEMPERATURE
 from .schedules import CFG_SCHEDULES
 
@@ -43,7 +50,8 @@ def add_sampling_options(
         default=d.get("cfg", SAMPLE_DEFAULTS.cfg),
         help=f"classifier-free guidance scale in [1, {MAX_CFG:g}] (1: none; default %(default)s)",
     )
-    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule)
+    schedule = "guidance over the iterations: linear (1 up to --cfg as tokens are revealed) or constant"
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default=SAMPLE_DEFAULTS.cfg_schedule, help=schedule)
     p.add_argument(
         "--temperature",
         type=arg(check_float, "--temperature", **TEMPERATURE_BOUNDS),
@@ -89,7 +97,7 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True, precision_
         p.add_argument(
             precision_flag,
             dest="sample_precision",
-            choices=PRECISIONS,
+            choices=SAMPLING_PRECISIONS,
             default=None,
             help="matmul precision: fp32, bf16, or auto (bf16 where the CPU/GPU has bf16 units) (default: preset's)",
         )

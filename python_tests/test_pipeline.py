@@ -47,6 +47,21 @@ def test_generation_outputs(pipe):
     assert not np.array_equal(pipe([3, 1, 4], generator=g).array, out.array)
 
 
+def test_indexed_seeds_each_block_by_its_first_index(pipe):
+    """pipe.indexed (marengine sample --num-images, evaluate) is the plain call of each block with the
+    generator seeded by block_seed(seed, first index): the same images however the blocks are run."""
+    from marengine.sampling.balanced import block_seed
+
+    labels = [3, 1, 4, 1, 5]
+    out = pipe.indexed(labels, seed=7, batch_size=2)
+    assert out.labels == labels and out.array.shape == (5, 8, 8, 1)
+    for start in (0, 2, 4):
+        g = torch.Generator().manual_seed(block_seed(7, start))
+        block = pipe(labels[start : start + 2], seed=7, batch_size=2, generator=g, progress=False)
+        np.testing.assert_array_equal(out.array[start : start + 2], block.array)
+    assert not np.array_equal(out.array[:2], pipe(labels[:2], seed=7, progress=False).array)  # not the plain seed
+
+
 @pytest.mark.parametrize("preset", ["official", "fast"])
 def test_inpainting_keeps_known_pixels_exactly(pipe, preset):
     imgs = digits(5)

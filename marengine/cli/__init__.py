@@ -4,7 +4,8 @@ doctor | train-vq.
 Each sub-command lives in its own module and registers its parser here. Every error a
 user can cause ends as one line `marengine CMD: error: ...` and exit status 2
 (`-v` shows the traceback); training flags are generated from `TrainConfig`, so defaults
-live in one place.
+live in one place, and every flag's --help shows its default (common.add_command). The
+commands that generate load their model through common.load_pipeline (MARPipeline).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from ..bench.suite import NAMES
-from .common import add_threads_option
+from .common import add_command, add_output_options
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run the latency benchmark suite: report.md, records.json and plots")
+    p = add_command(sub, "bench", "run the latency benchmark suite: report.md, records.json and plots", cmd_bench)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--quick",
@@ -42,8 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     full = "the full suite (default): ~16 min on an idle 2-core CPU (it trains the two digits models once)"
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
     p.set_defaults(mode="full")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if torch sees a GPU")
-    p.add_argument("--out", default="runs/bench", help="output folder (reused: trained models are cached there)")
-    add_threads_option(p, "every core this process may use; each benchmark script gets the same")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of: {','.join(NAMES)}")
-    p.set_defaults(fn=cmd_bench)
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run; auto: cuda if torch sees a GPU"
+    )
+    add_output_options(
+        p,
+        "output folder (reused: trained models are cached there)",
+        required=False,
+        default="runs/bench",
+        overwrite=False,
+        threads_default="every core this process may use; each benchmark script gets the same",
+    )
+    p.add_argument("--only", default=None, help=f"comma-separated subset of: {','.join(NAMES)} (default: all)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checks import arg, check_int
-from .common import add_threads_option, json_object
+from ..checks import check_int
+from .common import add_checked, add_command, add_output_options, add_switch, add_threads_option, json_object
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
@@ -70,41 +70,38 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    positive = {name: arg(check_int, name, lo=1) for name in ("--img-size", "--shard-size", "--batch-size")}
-    workers = arg(check_int, "--num-workers", lo=0)
-    p = sub.add_parser(
-        "cache-latents",
-        help="encode an image folder with the VAE once (original + flipped) into "
-        "a sharded cache; rerun to finish a killed run; torchrun --nproc_per_node=N splits the shards",
-    )
+def add_folder_options(p: argparse.ArgumentParser) -> None:
+    """The image folder and how its images are read (cache-latents and check-data)."""
     p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
-    p.add_argument("--vae-ckpt", required=True)
-    p.add_argument("--out", required=True, help="output folder (index.json + shard files)")
-    p.add_argument("--img-size", type=positive["--img-size"], default=256)
-    p.add_argument("--vae-embed-dim", type=arg(check_int, "--vae-embed-dim", lo=1), default=16)
+    side = "image side the images are read at (the official center crop, or --no-crop: as they are)"
+    add_checked(p, "--img-size", check_int, 256, side, lo=1)
+    add_checked(p, "--num-workers", check_int, 0, "DataLoader processes decoding images (0: this one)", lo=0)
+    add_switch(p, "--progress", True, "show a progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "cache-latents",
+        "encode an image folder with the VAE once (original + flipped) into "
+        "a sharded cache; rerun to finish a killed run; torchrun --nproc_per_node=N splits the shards",
+        cmd_cache_latents,
+    )
+    add_folder_options(p)
+    p.add_argument("--vae-ckpt", required=True, help="the KL-16 VAE file (kl16.ckpt of MAR)")
+    add_output_options(p, "output folder (index.json + shard files)", overwrite=False)
+    add_checked(p, "--vae-embed-dim", check_int, 16, "latent channels of the VAE", lo=1)
     p.add_argument(
         "--vae-config", type=json_object, default={}, help="JSON keywords of AutoencoderKL for a non-official VAE"
     )
-    p.add_argument("--shard-size", type=positive["--shard-size"], default=1024, help="images per shard file")
+    add_checked(p, "--shard-size", check_int, 1024, "images per shard file", lo=1)
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage type of the moments")
-    p.add_argument("--batch-size", type=positive["--batch-size"], default=32)
-    p.add_argument("--num-workers", type=workers, default=0, help="DataLoader processes decoding images")
+    add_checked(p, "--batch-size", check_int, 32, "images per VAE forward", lo=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (each torchrun rank takes its local GPU)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    add_threads_option(p)
-    p.set_defaults(fn=cmd_cache_latents)
 
-    p = sub.add_parser("check-data", help="open every image of a folder; list unreadable ones (exit 1 if any)")
-    p.add_argument("--data", required=True, help="image folder root/<class>/<images>")
-    p.add_argument("--img-size", type=positive["--img-size"], default=256)
-    p.add_argument(
-        "--crop",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="center crop as training does; --no-crop also flags images not img-size square",
-    )
-    p.add_argument("--num-workers", type=workers, default=0, help="processes decoding images")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    check = "open every image of a folder; list unreadable ones (exit 1 if any)"
+    p = add_command(sub, "check-data", check, cmd_check_data)
+    add_folder_options(p)
+    crop = "center crop as training does; --no-crop also flags images not img-size square"
+    add_switch(p, "--crop", True, crop)
     add_threads_option(p)
-    p.set_defaults(fn=cmd_check_data)

@@ -16,12 +16,12 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..checks import arg, check_int
+from ..checks import check_int
 from ..limits import MAX_CHECK_CHANNELS, MAX_CHECK_DEPTH, MAX_CHECK_WIDTH
 
 if TYPE_CHECKING:
     from ..ops.selfcheck import Verdict
-from .common import add_threads_option
+from .common import add_checked, add_command, add_threads_option
 
 
 def _head_template(width: int, depth: int, channels: int):
@@ -132,20 +132,22 @@ def summarize(verdicts: list[Verdict]) -> tuple[str, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    caps = {"--width": MAX_CHECK_WIDTH, "--cpu-width": MAX_CHECK_WIDTH, "--depth": MAX_CHECK_DEPTH}
-    caps.update({"--cpu-depth": MAX_CHECK_DEPTH, "--channels": MAX_CHECK_CHANNELS})
     hint = "the self-checks build this head with real weights; marengine.limits caps it"
-    pos = {n: arg(check_int, n, lo=1, hi=cap, hint=hint) for n, cap in caps.items()}
-    p = sub.add_parser(
-        "doctor", help="build info, which head sampler runs where, and the native kernels' self-checks (exit 1 on fail)"
+    p = add_command(
+        sub,
+        "doctor",
+        "build info, which head sampler runs where, and the native kernels' self-checks (exit 1 on fail)",
+        cmd_doctor,
     )
-    p.add_argument("--width", type=pos["--width"], default=1024, help="head width of the CUDA checks (MAR-B: 1024)")
-    p.add_argument("--depth", type=pos["--depth"], default=6, help="head depth of the CUDA checks (MAR-B: 6)")
-    p.add_argument("--channels", type=pos["--channels"], default=16, help="token channels")
-    p.add_argument("--cpu-width", type=pos["--cpu-width"], default=256, help="head width of the CPU checks")
-    p.add_argument("--cpu-depth", type=pos["--cpu-depth"], default=2, help="head depth of the CPU checks")
+    for flag, default, cap, text in (
+        ("--width", 1024, MAX_CHECK_WIDTH, "head width of the CUDA checks (MAR-B: 1024)"),
+        ("--depth", 6, MAX_CHECK_DEPTH, "head depth of the CUDA checks (MAR-B: 6)"),
+        ("--channels", 16, MAX_CHECK_CHANNELS, "token channels"),
+        ("--cpu-width", 256, MAX_CHECK_WIDTH, "head width of the CPU checks"),
+        ("--cpu-depth", 2, MAX_CHECK_DEPTH, "head depth of the CPU checks"),
+    ):
+        add_checked(p, flag, check_int, default, f"{text}, at most {cap}", lo=1, hi=cap, hint=hint)
     p.add_argument("--full", action="store_true", help="more CPU configurations (fp16, DDIM without CFG)")
     p.add_argument("--no-checks", action="store_true", help="build info only")
     p.add_argument("--require-cuda", action="store_true", help="exit 1 when the CUDA kernels cannot be checked")
     add_threads_option(p)
-    p.set_defaults(fn=cmd_doctor)

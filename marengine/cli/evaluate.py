@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..checks import arg, check_int
+from ..checks import check_int
 from ..config import EVAL_DEFAULTS
-from ..options import add_sampling_options
-from .common import add_backend_options, add_model_options, add_threads_option, sample_settings
+from .balanced import add_balanced_options, check_balanced_options
+from .common import add_checked, add_command, add_output_options, add_pipeline_options, load_pipeline, sample_settings
 
 DEFAULT_PER_CLASS = 50  # the official evaluation: 50 images per class (FID-50K on ImageNet)
 DIGITS_SIZES = (8, 16)  # the digits models' image sides (the judge's input, 16 pooled to 8)
@@ -47,9 +47,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--save-stats writes Inception statistics: add --inception-weights FILE")
     if args.images is not None and args.save_images:
         raise ValueError("--save-images writes generated images: it needs --checkpoint")
-    if args.num_images is not None and args.per_class is not None:
-        raise ValueError("give --num-images N or --per-class K, not both")
-    if args.checkpoint is not None and args.num_images is None and args.per_class is None:
+    balanced = check_balanced_options(args)
+    if args.checkpoint is not None and not balanced:
         args.per_class = DEFAULT_PER_CLASS
     if args.save_images and Path(args.save_images).exists() and any(Path(args.save_images).iterdir()):
         if not (Path(args.save_images) / ".marengine-eval").is_file():  # ours, from a run being resumed
@@ -94,16 +93,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = device_for(info, device)
         labels, manifest = None, {"num_images": args.num_images, "per_class": args.per_class}
         if args.checkpoint:
-            from ..models.loading import load_model
-            from ..models.tokenizers import build_tokenizer
             from ..sampling.balanced import balanced_labels
 
-            loaded = load_model(
-                args.checkpoint, config=args.model, use_ema=not args.no_ema, vae_ckpt=args.vae_ckpt, device=device
-            )
-            if loaded.tokenizer_spec is None:
-                raise ValueError(f"{args.checkpoint}: no tokenizer fits this model's latents; images cannot be decoded")
-            model, tokenizer = loaded.model, build_tokenizer(loaded.tokenizer_spec).to(device)
+            pipe = load_pipeline(args, settings, device)
+            model, tokenizer = pipe.model, pipe.tokenizer
             labels = balanced_labels(model.num_classes, args.num_images, args.per_class)
             judge = args.inception_weights is None
             if judge and not _is_digits_model(model):
@@ -218,27 +211,20 @@ def _one_line(r: dict[str, Any], out: Path | None) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="FID / Inception Score of images or of a model's samples")
+    p = add_command(sub, "evaluate", "FID / Inception Score of images or of a model's samples", cmd_evaluate)
     p.add_argument(
         "--images",
         default=None,
         help="score these: a folder of PNG/JPEG files, or an npz with arr_0 "
         "uint8 [N, H, W, 3] (ADM layout; labels for the digits judge)",
     )
-    add_model_options(p, required=False)
-    add_threads_option(p)
-    p.add_argument(
-        "--num-images",
-        type=arg(check_int, "--num-images", lo=1),
-        default=None,
-        help="images to generate, a multiple of the classes (refused otherwise); with --images: "
+    add_pipeline_options(p, required=False)
+    add_balanced_options(
+        p,
+        num_images="images to generate, a multiple of the classes (refused otherwise); with --images: "
         "score the first N (default: all)",
-    )
-    p.add_argument(
-        "--per-class",
-        type=arg(check_int, "--per-class", lo=1),
-        default=None,
-        help="images per class to generate (instead of --num-images)",
+        per_class=f"images per class to generate (instead of --num-images) (default: {DEFAULT_PER_CLASS} "
+        "with --checkpoint)",
     )
     p.add_argument(
         "--save-images",
@@ -267,7 +253,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="write the float32 features (pool [N, 2048], logits_unbiased [N, 1008]) to this new npz (default: none)",
     )
-    p.add_argument("--out", default=None, help="new report JSON file (default: none, the line is printed only)")
+    add_output_options(
+        p, "new report JSON file (default: none, the line is printed only)", required=False, overwrite=False
+    )
     p.add_argument(
         "--work-dir",
         default=None,
@@ -275,24 +263,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is given, else none); a rerun with the same arguments resumes from it",
     )
     p.add_argument("--keep-shards", action="store_true", help="keep the work folder after a finished run")
-    p.add_argument(
-        "--shard-size",
-        type=arg(check_int, "--shard-size", lo=1),
-        default=EVAL_DEFAULTS.shard_size,
-        help=f"images per shard (default {EVAL_DEFAULTS.shard_size}, rounded up to whole sampling batches)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=arg(check_int, "--batch-size", lo=1),
-        default=EVAL_DEFAULTS.batch_size,
-        help=f"images per Inception forward (default {EVAL_DEFAULTS.batch_size})",
-    )
-    p.add_argument(
-        "--workers",
-        type=arg(check_int, "--workers", lo=0),
-        default=EVAL_DEFAULTS.workers,
-        help=f"image-decoding worker processes (default {EVAL_DEFAULTS.workers})",
-    )
-    add_sampling_options(p)
-    add_backend_options(p)
-    p.set_defaults(fn=cmd_evaluate)
+    d = EVAL_DEFAULTS
+    shard = f"images per shard (default {d.shard_size}, rounded up to whole sampling batches)"
+    add_checked(p, "--shard-size", check_int, d.shard_size, shard, lo=1)
+    add_checked(p, "--batch-size", check_int, d.batch_size, "images per Inception forward", lo=1)
+    add_checked(p, "--workers", check_int, d.workers, "image-decoding worker processes", lo=0)

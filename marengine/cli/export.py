@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..checks import arg, check_int
-from .common import add_overwrite_option, add_threads_option
+from ..checks import check_int
+from .common import add_checked, add_command, add_output_options
+
+# the MAR exporter's knobs (export.onnx.export_from_checkpoint) and their defaults; a causal AR
+# model takes none of them
+KNOBS = {"fp16": False, "opset": None, "config": None, "vae": None, "tokenizer": "auto"}
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -18,42 +22,36 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
             "MAR with cross-entropy is not exported to ONNX: the exporter deploys MAR with Diffusion Loss "
             "and the causal AR members (both losses)"
         )
+    knobs = {name: getattr(args, name) for name in KNOBS}
     if arch == "ar":
-        if args.fp16 or args.opset or args.vae or args.tokenizer != "auto" or args.config:
+        if knobs != KNOBS:
             raise ValueError("a causal AR model exports in fp32 at the default opset: drop --fp16/--opset/--vae/...")
         paths = export_ar_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
-        for name, path in paths.items():
-            print(f"{name}: {path}")
-        return 0
-    paths = export_from_checkpoint(
-        args.checkpoint,
-        args.out,
-        fp16=args.fp16,
-        opset=args.opset,
-        config=args.config,
-        vae=args.vae,
-        tokenizer=args.tokenizer,
-        overwrite=args.overwrite,
-    )
+    else:
+        paths = export_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite, **knobs)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-onnx", help="export backbone, head step and decoder to ONNX")
+    p = add_command(sub, "export-onnx", "export backbone, head step and decoder to ONNX", cmd_export_onnx)
     p.add_argument("--checkpoint", required=True, help="pretrained folder, training .pth, or official .pth")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output folder, published whole when the export is complete: new or empty, or an earlier "
+    add_output_options(
+        p,
+        "output folder, published whole when the export is complete: new or empty, or an earlier "
         "export with --overwrite; a folder holding other files is refused",
     )
-    add_overwrite_option(p)
-    p.add_argument("--fp16", action="store_true")
-    p.add_argument("--opset", type=arg(check_int, "--opset", lo=1), default=None, help="ONNX opset (18 or newer)")
-    p.add_argument("--config", default=None, help="preset name or JSON config, required for an official .pth")
-    p.add_argument("--vae", default=None, help="kl16.ckpt: export the VAE decoder")
-    p.add_argument("--tokenizer", choices=("auto", "vae", "pixel", "none"), default="auto")
-    add_threads_option(p)
-    p.set_defaults(fn=cmd_export_onnx)
+    p.add_argument("--fp16", action="store_true", help="export the weights in float16 (default: float32)")
+    add_checked(p, "--opset", check_int, KNOBS["opset"], "ONNX opset, 18 or newer (default: the exporter's)", lo=1)
+    p.add_argument(
+        "--config", default=KNOBS["config"], help="preset name or JSON config, required for an official .pth"
+    )
+    p.add_argument("--vae", default=KNOBS["vae"], help="kl16.ckpt: export the VAE decoder (default: none)")
+    p.add_argument(
+        "--tokenizer",
+        choices=("auto", "vae", "pixel", "none"),
+        default=KNOBS["tokenizer"],
+        help="the decoder to export: auto (the VAE when --vae is given, else the pixel tokenizer where the "
+        "latent channels fit it, else none), vae, pixel or none",
+    )

@@ -10,29 +10,19 @@ from typing import Any
 
 from ..checks import check_float, check_int
 from ..config import SERVE_DEFAULTS as D
-from ..options import add_sampling_options, arg
-from .common import add_backend_options, add_model_options, add_threads_option, sample_settings
+from .common import add_checked, add_command, add_pipeline_options, add_threads_option, load_pipeline, sample_settings
 
 log = logging.getLogger("marengine.serve")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..pipeline import MARPipeline
     from ..pipeline.batching import batch_invariant_blas
     from ..serve.server import build_server, read_class_names, run
 
     if not batch_invariant_blas():  # before any matrix product: MKL reads it once
         log.warning("MKL's strict reproducibility is off: served images may differ in the last bits from alone")
     settings = sample_settings(args)  # every setting checked before the model is read
-    settings = replace(settings, batch_size=max(settings.batch_size, args.max_n))
-    pipe = MARPipeline.from_pretrained(
-        args.checkpoint,
-        device=args.device,
-        config=args.model,
-        vae_ckpt=args.vae_ckpt,
-        use_ema=not args.no_ema,
-        settings=settings,
-    )
+    pipe = load_pipeline(args, replace(settings, batch_size=max(settings.batch_size, args.max_n)))
     server = build_server(
         pipe,
         max_batch_rows=args.max_batch_rows,
@@ -54,12 +44,12 @@ def _add_setting(p: argparse.ArgumentParser, flag: str, check: Callable[..., Any
     """A numeric flag whose default is SERVE_DEFAULTS' field of the same name, checked by `check` within `bounds`."""
     default = getattr(D, flag.removeprefix("--").replace("-", "_"))
     shown = f"{default:g}" if isinstance(default, float) else f"{default}"
-    p.add_argument(flag, type=arg(check, flag, **bounds), default=default, help=f"{help} (default {shown})")
+    add_checked(p, flag, check, default, f"{help} (default {shown})", **bounds)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve images over HTTP with continuous batching")
-    add_model_options(p)
+    p = add_command(sub, "serve", "serve images over HTTP with continuous batching", cmd_serve)
+    add_pipeline_options(p, batch_flag="--sample-batch-size")
     add_threads_option(p)
     p.add_argument("--host", default=D.host, help=f"address to listen on (default {D.host}: this machine only)")
     _add_setting(p, "--port", check_int, "port to listen on", lo=0, hi=65535)
@@ -72,14 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_setting(
         p, "--shutdown-grace", check_float, "seconds in-flight requests get to finish on SIGTERM/SIGINT", lo=0.001
     )
-    p.add_argument(
+    add_checked(
+        p,
         "--static-batching-window",
-        type=arg(check_float, "--static-batching-window", lo=0.0),
-        default=None,
-        help="a baseline for benchmarks: static batches that start when full or after this many seconds "
+        check_float,
+        None,
+        "a baseline for benchmarks: static batches that start when full or after this many seconds "
         "and run to their end (default: off, continuous batching)",
+        lo=0.0,
     )
     p.add_argument("--class-names", default=None, help="a text file naming class i on line i (default: labels only)")
-    add_sampling_options(p, batch_flag="--sample-batch-size")
-    add_backend_options(p)
-    p.set_defaults(fn=cmd_serve)

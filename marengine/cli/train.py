@@ -6,13 +6,72 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..checks import arg, check_float, check_int
-from ..config import SAMPLE_DEFAULTS
-from ..options import add_sampling_options
-from ..training.config import DEMO, TrainConfig
-from .common import add_backend_options, add_dataclass_flags, add_threads_option, dataclass_from, sample_settings
+from ..checks import check_float, check_int
+from ..config import AR_PRESETS, LOSSES, PRESETS, SAMPLE_DEFAULTS
+from ..models.tokenizers import TOKENIZER_KINDS
+from ..training.config import DEMO, LR_SCHEDULES, PRECISIONS, TrainConfig
+from ..training.factory import DIGITS_SIZES
+from .common import (
+    add_checked,
+    add_command,
+    add_dataclass_flags,
+    add_settings_options,
+    add_switch,
+    add_threads_option,
+    dataclass_from,
+    sample_settings,
+)
 
 DEMO_SAMPLING = {"num_iter": 16, "cfg": 2.0, "temperature": 1.0}
+
+
+def _names(names: object) -> str:
+    return ", ".join(str(n) for n in names)  # type: ignore[attr-defined]
+
+
+# the help of each TrainConfig field's flag (its default is TrainConfig's, shown after it)
+TRAIN_HELP: dict[str, str] = {
+    "model": f"the family member and its size, a preset: MAR {_names(PRESETS)}; causal AR {_names(AR_PRESETS)}",
+    "loss": f"the token loss: {_names(LOSSES)} (diffusion: Diffusion Loss on continuous tokens; ce: "
+    "cross-entropy over the codes of a VQ tokenizer, with --tokenizer vq)",
+    "model_overrides": "fields of the preset's model configuration to change, e.g. '{\"encoder_depth\": 2}'",
+    "init_from": "an official checkpoint-last.pth or a pretrained folder to fine-tune from (default: random init)",
+    "data": f"what to train on: {_names(DIGITS_SIZES)} (the bundled digits at "
+    f"{_names(f'{s}x{s}' for s in DIGITS_SIZES.values())}), an image folder root/<class>/<images>, or a "
+    "latent cache folder written by marengine cache-latents (an older single .safetensors cache also works)",
+    "tokenizer": f"how images become tokens: {_names(TOKENIZER_KINDS)} (pixel: pixel patches, no VAE; vae: the "
+    "KL-16 VAE, with --vae-ckpt; vq: VQ codes, with --vq-ckpt and --loss ce)",
+    "vae_ckpt": "the KL-16 VAE file (kl16.ckpt) for --tokenizer vae (default: none)",
+    "vq_ckpt": "--tokenizer vq: a folder from marengine train-vq, or LDM's VQ-16 file (default: none)",
+    "crop": "image folders: the official center crop (--no-crop: images must already be the model's size)",
+    "num_workers": "DataLoader worker processes; 0 loads in the training process (suits the in-memory digits "
+    "on a CPU); 4-8 per GPU for image folders",
+    "batch_size": "images per step per process",
+    "blr": "base learning rate: lr = blr * global batch / 256",
+    "lr": "absolute learning rate, instead of --blr (default: from --blr)",
+    "min_lr": "the learning rate the cosine schedule ends at",
+    "lr_schedule": f"after the warmup: {_names(LR_SCHEDULES)}",
+    "warmup_steps": "steps of linear learning-rate warmup",
+    "max_steps": "optimizer steps to train",
+    "weight_decay": "AdamW weight decay (not on biases, 1-D parameters and the head)",
+    "betas": "AdamW betas: BETA1 BETA2",
+    "grad_clip": "clip the gradient norm to this",
+    "ema_rate": "decay of the EMA weights",
+    "ema_warmup": "ramp the EMA rate up from 0 over the first steps (short runs)",
+    "precision": f"training precision: {_names(PRECISIONS)} (auto: bf16 on a GPU, fp32 on a CPU)",
+    "grad_checkpointing": "recompute the blocks' activations in the backward pass (less memory, slower)",
+    "max_bad_steps": "consecutive non-finite steps before training stops",
+    "seed": "seed of the weights, the data order and the masks",
+    "device": "auto (a GPU when torch sees one), cpu, cuda or cuda:N",
+    "out_dir": "run folder: last.pth, step-N.pth, ema/ (a pretrained folder), metrics.csv, samples",
+    "save_every": "keep step-N.pth every N steps (0: only last.pth)",
+    "ckpt_every": "write last.pth every N steps (and at the end)",
+    "sample_every": "write a sample grid every N steps (0: never)",
+    "log_every": "log and append to metrics.csv every N steps",
+    "resume": "a training checkpoint (or its run folder) to continue exactly (default: start anew)",
+    "overwrite": "start over in an --out-dir that holds a run (replaces its files; others are never touched)",
+    "progress": "show a progress bar",
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -66,18 +125,10 @@ def online_eval_hook(args: argparse.Namespace, cfg: TrainConfig):
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--eval-every",
-        type=arg(check_int, "--eval-every", lo=1),
-        default=None,
-        help="score the EMA weights every N steps and at the end, into metrics.csv (default: never)",
-    )
-    p.add_argument(
-        "--eval-images",
-        type=arg(check_int, "--eval-images", lo=1),
-        default=1000,
-        help="class-balanced images per evaluation, a multiple of the classes (default 1000)",
-    )
+    every = "score the EMA weights every N steps and at the end, into metrics.csv (default: never)"
+    add_checked(p, "--eval-every", check_int, None, every, lo=1)
+    images = "class-balanced images per evaluation, a multiple of the classes"
+    add_checked(p, "--eval-images", check_int, 1000, images, lo=1)
     p.add_argument(
         "--eval-inception-weights",
         default=None,
@@ -86,18 +137,9 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-ref-stats", default=None, help="reference statistics npz (mu, sigma) for FID (default: none)"
     )
-    p.add_argument(
-        "--eval-num-iter",
-        type=arg(check_int, "--eval-num-iter", lo=1),
-        default=SAMPLE_DEFAULTS.num_iter,
-        help=f"sampling iterations of the evaluation (default {SAMPLE_DEFAULTS.num_iter}, at most the tokens)",
-    )
-    p.add_argument(
-        "--eval-cfg",
-        type=arg(check_float, "--eval-cfg", lo=1.0),
-        default=SAMPLE_DEFAULTS.cfg,
-        help=f"guidance scale of the evaluation (default {SAMPLE_DEFAULTS.cfg})",
-    )
+    iters = "sampling iterations of the evaluation (at most the tokens)"
+    add_checked(p, "--eval-num-iter", check_int, SAMPLE_DEFAULTS.num_iter, iters, lo=1)
+    add_checked(p, "--eval-cfg", check_float, SAMPLE_DEFAULTS.cfg, "guidance scale of the evaluation", lo=1.0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -134,22 +176,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a MAR (torchrun --nproc_per_node=N -m marengine train ... for DDP)")
-    add_dataclass_flags(p, TrainConfig, TrainConfig())
+    train = "train a MAR (torchrun --nproc_per_node=N -m marengine train ... for DDP)"
+    p = add_command(sub, "train", train, cmd_train)
+    add_dataclass_flags(p, TrainConfig, TrainConfig(), TRAIN_HELP)
     add_threads_option(p)
     add_eval_flags(p)
-    p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("demo", help="the main job: train on the bundled digits, sample, write images")
-    add_dataclass_flags(p, TrainConfig, DEMO)
-    add_sampling_options(p, DEMO_SAMPLING, seed_flag="--sample-seed")
-    add_backend_options(p, precision_flag="--sample-precision")
-    p.add_argument("--per-class", type=arg(check_int, "--per-class", lo=1), default=10, help="samples per digit")
-    p.add_argument(
-        "--evaluate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="score the samples with an independent digits classifier",
-    )
+    p = add_command(sub, "demo", "the main job: train on the bundled digits, sample, write images", cmd_demo)
+    add_dataclass_flags(p, TrainConfig, DEMO, TRAIN_HELP)
+    add_settings_options(p, DEMO_SAMPLING, precision_flag="--sample-precision", seed_flag="--sample-seed")
+    add_checked(p, "--per-class", check_int, 10, "samples per digit", lo=1)
+    add_switch(p, "--evaluate", True, "score the samples with an independent digits classifier")
     add_threads_option(p)
-    p.set_defaults(fn=cmd_demo)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..checks import arg, check_float, check_int
-from .common import add_overwrite_option, add_threads_option
+from ..checks import check_float, check_int
+from .common import add_checked, add_command, add_output_options, add_switch
 
 
 def cmd_train_vq(args: argparse.Namespace) -> int:
@@ -32,22 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..config import VQConfig
 
     d = VQConfig()
-    positive = {name: arg(check_int, name, lo=1) for name in ("--steps", "--batch-size", "--codebook-size")}
-    p = sub.add_parser("train-vq", help="train the digits VQ tokenizer (codes for --loss ce)")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="output folder (config.json + model.safetensors): new or empty, or an earlier train-vq output "
+    p = add_command(sub, "train-vq", "train the digits VQ tokenizer (codes for --loss ce)", cmd_train_vq)
+    add_output_options(
+        p,
+        "output folder (config.json + model.safetensors): new or empty, or an earlier train-vq output "
         "with --overwrite; a folder holding other files is refused",
     )
-    add_overwrite_option(p)
-    p.add_argument("--steps", type=positive["--steps"], default=3000)
-    p.add_argument("--batch-size", type=positive["--batch-size"], default=128)
-    p.add_argument("--lr", type=arg(check_float, "--lr", lo=0.0, lo_open=True), default=2e-3)
-    p.add_argument("--codebook-size", type=positive["--codebook-size"], default=d.codebook_size)
-    p.add_argument("--embed-dim", type=arg(check_int, "--embed-dim", lo=1), default=d.embed_dim)
-    p.add_argument("--hidden", type=arg(check_int, "--hidden", lo=1), default=d.hidden)
-    p.add_argument("--seed", type=arg(check_int, "--seed", lo=0), default=0)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    add_threads_option(p)
-    p.set_defaults(fn=cmd_train_vq)
+    add_checked(p, "--steps", check_int, 3000, "training steps", lo=1)
+    add_checked(p, "--batch-size", check_int, 128, "digit images per step", lo=1)
+    add_checked(p, "--lr", check_float, 2e-3, "Adam learning rate", lo=0.0, lo_open=True)
+    add_checked(p, "--codebook-size", check_int, d.codebook_size, "codes in the codebook", lo=1)
+    add_checked(p, "--embed-dim", check_int, d.embed_dim, "channels of a code vector", lo=1)
+    add_checked(p, "--hidden", check_int, d.hidden, "channels of the encoder and decoder convolutions", lo=1)
+    add_checked(p, "--seed", check_int, 0, "seed of the initial weights and the batches", lo=0)
+    add_switch(p, "--progress", True, "show a progress bar")

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from ..config import PRECISIONS
+from ..config import SAMPLING_PRECISIONS
 
 BF16_CPU_BUILDS = ("avx512_amx", "avx512_bf16")  # native head builds with bf16 x bf16 -> fp32 units
 
@@ -38,8 +38,8 @@ def bf16_units(device: torch.device | str) -> bool:
 
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
     """fp32 or bf16 for a generation on `device` ("auto": bf16 where bf16_units says so)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(SAMPLING_PRECISIONS)}")
     if precision == "auto":
         return torch.bfloat16 if bf16_units(device) else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32

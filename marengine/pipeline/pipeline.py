@@ -2,6 +2,7 @@
 
     pipe = MARPipeline.from_pretrained("runs/demo/ema")            # or last.pth, or an official file
     out = pipe([3, 1, 4], seed=0)                                   # out.images: PIL, out.array: uint8
+    out = pipe.indexed(labels)                                      # each block's noise fixed by its index
     out = pipe.inpaint(images, mask, labels=[7, 2])                 # mask: pixels to fill (True)
     out = pipe.outpaint(small_images, labels, padding=(0, 0, 4, 0)) # extend to the model's size
     out = pipe.complete(latents, known_mask, labels)                # known tokens in latent space
@@ -27,6 +28,7 @@ from .. import editing
 from ..checks import check_labels
 from ..models.loading import load_model
 from ..models.tokenizers import build_tokenizer, describe_tokenizer, to_uint8
+from ..sampling.balanced import generate_indexed
 from ..sampling.engine import SampleSettings, generate_latents
 from ..utils import resolve_device
 
@@ -114,6 +116,17 @@ class MARPipeline:
         return self._run(
             labels, settings, dict(overrides, generator=generator, return_latents=return_latents, progress=progress)
         )
+
+    def indexed(
+        self, labels: Sequence[int] | Any, settings: SampleSettings | None = None, **overrides: Any
+    ) -> PipelineOutput:
+        """Images for class `labels` in blocks of settings.batch_size, each block's randomness seeded
+        by settings.seed and the index of its first image (sampling.balanced): the same images
+        however the blocks are split between runs or processes (marengine sample --num-images,
+        marengine evaluate)."""
+        s = self._settings(settings, overrides)
+        labels = check_labels(labels, self.model.num_classes)
+        return PipelineOutput(generate_indexed(self.model, self.tokenizer, np.asarray(labels, np.int64), s), labels)
 
     def inpaint(
         self, images: Any, mask: Any, labels: Sequence[int] | Any, settings: SampleSettings | None = None, **kw: Any
@@ -215,6 +228,13 @@ class MARPipeline:
         tokens = self.model.patchify(latents) if latents.is_floating_point() else latents.flatten(1)  # [N, L(, C)]
         return tokens, known
 
+    def _settings(self, settings: SampleSettings | None, overrides: dict[str, Any]) -> SampleSettings:
+        """This call's settings (default: the pipeline's) with keyword `overrides` of their fields."""
+        s = settings or self.settings
+        if not isinstance(s, SampleSettings):
+            raise TypeError(f"settings must be a SampleSettings, got {type(s).__name__}")
+        return replace(s, **overrides) if overrides else s
+
     @torch.no_grad()
     def _run(
         self,
@@ -231,10 +251,7 @@ class MARPipeline:
             kw.pop("return_latents", False),
             kw.pop("progress", None),
         )
-        s = settings or self.settings
-        if not isinstance(s, SampleSettings):
-            raise TypeError(f"settings must be a SampleSettings, got {type(s).__name__}")
-        s = replace(s, **kw) if kw else s
+        s = self._settings(settings, kw)
         labels = check_labels(labels, self.model.num_classes)
         latents = generate_latents(
             self.model,

@@ -22,7 +22,14 @@ from ..checks import (
     check_labels,
     check_str,
 )
-from ..config import GENERATION_ORDERS, PRECISIONS, SAMPLE_DEFAULTS, SAMPLING_PRESETS, SamplingPreset, resolve_preset
+from ..config import (
+    GENERATION_ORDERS,
+    SAMPLE_DEFAULTS,
+    SAMPLING_PRECISIONS,
+    SAMPLING_PRESETS,
+    SamplingPreset,
+    resolve_preset,
+)
 from ..config import HEAD_BACKENDS as BACKENDS
 from ..diffusion.samplers import HeadSampler
 from ..editing import batches
@@ -77,8 +84,8 @@ class SampleSettings:
         HeadSampler.parse(speed.sampler)
         step_schedule(speed.steps, self.num_iter)
         CachePolicy.parse(speed.cache)
-        if speed.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {speed.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if speed.precision not in SAMPLING_PRECISIONS:
+            raise ValueError(f"unknown precision {speed.precision!r}; choose one of {', '.join(SAMPLING_PRECISIONS)}")
         if speed.order not in GENERATION_ORDERS:
             raise ValueError(f"unknown generation order {speed.order!r}; choose one of {', '.join(GENERATION_ORDERS)}")
 
