@@ -217,6 +217,39 @@ def presets_section(records: Records) -> list[str]:
     return lines + _table(["model", "point", "variant", "s/img", "speed-up", "accuracy", "FD", "FD ratio"], body)
 
 
+def latency_section(records: Records) -> list[str]:
+    """Batch-1 latency (p50/p99 s per image) beside batch throughput, per sampling preset (bench_latency.py)."""
+    rows = _of(records, "latency")
+    if not rows:
+        return []
+    lines = ["## Batch-1 latency and batch throughput per sampling preset", ""]
+    lines += [
+        "Seconds per image when one image is generated alone (p50 and p99 over the runs, the presets "
+        "interleaved round-robin), beside images/s of a full batch; tokens and decode, same labels and seed.",
+        "",
+    ]
+    lines += [f"*{n}*" for n in dict.fromkeys(r["notes"] for r in rows if r["notes"])]
+    lines += [""] if any(r["notes"] for r in rows) else []
+    body = []
+    for r in rows:
+        m, p = r["metrics"], r["params"]
+        body.append(
+            [
+                p["model"],
+                f"{p['seq_len']} tokens, {p['num_iter']} it, cfg {p['cfg']}",
+                p["preset"],
+                _f(m["s_per_image_b1_p50"], ".4g"),
+                _f(m["s_per_image_b1_p99"], ".4g"),
+                str(p["runs"]),
+                _f(m.get("speedup_b1_vs_official"), ".2f") + ("x" if m.get("speedup_b1_vs_official") else ""),
+                _f(m["images_per_s_batch"], ".4g"),
+                str(p["batch"]),
+            ]
+        )
+    header = ["model", "point", "preset", "batch-1 s/img p50", "p99", "runs", "p50 vs official", "img/s", "batch"]
+    return lines + _table(header, body)
+
+
 def roofline_section(records: Records) -> list[str]:
     rows = _of(records, "roofline")
     if not rows:
@@ -247,7 +280,7 @@ def roofline_section(records: Records) -> list[str]:
 
 def other_section(records: Records) -> list[str]:
     """Records of benchmarks without a dedicated section (e.g. head, backbone): one table each."""
-    known = {"e2e", "stages", "quality", "presets", "roofline", "suite"}
+    known = {"e2e", "stages", "quality", "presets", "roofline", "latency", "suite"}
     lines: list[str] = []
     for bench in dict.fromkeys(r["benchmark"] for r in records):
         if bench in known:
@@ -287,6 +320,7 @@ def write_report(
     lines += [f"**{w}**" for w in warnings or []] + ([""] if warnings else [])
     lines += ["## Machine", ""] + machine_lines(records) + load_lines(load)
     lines += key_ratios(records)
+    lines += latency_section(records)
     for p in plots:
         if p.name == "e2e_speedup.png":
             lines += [f"![speed-up over the anchor]({p.relative_to(path.parent)})", ""]
