@@ -86,21 +86,29 @@ def interleaved(
     warmup: int = 1,
     repeats: int = 5,
     on_round: Callable[[int], None] | None = None,
+    block: int = 1,
 ) -> dict[str, list[float]]:
     """Seconds per call of every variant, measured round-robin: each round runs every variant
     once, the order rotated from round to round, so that a change in machine load (or clock)
-    hits all variants alike and their ratios are side by side. `warmup` untimed rounds first."""
+    hits all variants alike and their ratios are side by side. `warmup` untimed rounds first.
+
+    block > 1: each round runs a block of `block` timed calls per variant, each block after
+    `warmup` untimed calls (instead of warm-up rounds first), ceil(repeats / block) rounds: so
+    that one runtime's idle spinning threads do not land in another's timing."""
     timer = Timer(device)
     names = list(variants)
-    for _ in range(warmup):
+    for _ in range(warmup if block == 1 else 0):
         for name in names:
             timer(variants[name])
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
+    for r in range(-(-repeats // block)):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:
-            seconds, _ = timer(variants[name])
-            times[name].append(seconds)
+            for _ in range(warmup if block > 1 else 0):
+                timer(variants[name])
+            for _ in range(block):
+                seconds, _ = timer(variants[name])
+                times[name].append(seconds)
         if on_round is not None:
             on_round(r)
     return times
