@@ -31,7 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import random_head  # noqa: E402
-from marengine.bench.script import Table, add_common_args, add_rounds_args, apply_quick, print_table, run_main  # noqa: E402
+from marengine.bench.script import (
+    Table,
+    add_common_args,
+    add_count_arg,
+    add_rounds_args,
+    apply_quick,
+    print_table,
+    run_main,
+)  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.models.diffloss import DiffLoss  # noqa: E402
 from marengine.ops import native  # noqa: E402
@@ -53,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale with CFG on (default 4.0)")
     p.add_argument("--dtype", default="fp32,bf16", help="native weight dtypes: fp32, bf16, fp16 (default fp32,bf16)")
-    p.add_argument("--steps", type=int, default=100, help="diffusion steps (default 100)")
+    add_count_arg(p, "--steps", 100, "diffusion steps")
     add_rounds_args(p, warmup=1, repeats=3, what="per measurement (median reported)")
     p.add_argument("--no-reference", action="store_true", help="time the native sampler only")
     p.add_argument(

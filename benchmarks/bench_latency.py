@@ -29,7 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.plan import ModelPlan, build_setup  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, run_main, select_models  # noqa: E402
+from marengine.bench.script import (  # noqa: E402
+    Table,
+    add_cache_dir_arg,
+    add_common_args,
+    add_count_arg,
+    add_models_arg,
+    run_main,
+    select_models,
+)
 from marengine.bench.timing import interleaved, latency_metrics, summarize  # noqa: E402
 from marengine.bench.variants import make_preset_run  # noqa: E402
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
@@ -80,15 +88,11 @@ def plans(mode: str, device: torch.device, runs: int | None, batch: int | None) 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", default=None, help="comma-separated subset of the plan's models (default: all)")
-    p.add_argument("--runs", type=int, default=None, help="single-image generations per preset (default: the plan's)")
-    p.add_argument("--batch", type=int, default=None, help="images per batch for the throughput (default: the plan's)")
+    add_models_arg(p)
+    add_count_arg(p, "--runs", None, "single-image generations per preset (default: the plan's)", lo=2)
+    add_count_arg(p, "--batch", None, "images per batch for the throughput (default: the plan's)")
     add_cache_dir_arg(p)
-    args = p.parse_args(argv)
-    for name in ("runs", "batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    return args
+    return p.parse_args(argv)
 
 
 def body(ctx, args: argparse.Namespace) -> None:

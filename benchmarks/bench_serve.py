@@ -36,8 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from marengine.bench.script import Table, add_common_args, apply_quick, run_main  # noqa: E402
+from marengine.bench.script import Table, add_common_args, add_count_arg, apply_quick, run_main  # noqa: E402
 from marengine.bench.timing import summarize  # noqa: E402
+from marengine.checks import CFG_BOUNDS, arg, check_float  # noqa: E402
+from marengine.config import HEAD_BACKENDS  # noqa: E402
+from marengine.schedules import CFG_SCHEDULES  # noqa: E402
 
 GEN = "/v1/images/generations"
 QUICK = {"rates": "2", "requests": 8, "num_iter": 4, "phase_timeout": 60.0}
@@ -52,17 +55,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="0.5,2,4,8",
         help="arrival rates as multiples of one-at-a-time's capacity (default %(default)s)",
     )
-    p.add_argument("--requests", type=int, default=48, help="requests per mode and rate (default 48)")
-    p.add_argument("--num-iter", type=int, default=16, help="iterations per image (default 16)")
-    p.add_argument("--cfg", type=float, default=2.0, help="guidance scale (default 2.0; CFG doubles the rows)")
-    p.add_argument("--cfg-schedule", default="linear", help="linear | constant (default linear)")
+    add_count_arg(p, "--requests", 48, "requests per mode and rate")
+    add_count_arg(p, "--num-iter", 16, "iterations per image")
+    p.add_argument(
+        "--cfg",
+        type=arg(check_float, "--cfg", **CFG_BOUNDS),
+        default=2.0,
+        help="guidance scale (default 2.0; CFG doubles the rows)",
+    )
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default="linear", help="(default linear)")
     p.add_argument(
         "--backend",
+        choices=HEAD_BACKENDS,
         default="torch",
         help="head sampler of every mode (default torch: it takes a guidance scale per row; the native "
         "kernel takes one per call, so rows at different iterations of a linear schedule split its calls)",
     )
-    p.add_argument("--max-batch-rows", type=int, default=64, help="rows of the batched modes (default 64)")
+    add_count_arg(p, "--max-batch-rows", 64, "rows of the batched modes")
     p.add_argument("--static-window", type=float, default=0.25, help="the static baseline's wait (default 0.25 s)")
     p.add_argument("--phase-timeout", type=float, default=120.0, help="seconds one mode x rate may take (default 120)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival times (default 0)")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 
+from ..checks import arg, check_int
 from .machine import finish_info, machine_info, usable_cores
 from .records import Record, write_records
 
@@ -32,9 +33,23 @@ def add_cache_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
 
 
+def add_models_arg(p: argparse.ArgumentParser, models: str = "the plan's models") -> None:
+    """--models: a subset of a benchmark's plan (select_models picks it)."""
+    p.add_argument("--models", default=None, help=f"comma-separated subset of {models} (default: all)")
+
+
+def add_count_arg(
+    p: argparse.ArgumentParser, flag: str, default: int | None, help: str, lo: int = 1, aliases: Sequence[str] = ()
+) -> None:
+    """An integer flag checked to be >= lo (a bad value is one argparse line naming the flag);
+    its help ends with the default unless the default is None (then `help` says what it is)."""
+    text = help if default is None else f"{help} (default {default})"
+    p.add_argument(flag, *aliases, type=arg(check_int, flag, lo=lo), default=default, help=text)
+
+
 def add_plan_args(p: argparse.ArgumentParser, backends: Sequence[str]) -> None:
     """--models / --backends: subsets of a benchmark's plan (bench/plan.py)."""
-    p.add_argument("--models", default=None, help="comma-separated subset of the plan's models")
+    add_models_arg(p)
     p.add_argument("--backends", default=",".join(backends), help="comma-separated subset of " + ",".join(backends))
 
 
@@ -73,8 +88,8 @@ def add_common_args(p: argparse.ArgumentParser, device: str = "auto", threads: i
 
 def add_rounds_args(p: argparse.ArgumentParser, warmup: int, repeats: int, what: str = "per point") -> None:
     """--warmup / --repeats (also spelled --repeat): untimed and timed rounds."""
-    p.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds {what} (default {warmup})")
-    p.add_argument("--repeats", "--repeat", type=int, default=repeats, help=f"timed rounds {what} (default {repeats})")
+    add_count_arg(p, "--warmup", warmup, f"untimed rounds {what}", lo=0)
+    add_count_arg(p, "--repeats", repeats, f"timed rounds {what}", aliases=("--repeat",))
 
 
 def apply_quick(p: argparse.ArgumentParser, args: argparse.Namespace, quick: dict[str, Any]) -> argparse.Namespace:
