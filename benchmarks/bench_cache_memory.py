@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marengine.bench.script import Table, add_common_args, apply_quick, run_main  # noqa: E402
+from marengine.bench.script import Table, add_common_args, add_count_arg, apply_quick, run_main  # noqa: E402
 from marengine.bench.synthetic import write_latent_cache  # noqa: E402
 from marengine.bench.timing import Timer, summarize  # noqa: E402
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000], help="cache sizes (default 1000 20000)")
     p.add_argument("--steps", type=int, default=100, help="training steps per run (batch 16; default 100)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (default 0 2)")
-    p.add_argument("--repeats", type=int, default=3, help="training runs per size and worker count (default 3)")
+    add_count_arg(p, "--repeats", 3, "training runs per size and worker count")
     p.add_argument("--shard-size", type=int, default=1024, help="items per cache shard (default 1024)")
     p.add_argument(
         "--passes", nargs="*", default=["pread", "mmap", "whole"], help="read-all passes (default pread mmap whole)"

@@ -32,7 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from marengine.bench.flops import generation_flops  # noqa: E402
 from marengine.bench.models import set_diffusion_steps  # noqa: E402
 from marengine.bench.plan import CPU_REDUCED, ModelPlan, Point, build_setup, sweep  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, run_main, select_models  # noqa: E402
+from marengine.bench.script import (  # noqa: E402
+    Table,
+    add_cache_dir_arg,
+    add_common_args,
+    add_count_arg,
+    add_plan_args,
+    run_main,
+    select_models,
+)
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.bench.variants import BACKENDS, export_onnx_backbone, make_run, resolve_precision  # noqa: E402
 
@@ -72,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     add_plan_args(p, BACKENDS)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per point (default: the plan's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds per point (default: the plan's)")
+    add_count_arg(p, "--repeats", None, "timed rounds per point (default: the plan's)")
+    add_count_arg(p, "--warmup", None, "untimed rounds per point (default: the plan's)", lo=0)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     add_cache_dir_arg(p)
     p.add_argument("--temperature", type=float, default=1.0)

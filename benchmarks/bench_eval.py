@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import trained_digits  # noqa: E402
-from marengine.bench.script import add_cache_dir_arg, add_common_args, print_table, run_main  # noqa: E402
+from marengine.bench.script import add_cache_dir_arg, add_common_args, add_count_arg, print_table, run_main  # noqa: E402
 from marengine.evaluation.features import features_of_batch  # noqa: E402
 from marengine.evaluation.inception import InceptionV3FID  # noqa: E402
 from marengine.sampling.balanced import balanced_labels, generate_indexed  # noqa: E402
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_dir_arg(p)
-    p.add_argument("--images", type=int, default=None, help="images per measurement (default: 10 quick, 60 full)")
+    add_count_arg(p, "--images", None, "images per measurement (default: 10 quick, 60 full)")
     p.add_argument("--batch-size", type=int, default=64, help="images per Inception forward (default 64)")
     return p.parse_args(argv)
 

@@ -38,7 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import set_diffusion_steps, trained_digits  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_models_arg, run_main, select_models  # noqa: E402
+from marengine.bench.script import (  # noqa: E402
+    Table,
+    add_cache_dir_arg,
+    add_common_args,
+    add_count_arg,
+    add_models_arg,
+    run_main,
+    select_models,
+)
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
 from marengine.models.tokenizers import to_uint8  # noqa: E402
@@ -120,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     add_models_arg(p, "digits8, digits16")
-    p.add_argument("--images", type=int, default=None, help="images per point (default: the sweep's)")
+    add_count_arg(p, "--images", None, "images per point (default: the sweep's)")
     p.add_argument("--batch-size", type=int, default=100, help="images per sampling batch")
     add_cache_dir_arg(p)
     return p.parse_args(argv)

@@ -30,7 +30,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def add_cache_dir_arg(p: argparse.ArgumentParser) -> None:
     """--cache-dir: where the trained digits models are cached (marengine bench passes OUT/models)."""
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models")
+    p.add_argument(
+        "--cache-dir", type=Path, default=Path("runs/bench/models"), help="trained digits models (default %(default)s)"
+    )
 
 
 def add_models_arg(p: argparse.ArgumentParser, models: str = "the plan's models") -> None:
@@ -77,12 +79,8 @@ def add_common_args(p: argparse.ArgumentParser, device: str = "auto", threads: i
         default=device,
         help=f"auto: cuda when torch sees a GPU, else cpu (default {device})",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=threads,
-        help=f"torch (and onnxruntime) CPU threads (default: {threads or 'all usable cores'})",
-    )
+    cores = "" if threads else " (default: all usable cores)"
+    add_count_arg(p, "--threads", threads, "torch (and onnxruntime) CPU threads" + cores)
     p.add_argument("--out", type=Path, default=None, help="write this benchmark's records here (a JSON list)")
 
 
