@@ -28,16 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from marengine.bench import script  # noqa: E402
 from marengine.bench.plan import ModelPlan, build_setup  # noqa: E402
-from marengine.bench.script import (  # noqa: E402
-    Table,
-    add_cache_dir_arg,
-    add_common_args,
-    add_count_arg,
-    add_models_arg,
-    run_main,
-    select_models,
-)
 from marengine.bench.timing import interleaved, latency_metrics, summarize  # noqa: E402
 from marengine.bench.variants import make_preset_run  # noqa: E402
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
@@ -87,16 +79,16 @@ def plans(mode: str, device: torch.device, runs: int | None, batch: int | None) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    add_models_arg(p)
-    add_count_arg(p, "--runs", None, "single-image generations per preset (default: the plan's)", lo=2)
-    add_count_arg(p, "--batch", None, "images per batch for the throughput (default: the plan's)")
-    add_cache_dir_arg(p)
+    script.add_common_args(p)
+    script.add_models_arg(p)
+    script.add_count_arg(p, "--runs", None, "single-image generations per preset (default: the plan's)", lo=2)
+    script.add_count_arg(p, "--batch", None, "images per batch for the throughput (default: the plan's)")
+    script.add_cache_dir_arg(p)
     return p.parse_args(argv)
 
 
 def body(ctx, args: argparse.Namespace) -> None:
-    for plan in select_models(
+    for plan in script.select_models(
         plans(ctx.mode, ctx.device, args.runs, args.batch), args.models, "bench_latency", ctx.mode
     ):
         run_plan(ctx, plan, args.cache_dir)
@@ -112,7 +104,7 @@ def run_plan(ctx, plan: LatencyPlan, cache_dir: Path) -> None:
     batched = interleaved(many, ctx.device, warmup=0, repeats=plan.batch_repeats)
     title = f"latency {plan.model} ({setup.info.get('weights')}, L={setup.model.seq_len}, {num_iter} it, "
     title += f"cfg {plan.cfg}, {ctx.threads} threads): batch 1 over {plan.runs} runs, batch {plan.batch}"
-    table = Table(
+    table = script.Table(
         [
             "preset",
             ("b1 s/img p50", "s_per_image_b1_p50", ".4f", 9),
@@ -152,7 +144,7 @@ def run_plan(ctx, plan: LatencyPlan, cache_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("latency", parse_args(argv), body)
+    return script.run_main("latency", parse_args(argv), body)
 
 
 if __name__ == "__main__":
