@@ -32,7 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from marengine.bench.flops import generation_flops  # noqa: E402
 from marengine.bench.models import set_diffusion_steps  # noqa: E402
 from marengine.bench.plan import CPU_REDUCED, ModelPlan, Point, build_setup, sweep  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, finish, start  # noqa: E402
+from marengine.bench.script import (  # noqa: E402
+    Table,
+    add_cache_dir_arg,
+    add_common_args,
+    add_count_arg,
+    add_plan_args,
+    run_main,
+    select_models,
+)
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.bench.variants import BACKENDS, export_onnx_backbone, make_run, resolve_precision  # noqa: E402
 
@@ -72,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     add_plan_args(p, BACKENDS)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per point (default: the plan's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds per point (default: the plan's)")
+    add_count_arg(p, "--repeats", None, "timed rounds per point (default: the plan's)")
+    add_count_arg(p, "--warmup", None, "untimed rounds per point (default: the plan's)", lo=0)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     add_cache_dir_arg(p)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -81,25 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("e2e", args)
-    if ctx is None:
-        return 0
+    return run_main("e2e", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
     precision = resolve_precision(args.precision, ctx.device)
     wanted = set(args.backends.split(","))
     unknown = wanted - set(BACKENDS)
     if unknown:
         raise SystemExit(f"bench_e2e: unknown backends {sorted(unknown)}; choose among {BACKENDS}")
-    selected = plans(ctx.mode, ctx.device)
-    if args.models:
-        names = args.models.split(",")
-        missing = set(names) - {p.model for p in selected}
-        if missing:
-            raise SystemExit(f"bench_e2e: {sorted(missing)} not in the {ctx.mode} plan: {[p.model for p in selected]}")
-        selected = [p for p in selected if p.model in names]
-    for plan in selected:
+    for plan in select_models(plans(ctx.mode, ctx.device), args.models, "bench_e2e", ctx.mode):
         run_plan(ctx, plan, args, precision, wanted)
-    return finish(ctx, args.out)
 
 
 def run_plan(ctx, plan: ModelPlan, args, precision: str, wanted: set[str]) -> None:
@@ -113,16 +113,8 @@ def run_plan(ctx, plan: ModelPlan, args, precision: str, wanted: set[str]) -> No
     repeats = plan.repeats if args.repeats is None else args.repeats
     title = f"e2e {plan.model} ({setup.info.get('weights')}, L={model.seq_len}, {precision}, {ctx.threads} threads)"
     table = Table(
-        [
-            ("point", "point", "", 18),
-            ("sweep", "sweep", "", 8),
-            ("backend", "backend", "", 13),
-            ("s/img p50", "s_per_image_p50", ".4f", 9),
-            ("p90", "s_per_image_p90", ".4f", 8),
-            ("p99", "s_per_image_p99", ".4f", 8),
-            ("img/s", "images_per_s", ".2f", 8),
-            ("x official", "speedup_vs_official", ".2f", 6),
-        ],
+        ["point", "sweep", "backend", "s_per_image_p50", "s_per_image_p90", "s_per_image_p99", "images_per_s"]
+        + ["speedup_vs_official"],
         title + (f"\n  {plan.note}" if plan.note else ""),
     )
     for point in plan.points:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import trained_digits  # noqa: E402
-from marengine.bench.script import add_cache_dir_arg, add_common_args, finish, print_table, start  # noqa: E402
+from marengine.bench.script import add_cache_dir_arg, add_common_args, add_count_arg, print_table, run_main  # noqa: E402
 from marengine.evaluation.features import features_of_batch  # noqa: E402
 from marengine.evaluation.inception import InceptionV3FID  # noqa: E402
 from marengine.sampling.balanced import balanced_labels, generate_indexed  # noqa: E402
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     add_cache_dir_arg(p)
-    p.add_argument("--images", type=int, default=None, help="images per measurement (default: 10 quick, 60 full)")
+    add_count_arg(p, "--images", None, "images per measurement (default: 10 quick, 60 full)")
     p.add_argument("--batch-size", type=int, default=64, help="images per Inception forward (default 64)")
     return p.parse_args(argv)
 
@@ -51,10 +51,10 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("eval", args)
-    if ctx is None:
-        return 0
+    return run_main("eval", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
     n = args.images or (10 if ctx.mode == "quick" else 60)
     n = -(-n // 10) * 10  # whole classes
     model, tokenizer, info = trained_digits("digits8", ctx.mode, args.cache_dir)
@@ -86,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     print_table(
         rows,
-        [
-            ("stage", "stage", ""),
-            ("images", "images", "d"),
-            ("seconds", "seconds", ".2f"),
-            ("images/s", "img_s", ".3g"),
-            ("share", "share", ".0%"),
-        ],
+        ["stage", "images", "seconds", ("images/s", "img_s", ".3g", 8), "share"],
         title=f"evaluation on {ctx.device} ({ctx.threads} threads); share: of the time per image, generate + features",
     )
     names = ("generate", "features-digits", "features-256")
@@ -109,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
             {"seconds": "s", "images_per_s": "img/s"},
             notes="random-weight Inception (same cost as the real weights)" if name != "generate" else "",
         )
-    return finish(ctx, args.out)
 
 
 if __name__ == "__main__":

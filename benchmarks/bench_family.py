@@ -3,13 +3,14 @@ cross-entropy (over the digits VQ tokenizer's codes) and under Diffusion Loss, j
 digits judge (marengine.evaluation.digits); and sampling speed, causal AR with its kv-cache
 vs MAR at several iteration counts, measured side by side.
 
-    python benchmarks/bench_family.py --out runs/family          # everything (long on a CPU: ~6 demos)
-    python benchmarks/bench_family.py --out runs/family --skip-train   # re-judge / re-time cached models
+    python benchmarks/bench_family.py --dir runs/family          # everything (long on a CPU: ~6 demos)
+    python benchmarks/bench_family.py --dir runs/family --skip-train   # re-judge / re-time cached models
+    python benchmarks/bench_family.py --quick --out family.json  # a few training steps (runs/family-quick)
 
 Every member trains with the demo's recipe (`marengine demo`: 800 steps of batch 128, lr 1e-3
 scaled, warmup 100, EMA 0.999 with warm-up) and the same seed; the cross-entropy members read
 the codes of a VQ tokenizer trained once on the digits (`marengine train-vq`, cached in
-OUT/vq). Trained models are cached under OUT/<model>_<loss>/ (training checkpoint, EMA folder,
+DIR/vq). Trained models are cached under DIR/<model>_<loss>/ (training checkpoint, EMA folder,
 train.json with the wall time) and reused when present. Samples: the demo's settings
 (cfg 2, linear schedule, temperature 1), `--per-class` per digit, seed 0, for every row:
 
@@ -24,8 +25,8 @@ Speed: milliseconds per image to generate a batch with each trained Diffusion-Lo
 AR with its kv-cache, AR recomputing the prefix (no cache), MAR at num_iter 16, 8, 4, 2; the
 runs are interleaved round-robin (repeats) so that they share the machine's conditions, and the
 median is kept. Training cost: milliseconds per training step of every member x loss (the demo's
-batch, AdamW), interleaved the same way. Prints the tables and writes OUT/bench_family.json (a
-partial run, e.g. --skip-train --no-judge, updates it) and OUT/table1.md.
+batch, AdamW), interleaved the same way. Prints the tables and writes DIR/bench_family.json (a
+partial run, e.g. --skip-train --no-judge, updates it) and DIR/table1.md; --out writes the records.
 """
 
 from __future__ import annotations
@@ -33,21 +34,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from marengine.evaluation.digits import evaluate
-from marengine.models.loading import load_model
-from marengine.models.tokenizers import build_tokenizer
-from marengine.sampling.engine import SampleSettings, generate
-from marengine.training.config import DEMO
-from marengine.training.trainer import Trainer
-from marengine.training.vq import train_vq
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from marengine.bench.models import fit  # noqa: E402
+from marengine.bench.script import Table, add_common_args, add_rounds_args, apply_quick, run_main  # noqa: E402
+from marengine.bench.timing import Timer, interleaved, summarize  # noqa: E402
+from marengine.evaluation.digits import evaluate  # noqa: E402
+from marengine.models.loading import load_model  # noqa: E402
+from marengine.models.tokenizers import build_tokenizer  # noqa: E402
+from marengine.sampling.engine import SampleSettings, generate  # noqa: E402
+from marengine.training.config import DEMO  # noqa: E402
+from marengine.training.vq import train_vq  # noqa: E402
 
 MEMBERS = ("ar_raster_digits", "ar_random_digits", "mar_digits")
 LOSSES = ("ce", "diffusion")
@@ -59,6 +63,33 @@ ROWS = (
     ("MAR, >1 per step", "bidirect.", "random", "4", "mar_digits", 4),
 )
 PASS_ACCURACY = 0.9  # the demo's quality gate (python_tests/test_demo.py)
+QUICK = {
+    "dir": "runs/family-quick",  # quick models never stand in for the real ones
+    "steps": 10,
+    "vq_steps": 20,
+    "per_class": 2,
+    "speed_batch": 4,
+    "repeats": 1,
+    "train_speed_steps": 2,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, device="cpu")
+    p.add_argument("--dir", default="runs/family", help="cache of trained models and the results (default %(default)s)")
+    p.add_argument("--steps", type=int, default=DEMO.max_steps, help="training steps (default: the demo's 800)")
+    p.add_argument("--vq-steps", type=int, default=2000, help="VQ tokenizer training steps (default 2000)")
+    p.add_argument("--per-class", type=int, default=50, help="samples per digit for the judge (default 50)")
+    p.add_argument("--cfg", type=float, default=2.0, help="guidance scale (default 2.0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--speed-batch", type=int, default=64, help="images per timed generation (default 64)")
+    add_rounds_args(p, warmup=1, repeats=3, what="of the sampling-speed cases")
+    p.add_argument("--skip-train", action="store_true", help="only judge and time models already in --dir")
+    p.add_argument("--no-speed", action="store_true", help="do not time sampling")
+    p.add_argument("--no-judge", action="store_true", help="do not judge samples")
+    p.add_argument("--train-speed-steps", type=int, default=10, help="timed training steps (default 10; 0: none)")
+    return apply_quick(p, p.parse_args(argv), QUICK)
 
 
 def train_member(out: Path, model: str, loss: str, vq: Path, steps: int) -> dict[str, Any]:
@@ -67,26 +98,22 @@ def train_member(out: Path, model: str, loss: str, vq: Path, steps: int) -> dict
     info = folder / "train.json"
     if info.is_file() and (folder / "ema" / "config.json").is_file():
         return json.loads(info.read_text())
-    cfg = dataclasses.replace(
-        DEMO,
-        model=model,
-        loss=loss,
-        tokenizer="vq" if loss == "ce" else "pixel",
-        vq_ckpt=str(vq.resolve()) if loss == "ce" else None,
-        out_dir=str(folder),
-        max_steps=steps,
-        progress=False,
-        overwrite=True,
+    result, seconds = fit(
+        dataclasses.replace(
+            DEMO,
+            model=model,
+            loss=loss,
+            tokenizer="vq" if loss == "ce" else "pixel",
+            vq_ckpt=str(vq.resolve()) if loss == "ce" else None,
+            out_dir=str(folder),
+            max_steps=steps,
+            progress=False,
+            overwrite=True,
+        )
     )
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
     losses = result["losses"]
     rec = {
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "steps": result["step"],
         "final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
     }
@@ -94,17 +121,15 @@ def train_member(out: Path, model: str, loss: str, vq: Path, steps: int) -> dict
     return rec
 
 
-def load(out: Path, model: str, loss: str):
-    loaded = load_model(out / f"{model}_{loss}" / "ema")
-    return loaded.model, build_tokenizer(loaded.tokenizer_spec)
+def load(out: Path, model: str, loss: str, device: torch.device):
+    loaded = load_model(out / f"{model}_{loss}" / "ema", device=device)
+    return loaded.model, build_tokenizer(loaded.tokenizer_spec).to(device)
 
 
 def judge(model, tokenizer, num_iter: int, per_class: int, settings: dict[str, Any]) -> dict[str, Any]:
     labels = np.repeat(np.arange(10), per_class)
     s = SampleSettings(num_iter=num_iter, seed=0, batch_size=250, **settings)
-    t0 = time.perf_counter()
-    images = generate(model, tokenizer, labels, s)
-    seconds = time.perf_counter() - t0
+    seconds, images = Timer("cpu")(lambda: generate(model, tokenizer, labels, s))
     report = evaluate(images, labels)
     return {
         "accuracy": report.accuracy,
@@ -116,51 +141,48 @@ def judge(model, tokenizer, num_iter: int, per_class: int, settings: dict[str, A
     }
 
 
-def timed_generate(model, tokenizer, num_iter: int, batch: int, settings: dict[str, Any], **kw: Any) -> float:
-    labels = torch.arange(batch) % 10
-    gen = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        latents = model.sample_tokens(
-            batch,
-            num_iter,
-            settings["cfg"],
-            settings["cfg_schedule"],
-            labels,
-            settings["temperature"],
-            generator=gen,
-            backend="auto",  # the native head where built (x_0 clipping would force the torch reference)
-            **kw,
-        )
-        tokenizer.decode(latents.float())
-    return time.perf_counter() - t0
+def generation(model, tokenizer, num_iter: int, batch: int, settings: dict[str, Any], **kw: Any):
+    """A callable generating `batch` images (tokens, then decode), reseeded on every call."""
+    labels = torch.arange(batch, device=model.fake_latent.device) % 10
+
+    def run() -> None:
+        with torch.no_grad():
+            latents = model.sample_tokens(
+                batch,
+                num_iter,
+                settings["cfg"],
+                settings["cfg_schedule"],
+                labels,
+                settings["temperature"],
+                generator=torch.Generator(labels.device).manual_seed(0),
+                backend="auto",  # the native head where built (x_0 clipping would force the torch reference)
+                **kw,
+            )
+            tokenizer.decode(latents.float())
+
+    return run
 
 
-def speed(out: Path, loss: str, batch: int, repeats: int, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Seconds per image of each way to sample, interleaved round-robin; the median of `repeats`."""
-    ar, tok = load(out, "ar_raster_digits", loss)
-    mar, mtok = load(out, "mar_digits", loss)
-    cases: list[tuple[str, Any]] = [
-        ("AR raster, kv-cache (16 steps)", lambda: timed_generate(ar, tok, 16, batch, settings)),
-        ("AR raster, no cache (16 steps)", lambda: timed_generate(ar, tok, 16, batch, settings, use_cache=False)),
-    ]
-    for n in (16, 8, 4, 2):
-        cases.append((f"MAR, {n} steps", lambda n=n: timed_generate(mar, mtok, n, batch, settings)))
-    for _, fn in cases:  # warm-up (native kernels, allocator)
-        fn()
-    times: dict[str, list[float]] = {name: [] for name, _ in cases}
-    for _ in range(repeats):
-        for name, fn in cases:
-            times[name].append(fn())
-    base = statistics.median(times[cases[0][0]])
+def speed(ctx, out: Path, loss: str, args: argparse.Namespace, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seconds per image of each way to sample, interleaved round-robin; the median of the repeats."""
+    batch = args.speed_batch
+    ar, tok = load(out, "ar_raster_digits", loss, ctx.device)
+    mar, mtok = load(out, "mar_digits", loss, ctx.device)
+    cases = {
+        "AR raster, kv-cache (16 steps)": generation(ar, tok, 16, batch, settings),
+        "AR raster, no cache (16 steps)": generation(ar, tok, 16, batch, settings, use_cache=False),
+    }
+    cases |= {f"MAR, {n} steps": generation(mar, mtok, n, batch, settings) for n in (16, 8, 4, 2)}
+    times = interleaved(cases, ctx.device, warmup=args.warmup, repeats=args.repeats)
+    base = summarize(times[next(iter(cases))])["p50"]
     rows = []
-    for name, _ in cases:
-        med = statistics.median(times[name])
+    for name, t in times.items():
+        med = summarize(t)["p50"]
         rows.append({"loss": loss, "case": name, "ms_per_image": 1e3 * med / batch, "vs_ar_kv_cache": med / base})
     return rows
 
 
-def train_speed(out: Path, steps: int, batch: int) -> list[dict[str, Any]]:
+def train_speed(ctx, out: Path, steps: int, batch: int) -> list[dict[str, Any]]:
     """Milliseconds per training step (demo batch, AdamW) of every member x loss, interleaved
     round-robin so that all share the machine's conditions; the median of `steps` after 2 warm-up."""
     from marengine.models.family import make_model
@@ -169,31 +191,28 @@ def train_speed(out: Path, steps: int, batch: int) -> list[dict[str, Any]]:
     from marengine.training.factory import param_groups
 
     images = DigitsDataset("train").images[:batch]
-    labels = DigitsDataset("train").labels[:batch]
-    latents = PixelTokenizer(1, 2).encode(images).sample()
+    labels = DigitsDataset("train").labels[:batch].to(ctx.device)
+    latents = PixelTokenizer(1, 2).encode(images).sample().to(ctx.device)
     codes = build_tokenizer({"kind": "vq", "ckpt": str(out / "vq"), "codebook_size": 128, "stride": 2}).encode(images)
-    runs = []
-    for model_name in MEMBERS:
-        for loss in LOSSES:
-            torch.manual_seed(0)
-            model = make_model(model_name, loss).train()
-            opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4, betas=(0.9, 0.95))
-            x = codes.sample() if loss == "ce" else latents
-            runs.append((f"{model_name}|{loss}", model, opt, x, torch.Generator().manual_seed(0), []))
-    for i in range(steps + 2):
-        for _, model, opt, x, gen, times in runs:
-            t0 = time.perf_counter()
-            loss = model(x, labels, generator=gen)
-            loss.backward()
+
+    def step_of(model_name: str, loss: str):
+        torch.manual_seed(0)
+        model = make_model(model_name, loss).to(ctx.device).train()
+        opt = torch.optim.AdamW(param_groups(model, 0.02), lr=1e-4, betas=(0.9, 0.95))
+        x = codes.sample().to(ctx.device) if loss == "ce" else latents
+        gen = torch.Generator(ctx.device).manual_seed(0)
+
+        def step() -> None:
+            model(x, labels, generator=gen).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    base = statistics.median(next(r for r in runs if r[0] == "mar_digits|diffusion")[5])
-    return [
-        {"model": name, "ms_per_step": 1e3 * statistics.median(t), "vs_mar_diffusion": statistics.median(t) / base}
-        for name, _, _, _, _, t in runs
-    ]
+
+        return step
+
+    runs = {f"{m}|{loss}": step_of(m, loss) for m in MEMBERS for loss in LOSSES}
+    times = {k: summarize(v)["p50"] for k, v in interleaved(runs, ctx.device, warmup=2, repeats=steps).items()}
+    base = times["mar_digits|diffusion"]
+    return [{"model": k, "ms_per_step": 1e3 * t, "vs_mar_diffusion": t / base} for k, t in times.items()]
 
 
 def table1_markdown(results: dict[str, dict[str, Any]]) -> str:
@@ -211,36 +230,17 @@ def table1_markdown(results: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/family", help="cache of trained models and the results")
-    ap.add_argument("--steps", type=int, default=DEMO.max_steps, help="training steps (the demo's 800)")
-    ap.add_argument("--vq-steps", type=int, default=2000)
-    ap.add_argument("--per-class", type=int, default=50, help="samples per digit for the judge")
-    ap.add_argument("--cfg", type=float, default=2.0)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--speed-batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-train", action="store_true", help="only judge and time models already in --out")
-    ap.add_argument("--no-speed", action="store_true")
-    ap.add_argument("--no-judge", action="store_true")
-    ap.add_argument("--train-speed-steps", type=int, default=10, help="0: do not time training steps")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+def body(ctx, args: argparse.Namespace) -> None:
+    out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"cfg": args.cfg, "cfg_schedule": "linear", "temperature": args.temperature}
     saved = out / "bench_family.json"
     record: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {}  # partial runs update it
-    record.update(threads=torch.get_num_threads(), settings=settings, per_class=args.per_class)
-
+    record.update(threads=ctx.threads, settings=settings, per_class=args.per_class)
     vq = out / "vq"
     if not (vq / "config.json").is_file():
-        t0 = time.perf_counter()
-        report = train_vq(vq, steps=args.vq_steps)
-        record["vq"] = {"seconds": time.perf_counter() - t0, "heldout_mse": report.heldout_mse}
+        seconds, report = Timer("cpu")(lambda: train_vq(vq, steps=args.vq_steps))
+        record["vq"] = {"seconds": seconds, "heldout_mse": report.heldout_mse}
         print(report)
     train: dict[str, Any] = {}
     for model in MEMBERS:
@@ -250,44 +250,64 @@ def main() -> None:
             train[f"{model}|{loss}"] = rec = train_member(out, model, loss, vq, args.steps)
             done = f"{rec['steps']} steps in {rec['seconds']:.0f} s, loss {rec['final_loss']:.4f}"
             print(f"trained {model} / {loss}: {done}")
+            ctx.record(f"train/{model}/{loss}", {"model": model, "loss": loss, "kind": "train"}, rec, {"seconds": "s"})
     record["train"] = train
-
     results: dict[str, dict[str, Any]] = {}
+    judged = Table(
+        [("row", "row", "", 17), ("loss", "loss", "", 9), "accuracy", ("FD", "fd", ".2f", 6)]
+        + [("FD floor", "fd_real", ".2f", 8), ("90% gate", "gate", "", 8)]
+    )
     for label, _, _, _, model, num_iter in ROWS:
         for loss in LOSSES:
             if f"{model}|{loss}" not in train or args.no_judge:
                 continue
-            m, tok = load(out, model, loss)
+            m, tok = load(out, model, loss, ctx.device)
             results[f"{label}|{loss}"] = r = judge(m, tok, num_iter, args.per_class, settings)
-            print(
-                f"{label:<17} {loss:<9} judge accuracy {100 * r['accuracy']:5.1f}%  FD {r['fd']:6.2f} "
-                f"(real-vs-real floor {r['fd_real']:.2f})  {'passes' if r['passes'] else 'FAILS'} the 90% gate"
-            )
+            params = {"row": label, "model": model, "loss": loss, "num_iter": num_iter, "kind": "judge", **settings}
+            ctx.record(f"judge/{label}/{loss}", params, r, {"sample_seconds": "s"})
+            judged.add({"row": label, "loss": loss, **r, "gate": "passes" if r["passes"] else "FAILS"})
     if results:
         record["table1"] = results
         md = table1_markdown(results)
         (out / "table1.md").write_text(md)
         print("\n" + md)
     if args.train_speed_steps:
-        record["train_speed"] = rows = train_speed(out, args.train_speed_steps, DEMO.batch_size)
-        print(f"training step, batch {DEMO.batch_size}, median of {args.train_speed_steps} (interleaved)")
+        record["train_speed"] = rows = train_speed(ctx, out, args.train_speed_steps, DEMO.batch_size)
+        table = Table(
+            [("model", "model", "", 28), ("ms/step", "ms_per_step", ".1f", 9)]
+            + [("x MAR (diffusion)", "vs_mar_diffusion", ".2f", 17)],
+            f"training step, batch {DEMO.batch_size}, median of {args.train_speed_steps} (interleaved)",
+        )
         for r in rows:
-            print(f"{r['model']:<28} {r['ms_per_step']:>9.1f} ms/step {r['vs_mar_diffusion']:>6.2f}x MAR (diffusion)")
-
+            params = {
+                "model": r["model"],
+                "batch": DEMO.batch_size,
+                "steps": args.train_speed_steps,
+                "kind": "train_speed",
+            }
+            ctx.record(f"train_speed/{r['model']}", params, r, {"ms_per_step": "ms"})
+            table.add(r)
     if not args.no_speed:
         rows = []
         for loss in LOSSES:
             if {f"ar_raster_digits|{loss}", f"mar_digits|{loss}"} <= set(train):
-                rows += speed(out, loss, args.speed_batch, args.repeats, settings)
+                rows += speed(ctx, out, loss, args, settings)
         record["speed"] = rows
-        print(
-            f"sampling speed, batch {args.speed_batch}, {torch.get_num_threads()} thread(s), median of {args.repeats}"
+        table = Table(
+            [("loss", "loss", "", 10), ("case", "case", "", 32), ("ms/image", "ms_per_image", ".2f", 10)]
+            + [("vs AR kv-cache", "vs_ar_kv_cache", ".2f", 15)],
+            f"sampling speed, batch {args.speed_batch}, {ctx.threads} thread(s), median of {args.repeats}",
         )
-        print(f"{'loss':<10} {'case':<32} {'ms/image':>10} {'vs AR kv-cache':>15}")
         for r in rows:
-            print(f"{r['loss']:<10} {r['case']:<32} {r['ms_per_image']:>10.2f} {r['vs_ar_kv_cache']:>14.2f}x")
+            params = {"loss": r["loss"], "case": r["case"], "batch": args.speed_batch, "kind": "speed", **settings}
+            ctx.record(f"speed/{r['loss']}/{r['case']}", params, r, {"ms_per_image": "ms"})
+            table.add(r)
     saved.write_text(json.dumps(record, indent=1))
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_main("family", parse_args(argv), body)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,7 +9,9 @@ the network runs M = N rows per step:
 "Official eager fp16" is the reference backend (one Python iteration per step, the official
 structure) under torch.autocast(float16), as the official sampler runs. Native runs each
 weight dtype (fp32, bf16, fp16); the head's first-use self-check falls in the warm-up.
-Timings: wall clock around synchronized calls, median of --repeat after --warmup.
+Timings: CUDA events around each call (perf_counter on a CPU), the backends interleaved round-robin,
+median of --repeats after --warmup rounds. --out writes the suite's records; --json the goals summary
+(what scripts/gpu_check.sh reads).
 
     python benchmarks/bench_head_goals.py --json out.json               # goals (CUDA)
     python benchmarks/bench_head_goals.py --e2e --json out.json         # + MAR-B sample_tokens
@@ -21,16 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from marengine.bench.models import random_head  # noqa: E402
+from marengine.bench.script import Table, add_common_args, add_rounds_args, print_table, run_main  # noqa: E402
+from marengine.bench.timing import Timer, interleaved, summarize  # noqa: E402
 from marengine.models.diffloss import DiffLoss  # noqa: E402
 from marengine.ops import native  # noqa: E402
 
@@ -40,49 +45,26 @@ PEAK_GOAL, PEAK_ROWS = 0.60, 4096
 Z_CHANNELS, CHANNELS = 768, 16
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--head", default="1024x6", help="WIDTHxDEPTH")
-    p.add_argument("--rows", default="32,512,4096", help="network rows M (= chain rows, no CFG)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--dtypes", default="fp32,bf16,fp16", help="native weight dtypes")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=5)
+    add_common_args(p, device="cuda")
+    p.add_argument("--head", default="1024x6", help="WIDTHxDEPTH (default 1024x6)")
+    p.add_argument("--rows", default="32,512,4096", help="network rows M (= chain rows, no CFG; default %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="diffusion steps (default 100)")
+    p.add_argument("--dtypes", default="fp32,bf16,fp16", help="native weight dtypes (default fp32,bf16,fp16)")
+    add_rounds_args(p, warmup=2, repeats=5, what="per measurement")
     p.add_argument("--e2e", action="store_true", help="also time MAR-B sample_tokens end to end")
-    p.add_argument("--e2e-model", default="mar_base", help="MARConfig preset of the end-to-end run")
-    p.add_argument("--e2e-batch", type=int, default=16)
-    p.add_argument("--e2e-iters", type=int, default=64, help="masked-AR iterations (official: 64)")
-    p.add_argument("--json", type=Path, default=None)
-    return p.parse_args()
+    p.add_argument("--e2e-model", default="mar_base", help="MARConfig preset of the end-to-end run (default mar_base)")
+    p.add_argument("--e2e-batch", type=int, default=16, help="images of the end-to-end run (default 16)")
+    p.add_argument("--e2e-iters", type=int, default=64, help="masked-AR iterations (official: 64, the default)")
+    p.add_argument("--json", type=Path, default=None, help="write the goals summary here (default: none)")
+    return p.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn, device: torch.device, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def make_head(width: int, depth: int, steps: int, device: torch.device) -> DiffLoss:
-    torch.manual_seed(0)
-    dl = DiffLoss(CHANNELS, Z_CHANNELS, depth, width, str(steps))
-    for m in dl.modules():
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.normal_(m.weight, std=0.02)
-            torch.nn.init.normal_(m.bias, std=0.02)
-    return dl.to(device).eval()
+def median_ms(fns: dict[str, Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms per call of each function, interleaved round-robin."""
+    times = interleaved(fns, device, warmup=warmup, repeats=repeats)
+    return {k: 1e3 * summarize(v)["p50"] for k, v in times.items()}
 
 
 def head_call(dl: DiffLoss, z, x_T, backend: str, dtype: str):
@@ -102,7 +84,7 @@ def bf16_peak_tflops(device: torch.device, n: int = 8192) -> float | None:
         return None
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    ms = median_ms(lambda: torch.matmul(a, b), device, 3, 10)
+    ms = median_ms({"mm": lambda: torch.matmul(a, b)}, device, 3, 10)["mm"]
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
@@ -114,32 +96,39 @@ def barrier_us(device: torch.device) -> float | None:
         return None
     like = torch.empty(1, device=device)
     op(like, 100, 0)
-    sync(device)
+    torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     op(like, 5000, 0)  # 2 barriers per round; returns after a sync
     return (time.perf_counter() - t0) * 1e6 / 10000
 
 
-def head_goals(args, device: torch.device, results: dict) -> list[tuple[str, str, str, str]]:
+def head_goals(ctx, args, results: dict) -> list[tuple[str, str, str, str]]:
     width, depth = (int(v) for v in args.head.lower().split("x"))
-    dl = make_head(width, depth, args.steps, device)
+    dl = random_head(width, depth, args.steps, ctx.device, Z_CHANNELS, CHANNELS)
     dtypes = [d for d in args.dtypes.split(",") if d]
-    peak = bf16_peak_tflops(device)
-    results.update(peak_bf16_tflops=peak, grid_barrier_us=barrier_us(device), head=f"{width}x{depth}", rows={})
-    print(f"{'M':>6} {'GFLOP':>8} {'eager fp16 ms':>14} " + " ".join(f"{'native ' + d + ' ms':>16}" for d in dtypes))
+    peak = bf16_peak_tflops(ctx.device)
+    results.update(peak_bf16_tflops=peak, grid_barrier_us=barrier_us(ctx.device), head=f"{width}x{depth}", rows={})
+    table = Table(
+        [("M", "rows", "", 6), ("GFLOP", "gflop", ".1f", 8), ("eager fp16 ms", "eager_fp16_ms", ".2f", 14)]
+        + [(f"native {d} ms", f"native_{d}_ms", ".2f", 16) for d in dtypes]
+    )
     goals = []
     for m in (int(v) for v in args.rows.split(",")):
         gflop = (10 * depth + 4) * width**2 * m * args.steps / 1e9
         g = torch.Generator().manual_seed(1)
-        z = torch.randn(m, Z_CHANNELS, generator=g).to(device)
-        x_T = torch.randn(m, CHANNELS, generator=g).to(device)
-        row = {"gflop": gflop}
-        row["eager_fp16_ms"] = median_ms(head_call(dl, z, x_T, "torch", "fp16"), device, args.warmup, args.repeat)
-        for d in dtypes:
-            row[f"native_{d}_ms"] = median_ms(head_call(dl, z, x_T, "native", d), device, args.warmup, args.repeat)
+        z = torch.randn(m, Z_CHANNELS, generator=g).to(ctx.device)
+        x_T = torch.randn(m, CHANNELS, generator=g).to(ctx.device)
+        fns = {"eager_fp16_ms": head_call(dl, z, x_T, "torch", "fp16")}
+        fns |= {f"native_{d}_ms": head_call(dl, z, x_T, "native", d) for d in dtypes}
+        row = {"gflop": gflop, **median_ms(fns, ctx.device, args.warmup, args.repeats)}
         results["rows"][m] = row
-        print(f"{m:>6} {gflop:>8.1f} {row['eager_fp16_ms']:>14.2f} " + " ".join(
-            f"{row[f'native_{d}_ms']:>16.2f}" for d in dtypes), flush=True)  # fmt: skip
+        table.add({"rows": m, **row})
+        for key, ms in row.items():
+            if key.endswith("_ms"):
+                params = {"width": width, "depth": depth, "rows": m, "steps": args.steps, "cfg": False}
+                params |= {"backend": key.removesuffix("_ms"), "threads": ctx.threads}
+                metrics = {"ms": ms, "speedup_vs_eager_fp16": row["eager_fp16_ms"] / ms, "gflops": gflop / ms * 1e3}
+                ctx.record(f"{width}x{depth}/M{m}/{key.removesuffix('_ms')}", params, metrics, {"ms": "ms"})
         best = min(row[f"native_{d}_ms"] for d in dtypes if d != "fp32") if len(dtypes) > 1 else None
         if m in GOALS and best:
             x = row["eager_fp16_ms"] / best
@@ -152,17 +141,17 @@ def head_goals(args, device: torch.device, results: dict) -> list[tuple[str, str
     return goals
 
 
-def e2e(args, device: torch.device, results: dict) -> None:
+def e2e(ctx, args, results: dict) -> None:
     """MAR sample_tokens (random weights; MAR-B by default), official settings: autocast fp16 +
     reference head against autocast bf16 + native head."""
-    from marengine.config import MARConfig
-    from marengine.models import MAR
+    from marengine.bench.models import random_model
 
-    with torch.device(device):
-        model = MAR.from_config(MARConfig.from_name(args.e2e_model)).eval()
+    device = ctx.device
+    model = random_model(args.e2e_model, device)
     labels = torch.arange(args.e2e_batch, device=device) % model.num_classes
     n, iters = args.e2e_batch, args.e2e_iters
-    out = {}
+    out: dict[str, Any] = {}
+    timer = Timer(device)
     for name, backend, dtype in [("official_fp16_torch_head", "torch", torch.float16),
                                  ("engine_bf16_native_head", "auto", torch.bfloat16)]:  # fmt: skip
 
@@ -172,41 +161,42 @@ def e2e(args, device: torch.device, results: dict) -> None:
                                     generator=torch.Generator(device).manual_seed(0), backend=backend)  # fmt: skip
 
         run(2)  # warm-up: kernels, self-check, allocator
-        sync(device)
-        t0 = time.perf_counter()
-        run()
-        sync(device)
-        out[name] = time.perf_counter() - t0
+        out[name], _ = timer(run)
         print(f"e2e {name}: {out[name]:.2f} s for {n} images, {iters} iterations ({n / out[name]:.2f} images/s)",
               flush=True)  # fmt: skip
+        params = {"model": args.e2e_model, "batch": n, "num_iter": iters, "backend": backend, "dtype": str(dtype)}
+        ctx.record(f"e2e/{name}", params, {"seconds": out[name], "images_per_s": n / out[name]}, {"seconds": "s"})
     out["speedup"] = out["official_fp16_torch_head"] / out["engine_bf16_native_head"]
     print(f"e2e speedup: {out['speedup']:.2f}x")
     results["e2e"] = dict(out, model=args.e2e_model, batch=n, iterations=iters)
 
 
-def main() -> None:
-    args = parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA GPU visible: pass --device cpu for a dry run")
-    if not native.available(device):
-        sys.exit(f"the native sampler is not built for {device.type}: pip install --no-build-isolation -e .")
-    results: dict = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device)
-                     if device.type == "cuda" else "cpu", "steps": args.steps}  # fmt: skip
-    goals = head_goals(args, device, results) if args.rows.strip() else []  # --rows "": end to end only
+def body(ctx, args: argparse.Namespace) -> None:
+    if not native.available(ctx.device):
+        raise SystemExit(
+            f"the native sampler is not built for {ctx.device.type}: pip install --no-build-isolation -e ."
+        )
+    gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
+    results: dict = {"torch": torch.__version__, "device": gpu, "steps": args.steps}
+    goals = head_goals(ctx, args, results) if args.rows.strip() else []  # --rows "": end to end only
     if results.get("grid_barrier_us"):
         print(f"grid barrier: {results['grid_barrier_us']:.2f} us")
     if args.e2e:
-        e2e(args, device, results)
+        e2e(ctx, args, results)
     results["goals"] = [dict(zip(("goal", "measured", "target", "verdict"), g)) for g in goals]
-    print("\ngoals")
-    for g in goals:
-        print(f"  {g[0]:<62} {g[1]:>8} {g[2]:>8}  {g[3]}")
+    for g in results["goals"]:
+        ctx.record(f"goal/{g['goal']}", {"kind": "goal"}, {"measured": g["measured"], "verdict": g["verdict"]})
+    print_table(results["goals"], [("goal", "goal", "", 62), ("measured", "measured", "", 8),
+                                   ("target", "target", "", 8), ("verdict", "verdict", "", 7)], "goals")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_main("head_goals", parse_args(argv), body)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

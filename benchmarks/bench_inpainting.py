@@ -9,6 +9,7 @@ that contradict the label make the judge follow it less often.
 
     marengine demo --out-dir runs/demo
     python benchmarks/bench_inpainting.py --checkpoint runs/demo/ema --figure docs/images/inpainting.png
+    python benchmarks/bench_inpainting.py --checkpoint runs/demo/ema --quick --out inpainting.json   # 30 digits
 """
 
 from __future__ import annotations
@@ -18,27 +19,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from marengine.evaluation.digits import evaluate
-from marengine.files import atomic_write
-from marengine.pipeline import MARPipeline
-from marengine.sampling.engine import SampleSettings
-from marengine.training.data import DigitsDataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from marengine.bench.script import Table, add_common_args, apply_quick, run_main  # noqa: E402
+from marengine.evaluation.digits import evaluate  # noqa: E402
+from marengine.files import atomic_write  # noqa: E402
+from marengine.pipeline import MARPipeline  # noqa: E402
+from marengine.sampling.engine import SampleSettings  # noqa: E402
+from marengine.training.data import DigitsDataset  # noqa: E402
 
 MASKS = {"right half": (slice(None), slice(4, None)), "bottom half": (slice(4, None), slice(None))}
+QUICK = {"per_class": 3, "num_iter": 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, threads=1)
     p.add_argument("--checkpoint", required=True, help="the demo model (runs/demo/ema), any 8x8 digits model")
-    p.add_argument("--per-class", type=int, default=30, help="held-out digits per class (default 30: 300 images)")
-    p.add_argument("--num-iter", type=int, default=16)
-    p.add_argument("--cfg", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--figure", type=Path, default=None, help="write the picture here (PNG)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--per-class", type=int, default=30, help="held-out digits per class (default 30: 300 images; quick 3)"
+    )
+    p.add_argument("--num-iter", type=int, default=16, help="masked-AR iterations (default 16; quick 4)")
+    p.add_argument("--cfg", type=float, default=2.0, help="guidance scale (default 2.0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--figure", type=Path, default=None, help="write the picture here (PNG; default: none)")
+    return apply_quick(p, p.parse_args(argv), QUICK)
 
 
 def heldout(per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,17 +76,18 @@ def figure(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 6) -> No
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def body(ctx, args: argparse.Namespace) -> None:
     images, labels = heldout(args.per_class)
     settings = SampleSettings(num_iter=args.num_iter, cfg=args.cfg, batch_size=len(images))
-    pipe = MARPipeline.from_pretrained(args.checkpoint, device="cpu", settings=settings)
+    pipe = MARPipeline.from_pretrained(args.checkpoint, device=ctx.device, settings=settings)
     if pipe.image_size != 8 or pipe.image_channels != 1:
         raise SystemExit(f"bench_inpainting needs an 8x8 one-channel digits model, got {args.checkpoint}")
     wrong = (labels + 5) % 10
     print(f"{len(images)} held-out digits; the judge recognises {evaluate(images, labels).accuracy:.1%} of them")
-    print(f"{'mask':<12} {'true label':>10} {'wrong label followed':>21} {'from scratch':>13}")
+    table = Table(
+        [("mask", "mask", "", 12), ("true label", "true_label_accuracy", ".1%", 10)]
+        + [("wrong label followed", "wrong_label_followed", ".1%", 21), ("from scratch", "from_scratch", ".1%", 13)]
+    )
     shown: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     scratch = evaluate(pipe(wrong, seed=args.seed, progress=False).array, wrong).accuracy
     for name, region in MASKS.items():
@@ -88,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         mask[region] = True
         true = pipe.inpaint(images, mask, labels, seed=args.seed, progress=False).array
         other = pipe.inpaint(images, mask, wrong, seed=args.seed, progress=False).array
-        acc_true, acc_wrong = evaluate(true, labels).accuracy, evaluate(other, wrong).accuracy
-        print(f"{name:<12} {acc_true:>10.1%} {acc_wrong:>21.1%} {scratch:>13.1%}")
+        row = {
+            "true_label_accuracy": evaluate(true, labels).accuracy,
+            "wrong_label_followed": evaluate(other, wrong).accuracy,
+            "from_scratch": scratch,
+        }
+        params = {"mask": name, "images": len(images), "num_iter": args.num_iter, "cfg": args.cfg, "seed": args.seed}
+        ctx.record(name.replace(" ", "-"), {**params, "checkpoint": str(args.checkpoint)}, row)
+        table.add({"mask": name, **row})
         shown[name] = (mask, true, other)
     if args.figure is not None:
         pick = np.array([np.flatnonzero(labels == c)[0] for c in range(10)])  # one digit per class
@@ -104,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         figure(args.figure, rows)
         print(f"wrote {args.figure}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("inpainting", parse_args(argv), body)
 
 
 if __name__ == "__main__":

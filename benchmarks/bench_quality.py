@@ -38,7 +38,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import set_diffusion_steps, trained_digits  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, finish, start  # noqa: E402
+from marengine.bench.script import (  # noqa: E402
+    Table,
+    add_cache_dir_arg,
+    add_common_args,
+    add_count_arg,
+    add_models_arg,
+    run_main,
+    select_models,
+)
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
 from marengine.models.tokenizers import to_uint8  # noqa: E402
@@ -119,24 +127,20 @@ def sample_images(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", default=None, help="comma-separated subset: digits8, digits16")
-    p.add_argument("--images", type=int, default=None, help="images per point (default: the sweep's)")
+    add_models_arg(p, "digits8, digits16")
+    add_count_arg(p, "--images", None, "images per point (default: the sweep's)")
     p.add_argument("--batch-size", type=int, default=100, help="images per sampling batch")
     add_cache_dir_arg(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("quality", args)
-    if ctx is None:
-        return 0
-    selected = sweeps(ctx.mode)
-    if args.models:
-        selected = [s for s in selected if s.model in args.models.split(",")]
-    for s in selected:
+    return run_main("quality", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
+    for s in select_models(sweeps(ctx.mode), args.models, "bench_quality", ctx.mode):
         run_sweep(ctx, s, args)
-    return finish(ctx, args.out)
 
 
 def run_sweep(ctx, s: Sweep, args) -> None:
@@ -157,16 +161,8 @@ def run_sweep(ctx, s: Sweep, args) -> None:
     title = f"quality {s.model} ({n} images; trained {info['train_steps']} steps in {info['train_seconds']:.0f} s"
     title += f"{', now' if trained_now else ', cached'}; {ctx.threads} threads)"
     table = Table(
-        [
-            ("variant", "variant", "", 8),
-            ("sweep", "axis", "", 8),
-            ("num_iter", "num_iter", "", 4),
-            ("steps", "steps", "", 4),
-            ("s/img", "s_per_image", ".4f", 7),
-            ("accuracy", "accuracy", ".1%", 6),
-            ("FD", "fd_samples", ".2f", 6),
-            ("FD floor", "fd_real_floor", ".2f", 6),
-        ],
+        ["variant", ("sweep", "axis", "", 8), "num_iter", "steps", "s_per_image", "accuracy", "fd_samples"]
+        + ["fd_real_floor"],
         title + (f"\n  {quick_note}" if quick_note else ""),
     )
     for variant in VARIANTS:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.flops import backbone_flops, head_flops  # noqa: E402
 from marengine.bench.models import random_model  # noqa: E402
-from marengine.bench.script import add_common_args, finish, print_table, start  # noqa: E402
+from marengine.bench.script import add_common_args, print_table, run_main  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,10 +125,10 @@ def matmul_peak(ctx, dtype: str, sizes: tuple[int, ...], repeats: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("roofline", args)
-    if ctx is None:
-        return 0
+    return run_main("roofline", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
     p = plan(ctx.mode, ctx.device)
     for key in ("head_rows", "head_steps", "head_preset"):
         if getattr(args, key) is not None:
@@ -215,17 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"what": f"{part} {backend} {dt}" + (f" [{isa}]" if isa else ""), **metrics})
     print_table(
         rows,
-        [
-            ("what", "what", ""),
-            ("GFLOP", "gflop", ".1f"),
-            ("s", "seconds_p50", ".4f"),
-            ("GFLOP/s", "gflops", ".1f"),
-            ("of matmul peak", "fraction_of_matmul_peak", ".1%"),
-            ("of device bf16 peak", "fraction_of_device_bf16_peak", ".2%"),
-        ],
+        ["what", "gflop", "seconds_p50", "gflops", ("of matmul peak", "fraction_of_matmul_peak", ".1%", 0)]
+        + [("of device bf16 peak", "fraction_of_device_bf16_peak", ".2%", 0)],
         f"roofline ({ctx.device}, {ctx.threads} threads)" + (f"\n  {p.note}" if p.note else ""),
     )
-    return finish(ctx, args.out)
 
 
 if __name__ == "__main__":

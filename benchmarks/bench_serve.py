@@ -12,7 +12,8 @@ ratio and the continuous/static p99 ratio. Every phase has a deadline; the serve
 stopped at the end (SIGTERM, then SIGKILL), so the script ends by itself.
 
     python benchmarks/bench_serve.py                       # random-weight mar_digits, ~3 min
-    python benchmarks/bench_serve.py --checkpoint runs/demo/ema --json serve.json
+    python benchmarks/bench_serve.py --checkpoint runs/demo/ema --out serve.json
+    python benchmarks/bench_serve.py --quick               # 8 requests at 2x, 4 iterations
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -29,47 +29,63 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from marengine.bench.script import Table, add_common_args, add_count_arg, apply_quick, run_main  # noqa: E402
+from marengine.bench.timing import summarize  # noqa: E402
+from marengine.checks import CFG_BOUNDS, arg, check_float  # noqa: E402
+from marengine.config import HEAD_BACKENDS  # noqa: E402
+from marengine.schedules import CFG_SCHEDULES  # noqa: E402
 
 GEN = "/v1/images/generations"
+QUICK = {"rates": "2", "requests": 8, "num_iter": 4, "phase_timeout": 60.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, device="cpu", threads=1)  # the servers' device and torch threads (each)
     p.add_argument("--checkpoint", default=None, help="a digits model (default: mar_digits with random weights)")
-    p.add_argument("--rates", default="0.5,2,4,8", help="arrival rates as multiples of one-at-a-time's capacity")
-    p.add_argument("--requests", type=int, default=48, help="requests per mode and rate (default 48)")
-    p.add_argument("--num-iter", type=int, default=16, help="iterations per image (default 16)")
-    p.add_argument("--cfg", type=float, default=2.0, help="guidance scale (default 2.0; CFG doubles the rows)")
-    p.add_argument("--cfg-schedule", default="linear", help="linear | constant (default linear)")
+    p.add_argument(
+        "--rates",
+        default="0.5,2,4,8",
+        help="arrival rates as multiples of one-at-a-time's capacity (default %(default)s)",
+    )
+    add_count_arg(p, "--requests", 48, "requests per mode and rate")
+    add_count_arg(p, "--num-iter", 16, "iterations per image")
+    p.add_argument(
+        "--cfg",
+        type=arg(check_float, "--cfg", **CFG_BOUNDS),
+        default=2.0,
+        help="guidance scale (default 2.0; CFG doubles the rows)",
+    )
+    p.add_argument("--cfg-schedule", choices=CFG_SCHEDULES, default="linear", help="(default linear)")
     p.add_argument(
         "--backend",
+        choices=HEAD_BACKENDS,
         default="torch",
         help="head sampler of every mode (default torch: it takes a guidance scale per row; the native "
         "kernel takes one per call, so rows at different iterations of a linear schedule split its calls)",
     )
-    p.add_argument("--max-batch-rows", type=int, default=64, help="rows of the batched modes (default 64)")
+    add_count_arg(p, "--max-batch-rows", 64, "rows of the batched modes")
     p.add_argument("--static-window", type=float, default=0.25, help="the static baseline's wait (default 0.25 s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1)")
     p.add_argument("--phase-timeout", type=float, default=120.0, help="seconds one mode x rate may take (default 120)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival times (default 0)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    return p.parse_args(argv)
+    return apply_quick(p, p.parse_args(argv), QUICK)
 
 
 def digits_checkpoint(folder: Path) -> Path:
     """mar_digits (its full size) with random weights, saved as a pretrained folder: serving
     speed does not depend on what the weights learned."""
-    from marengine.config import MARConfig
-    from marengine.models import MAR
+    from marengine.bench.models import random_model
     from marengine.models.tokenizers import PixelTokenizer
     from marengine.pipeline import MARPipeline
 
-    torch.manual_seed(0)
-    model = MAR.from_config(MARConfig.from_name("mar_digits")).eval()
+    model = random_model("mar_digits")
     return MARPipeline(model, PixelTokenizer(1, 2)).save_pretrained(folder / "mar_digits_random")
 
 
@@ -80,16 +96,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(checkpoint: Path, args: argparse.Namespace, rows: int, static: bool):
+def server(checkpoint: Path, args: argparse.Namespace, rows: int, static: bool, device: str, threads: int):
     """A `marengine serve` process on loopback; yields its URL; always stopped."""
     port = free_port()
     cmd = [sys.executable, "-m", "marengine", "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
-    cmd += ["--device", "cpu", "--max-batch-rows", str(rows), "--max-queue", "100000", "--max-n", "1"]
+    cmd += ["--device", device, "--max-batch-rows", str(rows), "--max-queue", "100000", "--max-n", "1"]
     cmd += ["--num-iter", str(args.num_iter), "--cfg", str(args.cfg), "--cfg-schedule", args.cfg_schedule]
     cmd += ["--backend", args.backend, "--request-timeout", str(args.phase_timeout)]
     if static:
         cmd += ["--static-batching-window", str(args.static_window)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -147,32 +163,32 @@ async def open_loop(url: str, arrivals: np.ndarray, timeout: float) -> dict[str,
 
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*[one(i) for i in range(len(arrivals))]), timeout)
-    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    lat = summarize(latencies)  # nan percentiles when nothing completed
     span = max(done) if done else float("nan")
     return {
         "completed": len(done),
         "failed": len(arrivals) - len(done),  # errors and requests past the deadline
         "throughput": len(done) / span if done else 0.0,
-        "p50": float(np.percentile(lat, 50)),
-        "p90": float(np.percentile(lat, 90)),
-        "p99": float(np.percentile(lat, 99)),
+        **{f"p{q}": lat[f"p{q}"] for q in (50, 90, 99)},
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def body(ctx, args: argparse.Namespace) -> None:
     factors = [float(f) for f in args.rates.split(",")]
     rows_one = 2 if args.cfg != 1.0 else 1
     rng = np.random.default_rng(args.seed)
     gaps = rng.exponential(1.0, args.requests)  # unit-rate Poisson gaps, scaled per rate
+    modes = {
+        "one": (rows_one, False),
+        "static": (args.max_batch_rows, True),
+        "continuous": (args.max_batch_rows, False),
+    }
+    results: dict[str, dict[float, dict[str, Any]]] = {m: {} for m in modes}
+    capacity = None
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(args.checkpoint) if args.checkpoint else digits_checkpoint(Path(tmp))
-        rows = args.max_batch_rows
-        modes = {"one": (rows_one, False), "static": (rows, True), "continuous": (rows, False)}
-        results: dict[str, dict[float, dict[str, float]]] = {m: {} for m in modes}
-        capacity = None
         for mode, (rows, static) in modes.items():
-            with server(ckpt, args, rows, static) as url:
+            with server(ckpt, args, rows, static, str(ctx.device), ctx.threads) as url:
                 if capacity is None:
                     capacity = 1.0 / asyncio.run(closed_loop(url, 8))
                     print(f"one at a time: {1 / capacity * 1000:.0f} ms per request, capacity {capacity:.2f} req/s")
@@ -186,26 +202,31 @@ def main(argv: list[str] | None = None) -> int:
                         f"p99 {r['p99']:.2f} s",
                         flush=True,
                     )
+                    params = {"serving_mode": mode, "rate_factor": f, "rate_per_s": rate, "max_batch_rows": rows}
+                    params |= {"requests": args.requests, "num_iter": args.num_iter, "cfg": args.cfg}
+                    params |= {"cfg_schedule": args.cfg_schedule, "backend": args.backend, "threads": ctx.threads}
+                    units = {"throughput": "req/s", "p50": "s", "p90": "s", "p99": "s"}
+                    ctx.record(f"{mode}/rate{f:g}x", params, {**r, "capacity_one": capacity}, units)
     print(
         f"\nrequests: {args.requests} per point; num_iter {args.num_iter}, cfg {args.cfg} ({args.cfg_schedule}), "
         f"head backend {args.backend}, max rows {args.max_batch_rows}, static window {args.static_window} s"
     )
-    head = f"{'rate':>6} | " + " | ".join(f"{m:>27}" for m in modes) + " | cont/one thr | cont/static p99"
-    print(head)
-    print(f"{'':>6} | " + " | ".join(f"{'req/s':>7} {'p50':>5} {'p90':>5} {'p99':>6}" for _ in modes) + " |")
+    cols: list[Any] = [("rate", "rate", "", 6)]
+    for m in modes:
+        cols += [(f"{m} req/s", f"{m}_throughput", ".2f", 7)]
+        cols += [(q, f"{m}_{q}", ".2f", 5) for q in ("p50", "p90", "p99")]
+    table = Table(cols + [("cont/one thr", "thr", ".2f", 12), ("cont/static p99", "p99", ".2f", 15)])
     for f in factors:
-        cells = " | ".join(
-            f"{results[m][f]['throughput']:7.2f} {results[m][f]['p50']:5.2f} {results[m][f]['p90']:5.2f} "
-            f"{results[m][f]['p99']:6.2f}"
-            for m in modes
-        )
-        thr = results["continuous"][f]["throughput"] / max(results["one"][f]["throughput"], 1e-9)
-        p99 = results["continuous"][f]["p99"] / max(results["static"][f]["p99"], 1e-9)
-        print(f"{f:5g}x | {cells} | {thr:12.2f} | {p99:15.2f}")
-    if args.json:
-        payload = {"args": {k: str(v) for k, v in vars(args).items()}, "capacity_one": capacity, "results": results}
-        args.json.write_text(json.dumps(payload, indent=2))
-    return 0
+        row: dict[str, Any] = {"rate": f"{f:g}x"}
+        for m in modes:
+            row |= {f"{m}_{k}": results[m][f][k] for k in ("throughput", "p50", "p90", "p99")}
+        row["thr"] = results["continuous"][f]["throughput"] / max(results["one"][f]["throughput"], 1e-9)
+        row["p99"] = results["continuous"][f]["p99"] / max(results["static"][f]["p99"], 1e-9)
+        table.add(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("serve", parse_args(argv), body)
 
 
 if __name__ == "__main__":

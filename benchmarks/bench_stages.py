@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marengine.bench.models import set_diffusion_steps  # noqa: E402
 from marengine.bench.plan import CPU_REDUCED, ModelPlan, Point, build_setup  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, finish, start  # noqa: E402
+from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_plan_args, run_main, select_models  # noqa: E402
 from marengine.bench.timing import PeakMemory, StageClock, Timer  # noqa: E402
 from marengine.bench.variants import BACKENDS, export_onnx_backbone, make_run, resolve_precision  # noqa: E402
 
@@ -63,20 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("stages", args)
-    if ctx is None:
-        return 0
+    return run_main("stages", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
     precision = resolve_precision(args.precision, ctx.device)
     wanted = [b for b in args.backends.split(",")]
     if set(wanted) - set(BACKENDS):
         raise SystemExit(f"bench_stages: unknown backends {sorted(set(wanted) - set(BACKENDS))}")
-    selected = plans(ctx.mode, ctx.device)
-    if args.models:
-        selected = [p for p in selected if p.model in args.models.split(",")]
-    for plan in selected:
+    for plan in select_models(plans(ctx.mode, ctx.device), args.models, "bench_stages", ctx.mode):
         run_plan(ctx, plan, args, precision, wanted)
-    return finish(ctx, args.out)
 
 
 def run_plan(ctx, plan: ModelPlan, args, precision: str, wanted: list[str]) -> None:
@@ -88,15 +84,9 @@ def run_plan(ctx, plan: ModelPlan, args, precision: str, wanted: list[str]) -> N
     set_diffusion_steps(setup.model, point.steps)
     timer = Timer(ctx.device)
     table = Table(
-        [
-            ("backend", "backend", "", 13),
-            ("total s/img", "total_s_per_image", ".4f", 8),
-            ("backbone", "backbone_fraction", ".1%", 6),
-            ("head", "head_fraction", ".1%", 6),
-            ("decode", "decode_fraction", ".1%", 6),
-            ("other", "other_fraction", ".1%", 6),
-            ("peak MiB/img", "peak_memory_mb_per_image", ".3f", 8),
-        ],
+        ["backend", ("total s/img", "total_s_per_image", ".4f", 8)]
+        + [(stage, f"{stage}_fraction", ".1%", 6) for stage in (*STAGES, "other")]
+        + [("peak MiB/img", "peak_memory_mb_per_image", ".3f", 8)],
         f"stages {plan.model} {point.label} ({setup.info.get('weights')}, {precision}, {ctx.threads} threads)"
         + (f"\n  {plan.note}" if plan.note else ""),
     )

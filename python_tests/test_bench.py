@@ -21,10 +21,13 @@ from marengine.bench import official  # noqa: E402
 from marengine.bench.flops import generation_flops  # noqa: E402
 from marengine.bench.machine import MACHINE_FIELDS  # noqa: E402
 from marengine.bench.records import Record, validate_record, validate_records, write_records  # noqa: E402
-from marengine.bench.timing import PeakMemory, StageClock, interleaved, percentile, summarize  # noqa: E402
+from marengine.bench.timing import PeakMemory, StageClock, interleaved, latency_metrics, percentile, summarize  # noqa: E402
 from marengine.cli import main as cli  # noqa: E402
+from marengine.config import SAMPLING_PRESETS  # noqa: E402
 
-BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone", "presets", "eval"}
+BENCHMARKS = {"quality", "e2e", "stages", "roofline", "head", "backbone", "presets", "eval", "latency"}
+# the batch-1 latency is reported for these presets, those of them that config.py defines
+LATENCY_PRESETS = [p for p in ("official", "fast", "turbo") if p in SAMPLING_PRESETS]
 
 
 # ---------------------------------------------------------------- the quick suite, end to end
@@ -81,6 +84,30 @@ def test_stages_sum_to_the_total(quick_suite):
         assert parts == pytest.approx(m["total_s_per_image"], rel=1e-6)
         assert m["backbone_calls"] > 0 and m["head_calls"] > 0 and m["decode_calls"] == 1
         assert m["peak_memory_mb_per_image"] is not None and m["peak_memory_mb_per_image"] >= 0
+
+
+@pytest.mark.slow  # the whole quick suite
+def test_batch1_latency_per_preset(quick_suite):
+    rows = [r for r in json.loads((quick_suite / "records.json").read_text()) if r["benchmark"] == "latency"]
+    assert rows
+    by_model: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["params"]["model"], {})[r["params"]["preset"]] = r
+    for model, presets in by_model.items():
+        assert sorted(presets) == sorted(LATENCY_PRESETS), model  # every preset config.py has, no other
+        for preset, r in presets.items():
+            m = r["metrics"]
+            assert 0 < m["s_per_image_b1_p50"] <= m["s_per_image_b1_p99"], (model, preset)
+            assert len(m["samples_b1_s"]) == m["b1_runs"] == r["params"]["runs"] >= 2
+            assert min(m["samples_b1_s"]) <= m["s_per_image_b1_p50"] and m["s_per_image_b1_p99"] <= max(
+                m["samples_b1_s"]
+            )
+            assert m["images_per_s_batch"] > 0 and r["params"]["batch"] > 1
+        assert presets["official"]["metrics"]["speedup_b1_vs_official"] == pytest.approx(1.0)
+    report = (quick_suite / "report.md").read_text()
+    assert "## Batch-1 latency" in report
+    for preset in LATENCY_PRESETS:
+        assert f"| {preset} |" in report
 
 
 @pytest.mark.slow  # the whole quick suite
@@ -227,6 +254,16 @@ def test_percentiles_and_interleaving():
     times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, "cpu", warmup=1, repeats=2)
     assert order == ["a", "b", "a", "b", "b", "a"]  # warm-up, then rounds with the order rotated
     assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_latency_metrics():
+    m = latency_metrics([0.4, 0.1, 0.3, 0.2, 5.0], [2.0, 4.0, 3.0], batch=6)
+    # p50 of five: the middle one; p99: 1% of the way back from the largest to the next, 0.96 of the last gap
+    assert m["s_per_image_b1_p50"] == pytest.approx(0.3)
+    assert m["s_per_image_b1_p99"] == pytest.approx(0.4 + 0.96 * (5.0 - 0.4))
+    assert m["s_per_image_b1_mean"] == pytest.approx(1.2)
+    assert m["b1_runs"] == 5
+    assert m["images_per_s_batch"] == pytest.approx(6 / 3.0) and m["s_per_image_batch_p50"] == pytest.approx(0.5)
 
 
 def test_stage_clock_and_peak_memory():

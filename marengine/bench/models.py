@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..config import MARConfig
 from ..diffusion.schedule import make_tables
+from ..models.diffloss import DiffLoss
 from ..models.loading import load_model
 from ..models.mar import MAR
 from ..models.tokenizers import VAETokenizer, build_tokenizer
@@ -69,6 +70,20 @@ def random_vae_tokenizer(device: torch.device | str = "cpu") -> nn.Module:
     with torch.device("meta"):
         vae = AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4))
     return VAETokenizer(randomize(vae, device, seed=1)).eval()
+
+
+def random_head(
+    width: int, depth: int, steps: int, device: torch.device | str = "cpu", z_channels: int = 768, channels: int = 16
+) -> DiffLoss:
+    """A Diffusion-Loss head (`depth` residual blocks of `width`, `steps` diffusion steps) with
+    N(0, 0.02) linear weights and biases (seed 0), in eval mode: the head samplers' timing subject."""
+    torch.manual_seed(0)
+    head = DiffLoss(channels, z_channels, depth, width, str(steps))
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.normal_(m.bias, std=0.02)
+    return head.to(device).eval()
 
 
 def set_diffusion_steps(model: MAR, steps: int) -> None:
@@ -121,13 +136,24 @@ def _recipe_key(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def fit(cfg: TrainConfig) -> tuple[dict[str, Any], float]:
+    """Train with `cfg` (the Trainer, always closed): (what Trainer.fit returns, wall seconds)."""
+    from ..training.trainer import Trainer
+
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    try:
+        out = trainer.fit()
+    finally:
+        trainer.close()
+    return out, time.perf_counter() - t0
+
+
 def trained_digits(
     name: str, mode: str, cache_dir: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[MAR, nn.Module, dict[str, Any]]:
     """(EMA model in eval mode, tokenizer, info) of a digits model, trained on the CPU on first
     use and cached under cache_dir/<name>-<mode>-<recipe hash>/ (reused while the recipe stays)."""
-    from ..training.trainer import Trainer
-
     cfg = recipe(name, mode)
     folder = Path(cache_dir) / f"{name}-{mode}-{_recipe_key(cfg)}"
     info_file = folder / "bench_model.json"
@@ -135,12 +161,7 @@ def trained_digits(
     if trained_now:
         log.info("training the %s digits model (%s recipe, %d steps) into %s", name, mode, cfg.max_steps, folder)
         cfg = dataclasses.replace(cfg, out_dir=str(folder), overwrite=True, progress=False, device="cpu")
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg)
-        try:
-            out = trainer.fit()
-        finally:
-            trainer.close()
+        out, seconds = fit(cfg)
         losses = out["losses"][-20:]
         info = {
             "model": name,
@@ -149,7 +170,7 @@ def trained_digits(
             "data": cfg.data,
             "train_steps": out["step"],
             "batch_size": cfg.batch_size,
-            "train_seconds": round(time.perf_counter() - t0, 1),
+            "train_seconds": round(seconds, 1),
             "final_loss": sum(losses) / len(losses) if losses else None,
             "recipe": cfg.to_dict(),
         }

@@ -29,6 +29,13 @@ def _of(records: Records, benchmark: str) -> Records:
     return [r for r in records if r["benchmark"] == benchmark]
 
 
+def _heading(title: str, intro: str = "", rows: Records = ()) -> list[str]:
+    """A section's title, its introduction, and the distinct notes of its records (in italics)."""
+    lines = [f"## {title}", ""] + ([intro, ""] if intro else [])
+    notes = list(dict.fromkeys(r["notes"] for r in rows if r.get("notes")))
+    return lines + ([f"*{n}*" for n in notes] + [""] if notes else [])
+
+
 def machine_lines(records: Records) -> list[str]:
     if not records:
         return ["(no records)", ""]
@@ -196,8 +203,10 @@ def presets_section(records: Records) -> list[str]:
     rows = _of(records, "presets")
     if not rows:
         return []
-    lines = ["## Fast sampling: each knob and the `fast` preset vs `official`", ""]
-    lines += ["Side by side in one run (round-robin repeats); quality from the digits judge on the same images.", ""]
+    lines = _heading(
+        "Fast sampling: each knob and the `fast` preset vs `official`",
+        "Side by side in one run (round-robin repeats); quality from the digits judge on the same images.",
+    )
     body = []
     for r in rows:
         m, p = r["metrics"], r["params"]
@@ -217,13 +226,37 @@ def presets_section(records: Records) -> list[str]:
     return lines + _table(["model", "point", "variant", "s/img", "speed-up", "accuracy", "FD", "FD ratio"], body)
 
 
+def latency_section(records: Records) -> list[str]:
+    """Batch-1 latency (p50/p99 s per image) beside batch throughput, per sampling preset (bench_latency.py)."""
+    rows = _of(records, "latency")
+    intro = (
+        "Seconds per image when one image is generated alone (p50 and p99 over the runs, the presets "
+        "interleaved round-robin), beside images/s of a full batch; tokens and decode, same labels and seed."
+    )
+    header = ["model", "point", "preset", "batch-1 s/img p50", "p99", "runs", "p50 vs official", "img/s", "batch"]
+    body = [
+        [
+            r["params"]["model"],
+            "{seq_len} tokens, {num_iter} it, cfg {cfg}".format(**r["params"]),
+            r["params"]["preset"],
+            _f(r["metrics"]["s_per_image_b1_p50"], ".4g"),
+            _f(r["metrics"]["s_per_image_b1_p99"], ".4g"),
+            str(r["params"]["runs"]),
+            _f(r["metrics"].get("speedup_b1_vs_official"), ".2f") + "x",
+            _f(r["metrics"]["images_per_s_batch"], ".4g"),
+            str(r["params"]["batch"]),
+        ]
+        for r in rows
+    ]
+    title = "Batch-1 latency and batch throughput per sampling preset"
+    return _heading(title, intro, rows) + _table(header, body) if rows else []
+
+
 def roofline_section(records: Records) -> list[str]:
     rows = _of(records, "roofline")
     if not rows:
         return []
-    lines = ["## Roofline (achieved vs peak)", ""]
-    if any(r["notes"] for r in rows):
-        lines += [f"*{next(r['notes'] for r in rows if r['notes'])}*", ""]
+    lines = _heading("Roofline (achieved vs peak)", rows=rows)
     body = []
     for r in rows:
         p, m = r["params"], r["metrics"]
@@ -247,7 +280,7 @@ def roofline_section(records: Records) -> list[str]:
 
 def other_section(records: Records) -> list[str]:
     """Records of benchmarks without a dedicated section (e.g. head, backbone): one table each."""
-    known = {"e2e", "stages", "quality", "presets", "roofline", "suite"}
+    known = {"e2e", "stages", "quality", "presets", "roofline", "latency", "suite"}
     lines: list[str] = []
     for bench in dict.fromkeys(r["benchmark"] for r in records):
         if bench in known:
@@ -287,6 +320,7 @@ def write_report(
     lines += [f"**{w}**" for w in warnings or []] + ([""] if warnings else [])
     lines += ["## Machine", ""] + machine_lines(records) + load_lines(load)
     lines += key_ratios(records)
+    lines += latency_section(records)
     for p in plots:
         if p.name == "e2e_speedup.png":
             lines += [f"![speed-up over the anchor]({p.relative_to(path.parent)})", ""]

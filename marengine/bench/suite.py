@@ -56,6 +56,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("quality", "bench_quality.py", uses_models=True),
     Benchmark("presets", "bench_presets.py", uses_models=True),
+    Benchmark("latency", "bench_latency.py", uses_models=True),
     Benchmark("e2e", "bench_e2e.py", uses_models=True),
     Benchmark("stages", "bench_stages.py", uses_models=True),
     Benchmark("eval", "bench_eval.py", uses_models=True),

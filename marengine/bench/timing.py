@@ -14,19 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 PERCENTILES = (50, 90, 99)
 
 
 def percentile(samples: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between order statistics."""
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's)."""
     if not samples:
         return math.nan
-    xs = sorted(samples)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -38,6 +36,22 @@ def summarize(samples: list[float]) -> dict[str, float]:
     for q in PERCENTILES:
         out[f"p{q}"] = percentile(samples, q)
     return out
+
+
+def latency_metrics(batch1_s: list[float], batch_s: list[float], batch: int) -> dict[str, Any]:
+    """Batch-1 latency beside batch throughput: p50/p99 (and mean) seconds per image over
+    single-image generations `batch1_s`, and images/s of generations of `batch` images
+    (`batch_s`, seconds per batch, at their median)."""
+    one, many = summarize(batch1_s), summarize(batch_s)
+    return {
+        "s_per_image_b1_p50": one["p50"],
+        "s_per_image_b1_p99": one["p99"],
+        "s_per_image_b1_mean": one["mean"],
+        "b1_runs": len(batch1_s),
+        "images_per_s_batch": batch / many["p50"] if batch_s else math.nan,
+        "s_per_image_batch_p50": many["p50"] / batch if batch_s else math.nan,
+        "samples_b1_s": list(batch1_s),
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -72,21 +86,29 @@ def interleaved(
     warmup: int = 1,
     repeats: int = 5,
     on_round: Callable[[int], None] | None = None,
+    block: int = 1,
 ) -> dict[str, list[float]]:
     """Seconds per call of every variant, measured round-robin: each round runs every variant
     once, the order rotated from round to round, so that a change in machine load (or clock)
-    hits all variants alike and their ratios are side by side. `warmup` untimed rounds first."""
+    hits all variants alike and their ratios are side by side. `warmup` untimed rounds first.
+
+    block > 1: each round runs a block of `block` timed calls per variant, each block after
+    `warmup` untimed calls (instead of warm-up rounds first), ceil(repeats / block) rounds: so
+    that one runtime's idle spinning threads do not land in another's timing."""
     timer = Timer(device)
     names = list(variants)
-    for _ in range(warmup):
+    for _ in range(warmup if block == 1 else 0):
         for name in names:
             timer(variants[name])
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
+    for r in range(-(-repeats // block)):
         k = r % len(names) if names else 0
         for name in names[k:] + names[:k]:
-            seconds, _ = timer(variants[name])
-            times[name].append(seconds)
+            for _ in range(warmup if block > 1 else 0):
+                timer(variants[name])
+            for _ in range(block):
+                seconds, _ = timer(variants[name])
+                times[name].append(seconds)
         if on_round is not None:
             on_round(r)
     return times

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..models.mar import MAR
+from ..sampling.engine import SampleSettings, generate_latents
 from . import official
 from .timing import StageClock
 
@@ -152,5 +153,25 @@ def make_run(
                         backbone=wrap("backbone", backbone),
                     )
             return decode(latents.float())
+
+    return run
+
+
+def make_preset_run(
+    setup: Setup, preset: str, batch: int, num_iter: int, cfg: float, temperature: float = 1.0, seed: int = 0
+) -> Callable[[], torch.Tensor]:
+    """A callable generating `batch` images [B, ch, H, W] with the engine under the sampling
+    preset `preset` (config.SAMPLING_PRESETS: head sampler, steps, backbone reuse, order),
+    tokens then the tokenizer's decode, reseeded on every call."""
+    model = setup.model
+    labels = [i % model.num_classes for i in range(batch)]
+    settings = SampleSettings(
+        num_iter=num_iter, cfg=cfg, temperature=temperature, seed=seed, batch_size=batch, preset=preset
+    )
+    bounded = bool(getattr(setup.tokenizer, "bounded", False))
+
+    def run() -> torch.Tensor:
+        with torch.no_grad(), setup.autocast():
+            return setup.tokenizer.decode(generate_latents(model, labels, settings, bounded=bounded).float())
 
     return run
