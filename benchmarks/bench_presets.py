@@ -42,7 +42,7 @@ from marengine.bench import official  # noqa: E402
 from marengine.bench.models import random_model, random_vae_tokenizer, trained_digits  # noqa: E402
 from marengine.bench.pareto import fastest_within, pareto_front  # noqa: E402
 from marengine.bench.plots import pareto as plot_pareto  # noqa: E402
-from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, finish, start  # noqa: E402
+from marengine.bench.script import Table, add_cache_dir_arg, add_common_args, add_count_arg, add_models_arg, run_main  # noqa: E402
 from marengine.bench.timing import interleaved, summarize  # noqa: E402
 from marengine.config import SAMPLING_PRESETS  # noqa: E402
 from marengine.evaluation.digits import evaluate  # noqa: E402
@@ -96,15 +96,13 @@ BUDGETS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
-    p.add_argument("--models", default=None, help="comma-separated subset of digits8, digits16, mar_base")
-    p.add_argument("--images", type=int, default=None, help="digits images per variant (default: 200, quick 20)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 2, quick 1)")
+    add_models_arg(p, "digits8, digits16, mar_base")
+    add_count_arg(p, "--images", None, "digits images per variant (default: 200, quick 20)")
+    add_count_arg(p, "--repeats", None, "timed rounds (default: 2, quick 1; the MAR-B shape on a CPU: 1)")
     p.add_argument("--tokens", type=int, default=None, help="MAR-B tokens per image (default: 256 on a GPU, 64 CPU)")
     add_cache_dir_arg(p)
     p.add_argument("--search", action="store_true", help="sweep the knobs together on both digits models (see above)")
-    p.add_argument(
-        "--search-max", type=int, default=24, help="at most this many crossed points in the second stage (default 24)"
-    )
+    add_count_arg(p, "--search-max", 24, "at most this many crossed points in the second stage")
     p.add_argument("--plot-dir", type=Path, default=None, help="--search: draw the Pareto front here (pareto.png)")
     p.add_argument(
         "--variants",
@@ -124,14 +122,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ctx = start("presets", args)
-    if ctx is None:
-        return 0
+    return run_main("presets", parse_args(argv), body)
+
+
+def body(ctx, args: argparse.Namespace) -> None:
     quick = ctx.mode == "quick"
     if args.search:
         search(ctx, args.images or (20 if quick else 200), args.cache_dir, args.search_max, args.plot_dir)
-        return finish(ctx, args.out)
+        return
     models = (args.models or ("digits8,mar_base" if quick else "digits8,digits16,mar_base")).split(",")
     repeats = args.repeats or (1 if quick else 2)
     for name in models:
@@ -149,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
             mar_shape(ctx, name, tokens, 4 if quick else 64, shape_repeats, chosen, warmup=not (quick or cpu))
         else:
             raise SystemExit(f"bench_presets: unknown model {name!r}; choose among digits8, digits16, mar_base")
-    return finish(ctx, args.out)
 
 
 def _table(title: str, quality: bool) -> Table:
