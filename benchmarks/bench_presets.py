@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         default=None,
         help=f"'all' or a comma-separated subset of: {', '.join(VARIANTS)} (default: all; the MAR-B shape on a "
-        "CPU outside --quick: the official, fast and turbo presets, the suite's time budget)",
+        "CPU: the official, fast and turbo presets, the suite's time budget)",
     )
     args = p.parse_args(argv)
     if args.variants == "all":
@@ -143,7 +143,7 @@ def body(ctx, args: argparse.Namespace) -> None:
             # untimed-warm-up-free round unless --repeats asks for more (the suite's time budget)
             shape_repeats = args.repeats or (1 if cpu else repeats)
             presets = [v for v in ("official", "fast", "turbo") if v in VARIANTS]
-            chosen = args.variants or (presets if cpu and not quick else list(VARIANTS))
+            chosen = args.variants or (presets if cpu else list(VARIANTS))
             mar_shape(ctx, name, tokens, 4 if quick else 64, shape_repeats, chosen, warmup=not (quick or cpu))
         else:
             raise SystemExit(f"bench_presets: unknown model {name!r}; choose among digits8, digits16, mar_base")
