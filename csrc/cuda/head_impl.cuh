@@ -111,27 +111,7 @@ HeadWs<T> carve_head_ws(const HeadSampleArgs& a, HeadPath path, int chunk, void*
 }
 
 // ------------------------------------------------------------------ GEMM jobs
-// k < D: the modulations of res block k (N = 3W), k == D: the final layer's (N = 2W).
-__host__ __device__ inline GemmJob mods_job(const HeadSampleArgs& a, const void* y, int rows, int k, float* out,
-                                            int ldo) {
-  const bool blk = k < a.D;
-  GemmJob j;
-  j.A = y;
-  j.B = blk ? a.mod_w[k] : a.fmod_w;
-  j.bias = blk ? a.mod_b + static_cast<size_t>(k) * 3 * a.W : a.fmod_b;
-  j.out = out;
-  j.gate = nullptr;
-  j.M = rows;
-  j.N = (blk ? 3 : 2) * a.W;
-  j.K = a.W;
-  j.lda = a.W;
-  j.ldb = a.W;
-  j.ldo = ldo;
-  j.ldg = 0;
-  j.epi = EPI_F32;
-  return j;
-}
-
+// out = epi(A B^T + bias): A [M, K], B [N, K] (both leading dimension K), out leading dimension N.
 __host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M, int N,
                                               int K, int epi, const float* gate, int ldg) {
   GemmJob j;
@@ -148,6 +128,18 @@ __host__ __device__ inline GemmJob linear_job(const void* A, const void* B, cons
   j.ldo = N;
   j.ldg = ldg;
   j.epi = epi;
+  return j;
+}
+
+// k < D: the modulations of res block k (N = 3W), k == D: the final layer's (N = 2W); fp32 out
+// with leading dimension ldo.
+__host__ __device__ inline GemmJob mods_job(const HeadSampleArgs& a, const void* y, int rows, int k, float* out,
+                                            int ldo) {
+  const bool blk = k < a.D;
+  const float* bias = blk ? a.mod_b + static_cast<size_t>(k) * 3 * a.W : a.fmod_b;
+  GemmJob j =
+      linear_job(y, blk ? a.mod_w[k] : a.fmod_w, bias, out, rows, (blk ? 3 : 2) * a.W, a.W, EPI_F32, nullptr, 0);
+  j.ldo = ldo;
   return j;
 }
 

@@ -29,7 +29,7 @@ from ..editing import batches
 from ..models.backbone_cache import CachePolicy
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
-from ..schedules import CFG_SCHEDULES, step_schedule
+from ..schedules import CFG_SCHEDULES, TokenSteps, step_schedule
 from ..utils import check_generator
 
 log = logging.getLogger("marengine.sampling")
@@ -67,6 +67,7 @@ class SampleSettings:
     steps: int | str | list[int] | None = None  # the preset's head steps per iteration unless given
     cache: str | None = None  # the preset's backbone reuse unless given ("off" disables it)
     order: str | None = None  # the preset's generation order unless given: random | halton | lattice
+    token_steps: str | None = None  # the preset's per-token head steps unless given ("off" disables them)
 
     def __post_init__(self) -> None:
         check_fields(self, SETTINGS_RULES, "sampling setting")
@@ -74,12 +75,13 @@ class SampleSettings:
         HeadSampler.parse(speed.sampler)
         step_schedule(speed.steps, self.num_iter)
         CachePolicy.parse(speed.cache)
+        TokenSteps.parse(speed.token_steps)
         if speed.order not in GENERATION_ORDERS:
             raise ValueError(f"unknown generation order {speed.order!r}; choose one of {', '.join(GENERATION_ORDERS)}")
 
     def speed(self) -> SamplingPreset:
         """The preset with the explicitly given knobs applied."""
-        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order)
+        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order, self.token_steps)
 
     def options(self, model: Any = None) -> dict[str, Any]:
         """The keyword options of `model`.sample_tokens these settings ask for (None: MAR's).
@@ -89,6 +91,7 @@ class SampleSettings:
         gave explicitly is refused with a clear error."""
         speed = self.speed()
         knobs = {"sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache, "order": speed.order}
+        knobs["token_steps"] = speed.token_steps
         takes = knobs.keys() if model is None else set(getattr(model, "sampling_knobs", ()))
         for name in knobs.keys() - takes:
             if getattr(self, name) not in (None, "off"):
