@@ -114,21 +114,8 @@ HeadWs<T> carve_head_ws(const HeadSampleArgs& a, HeadPath path, int chunk, void*
 // out = epi(A B^T + bias): A [M, K], B [N, K] (both leading dimension K), out leading dimension N.
 __host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M, int N,
                                               int K, int epi, const float* gate, int ldg) {
-  GemmJob j;
-  j.A = A;
-  j.B = B;
-  j.bias = bias;
-  j.out = out;
-  j.gate = gate;
-  j.M = M;
-  j.N = N;
-  j.K = K;
-  j.lda = K;
-  j.ldb = K;
-  j.ldo = N;
-  j.ldg = ldg;
-  j.epi = epi;
-  return j;
+  // GemmJob's fields in order: A, B, bias, out, gate, M, N, K, lda, ldb, ldo, ldg, epi
+  return GemmJob{A, B, bias, out, gate, M, N, K, K, K, N, ldg, epi};
 }
 
 // k < D: the modulations of res block k (N = 3W), k == D: the final layer's (N = 2W); fp32 out
