@@ -310,3 +310,17 @@ def test_cuda_mixed_rows_match_reference(monkeypatch: pytest.MonkeyPatch, n: int
             ref = reference.sample_head(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw)
             out = native.sample_head(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw)
             _groups_close(out.cpu(), ref.cpu(), rs.cpu())
+
+
+@needs_native
+@pytest.mark.parametrize("cfg_on", [False, True])
+def test_opcheck_head_sample_with_row_table(cfg_on: bool) -> None:
+    """The schema, the fake kernel and the CPU kernel agree with a row_table and max_steps."""
+    from test_native_cpu import _head_args
+
+    args = _head_args(n=5, s=3, cfg_on=cfg_on)
+    args[2] = torch.randn(8, 16)  # t_emb of a stack of 3 + 5 steps
+    args[17] = TableStack([make_tables("3"), make_tables("5")]).sampler_table(DDPM, "cpu")
+    args[20] = torch.randn(5, 5, 4)  # step_noise [max_steps, N, C]
+    rt = torch.tensor([[3, 5], [0, 3], [3, 5], [0, 3], [0, 3]], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.marengine.head_sample.default, (*args, False, rt, 5))

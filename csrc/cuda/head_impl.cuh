@@ -27,6 +27,10 @@
 //    so no [R, (3D+2)W] buffer per step is needed. No host sync anywhere: the host
 //    loop can be captured into a CUDA Graph once per shape by the caller.
 //
+// Per-row steps (a.row_table, head_sample's row_table): both paths run S = the most steps; each
+// row reads its own table's rows (row_phases.cuh table_row) and a finished row is not updated
+// any more (its network rows are still computed: no compaction on the GPU, no host sync).
+//
 // GEMM tiles: gemm_tile.cuh (small 32x32 tiles in the persistent kernel, 64x64 in the
 // per-step kernels). Row stages: row_phases.cuh.
 //
