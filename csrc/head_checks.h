@@ -95,10 +95,39 @@ inline AdalnShapes check_adaln_block(const at::Tensor& x, const at::Tensor& mod,
 }
 
 struct HeadShapes {
-  int64_t N, R, C, W, D, S;
+  int64_t N, R, C, W, D, S;  // S: rows of the coefficient table (t_emb, coefs)
+  int64_t iters;             // iterations of the call: S, or max_steps with a row_table
   bool cfg_on;
   at::ScalarType wdtype;
 };
+
+// Per-row step counts (marengine/diffusion/schedule.py TableStack): row_table [N, 2] int32 holds,
+// per chain row, the first row of its sampler table in the stacked coefs / t_emb [S, ...] and its
+// number of steps; the call runs max_steps iterations and row n takes part in the first
+// row_table[n][1] of them. Shape, dtype and device are checked here (both devices); the values by
+// check_row_values where the host can read them (CPU).
+inline void check_row_table(const char* op, const c10::optional<at::Tensor>& row_table, const at::Device& dev,
+                            int64_t N, int64_t S, int64_t max_steps) {
+  if (!row_table.has_value() || !row_table->defined()) {
+    TORCH_CHECK(max_steps == 0, op, ": max_steps (", max_steps, ") is only used with a row_table; pass 0");
+    return;
+  }
+  check_tensor(op, *row_table, "row_table (per row: first table row, steps)", dev, {N, 2});
+  check_dtype(op, *row_table, "row_table", at::kInt);
+  TORCH_CHECK(max_steps >= 1 && max_steps <= S, op, ": max_steps must be in [1, ", S,
+              "] (the stacked table's rows) with a row_table, got ", max_steps);
+}
+
+// Values of a host row_table: every row's steps in [1, max_steps] and its table inside [0, S).
+inline void check_row_values(const char* op, const int32_t* rt, int64_t N, int64_t S, int64_t max_steps) {
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t first = rt[2 * n], steps = rt[2 * n + 1];
+    TORCH_CHECK(steps >= 1 && steps <= max_steps, op, ": row_table[", n, "] has ", steps,
+                " steps; each row needs 1 to max_steps = ", max_steps);
+    TORCH_CHECK(first >= 0 && first + steps <= S, op, ": row_table[", n, "] = (", first, ", ", steps,
+                ") reaches past the stacked table's ", S, " rows");
+  }
+}
 
 inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
                                     const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w,
@@ -106,7 +135,8 @@ inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_e
                                     at::TensorList b1, at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w,
                                     const at::Tensor& fmod_b, const at::Tensor& out_w, const at::Tensor& out_b,
                                     const at::Tensor& coefs, double cfg, double temperature,
-                                    const c10::optional<at::Tensor>& step_noise, int64_t offset) {
+                                    const c10::optional<at::Tensor>& step_noise, int64_t offset,
+                                    const c10::optional<at::Tensor>& row_table = c10::nullopt, int64_t max_steps = 0) {
   const char* op = "marengine::head_sample";
   TORCH_CHECK(x_T.defined() && x_T.dim() == 2, op, ": x_T must be [N, C], got ",
               x_T.defined() ? shape_str(x_T.sizes()) : std::string("None"));
@@ -164,16 +194,33 @@ inline HeadShapes check_head_sample(const at::Tensor& x_T, const at::Tensor& c_e
   }
   check_linear(op, fmod_w, fmod_b, "final_layer.adaLN_modulation (fmod_w/fmod_b)", dev, 2 * W, W, wdt);
   check_linear(op, out_w, out_b, "final_layer.linear (out_w/out_b)", dev, 2 * C, W, wdt);
+  check_row_table(op, row_table, dev, N, S, max_steps);
+  const int64_t iters = max_steps > 0 ? max_steps : S;
   if (step_noise.has_value() && step_noise->defined()) {
-    check_tensor(op, *step_noise, "step_noise", dev, {S, N, C});
+    check_tensor(op, *step_noise, "step_noise", dev, {iters, N, C});
     check_dtype(op, *step_noise, "step_noise", at::kFloat);
   }
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0, op, ": temperature must be finite and >= 0, got ",
               temperature);
   TORCH_CHECK(std::isfinite(cfg), op, ": cfg must be finite, got ", cfg);
   TORCH_CHECK(offset >= 0, op, ": offset must be >= 0, got ", offset);
-  return {N, R, C, W, D, S, R == 2 * N && N > 0, wdt};
+  return {N, R, C, W, D, S, iters, R == 2 * N && N > 0, wdt};
 }
 
 }  // namespace checks
 }  // namespace marengine
+
+// The parameters of marengine::head_sample's implementations, as the schema (csrc/ops.cpp) lists
+// them, and the checks every implementation starts with: written once for the CPU
+// (cpu/head_sample_cpu.cpp) and the CUDA (cuda/ops_cuda.cpp) entry points.
+#define MARENGINE_HEAD_SAMPLE_PARAMS                                                                                   \
+  const at::Tensor &x_T, const at::Tensor &c_emb, const at::Tensor &t_emb, const at::Tensor &in_w,                     \
+      const at::Tensor &in_b, at::TensorList ln_w, at::TensorList ln_b, at::TensorList mod_w, at::TensorList mod_b,    \
+      at::TensorList w1, at::TensorList b1, at::TensorList w2, at::TensorList b2, const at::Tensor &fmod_w,            \
+      const at::Tensor &fmod_b, const at::Tensor &out_w, const at::Tensor &out_b, const at::Tensor &coefs, double cfg, \
+      double temperature, const std::optional<at::Tensor>&step_noise, int64_t seed, int64_t offset,                    \
+      bool clip_denoised, const std::optional<at::Tensor>&row_table, int64_t max_steps
+#define MARENGINE_CHECK_HEAD_SAMPLE()                                                                               \
+  ::marengine::checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2,   \
+                                         fmod_w, fmod_b, out_w, out_b, coefs, cfg, temperature, step_noise, offset, \
+                                         row_table, max_steps)

@@ -13,6 +13,10 @@
 //       CFG is on iff c_emb has 2N rows (conditional, then unconditional); `cfg` is then the
 //       scale. Per-step noise: step_noise[i] at iteration i if given, else Philox(seed, offset)
 //       (csrc/philox.h); none at temperature 0 or where nw = 0.
+//       Per-row steps: row_table [N, 2] int32 (per row: its first row in the stacked coefs / t_emb,
+//       its step count; marengine/diffusion/schedule.py TableStack) and max_steps (the iterations
+//       of the call, >= every row's count): row n runs its own table in the first row_table[n][1]
+//       iterations and then keeps its value; step_noise is then [max_steps, N, C].
 //
 // Test: pytest python_tests/test_native_cpu.py (opcheck runs the schema checks).
 #include <torch/extension.h>
@@ -34,7 +38,8 @@ TORCH_LIBRARY(marengine, m) {
       "head_sample(Tensor x_T, Tensor c_emb, Tensor t_emb, Tensor in_w, Tensor in_b, Tensor[] ln_w, "
       "Tensor[] ln_b, Tensor[] mod_w, Tensor[] mod_b, Tensor[] w1, Tensor[] b1, Tensor[] w2, Tensor[] b2, "
       "Tensor fmod_w, Tensor fmod_b, Tensor out_w, Tensor out_b, Tensor coefs, float cfg, float temperature, "
-      "Tensor? step_noise, int seed, int offset, bool clip_denoised=False) -> Tensor");
+      "Tensor? step_noise, int seed, int offset, bool clip_denoised=False, Tensor? row_table=None, "
+      "int max_steps=0) -> Tensor");
 }
 
 namespace {

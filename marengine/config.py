@@ -247,6 +247,7 @@ class SamplingPreset:
     cache: str | None = None  # cross-iteration backbone reuse, e.g. "refresh=3,warmup=2"; None: off
     order: str = "random"  # the masked loop's generation order (GENERATION_ORDERS)
     precision: str = "fp32"  # matmul precision (SAMPLING_PRECISIONS): "auto" = bf16 where the device has bf16 units
+    token_steps: str | None = None  # per-token head steps, e.g. "hf:boost=16,frac=0.25" (schedules.TokenSteps)
     note: str = ""
 
 
@@ -271,15 +272,17 @@ def resolve_preset(
     cache: str | None = None,
     order: str | None = None,
     precision: str | None = None,
+    token_steps: str | None = None,
 ) -> SamplingPreset:
     """The named preset with the explicitly given fields replacing its own (None: keep)."""
     if preset not in SAMPLING_PRESETS:
         raise ValueError(f"unknown sampling preset {preset!r}; choose one of {', '.join(SAMPLING_PRESETS)}")
     base = SAMPLING_PRESETS[preset]
-    knobs = dict(sampler=sampler, steps=steps, cache=cache, order=order, precision=precision)
-    given = {k: v for k, v in knobs.items() if v is not None}
-    if given.get("cache") in ("off", "none", ""):
-        given["cache"] = None
+    fields = dict(sampler=sampler, steps=steps, cache=cache, order=order, precision=precision, token_steps=token_steps)
+    given = {k: v for k, v in fields.items() if v is not None}
+    for off in ("cache", "token_steps"):
+        if given.get(off) in ("off", "none", ""):
+            given[off] = None
     return dataclasses.replace(base, **given)
 
 

@@ -95,6 +95,12 @@ def add_speed_options(p: argparse.ArgumentParser, cache: bool = True, precision_
             "lattice (a spread quarter first, then the rest) (default: preset's)",
         )
         p.add_argument(
+            "--token-steps",
+            default=None,
+            help="per-token head steps: off, or hf:boost=N[,base=N][,frac=F][,early=K] (more steps for the tokens "
+            "whose known neighbours vary most) (default: preset's)",
+        )
+        p.add_argument(
             precision_flag,
             dest="sample_precision",
             choices=SAMPLING_PRECISIONS,
@@ -118,4 +124,5 @@ def resolve_speed(args: argparse.Namespace) -> SamplingPreset:
         getattr(args, "cache", None),
         getattr(args, "order", None),
         getattr(args, "sample_precision", None),
+        getattr(args, "token_steps", None),
     )

@@ -5,7 +5,8 @@ torch-free deploy sampler (marengine.export.deploy) import.
   (the official `diffusion/respace.py` semantics, float stride accumulated per step).
 - The cosine masking schedule of MAR sampling: how many tokens stay unknown after
   each autoregressive iteration (`next_mask_len`, `mask_lengths`, `tokens_per_step`).
-- The head's diffusion steps per iteration (`step_schedule`: DiSA-style annealing).
+- The head's diffusion steps per iteration (`step_schedule`: DiSA-style annealing) and per
+  token (`TokenSteps`: more steps for the tokens a high-frequency score flags, GtR-style).
 - Classifier-free guidance: the per-iteration scale (`cfg_at`) and the combination of
   conditional and unconditional predictions (`cfg_combine`), written with arithmetic
   operators only so that it serves torch tensors and numpy arrays alike.
@@ -247,3 +248,71 @@ def _entry(v: object) -> int:
         except TypeError:
             pass
     raise TypeError(f"diffusion steps must be integers, got {v!r}")
+
+
+# ---------------------------------------------------------------- diffusion steps per token
+TOKEN_STEP_KINDS = ("hf",)
+
+
+@dataclass(frozen=True)
+class TokenSteps:
+    """Per-token head steps (GtR-style): at each iteration most tokens get `base` diffusion steps
+    (None: the iteration's count from the step schedule) and the fraction `frac` of the tokens
+    with the highest high-frequency score (the local variance of their known neighbours; a token
+    with fewer than two known neighbours scores highest) gets `boost`; the first `early`
+    iterations give every token `boost`. Written "hf:base=8,boost=16,frac=0.25,early=2"
+    (every field optional but boost); parsed by `parse`, the one place."""
+
+    kind: str = "hf"
+    boost: int = 16
+    base: int | None = None
+    frac: float = 0.25
+    early: int = 0
+
+    @classmethod
+    def parse(cls, spec: str | TokenSteps | None) -> TokenSteps | None:
+        """None/"" /"off": no per-token steps; else "hf:boost=B[,base=A][,frac=F][,early=K]"."""
+        if spec is None or isinstance(spec, TokenSteps):
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"token_steps must be a string such as 'hf:boost=16,frac=0.25', got {spec!r}")
+        text = spec.strip()
+        if text in ("", "off", "none"):
+            return None
+        kind, _, body = text.partition(":")
+        if kind not in TOKEN_STEP_KINDS:
+            raise ValueError(f"token_steps {spec!r}: unknown kind {kind!r}; write e.g. 'hf:base=8,boost=16,frac=0.25'")
+        fields: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in body.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq or key not in ("base", "boost", "frac", "early") or key in fields:
+                raise ValueError(
+                    f"token_steps {spec!r}: {part!r} is not one of base=N, boost=N, frac=F, early=K (each once)"
+                )
+            fields[key] = value.strip()
+        if "boost" not in fields:
+            raise ValueError(f"token_steps {spec!r}: boost=N (the flagged tokens' diffusion steps) is required")
+        try:
+            boost = _steps(int(fields["boost"]))
+            base = _steps(int(fields["base"])) if "base" in fields else None
+            frac = float(fields.get("frac", "0.25"))
+            early = int(fields.get("early", "0"))
+        except ValueError as e:
+            raise ValueError(f"token_steps {spec!r}: {e}") from None
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"token_steps {spec!r}: frac must be in [0, 1], got {frac}")
+        if early < 0:
+            raise ValueError(f"token_steps {spec!r}: early must be >= 0, got {early}")
+        return cls(kind, boost, base, frac, early)
+
+    def counts(self, it: Iteration, default: int) -> tuple[int, int]:
+        """(base, boost) steps at iteration `it`; `default` stands for the model's own count
+        where neither base nor the step schedule gives one. The boost never lowers a count."""
+        base = self.base if self.base is not None else (it.head_steps if it.head_steps is not None else default)
+        return base, max(base, self.boost)
+
+    def boosted(self, it: Iteration, rows: int) -> int:
+        """How many of an image's `rows` predicted tokens get the boost at iteration `it`."""
+        if it.step < self.early:
+            return rows
+        return min(rows, math.ceil(self.frac * rows - 1e-9))

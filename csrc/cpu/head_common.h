@@ -56,31 +56,33 @@ inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_item));
 }
 
-// [M, F] row-major fp32 -> [ceil(M/16), F, 16] panels, padding rows zero.
-inline at::Tensor pack_rows(const at::Tensor& x) {
-  const int64_t M = x.size(0), F = x.size(1), L = kLanes, P = (M + L - 1) / L;
-  at::Tensor out = at::zeros({std::max<int64_t>(P, 1), F, L}, at::kFloat);
-  const float* src = x.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
+// Copies the first M rows between [M, F] row-major fp32 and [ceil(M/16), F, 16] panels
+// (kToPanels: rows -> panels, else panels -> rows).
+template <bool kToPanels>
+inline void copy_panels(const float* src, float* dst, int64_t M, int64_t F) {
+  const int64_t L = kLanes, P = (M + L - 1) / L;
   at::parallel_for(0, P, grain_for(F * L), [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p)
       for (int64_t l = 0; l < L && p * L + l < M; ++l)
-        for (int64_t f = 0; f < F; ++f) dst[(p * F + f) * L + l] = src[(p * L + l) * F + f];
+        for (int64_t f = 0; f < F; ++f) {
+          const int64_t row = (p * L + l) * F + f, panel = (p * F + f) * L + l;
+          dst[kToPanels ? panel : row] = src[kToPanels ? row : panel];
+        }
   });
+}
+
+// [M, F] row-major fp32 -> [ceil(M/16), F, 16] panels, padding rows zero.
+inline at::Tensor pack_rows(const at::Tensor& x) {
+  const int64_t M = x.size(0), F = x.size(1), P = (M + kLanes - 1) / kLanes;
+  at::Tensor out = at::zeros({std::max<int64_t>(P, 1), F, kLanes}, at::kFloat);
+  copy_panels<true>(x.data_ptr<float>(), out.data_ptr<float>(), M, F);
   return out;
 }
 
 // Inverse of pack_rows for the first M rows.
 inline at::Tensor unpack_rows(const at::Tensor& panels, int64_t M) {
-  const int64_t F = panels.size(1), L = kLanes, P = (M + L - 1) / L;
-  at::Tensor out = at::empty({M, F}, at::kFloat);
-  const float* src = panels.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, P, grain_for(F * L), [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p)
-      for (int64_t l = 0; l < L && p * L + l < M; ++l)
-        for (int64_t f = 0; f < F; ++f) dst[(p * L + l) * F + f] = src[(p * F + f) * L + l];
-  });
+  at::Tensor out = at::empty({M, panels.size(1)}, at::kFloat);
+  copy_panels<false>(panels.data_ptr<float>(), out.data_ptr<float>(), M, panels.size(1));
   return out;
 }
 

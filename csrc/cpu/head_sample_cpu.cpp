@@ -23,6 +23,15 @@
 // Samplers: one update for all (coefs [S, 8] from marengine/diffusion/samplers.py; x0_prev kept per
 // worker for the multistep solver; clip_denoised clamps x0).
 //
+// Per-row steps (row_table [N, 2]: each row's first row in the stacked coefs / t_emb and its step
+// count; head_checks.h): the rows are put in slots ordered by step count, most first (stable), so
+// that in every unit the rows still running at iteration i are a prefix of its slots; a unit runs
+// as many iterations as its first slot, and each iteration's modulation rows, GEMMs and updates
+// cover only the panels of that prefix (the CFG halves separately). Rows that have finished keep
+// their value. Noise stays indexed by the original row (step_noise[i, row], Philox element
+// (i N + row) C + c), so a row draws what it would draw alone at the same position. Without a
+// row_table every row takes the S steps of coefs from row 0: the uniform path, unchanged.
+//
 // Numerics: residual stream, LN statistics, eps / variance outputs and the sampler update in
 // fp32; with bf16/fp16 weights the GEMM inputs (LN+modulate outputs, SiLU outputs, the
 // modulation GEMM's SiLU(y)) are rounded to that type and products are accumulated in
@@ -58,8 +67,11 @@ struct Problem {
   WType wt;
   const float* t_emb;
   const float* coefs;
-  const float* step_noise;  // [S, N, C] or null
+  const float* step_noise;  // [S, N, C] or null (S: the iterations, max_steps with a row_table)
   uint64_t seed, offset;
+  // per slot (rows ordered by steps, most first): original row, first table row, steps;
+  // empty without a row_table (slot = row, first 0, steps S)
+  std::vector<int64_t> row_of, first, steps;
   PackedWeight in_w, out_w, fmod_w;  // all GEMM weights, packed once per call
   std::vector<PackedWeight> w1, w2, mod_w;
   const float *in_b, *fmod_b, *out_b;
@@ -102,23 +114,37 @@ class Worker {
     noise_.resize(static_cast<size_t>(P.C));
   }
 
-  // All S steps for chain panels [u0, u1).
+  // Every iteration of chain panels [u0, u1) (as many as its slots' most steps).
   void run(int64_t u0, int64_t u1) {
     const int64_t L = kLanes;
     u0_ = u0;
     nu_ = u1 - u0;
     np_ = nu_ * (P.cfg_on ? 2 : 1);
     nvalid_ = std::min(P.N, u1 * L) - u0 * L;
-    rows_ = nvalid_ * (P.cfg_on ? 2 : 1);
     std::fill(x0p_, x0p_ + nu_ * P.C * kLanes, 0.0f);  // no previous x0 before the first step
-    for (int64_t i0 = 0; i0 < P.S; i0 += chunk_) {
-      const int64_t cnt = std::min(chunk_, P.S - i0);
+    const int64_t iters = steps_of(u0 * L);            // slots are ordered by steps, most first
+    for (int64_t i0 = 0; i0 < iters; i0 += chunk_) {
+      const int64_t cnt = std::min(chunk_, iters - i0);
       compute_mods(i0, cnt);
       for (int64_t q = 0; q < cnt; ++q) step(i0 + q, q);
     }
   }
 
  private:
+  int64_t steps_of(int64_t slot) const { return P.steps.empty() ? P.S : P.steps[static_cast<size_t>(slot)]; }
+  int64_t row_of(int64_t slot) const { return P.row_of.empty() ? slot : P.row_of[static_cast<size_t>(slot)]; }
+  // The table row (of coefs and t_emb) of a slot at iteration i: its step S_n - 1 - i.
+  int64_t table_row(int64_t slot, int64_t i) const {
+    return (P.first.empty() ? 0 : P.first[static_cast<size_t>(slot)]) + steps_of(slot) - 1 - i;
+  }
+  // Valid rows of this unit still running at iteration i: a prefix of its slots.
+  int64_t active_rows(int64_t i) const {
+    if (P.steps.empty()) return nvalid_;
+    int64_t n = nvalid_;
+    while (n > 0 && steps_of(u0_ * kLanes + n - 1) <= i) --n;
+    return n;
+  }
+
   static float* take(float*& ws, int64_t n) {  // 64-byte aligned slices
     float* p = ws;
     ws += (n + 15) / 16 * 16;
@@ -127,20 +153,39 @@ class Worker {
 
   // The step GEMMs: with one chain panel of <= 8 rows only half of each panel is computed.
   void gemm(const float* A, int64_t a_ps, int64_t panels, const PackedWeight& w, const EpiArgs& e) const {
-    gemm_packed_parallel(K, A, a_ps, panels, w, e, nu_ == 1 ? nvalid_ : kLanes);
+    gemm_packed_parallel(K, A, a_ps, panels, w, e, na_ == 1 ? nact_ : kLanes);
+  }
+
+  // A step GEMM over the running panels of both CFG halves (all np panels when every slot runs;
+  // else the cond and the uncond halves' first na_ panels, as two calls).
+  void gemm_running(const float* A, int64_t a_ps, const PackedWeight& w, EpiArgs e) const {
+    if (na_ == nu_) return gemm(A, a_ps, np_, w, e);
+    gemm(A, a_ps, na_, w, e);
+    if (!P.cfg_on) return;
+    e.out += nu_ * e.out_pstride;
+    if (e.gate != nullptr) e.gate += nu_ * e.gate_pstride;
+    gemm(A + nu_ * a_ps, a_ps, na_, w, e);
   }
 
   // Modulations of iterations [i0, i0 + cnt), as one GEMM per weight over the densely
   // packed (step, valid row) pairs: ma = SiLU(t_emb[s] + c_emb[row]), then
   // mods[q][panel][f][lane] = ma @ mod_w^T + mod_b, scattered into this step's panels.
+  // Only the (step, row) pairs of running rows are packed (all of them on the uniform path).
   void compute_mods(int64_t i0, int64_t cnt) {
-    const int64_t W = P.W, L = kLanes, total = cnt * rows_, panels = (total + L - 1) / L;
+    const int64_t W = P.W, L = kLanes, halves = P.cfg_on ? 2 : 1;
+    pairs_.clear();  // (q, half, r) of each packed row, in the uniform path's order
+    for (int64_t q = 0; q < cnt; ++q) {
+      const int64_t act = active_rows(i0 + q);
+      for (int64_t half = 0; half < halves; ++half)
+        for (int64_t r = 0; r < act; ++r) pairs_.push_back({q, half, r});
+    }
+    const int64_t total = static_cast<int64_t>(pairs_.size()), panels = (total + L - 1) / L;
     for (int64_t idx = 0; idx < panels * L; ++idx) {
       int64_t off = -1;
       if (idx < total) {
-        const int64_t q = idx / rows_, rem = idx % rows_, half = rem / nvalid_, r = rem % nvalid_;
-        const int64_t j = half * nu_ + r / L;
-        off = (q * np_ + j) * P.Fm * L + r % L;
+        const Pair& p = pairs_[static_cast<size_t>(idx)];
+        const int64_t j = p.half * nu_ + p.r / L;
+        off = (p.q * np_ + j) * P.Fm * L + p.r % L;
       }
       row_off_[static_cast<size_t>(idx)] = off;
     }
@@ -152,9 +197,10 @@ class Worker {
           const int64_t idx = d * L + l;
           tr[l] = cr[l] = nullptr;
           if (idx >= total) continue;
-          const int64_t q = idx / rows_, rem = idx % rows_, half = rem / nvalid_, r = rem % nvalid_;
-          tr[l] = P.t_emb + (P.S - 1 - (i0 + q)) * W;
-          cr[l] = P.c_emb + (half * P.N + u0_ * L + r) * W;
+          const Pair& p = pairs_[static_cast<size_t>(idx)];
+          const int64_t slot = u0_ * L + p.r;
+          tr[l] = P.t_emb + table_row(slot, i0 + p.q) * W;
+          cr[l] = P.c_emb + (p.half * P.N + row_of(slot)) * W;
         }
         K.silu_add_rows(tr, cr, W, P.wt, ma_ + d * W * L);
       }
@@ -174,8 +220,10 @@ class Worker {
   }
 
   void step(int64_t i, int64_t q) {
-    const int64_t W = P.W, C = P.C, L = kLanes, np = np_, Fm = P.Fm;
-    const float* mq = mods_ + q * np * Fm * L;  // this step's modulations, panel stride Fm * 16
+    const int64_t W = P.W, C = P.C, L = kLanes, Fm = P.Fm;
+    nact_ = active_rows(i);
+    na_ = (nact_ + L - 1) / L;
+    const float* mq = mods_ + q * np_ * Fm * L;  // this step's modulations, panel stride Fm * 16
     // input_proj reads the fp32 chain state directly (K = C is tiny; rounding the state to
     // bf16/fp16 would be the largest error of the low-precision path, and fp16 overflows
     // for the |x| ~ 1e5 an untrained head produces). With CFG both halves see the same x.
@@ -185,10 +233,10 @@ class Worker {
     e.out = h_;
     e.out_pstride = W * L;
     const float* x0 = P.xs + u0_ * C * L;
-    gemm(x0, C * L, nu_, P.in_w, e);
+    gemm(x0, C * L, na_, P.in_w, e);
     if (P.cfg_on) {
       e.out = h_ + nu_ * W * L;
-      gemm(x0, C * L, nu_, P.in_w, e);
+      gemm(x0, C * L, na_, P.in_w, e);
     }
     for (int64_t d = 0; d < P.D; ++d) {
       const int64_t base = 3 * W * d;
@@ -199,7 +247,7 @@ class Worker {
       e1.out = u_;
       e1.out_pstride = W * L;
       e1.round = P.wt;
-      gemm(a_, W * L, np, P.w1[d], e1);
+      gemm_running(a_, W * L, P.w1[d], e1);
       EpiArgs e2;
       e2.kind = Epi::GateResidual;
       e2.bias = P.b2[d];
@@ -207,7 +255,7 @@ class Worker {
       e2.out_pstride = W * L;
       e2.gate = mq + (base + 2 * W) * L;
       e2.gate_pstride = Fm * L;
-      gemm(u_, W * L, np, P.w2[d], e2);
+      gemm_running(u_, W * L, P.w2[d], e2);
     }
     ln_mod(mq, 3 * W * P.D, 3 * W * P.D + W, nullptr, nullptr);
     EpiArgs ef;
@@ -215,15 +263,17 @@ class Worker {
     ef.bias = P.out_b;
     ef.out = fo_;
     ef.out_pstride = 2 * C * L;
-    gemm(a_, W * L, np, P.out_w, ef);
+    gemm_running(a_, W * L, P.out_w, ef);
     update(i);
   }
 
   // a = round(LN(h) * (1 + scale) + shift) for every local panel.
   void ln_mod(const float* mq, int64_t shift_off, int64_t scale_off, const float* lw, const float* lb) {
     const int64_t W = P.W, L = kLanes, Fm = P.Fm;
-    at::parallel_for(0, np_, grain_for(W * L * 4), [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) {
+    const int64_t halves = P.cfg_on ? 2 : 1;
+    at::parallel_for(0, halves * na_, grain_for(W * L * 4), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t j = k / na_ * nu_ + k % na_;  // panel k % na_ of CFG half k / na_
         const float* m = mq + j * Fm * L;
         K.ln_modulate(h_ + j * W * L, W, m + shift_off * L, m + scale_off * L, lw, lb, kLnEps, P.wt, a_ + j * W * L);
       }
@@ -234,19 +284,20 @@ class Worker {
   // eps and the variance values, for the chain panels of this worker. With c3 = 0 (ddpm,
   // ddim) the arithmetic is exactly the official posterior step's.
   void update(int64_t i) {
-    const int64_t C = P.C, L = kLanes, s = P.S - 1 - i;
-    const float* cf = P.coefs + s * checks::kCoefColumns;
-    const float a = cf[0], b = cf[1], c1 = cf[2], c2 = cf[3], c3 = cf[4], lp = cf[5], lb = cf[6];
-    const bool noisy = cf[7] != 0.0f && P.temp > 0;
-    for (int64_t u = 0; u < nu_; ++u) {
+    const int64_t C = P.C, L = kLanes;
+    for (int64_t u = 0; u < na_; ++u) {
       const int64_t cp = u0_ + u;
       const float* fc = fo_ + u * 2 * C * L;
       const float* fu = P.cfg_on ? fo_ + (nu_ + u) * 2 * C * L : nullptr;
       float* x = P.xs + cp * C * L;
       float* x0p = x0p_ + u * C * L;
       for (int64_t l = 0; l < L; ++l) {
-        const int64_t row = cp * L + l;
-        if (row >= P.N) break;
+        const int64_t slot = cp * L + l;
+        if (slot - u0_ * L >= nact_) break;  // past the running rows (or the valid ones)
+        const int64_t row = row_of(slot);
+        const float* cf = P.coefs + table_row(slot, i) * checks::kCoefColumns;
+        const float a = cf[0], b = cf[1], c1 = cf[2], c2 = cf[3], c3 = cf[4], lp = cf[5], lb = cf[6];
+        const bool noisy = cf[7] != 0.0f && P.temp > 0;
         const float* nz = nullptr;
         if (noisy) {
           const uint64_t e0 = static_cast<uint64_t>((i * P.N + row) * C);
@@ -285,7 +336,12 @@ class Worker {
   int64_t chunk_;
   int64_t u0_ = 0, nu_ = 0, np_ = 0;
   int64_t nvalid_ = 0;  // valid chain rows of the current unit
-  int64_t rows_ = 0;    // network rows per step (valid rows, twice with CFG)
+  int64_t nact_ = 0;    // rows of the unit running at the current step (a prefix of its slots)
+  int64_t na_ = 0;      // chain panels holding them
+  struct Pair {
+    int64_t q, half, r;
+  };
+  std::vector<Pair> pairs_;
   std::vector<int64_t> row_off_;
   float *h_, *a_, *u_, *fo_, *x0p_, *mods_, *ma_;
   std::vector<float> noise_;
@@ -312,7 +368,7 @@ Plan make_plan(const Problem& P, int64_t threads) {
   plan.unit_panels = (P.Pn + units - 1) / units;
   plan.units = (P.Pn + plan.unit_panels - 1) / plan.unit_panels;
   // steps per modulation GEMM: ~MARENGINE_CPU_MOD_ROWS rows, within the budget
-  const int64_t rows = std::min(P.N, plan.unit_panels * kLanes) * pair;
+  const int64_t rows = std::min(P.N, plan.unit_panels * kLanes) * pair;  // the most running rows
   const int64_t target = std::max<int64_t>(1, env_int("MARENGINE_CPU_MOD_ROWS", 512));
   const int64_t step_bytes = plan.unit_panels * panel_bytes;
   plan.chunk = std::min<int64_t>(P.S, (target + rows - 1) / rows);
@@ -361,17 +417,10 @@ void run_plan(const Problem& P, const Plan& plan) {
   }
 }
 
-at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
-                           const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w, at::TensorList ln_b,
-                           at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1, at::TensorList b1,
-                           at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
-                           const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
-                           double temperature, const c10::optional<at::Tensor>& step_noise, int64_t seed,
-                           int64_t offset, bool clip_denoised) {
-  const checks::HeadShapes sh =
-      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
-                                out_w, out_b, coefs, cfg, temperature, step_noise, offset);
-  TORCH_CHECK(x_T.device().is_cpu(), "marengine::head_sample: the CPU kernel got tensors on ", x_T.device());
+at::Tensor head_sample_cpu(MARENGINE_HEAD_SAMPLE_PARAMS) {
+  const char* op = "marengine::head_sample";
+  const checks::HeadShapes sh = MARENGINE_CHECK_HEAD_SAMPLE();
+  TORCH_CHECK(x_T.device().is_cpu(), op, ": the CPU kernel got tensors on ", x_T.device());
   if (sh.N == 0) return at::empty({0, sh.C}, x_T.options());
 
   Problem P;
@@ -380,7 +429,7 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
   P.C = sh.C;
   P.W = sh.W;
   P.D = sh.D;
-  P.S = sh.S;
+  P.S = sh.iters;
   P.Pn = (sh.N + kLanes - 1) / kLanes;
   P.Fm = 3 * sh.W * sh.D + 2 * sh.W;
   P.cfg_on = sh.cfg_on;
@@ -415,11 +464,27 @@ at::Tensor head_sample_cpu(const at::Tensor& x_T, const at::Tensor& c_emb, const
   P.out_b = f32.get(out_b);
 
   P.c_emb = c_emb.data_ptr<float>();
-  at::Tensor xs = pack_rows(x_T);
+  const bool per_row = row_table.has_value() && row_table->defined();
+  at::Tensor order;  // slot -> row (rows ordered by steps, most first), with a row_table
+  if (per_row) {
+    const int32_t* rt = row_table->data_ptr<int32_t>();
+    checks::check_row_values(op, rt, sh.N, sh.S, sh.iters);
+    order = at::empty({sh.N}, at::kLong);
+    int64_t* ord = order.data_ptr<int64_t>();
+    for (int64_t n = 0; n < sh.N; ++n) ord[n] = n;
+    std::stable_sort(ord, ord + sh.N, [&](int64_t x, int64_t y) { return rt[2 * x + 1] > rt[2 * y + 1]; });
+    for (int64_t k = 0; k < sh.N; ++k) {
+      P.row_of.push_back(ord[k]);
+      P.first.push_back(rt[2 * ord[k]]);
+      P.steps.push_back(rt[2 * ord[k] + 1]);
+    }
+  }
+  at::Tensor xs = pack_rows(per_row ? x_T.index_select(0, order) : x_T);
   P.xs = xs.data_ptr<float>();
 
   run_plan(P, make_plan(P, at::get_num_threads()));
-  return unpack_rows(xs, sh.N);
+  at::Tensor out = unpack_rows(xs, sh.N);
+  return per_row ? at::empty_like(out).index_copy_(0, order, out) : out;
 }
 
 }  // namespace

@@ -27,6 +27,10 @@
 //    so no [R, (3D+2)W] buffer per step is needed. No host sync anywhere: the host
 //    loop can be captured into a CUDA Graph once per shape by the caller.
 //
+// Per-row steps (a.row_table, head_sample's row_table): both paths run S = the most steps; each
+// row reads its own table's rows (row_phases.cuh table_row) and a finished row is not updated
+// any more (its network rows are still computed: no compaction on the GPU, no host sync).
+//
 // GEMM tiles: gemm_tile.cuh (small 32x32 tiles in the persistent kernel, 64x64 in the
 // per-step kernels). Row stages: row_phases.cuh.
 //
@@ -111,43 +115,22 @@ HeadWs<T> carve_head_ws(const HeadSampleArgs& a, HeadPath path, int chunk, void*
 }
 
 // ------------------------------------------------------------------ GEMM jobs
-// k < D: the modulations of res block k (N = 3W), k == D: the final layer's (N = 2W).
+// out = epi(A B^T + bias): A [M, K], B [N, K] (both leading dimension K), out leading dimension N.
+__host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M, int N,
+                                              int K, int epi, const float* gate, int ldg) {
+  // GemmJob's fields in order: A, B, bias, out, gate, M, N, K, lda, ldb, ldo, ldg, epi
+  return GemmJob{A, B, bias, out, gate, M, N, K, K, K, N, ldg, epi};
+}
+
+// k < D: the modulations of res block k (N = 3W), k == D: the final layer's (N = 2W); fp32 out
+// with leading dimension ldo.
 __host__ __device__ inline GemmJob mods_job(const HeadSampleArgs& a, const void* y, int rows, int k, float* out,
                                             int ldo) {
   const bool blk = k < a.D;
-  GemmJob j;
-  j.A = y;
-  j.B = blk ? a.mod_w[k] : a.fmod_w;
-  j.bias = blk ? a.mod_b + static_cast<size_t>(k) * 3 * a.W : a.fmod_b;
-  j.out = out;
-  j.gate = nullptr;
-  j.M = rows;
-  j.N = (blk ? 3 : 2) * a.W;
-  j.K = a.W;
-  j.lda = a.W;
-  j.ldb = a.W;
+  const float* bias = blk ? a.mod_b + static_cast<size_t>(k) * 3 * a.W : a.fmod_b;
+  GemmJob j =
+      linear_job(y, blk ? a.mod_w[k] : a.fmod_w, bias, out, rows, (blk ? 3 : 2) * a.W, a.W, EPI_F32, nullptr, 0);
   j.ldo = ldo;
-  j.ldg = 0;
-  j.epi = EPI_F32;
-  return j;
-}
-
-__host__ __device__ inline GemmJob linear_job(const void* A, const void* B, const float* bias, void* out, int M, int N,
-                                              int K, int epi, const float* gate, int ldg) {
-  GemmJob j;
-  j.A = A;
-  j.B = B;
-  j.bias = bias;
-  j.out = out;
-  j.gate = gate;
-  j.M = M;
-  j.N = N;
-  j.K = K;
-  j.lda = K;
-  j.ldb = K;
-  j.ldo = N;
-  j.ldg = ldg;
-  j.epi = epi;
   return j;
 }
 

@@ -69,9 +69,9 @@ cudaError_t launch_adaln_block(const AdalnBlockArgs& a, cudaStream_t stream);
 // ------------------------------------------------------------------ head_sample
 struct HeadSampleArgs {
   WeightType wtype;
-  int N;  // chain rows
-  int R;  // network rows: N (no guidance) or 2N (guidance: rows [:N] cond, [N:] uncond)
-  int C, W, D, S;
+  int N;           // chain rows
+  int R;           // network rows: N (no guidance) or 2N (guidance: rows [:N] cond, [N:] uncond)
+  int C, W, D, S;  // S: iterations (every row's steps without a row_table; the most with one)
   float cfg, temperature;
   const float* x_T;              // [N, C]
   const float* c_emb;            // [R, W]
@@ -92,6 +92,12 @@ struct HeadSampleArgs {
   const float* out_b;            // [2C]
   const float* coefs;            // [S, kCoefColumns]: a, b, c1, c2, c3, lp, lb, nw per step
   const float* step_noise;       // [S, N, C] or nullptr (then Philox(seed, offset))
+  // Per-row steps: [N, 2] int32 (row n: first row of its table in coefs / t_emb, its steps; row n
+  // runs iterations 0 .. steps - 1 at table rows first + steps - 1 - i, then keeps its value), or
+  // nullptr (every row: first 0, S steps). table_rows: the rows of coefs / t_emb (values are
+  // clamped into them on the device; the host checks them before the launch).
+  const int* row_table;
+  int table_rows;
   uint64_t seed, offset;
   bool clip_denoised;  // clamp x0 to [-1, 1] before the update
   float* out;          // [N, C]

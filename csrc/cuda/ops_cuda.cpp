@@ -111,17 +111,9 @@ at::Tensor adaln_block_cuda(const at::Tensor& x, const at::Tensor& mod, const at
 }
 
 // ------------------------------------------------------------------ head_sample
-at::Tensor head_sample_cuda(const at::Tensor& x_T, const at::Tensor& c_emb, const at::Tensor& t_emb,
-                            const at::Tensor& in_w, const at::Tensor& in_b, at::TensorList ln_w, at::TensorList ln_b,
-                            at::TensorList mod_w, at::TensorList mod_b, at::TensorList w1, at::TensorList b1,
-                            at::TensorList w2, at::TensorList b2, const at::Tensor& fmod_w, const at::Tensor& fmod_b,
-                            const at::Tensor& out_w, const at::Tensor& out_b, const at::Tensor& coefs, double cfg,
-                            double temperature, const std::optional<at::Tensor>& step_noise, int64_t seed,
-                            int64_t offset, bool clip_denoised) {
+at::Tensor head_sample_cuda(MARENGINE_HEAD_SAMPLE_PARAMS) {
   const char* op = "marengine::head_sample (CUDA)";
-  const checks::HeadShapes sh =
-      checks::check_head_sample(x_T, c_emb, t_emb, in_w, in_b, ln_w, ln_b, mod_w, mod_b, w1, b1, w2, b2, fmod_w, fmod_b,
-                                out_w, out_b, coefs, cfg, temperature, step_noise, offset);
+  const checks::HeadShapes sh = MARENGINE_CHECK_HEAD_SAMPLE();
   TORCH_CHECK(x_T.is_cuda(), op, ": x_T must be a CUDA tensor, got ", x_T.device());
   TORCH_CHECK(sh.W % kWidthMultiple == 0, op, ": width must be a multiple of ", kWidthMultiple,
               " on CUDA (16-byte rows), got ", sh.W);
@@ -157,7 +149,10 @@ at::Tensor head_sample_cuda(const at::Tensor& x_T, const at::Tensor& c_emb, cons
   a.C = static_cast<int>(C);
   a.W = static_cast<int>(sh.W);
   a.D = static_cast<int>(D);
-  a.S = static_cast<int>(sh.S);
+  a.S = static_cast<int>(sh.iters);  // the iterations; the table has sh.S rows
+  const bool per_row = row_table.has_value() && row_table->defined();
+  a.row_table = per_row ? row_table->data_ptr<int32_t>() : nullptr;  // values: checked by the caller
+  a.table_rows = static_cast<int>(sh.S);
   a.cfg = static_cast<float>(cfg);
   a.temperature = static_cast<float>(temperature);
   a.x_T = xT.data_ptr<float>();

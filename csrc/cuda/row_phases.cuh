@@ -109,7 +109,22 @@ __device__ __forceinline__ void ln_modulate_rows(const float* h, int rows, int W
   }
 }
 
-// y[q] = SiLU(t_emb[step(q)] + c_emb[q % R]) for q < rows, step(q) = S - 1 - (i0 + q / R).
+// The coefs / t_emb row of chain row n at iteration it (its step S_n - 1 - it; a.row_table: the
+// row's own table in the stack, head_sample's per-row steps), and whether the row still runs then
+// (a finished row reads its table's step 0 and is not updated).
+__device__ __forceinline__ int table_row(const HeadSampleArgs& a, int n, int it, bool* running) {
+  if (a.row_table == nullptr) {
+    *running = true;
+    return a.S - 1 - it;
+  }
+  const int steps = min(max(a.row_table[2 * n + 1], 1), min(a.S, a.table_rows));
+  const int first = min(max(a.row_table[2 * n], 0), a.table_rows - steps);
+  *running = it < steps;
+  return first + max(steps - 1 - it, 0);
+}
+
+// y[q] = SiLU(t_emb[step(q)] + c_emb[q % R]) for q < rows, step(q) = table_row(chain row of q % R,
+// i0 + q / R) (S - 1 - (i0 + q / R) without per-row steps).
 template <typename T>
 __device__ __forceinline__ void y_rows(const HeadSampleArgs& a, int i0, int rows, T* y) {
   const int W = a.W;
@@ -118,7 +133,9 @@ __device__ __forceinline__ void y_rows(const HeadSampleArgs& a, int i0, int rows
   for (size_t e = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const int q = static_cast<int>(e / per_row), j = static_cast<int>(e % per_row) * 4;
-    const int step = a.S - 1 - (i0 + q / a.R), r = q % a.R;
+    const int r = q % a.R;
+    bool running;
+    const int step = table_row(a, r < a.N ? r : r - a.N, i0 + q / a.R, &running);
     const float4 t = ld4(a.t_emb + static_cast<size_t>(step) * W + j);
     const float4 c = ld4(a.c_emb + static_cast<size_t>(r) * W + j);
     store4<T>(y + static_cast<size_t>(q) * W + j, {silu(t.x + c.x), silu(t.y + c.y), silu(t.z + c.z), silu(t.w + c.w)});
@@ -131,7 +148,8 @@ __device__ __forceinline__ float clamp_unit(float v) {
 }
 
 // The sampler's update at iteration `it` (diffusion step t = S - 1 - it) for element (n, c),
-// from the coefficient row t (a, b, c1, c2, c3, lp, lb, nw; csrc/ops.cpp):
+// from the coefficient row t (a, b, c1, c2, c3, lp, lb, nw; csrc/ops.cpp; per-row steps: the row's
+// table_row, and a row past its steps returns xv unchanged, its x0p kept):
 //   x0 = a x - b eps (clamped with clip_denoised);  mean = c1 x0 + c2 x [+ c3 x0_prev]
 //   x  = mean [+ exp(logvar / 2) noise temperature where nw != 0 and temperature > 0]
 // `outr` = the network's (eps, v) rows [R, 2C] at that step, xv = x_t. x0p[n C + c] holds
@@ -141,7 +159,10 @@ __device__ __forceinline__ float clamp_unit(float v) {
 // posterior step, bit for bit with the CPU kernel where no noise is drawn.
 __device__ __forceinline__ float reverse_update(const HeadSampleArgs& a, const float* outr, int it, int n, int c,
                                                 float xv, float* x0p) {
-  const int C = a.C, step = a.S - 1 - it;
+  const int C = a.C;
+  bool running;
+  const int step = table_row(a, n, it, &running);
+  if (!running) return xv;
   const float* co = a.coefs + static_cast<size_t>(step) * kCoefColumns;
   const size_t e = static_cast<size_t>(n) * C + c;
   float eps = outr[static_cast<size_t>(n) * 2 * C + c];
@@ -216,7 +237,8 @@ __device__ __forceinline__ void row_pre(const HeadSampleArgs& a, int i, float* x
                         abuf + static_cast<size_t>(n + N) * W, lane);
     }
     if (y != nullptr) {
-      const int s = a.S - 1 - i;
+      bool running;
+      const int s = table_row(a, n, i, &running);
       const float* te = a.t_emb + static_cast<size_t>(s) * W;
       for (int rr = 0; rr < (guided ? 2 : 1); ++rr) {
         const int r = n + rr * N;

@@ -197,6 +197,7 @@ def sample_settings(args: argparse.Namespace) -> SampleSettings:
         cache=args.cache,
         order=args.order,
         precision=args.sample_precision,
+        token_steps=args.token_steps,
     )
 
 

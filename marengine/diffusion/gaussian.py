@@ -138,3 +138,41 @@ def sample_loop(
             x = mean
         x0_prev = x0
     return x
+
+
+def sample_loop_rows(
+    x_T: torch.Tensor,
+    table: torch.Tensor,
+    row_table: torch.Tensor,
+    eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    temperature: float,
+    step_noise: torch.Tensor | None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
+    """`sample_loop` from x_T [N, C] with a step count per row: `table` [T, 8] stacks several samplers' tables
+    (schedule.TableStack) and row n, described by row_table[n] = (first, steps), runs steps
+    S_n = row_table[n, 1] at table rows first + S_n - 1 down to first, in iterations
+    0 .. S_n - 1; after them it keeps its value. eps_fn(x, g) gets the stacked table row g [N]
+    of each row. step_noise [S, N, C] (S >= every S_n): step_noise[i, n] at iteration i. With
+    every row on the same table this computes what `sample_loop` does, bit for bit. Reads the
+    most steps and whether any row reads the previous x0 from the device once (the oracle)."""
+    x = x_T.float()
+    x0_prev = torch.zeros_like(x)
+    first, steps = row_table.long().unbind(1)  # [N], [N]
+    iters = int(steps.max()) if steps.numel() else 0
+    uses_prev = bool((table[:, 4] != 0).any())
+    for i in range(iters):
+        g = first + (steps - 1 - i).clamp(min=0)  # [N] this iteration's table row (finished: any)
+        running = (steps > i).unsqueeze(1)  # [N, 1]
+        a, b, c1, c2, c3, lp, lb, nw = table[g].unsqueeze(2).unbind(1)  # each [N, 1]
+        out = eps_fn(x, g).float()
+        eps, var_values = out.chunk(2, dim=-1)
+        x0, mean = reverse_mean(x, eps, a, b, c1, c2, clip=_clamp if clip_denoised else None)
+        if uses_prev:
+            mean = mean + c3 * x0_prev
+        if temperature > 0 and step_noise is not None:
+            logvar = learned_logvar(var_values, lp, lb)
+            mean = torch.where(nw != 0, mean + torch.exp(0.5 * logvar) * step_noise[i] * temperature, mean)
+        x = torch.where(running, mean, x)
+        x0_prev = torch.where(running, x0, x0_prev)
+    return x

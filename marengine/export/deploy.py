@@ -246,6 +246,10 @@ def run(a: argparse.Namespace) -> int:
             "sampling without it",
             file=sys.stderr,
         )
+    if speed.token_steps is not None:
+        print(
+            f"note: preset {a.preset!r} gives tokens their own head steps; the deploy sampler does not", file=sys.stderr
+        )
     if speed.precision != "fp32":
         print(f"note: preset {a.preset!r} runs bf16 where it can; the deploy sampler runs fp32 graphs", file=sys.stderr)
     dm = DeployedMAR.load(a.model, providers)

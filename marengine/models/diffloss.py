@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..checks import check_cfg, check_finite_result, check_temperature
 from ..diffusion.gaussian import training_losses
 from ..diffusion.samplers import DDPM, HeadSampler, scales_start_noise
-from ..diffusion.schedule import DiffusionTables, make_tables
+from ..diffusion.schedule import DiffusionTables, TableStack, make_tables
 from ..ops import dispatch
 from ..utils import check_generator, check_tensor, randn
 from .head import SimpleMLPAdaLN
@@ -32,6 +32,7 @@ class DiffLoss(nn.Module):
         self.train_tables = make_tables("")
         self.gen_tables = make_tables(str(num_sampling_steps))
         self._tables: dict[str, DiffusionTables] = {}  # other step counts (DiSA-style schedules), on demand
+        self._stacks: dict[tuple[int, ...], TableStack] = {}  # per-row step counts, on demand
 
     def tables(self, steps: int | str | None = None) -> DiffusionTables:
         """The sampling tables for `steps` diffusion steps (an int or a respacing string; None:
@@ -44,6 +45,15 @@ class DiffLoss(nn.Module):
                 self._tables.clear()
             self._tables[key] = make_tables(key)
         return self._tables[key]
+
+    def table_stack(self, counts: tuple[int, ...]) -> TableStack:
+        """The tables of these step counts stacked (per-row steps), made once per set."""
+        key = tuple(sorted(set(counts)))
+        if key not in self._stacks:
+            if len(self._stacks) >= 64:
+                self._stacks.clear()
+            self._stacks[key] = TableStack([self.tables(k) for k in key])
+        return self._stacks[key]
 
     def check_z(self, z: object) -> torch.Tensor:
         """z [rows, z_channels] as the head's dtype (any floating dtype is accepted)."""
@@ -103,6 +113,8 @@ class DiffLoss(nn.Module):
         sampler: str | HeadSampler = DDPM,
         steps: int | str | None = None,
         check_finite: bool = True,
+        row_steps: torch.Tensor | None = None,
+        step_counts: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """Reverse diffusion for each row of z [M, Z] -> tokens [M, C].
 
@@ -117,6 +129,9 @@ class DiffLoss(nn.Module):
         injects no noise along the chain: the temperature then scales x_T instead.
         check_finite: raise a ValueError naming cfg and temperature when the tokens are not
         finite (one host sync; the sampling loops check once at their end instead).
+        row_steps: an int tensor [N] of diffusion steps per chain row (instead of `steps`): each row
+        walks its own table, rows with fewer steps finish early (GtR-style per-token steps);
+        step_counts: the counts row_steps may hold (default: its distinct values, a host read).
         """
         temperature = check_temperature("temperature", temperature)
         cfg = check_cfg("cfg", cfg)
@@ -131,13 +146,30 @@ class DiffLoss(nn.Module):
         else:
             check_tensor("noise (x_T)", noise, (n, self.in_channels), floating=True)
         sampler = HeadSampler.parse(sampler)
-        tables = self.tables(steps)
+        if row_steps is not None:
+            if steps is not None:
+                raise ValueError("give steps (one count for every row) or row_steps (one per row), not both")
+            if step_counts is None and isinstance(row_steps, torch.Tensor):
+                step_counts = tuple(int(v) for v in torch.unique(row_steps).tolist())
+            tables = self.table_stack(tuple(_step_count(v) for v in step_counts or ()))
+        else:
+            tables = self.tables(steps)
         x_T = noise.float() * temperature if scales_start_noise(sampler) else noise.float()
         step_noise = None
         if temperature > 0 and not sampler.deterministic:
             step_noise = randn((tables.num_steps, n, self.in_channels), generator, z.device, torch.float32)
         out = dispatch.sample_head(
-            self.net, tables, z, x_T, float(temperature), float(cfg), step_noise, backend, clip_denoised, sampler
+            self.net,
+            tables,
+            z,
+            x_T,
+            float(temperature),
+            float(cfg),
+            step_noise,
+            backend,
+            clip_denoised,
+            sampler,
+            row_steps,
         )  # [N, C]
         if check_finite:
             check_finite_result(bool(torch.isfinite(out).all()), "tokens", cfg, temperature)
@@ -149,3 +181,9 @@ def _check_rows(target: torch.Tensor, z: torch.Tensor, channels: int) -> None:
         raise ValueError(f"target must be [rows, {channels}], got shape {tuple(target.shape)}")
     if z.ndim != 2 or z.shape[0] != target.shape[0]:
         raise ValueError(f"z must be [rows, z_channels] with {target.shape[0]} rows, got {tuple(z.shape)}")
+
+
+def _step_count(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
+        raise ValueError(f"per-row step counts must be ints in [1, 1000], got {v!r}")
+    return v

@@ -32,7 +32,7 @@ class MAR(nn.Module, PretrainedMixin):
     causal = False  # several tokens per iteration, in a random order
     # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
     loss: str = "diffusion"  # the head: "diffusion" (Diffusion Loss) or "ce" (MAR-CE)
-    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache", "order")
+    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache", "order", "token_steps")
     sampling_loop = staticmethod(masked_ar.sample_tokens)  # what sample_tokens runs (MAR-CE: its own)
 
     def __init__(

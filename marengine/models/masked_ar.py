@@ -20,11 +20,12 @@ import torch
 from ..checks import check_finite_result, check_sampling
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
+from ..schedules import CFG_SCHEDULES, Iteration, TokenSteps, generation_plan, step_schedule
 from ..utils import check_generator, check_tensor
 from .backbone_cache import BackboneCache, CachePolicy
 from .masking import mask_by_order
 from .orders import generation_orders
+from .token_steps import token_row_steps
 
 if TYPE_CHECKING:
     from .mar import MAR
@@ -94,7 +95,9 @@ class TokenSampler(Protocol):
 
 class DiffusionTokens:
     """MAR's token sampler: the Diffusion-Loss head's reverse diffusion for each row, with its
-    sampler and diffusion steps per iteration; guided rows run as chains of their own."""
+    sampler and diffusion steps per iteration; guided rows run as chains of their own.
+    token_steps (schedules.TokenSteps): diffusion steps per token, from the known neighbours the
+    loop shows it before each call (`prepare`; models/token_steps.py)."""
 
     embed = None
 
@@ -106,12 +109,31 @@ class DiffusionTokens:
         backend: str,
         clip_denoised: bool,
         sampler: HeadSampler,
+        token_steps: TokenSteps | None = None,
+        grid: tuple[int, int] = (0, 0),
     ) -> None:
         self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
         self.backend, self.clip_denoised, self.sampler = backend, clip_denoised, sampler
+        self.token_steps, self.grid = token_steps, grid
+        self._context: tuple | None = None
+
+    def prepare(
+        self, tokens: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, pred_idx: tuple[torch.Tensor, ...]
+    ) -> None:
+        """The loop's state before a call: tokens [B, L, C], known [B, L], to_pred [B, L] and its
+        nonzero indices (the rows of the next call). Only per-token steps read it."""
+        self._context = (tokens, known, to_pred, pred_idx) if self.token_steps is not None else None
+
+    def _row_steps(self, it: Iteration) -> tuple[torch.Tensor | None, tuple[int, ...] | None]:
+        if self.token_steps is None or self._context is None:
+            return None, None
+        default = self.diffloss.gen_tables.num_steps
+        rows, counts = token_row_steps(self.token_steps, it, default, *self._context, self.grid)
+        return rows, counts
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
+        row_steps, counts = self._row_steps(it)
         sampled = self.diffloss.sample(
             zs,
             self.temperature,
@@ -120,8 +142,10 @@ class DiffusionTokens:
             backend=self.backend,
             clip_denoised=self.clip_denoised,
             sampler=self.sampler,
-            steps=it.head_steps,
+            steps=it.head_steps if row_steps is None else None,
             check_finite=False,  # once, at the end of the loop: no host sync per iteration
+            row_steps=row_steps,
+            step_counts=counts,
         )
         return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
 
@@ -146,6 +170,7 @@ def sample_tokens(
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
     order: str = "random",
+    token_steps: str | TokenSteps | None = None,
 ) -> torch.Tensor:
     """Latents [bsz, C, h, w] of MAR (Diffusion Loss); randomness (orders, noise) only from `generator`.
 
@@ -156,12 +181,24 @@ def sample_tokens(
     known_tokens [B, L, C] with known_mask [B, L] (True = given): those tokens are kept
     exactly, the order covers only the others, and the schedule starts where the cosine
     schedule has that many tokens known. order: the generation order (models/orders.py:
-    "random", the official one, "halton" or "lattice")."""
+    "random", the official one, "halton" or "lattice"). token_steps: per-token head steps
+    (schedules.TokenSteps, e.g. "hf:boost=16,frac=0.25": the iteration's steps for most tokens,
+    more for those whose known neighbours vary most)."""
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
     )
     step_schedule(steps, num_iter)  # checked before any work
-    head = DiffusionTokens(model.diffloss, temperature, generator, backend, clip_denoised, HeadSampler.parse(sampler))
+    policy = TokenSteps.parse(token_steps)
+    head = DiffusionTokens(
+        model.diffloss,
+        temperature,
+        generator,
+        backend,
+        clip_denoised,
+        HeadSampler.parse(sampler),
+        policy,
+        (model.seq_h, model.seq_w),
+    )
     tokens, _ = masked_loop(
         model,
         head,
@@ -254,6 +291,9 @@ def masked_loop(
             pred_idx = to_pred.nonzero(as_tuple=True)
             zs = z[:bsz][pred_idx]  # [P, D] row-major, as the official nonzero order
             z_null = z[bsz:][pred_idx] if guided else None
+            prepare = getattr(head, "prepare", None)  # a head that reads the known tokens (per-token steps)
+            if prepare is not None:
+                prepare(tokens, ~mask, to_pred, pred_idx)
             new = head(zs, z_null, it)
             if values is not None:
                 values[pred_idx] = new

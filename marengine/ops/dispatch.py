@@ -9,7 +9,7 @@ import torch
 
 from ..config import HEAD_BACKENDS as BACKENDS
 from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables
+from ..diffusion.schedule import DiffusionTables, TableStack
 from . import reference
 
 log = logging.getLogger("marengine.ops")
@@ -45,7 +45,7 @@ def weights_frozen() -> contextlib.AbstractContextManager:
 
 def sample_head(
     net,
-    tables: DiffusionTables,
+    tables: DiffusionTables | TableStack,
     z: torch.Tensor,
     x_T: torch.Tensor,
     temperature: float,
@@ -54,11 +54,15 @@ def sample_head(
     backend: str = "auto",
     clip_denoised: bool = False,
     sampler: HeadSampler = DDPM,
+    row_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The head's reverse diffusion on the native kernels where they are built and take this
     head (backend="auto"), else the PyTorch reference; "native" / "torch" force one. A kernel
     configuration that failed its first-use self-check (selfcheck.py, MARENGINE_SELFCHECK)
-    runs on the reference under "auto" and raises under "native"."""
+    runs on the reference under "auto" and raises under "native". row_steps [N]: a step count
+    per chain row (tables is then a TableStack holding those counts; see reference.sample_head)."""
+    if (row_steps is not None) != isinstance(tables, TableStack):
+        raise ValueError("row_steps [N] (a step count per row) and a TableStack of their tables go together")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
@@ -67,7 +71,7 @@ def sample_head(
             f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
             "build it with `pip install --no-build-isolation -e .` or use backend='auto'"
         )
-    kw = dict(sampler=sampler, clip_denoised=clip_denoised)
+    kw = dict(sampler=sampler, clip_denoised=clip_denoised, row_steps=row_steps)
     if why_not is None:
         from . import native, selfcheck
 

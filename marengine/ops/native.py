@@ -6,6 +6,8 @@
   reference chain). `sample_head_philox(...)` draws the noise inside the kernel from
   (seed, offset) instead (see csrc/philox.h; advance `offset` by `philox_groups(...)`
   between calls that must not share noise).
+  With `row_steps` [N] a step count per chain row, still one call (a row_table: each row
+  walks its own table of a diffusion.schedule.TableStack; rows that finish early keep their value).
 - `adaln_block(...)`: one fused AdaLN residual block (testing / building block).
 - `release_caches()`: free the packed weights and workspaces kept between calls.
 - Fake (meta) kernels for both ops, so torch.compile and export can trace through them.
@@ -28,7 +30,7 @@ import torch.nn as nn
 
 from ..diffusion.embedding import timestep_frequencies
 from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables
+from ..diffusion.schedule import DiffusionTables, TableStack
 
 log = logging.getLogger("marengine.ops")
 
@@ -134,6 +136,8 @@ if _C is not None:
         seed,
         offset,
         clip_denoised=False,
+        row_table=None,
+        max_steps=0,
     ):
         named = dict(
             c_emb=c_emb,
@@ -146,6 +150,7 @@ if _C is not None:
             out_b=out_b,
             coefs=coefs,
             step_noise=step_noise,
+            row_table=row_table,
         )
         for name, lst in dict(ln_w=ln_w, ln_b=ln_b, mod_w=mod_w, mod_b=mod_b, w1=w1, b1=b1, w2=w2, b2=b2).items():
             named.update({f"{name}[{i}]": t for i, t in enumerate(lst)})
@@ -337,7 +342,7 @@ def _check_rows(z: torch.Tensor, x_T: torch.Tensor, cfg: float) -> None:
 
 def _run(
     net: nn.Module,
-    tables: DiffusionTables,
+    tables: DiffusionTables | TableStack,
     z: torch.Tensor,
     x_T: torch.Tensor,
     temperature: float,
@@ -348,6 +353,7 @@ def _run(
     weight_dtype: torch.dtype | None,
     sampler: HeadSampler,
     clip_denoised: bool,
+    row_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     dev = z.device
     _require(dev)
@@ -369,12 +375,14 @@ def _run(
             int(seed),
             int(offset),
             bool(clip_denoised),
+            row_table,
+            tables.num_steps if row_table is not None else 0,
         )
 
 
 def sample_head(
     net: nn.Module,
-    tables: DiffusionTables,
+    tables: DiffusionTables | TableStack,
     z: torch.Tensor,
     x_T: torch.Tensor,
     temperature: float,
@@ -384,16 +392,22 @@ def sample_head(
     sampler: HeadSampler = DDPM,
     clip_denoised: bool = False,
     weight_dtype: torch.dtype | None = None,
+    row_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
 
     z [N, Z] (or [2N, Z] with cfg != 1), x_T [N, C], step_noise [S, N, C] (needed when
     temperature > 0). weight_dtype: GEMM weight precision (default: the net's dtype, or
-    the autocast dtype when autocast is enabled).
+    the autocast dtype when autocast is enabled). row_steps [N]: a step count per chain row,
+    each one of the TableStack `tables`' counts, in one operator call (a row_table: every row
+    walks its own table, rows that finish early keep their value).
     """
     if temperature > 0 and step_noise is None and not sampler.deterministic:
         raise ValueError("temperature > 0 needs step_noise [S, N, C]; use sample_head_philox for in-kernel noise")
-    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype, sampler, clip_denoised)
+    rt = None
+    if row_steps is not None:
+        rt = tables.row_table(tables.check_row_steps(row_steps, x_T.shape[0]).to(z.device))
+    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype, sampler, clip_denoised, rt)
 
 
 def sample_head_philox(

@@ -1,7 +1,7 @@
 """Pure PyTorch reference of the head sampler: the test oracle and the fallback.
 
 It runs the way the official sampler runs: eager, one Python iteration per
-diffusion step.
+diffusion step (with `row_steps`, a step count per chain row).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..diffusion.gaussian import sample_loop
+from ..diffusion.gaussian import sample_loop, sample_loop_rows
 from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables
+from ..diffusion.schedule import DiffusionTables, TableStack
 from ..schedules import cfg_combine
 
 
@@ -37,7 +37,7 @@ def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: floa
 
 def sample_head(
     net: nn.Module,
-    tables: DiffusionTables,
+    tables: DiffusionTables | TableStack,
     z: torch.Tensor,
     x_T: torch.Tensor,
     temperature: float,
@@ -46,10 +46,23 @@ def sample_head(
     *,
     sampler: HeadSampler = DDPM,
     clip_denoised: bool = False,
+    row_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or
-    None; `sampler` picks the per-step coefficients (diffusion/samplers.py)."""
+    None; `sampler` picks the per-step coefficients (diffusion/samplers.py). row_steps [N]: a
+    step count per chain row, each one of the TableStack `tables`' counts (S: the most); rows
+    with fewer steps finish early."""
+    if row_steps is not None:
+        return _sample_rows(net, tables, z, x_T, temperature, cfg, step_noise, row_steps, sampler, clip_denoised)
     tmap = tables.on(z.device)["timestep_map"]
     table = tables.sampler_table(sampler, z.device)
     flags = tables.sampler_flags(sampler)
     return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised, flags)
+
+
+def _sample_rows(net, stack: TableStack, z, x_T, temperature, cfg, step_noise, row_steps, sampler, clip_denoised):
+    row_steps = stack.check_row_steps(row_steps, x_T.shape[0])
+    tmap = stack.on(z.device)["timestep_map"]
+    table = stack.sampler_table(sampler, z.device)
+    rt = stack.row_table(row_steps.to(z.device))
+    return sample_loop_rows(x_T, table, rt, guided_eps_fn(net, tmap, z, cfg), temperature, step_noise, clip_denoised)

@@ -169,6 +169,11 @@ class GenerationEngine:
         num_iter = min(s.num_iter, model.seq_len)  # as generate_latents (which also warns)
         clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.pipe.tokenizer, "bounded", False))
         opts = s.options(model)
+        if s.speed().token_steps is not None:
+            raise ValueError(
+                "continuous batching runs one step count per head call: per-token head steps do not apply; "
+                "pass token_steps='off'"
+            )
         if resolve_precision(s.speed().precision, self.pipe.device) != torch.float32:
             raise ValueError("continuous batching runs in fp32: bf16 precision does not apply; pass precision='fp32'")
         return (num_iter, s.cfg, s.cfg_schedule, s.temperature, gen), dict(

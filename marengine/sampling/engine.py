@@ -37,7 +37,7 @@ from ..models.backbone_cache import CachePolicy
 from ..models.mar import MAR
 from ..models.tokenizers import to_uint8
 from ..ops.precision import precision_context
-from ..schedules import CFG_SCHEDULES, step_schedule
+from ..schedules import CFG_SCHEDULES, TokenSteps, step_schedule
 from ..utils import check_generator
 
 log = logging.getLogger("marengine.sampling")
@@ -77,6 +77,7 @@ class SampleSettings:
     cache: str | None = None  # the preset's backbone reuse unless given ("off" disables it)
     order: str | None = None  # the preset's generation order unless given: random | halton | lattice
     precision: str | None = None  # the preset's matmul precision unless given: fp32 | bf16 | auto
+    token_steps: str | None = None  # the preset's per-token head steps unless given ("off" disables them)
 
     def __post_init__(self) -> None:
         check_fields(self, SETTINGS_RULES, "sampling setting")
@@ -86,12 +87,15 @@ class SampleSettings:
         CachePolicy.parse(speed.cache)
         if speed.precision not in SAMPLING_PRECISIONS:
             raise ValueError(f"unknown precision {speed.precision!r}; choose one of {', '.join(SAMPLING_PRECISIONS)}")
+        TokenSteps.parse(speed.token_steps)
         if speed.order not in GENERATION_ORDERS:
             raise ValueError(f"unknown generation order {speed.order!r}; choose one of {', '.join(GENERATION_ORDERS)}")
 
     def speed(self) -> SamplingPreset:
         """The preset with the explicitly given knobs applied."""
-        return resolve_preset(self.preset, self.sampler, self.steps, self.cache, self.order, self.precision)
+        return resolve_preset(
+            self.preset, self.sampler, self.steps, self.cache, self.order, self.precision, self.token_steps
+        )
 
     def options(self, model: Any = None) -> dict[str, Any]:
         """The keyword options of `model`.sample_tokens these settings ask for (None: MAR's).
@@ -101,6 +105,7 @@ class SampleSettings:
         gave explicitly is refused with a clear error."""
         speed = self.speed()
         knobs = {"sampler": speed.sampler, "steps": speed.steps, "cache": speed.cache, "order": speed.order}
+        knobs["token_steps"] = speed.token_steps
         takes = knobs.keys() if model is None else set(getattr(model, "sampling_knobs", ()))
         for name in knobs.keys() - takes:
             if getattr(self, name) not in (None, "off"):
