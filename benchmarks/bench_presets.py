@@ -16,7 +16,7 @@ unless --variants says otherwise (the suite's time budget).
 
 --search sweeps the knobs together (generation order, head sampler and steps with their
 annealing shape, backbone reuse with its refresh and warm-up, matmul precision) on both digits
-models: first each knob alone, then the crossing of the levels that kept quality (plus the
+models (per-token head steps too): first each knob alone, then the crossing of the levels that kept quality (plus the
 next, more aggressive one). Every point is timed side by side with `official` and judged with
 the digits judge (accuracy, FD); it prints the Pareto front (speed-up vs FD ratio, the worst of
 the two models), draws it (--plot-dir) and names the fastest point within each budget:
@@ -83,6 +83,7 @@ SEARCH_AXES: dict[str, list[dict[str, Any]]] = {
         {"cache": "refresh=8,warmup=2"},
         {"cache": "refresh=12,warmup=1"},
     ],
+    "token": [{}, {"token_steps": "hf:boost=12,frac=0.25"}],  # GtR-style: more steps where neighbours vary
     "precision": [{}, {"precision": "auto"}],
 }
 # the budgets a preset is chosen within (worst of the digits models): `fast` keeps a margin
@@ -289,6 +290,8 @@ def _short(fields: dict[str, Any]) -> str:
     if "cache" in fields:
         policy = CachePolicy.parse(fields["cache"])
         parts.append(f"r{policy.refresh_every}w{policy.warmup}")
+    if "token_steps" in fields:
+        parts.append(fields["token_steps"].replace("hf:boost=", "hf").replace(",frac=", "/"))
     if "precision" in fields:
         parts.append(fields["precision"])
     return "+".join(parts) or "official"
