@@ -15,9 +15,9 @@ unless --variants says otherwise (the suite's time budget).
     python benchmarks/bench_presets.py --models mar_base --tokens 256 --repeats 1 --variants all
 
 --search sweeps the knobs together (generation order, head sampler and steps with their
-annealing shape, backbone reuse with its refresh and warm-up, matmul precision) on both digits
-models (per-token head steps too): first each knob alone, then the crossing of the levels that kept quality (plus the
-next, more aggressive one). Every point is timed side by side with `official` and judged with
+annealing shape, per-token head steps, backbone reuse with its refresh and warm-up, matmul
+precision) on both digits models: first each knob alone, then the crossing of the levels that
+kept quality (plus the next, more aggressive one). Every point is timed side by side with `official` and judged with
 the digits judge (accuracy, FD); it prints the Pareto front (speed-up vs FD ratio, the worst of
 the two models), draws it (--plot-dir) and names the fastest point within each budget:
 
