@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from . import limits
 from .checks import Rules, check_bool, check_choice, check_fields, check_float, check_int
@@ -83,6 +83,7 @@ def check_seq_len(what: str, img_size: int, vae_stride: int, patch_size: int) ->
 class MARConfig:
     """Constructor arguments of `MAR`, with the official defaults."""
 
+    loss: ClassVar[str] = "diffusion"  # the head (the family contract's loss kind; not a field)
     img_size: int = 256
     vae_stride: int = 16
     patch_size: int = 1
@@ -350,6 +351,7 @@ class MARCEConfig(MARConfig):
     the token MAR's backbone reads; patch_size must be 1 (one code per position)."""
 
     codebook_size: int = 16384
+    loss: ClassVar[str] = "ce"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -401,6 +403,9 @@ AR_PRESETS: dict[str, ARConfig] = {
 CE_CODEBOOK_SIZE = {"mar_digits": 128, "mar_tiny": 32}
 # architecture names (config.json's "architecture") of the family
 ARCH_MAR, ARCH_MAR_CE, ARCH_AR = "mar", "mar_ce", "ar"
+# architecture -> its configuration dataclass (torch-free readers such as export.runtime use it;
+# models.family.register_member adds a new member's here)
+MEMBER_CONFIGS: dict[str, type] = {ARCH_MAR: MARConfig, ARCH_MAR_CE: MARCEConfig, ARCH_AR: ARConfig}
 FAMILY_PRESETS: tuple[str, ...] = (*PRESETS, *AR_PRESETS)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import torch
 
 from ..checks import check_finite_result, check_sampling
-from ..diffusion.samplers import DDPM, HeadSampler
+from ..diffusion.samplers import HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
 from ..utils import check_generator, check_tensor
@@ -91,6 +91,17 @@ class TokenSampler(Protocol):
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor: ...
 
+    def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
+        """The known values the caller gave (editing) -> the known tokens [B, L, C] of the loop."""
+        ...
+
+    def finish(
+        self, tokens: torch.Tensor, values: torch.Tensor | None, known_mask: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        """The loop's (tokens [B, L, C], values [B, L] or None) -> what sample_tokens returns,
+        after checking the result is finite."""
+        ...
+
 
 class DiffusionTokens:
     """MAR's token sampler: the Diffusion-Loss head's reverse diffusion for each row, with its
@@ -106,9 +117,20 @@ class DiffusionTokens:
         backend: str,
         clip_denoised: bool,
         sampler: HeadSampler,
+        unpatchify: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
         self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
         self.backend, self.clip_denoised, self.sampler = backend, clip_denoised, sampler
+        self.unpatchify = unpatchify  # tokens [B, L, C] -> latents [B, C, h, w]
+
+    def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
+        return known  # the known tokens themselves
+
+    def finish(
+        self, tokens: torch.Tensor, values: torch.Tensor | None, known_mask: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, self.temperature)
+        return self.unpatchify(tokens)  # [B, C, h, w]
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
@@ -140,29 +162,31 @@ def sample_tokens(
     backend: str = "auto",
     backbone: Backbone | None = None,
     clip_denoised: bool = False,
-    sampler: str | HeadSampler = DDPM,
+    sampler: str | HeadSampler | None = None,
     steps: int | str | Sequence[int] | None = None,
     cache: str | CachePolicy | None = None,
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
     order: str = "random",
 ) -> torch.Tensor:
-    """Latents [bsz, C, h, w] of MAR (Diffusion Loss); randomness (orders, noise) only from `generator`.
+    """What a masked member samples (MAR: latents [bsz, C, h, w]; MAR-CE: codes [bsz, h, w]);
+    randomness (orders, noise) only from `generator`. The member's `token_sampler` is the head.
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone` (e.g.
     `marengine.export.runtime.OnnxBackboneModule`; not with `cache`). sampler / steps: the
-    head's sampler and its diffusion steps per iteration (see schedules.step_schedule);
+    diffusion head's sampler and its diffusion steps per iteration (see schedules.step_schedule;
+    a categorical head has none); backend and clip_denoised concern the diffusion head too.
     cache: a CachePolicy (or its string form) for cross-iteration reuse in the backbone;
-    known_tokens [B, L, C] with known_mask [B, L] (True = given): those tokens are kept
-    exactly, the order covers only the others, and the schedule starts where the cosine
-    schedule has that many tokens known. order: the generation order (models/orders.py:
-    "random", the official one, "halton" or "lattice")."""
+    known_tokens (MAR: [B, L, C] tokens; MAR-CE: codes [B, h, w] or [B, L]) with known_mask
+    [B, L] (True = given): those are kept exactly, the order covers only the others, and the
+    schedule starts where the cosine schedule has that many tokens known. order: the
+    generation order (models/orders.py: "random", the official one, "halton" or "lattice")."""
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
     )
     step_schedule(steps, num_iter)  # checked before any work
-    head = DiffusionTokens(model.diffloss, temperature, generator, backend, clip_denoised, HeadSampler.parse(sampler))
-    tokens, _ = masked_loop(
+    head = model.token_sampler(temperature, generator, backend, clip_denoised, sampler, steps)
+    tokens, values = masked_loop(
         model,
         head,
         bsz,
@@ -174,13 +198,12 @@ def sample_tokens(
         generator,
         backbone,
         cache,
-        known_tokens,
+        head.known_inputs(known_tokens),
         known_mask,
         steps=steps,
         order=order,
     )
-    check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, temperature)
-    return model.unpatchify(tokens)
+    return head.finish(tokens, values, known_mask, cfg)
 
 
 def masked_loop(
