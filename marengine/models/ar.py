@@ -39,6 +39,7 @@ from .diffloss import DiffLoss
 from .kv_cache import KVCache, blocks_step
 from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders
+from .sample_args import SampleArgs
 
 
 class CausalAR(nn.Module, MemberMixin):
@@ -271,6 +272,5 @@ class CausalAR(nn.Module, MemberMixin):
         diffusion steps per token (as for MAR: schedules.step_schedule over the L steps)."""
         if options.pop("backbone", None) is not None:
             raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
-        return ar_sampling.sample_tokens(
-            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options
-        )
+        args = SampleArgs.take(bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, options=options)
+        return ar_sampling.sample_tokens(self, args, **options)

@@ -24,6 +24,7 @@ from .contract import MemberMixin
 from .diffloss import DiffLoss
 from .layers import Block, KVHook, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders, sample_mask_ratio
+from .sample_args import SampleArgs
 
 LayerHooks = Callable[[int], KVHook]  # layer index -> the attention hook of that block
 
@@ -313,7 +314,8 @@ class MAR(nn.Module, MemberMixin):
         an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
         known_tokens [bsz, L, C] with known_mask [bsz, L] (editing), order (the generation
         order: "random", the official one, "halton" or "lattice"; models/orders.py)."""
-        return masked_ar.sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
+        args = SampleArgs.take(bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, options=options)
+        return masked_ar.sample_tokens(self, args, **options)
 
     def token_sampler(
         self,

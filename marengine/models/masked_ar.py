@@ -13,44 +13,24 @@ the official one, bit for bit what it was.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 
-from ..checks import check_finite_result, check_sampling
+from ..checks import check_finite_result
 from ..diffusion.samplers import HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, Iteration, generation_plan, step_schedule
-from ..utils import check_generator, check_tensor
+from ..schedules import Iteration, generation_plan, step_schedule
+from ..utils import check_tensor
 from .backbone_cache import BackboneCache, CachePolicy
 from .masking import mask_by_order
 from .orders import generation_orders
+from .sample_args import SampleArgs, check_sampling_args  # noqa: F401 (check_sampling_args: pipeline.batching)
 
 if TYPE_CHECKING:
     from .mar import MAR
 
 Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_sampling_args(
-    model: MAR,
-    bsz: Any,
-    num_iter: Any,
-    cfg: Any,
-    cfg_schedule: Any,
-    labels: torch.Tensor | None,
-    temperature: Any,
-    generator: torch.Generator | None = None,
-) -> tuple[int, int, float, str, float]:
-    """Every check a masked sampler makes before its work: the model has weights, the generator
-    is one, labels are [bsz] class indices; returns the checked (bsz, num_iter, cfg,
-    cfg_schedule, temperature)."""
-    model.check_weights()
-    check_generator(generator)
-    out = check_sampling(model.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES)
-    if labels is not None:
-        model._check_labels(labels, out[0])
-    return out
 
 
 def check_known(
@@ -150,18 +130,9 @@ class DiffusionTokens:
 
 def sample_tokens(
     model: MAR,
-    bsz: int,
-    num_iter: int,
-    cfg: float,
-    cfg_schedule: str,
-    labels: torch.Tensor | None,
-    temperature: float,
-    progress: bool = False,
+    args: SampleArgs,
     *,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
     backbone: Backbone | None = None,
-    clip_denoised: bool = False,
     sampler: str | HeadSampler | None = None,
     steps: int | str | Sequence[int] | None = None,
     cache: str | CachePolicy | None = None,
@@ -170,32 +141,31 @@ def sample_tokens(
     order: str = "random",
 ) -> torch.Tensor:
     """What a masked member samples (MAR: latents [bsz, C, h, w]; MAR-CE: codes [bsz, h, w]);
-    randomness (orders, noise) only from `generator`. The member's `token_sampler` is the head.
+    randomness (orders, noise) only from `args.generator`. The member's `token_sampler` is the
+    head (args.backend and args.clip_denoised concern a diffusion head).
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone` (e.g.
     `marengine.export.runtime.OnnxBackboneModule`; not with `cache`). sampler / steps: the
     diffusion head's sampler and its diffusion steps per iteration (see schedules.step_schedule;
-    a categorical head has none); backend and clip_denoised concern the diffusion head too.
+    a categorical head has none).
     cache: a CachePolicy (or its string form) for cross-iteration reuse in the backbone;
     known_tokens (MAR: [B, L, C] tokens; MAR-CE: codes [B, h, w] or [B, L]) with known_mask
     [B, L] (True = given): those are kept exactly, the order covers only the others, and the
     schedule starts where the cosine schedule has that many tokens known. order: the
     generation order (models/orders.py: "random", the official one, "halton" or "lattice")."""
-    bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
-    )
-    step_schedule(steps, num_iter)  # checked before any work
-    head = model.token_sampler(temperature, generator, backend, clip_denoised, sampler, steps)
+    a = args.checked(model)
+    step_schedule(steps, a.num_iter)  # checked before any work
+    head = model.token_sampler(a.temperature, a.generator, a.backend, a.clip_denoised, sampler, steps)
     tokens, values = masked_loop(
         model,
         head,
-        bsz,
-        num_iter,
-        cfg,
-        cfg_schedule,
-        labels,
-        progress,
-        generator,
+        a.bsz,
+        a.num_iter,
+        a.cfg,
+        a.cfg_schedule,
+        a.labels,
+        a.progress,
+        a.generator,
         backbone,
         cache,
         head.known_inputs(known_tokens),
@@ -203,7 +173,7 @@ def sample_tokens(
         steps=steps,
         order=order,
     )
-    return head.finish(tokens, values, known_mask, cfg)
+    return head.finish(tokens, values, known_mask, a.cfg)
 
 
 def masked_loop(
