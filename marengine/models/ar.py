@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ARCH_AR, LAYERNORM_EPS, SAMPLE_DEFAULTS, ARConfig
+from ..config import ARCH_AR, LAYERNORM_EPS, ARConfig
 from ..utils import check_generator, check_tensor, rand
 from . import ar_sampling
 from .ce_head import CEHead
@@ -39,7 +39,6 @@ from .diffloss import DiffLoss
 from .kv_cache import KVCache, blocks_step
 from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders
-from .sample_args import SampleArgs
 
 
 class CausalAR(nn.Module, MemberMixin):
@@ -48,6 +47,8 @@ class CausalAR(nn.Module, MemberMixin):
     config_class: type = ARConfig
     causal = True  # one token per step: num_iter is always the L tokens
     export_parts: tuple[str, ...] = ("ar_backbone", "ar_step", "head")  # export.ar_onnx ("head": ce_head for "ce")
+    sampling_loop = staticmethod(ar_sampling.sample_tokens)  # what sample_tokens runs: one token per step
+    default_num_iter: int | None = None  # its L tokens
 
     @property
     def sampling_knobs(self) -> tuple[str, ...]:
@@ -249,28 +250,3 @@ class CausalAR(nn.Module, MemberMixin):
             z=z.reshape(bsz * seq_len, dim).repeat(mul, 1),
             generator=generator,
         )
-
-    # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        bsz: int,
-        num_iter: int | None = None,
-        cfg: float = SAMPLE_DEFAULTS.cfg,
-        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
-        labels: torch.Tensor | None = None,
-        temperature: float = SAMPLE_DEFAULTS.temperature,
-        progress: bool = False,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Generate one token per step (num_iter is the L tokens; None means L): latents
-        [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce). MAR's signature; the keyword
-        options are those of models/ar_sampling.sample_tokens: MAR's generator, backend,
-        clip_denoised, plus orders [bsz, L] (default: raster, or random from `generator`),
-        use_cache (False: recompute the whole prefix every step, the reference), kv_cache (a
-        preallocated KVCache to reuse) and, with Diffusion Loss, the head's sampler and
-        diffusion steps per token (as for MAR: schedules.step_schedule over the L steps)."""
-        if options.pop("backbone", None) is not None:
-            raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
-        args = SampleArgs.take(bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, options=options)
-        return ar_sampling.sample_tokens(self, args, **options)

@@ -49,6 +49,7 @@ def sample_tokens(
     model: CausalAR,
     args: SampleArgs,
     *,
+    backbone: Any = None,
     orders: torch.Tensor | None = None,
     use_cache: bool = True,
     kv_cache: KVCache | None = None,
@@ -56,6 +57,8 @@ def sample_tokens(
     steps: int | str | list[int] | None = None,
 ) -> torch.Tensor:
     """Latents [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce); randomness only from `args.generator`."""
+    if backbone is not None:
+        raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
     num_iter = check_num_iter(model, args.num_iter)
     a = dataclasses.replace(args, num_iter=num_iter).checked(model)
     bsz, cfg, cfg_schedule, labels, temperature = a.bsz, a.cfg, a.cfg_schedule, a.labels, a.temperature

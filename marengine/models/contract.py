@@ -23,12 +23,13 @@ and the methods `forward(imgs, labels, generator=None) -> loss` (training),
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..config import LOSSES
+from ..config import LOSSES, SAMPLE_DEFAULTS
 from .checkpoints import PretrainedMixin
+from .sample_args import SampleArgs
 
 TOKENIZER_KINDS = ("latents", "codes")  # continuous tokens (VAE latents, pixels) | VQ codes
 # what sample_tokens may take beyond the official signature's bsz/num_iter/labels/progress:
@@ -113,14 +114,18 @@ def contract_gaps(cls: type) -> list[str]:
 
 
 class MemberMixin(PretrainedMixin):
-    """What the members share beyond the contract's declarations: the derived tokenizer kind,
-    save_pretrained / from_pretrained, and the checks every entry point runs first. A class
-    using it sets `architecture`, `config_class`, `loss` and has `fake_latent` (the null class)
-    and `num_classes`."""
+    """What the members share beyond the contract's declarations: from_config, sample_tokens
+    (the official signature, once, running the member's `sampling_loop`), the derived tokenizer
+    kind, save_pretrained / from_pretrained, and the checks every entry point runs first. A
+    class using it sets `architecture`, `config_class`, `loss`, `sampling_loop` and
+    `default_num_iter` (or defines its own sample_tokens) and has `fake_latent` (the null
+    class) and `num_classes`."""
 
     config_class: ClassVar[type]
     config: Any
     loss: str
+    default_num_iter: int | None  # what num_iter=None means
+    sampling_loop: Callable[..., torch.Tensor]  # (model, SampleArgs, **loop options) -> tokens
     seq_len: int
     num_classes: int
     fake_latent: torch.Tensor
@@ -130,6 +135,35 @@ class MemberMixin(PretrainedMixin):
         """A freshly initialised model of configuration `cfg` (its dataclass or a dict of fields)."""
         cfg = cfg if isinstance(cfg, cls.config_class) else cls.config_class.from_dict(dict(cfg))
         return cls(**cfg.to_dict())
+
+    @torch.no_grad()
+    def sample_tokens(
+        self,
+        bsz: int,
+        num_iter: int | None = None,
+        cfg: float = SAMPLE_DEFAULTS.cfg,
+        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
+        labels: torch.Tensor | None = None,
+        temperature: float = SAMPLE_DEFAULTS.temperature,
+        progress: bool = False,
+        **options: Any,
+    ) -> torch.Tensor:
+        """Generate the tokens of `bsz` images: latents [bsz, C, h, w] (Diffusion Loss) or codes
+        [bsz, h, w] (cross-entropy), all randomness from the `generator` option. The official
+        signature; num_iter None is the member's `default_num_iter` (MAR: the official 64; a
+        causal member: its L tokens, the only count it takes).
+
+        The keyword options are those of the member's `sampling_loop`: every loop takes
+        generator, backend ("auto" | "torch" | "native" head kernels) and clip_denoised (clamp
+        x_0 predictions to [-1, 1]; pixel tokens); the masked loop (models/masked_ar.py) also
+        backbone (a stand-in, e.g. onnxruntime), sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"),
+        steps (diffusion steps per iteration: an int, "A-B" annealing or a list), cache (a
+        CachePolicy), known_tokens with known_mask (editing) and order ("random", "halton",
+        "lattice"); the causal loop (models/ar_sampling.py) orders, use_cache, kv_cache, sampler
+        and steps. Which of them apply is the member's `sampling_knobs`."""
+        num_iter = self.default_num_iter if num_iter is None else num_iter
+        args = SampleArgs.take(bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, options=options)
+        return self.sampling_loop(self, args, **options)
 
     @property
     def tokenizer_kind(self) -> str:

@@ -38,6 +38,8 @@ class MAR(nn.Module, MemberMixin):
     # what sample_tokens takes (contract.SAMPLING_KNOBS; the speed knobs of config.SamplingPreset among them)
     sampling_knobs: tuple[str, ...] = ("cfg", "temperature", "sampler", "steps", "cache", "order", "editing")
     export_parts: tuple[str, ...] = ("backbone", "backbone_embed", "head", "decoder", "encoder")  # export.onnx
+    sampling_loop = staticmethod(masked_ar.sample_tokens)  # what sample_tokens runs: the masked loop
+    default_num_iter: int | None = SAMPLE_DEFAULTS.num_iter  # the official 64
 
     def __init__(
         self,
@@ -291,47 +293,11 @@ class MAR(nn.Module, MemberMixin):
         return self.forward_loss(z=z, target=target, mask=mask, generator=generator)
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        bsz: int,
-        num_iter: int = SAMPLE_DEFAULTS.num_iter,
-        cfg: float = SAMPLE_DEFAULTS.cfg,
-        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
-        labels: torch.Tensor | None = None,
-        temperature: float = SAMPLE_DEFAULTS.temperature,
-        progress: bool = False,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps (the
-        official signature; the official semantics unless options say otherwise).
-
-        Keyword options (those of models/masked_ar.sample_tokens; MAR-CE returns codes
-        [bsz, h, w] and takes no sampler or steps): generator (all randomness), backend
-        ("auto" | "torch" | "native" head sampler), backbone (a stand-in for self.backbone,
-        e.g. onnxruntime), clip_denoised (clamp x_0 predictions to [-1, 1]; pixel tokens),
-        sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"), steps (diffusion steps per iteration:
-        an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
-        known_tokens [bsz, L, C] with known_mask [bsz, L] (editing), order (the generation
-        order: "random", the official one, "halton" or "lattice"; models/orders.py)."""
-        args = SampleArgs.take(bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, options=options)
-        return masked_ar.sample_tokens(self, args, **options)
-
-    def token_sampler(
-        self,
-        temperature: float,
-        generator: torch.Generator | None,
-        backend: str = "auto",
-        clip_denoised: bool = False,
-        sampler: str | HeadSampler | None = None,
-        steps: Any = None,
-    ) -> masked_ar.TokenSampler:
+    def token_sampler(self, args: SampleArgs, sampler: str | HeadSampler | None, steps: Any) -> masked_ar.TokenSampler:
         """The head of the masked loop: Diffusion Loss's reverse diffusion per token, with
         `sampler` (default DDPM) and the per-iteration `steps` the loop's plan carries."""
         head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
-        return masked_ar.DiffusionTokens(
-            self.diffloss, temperature, generator, backend, clip_denoised, head_sampler, self.unpatchify
-        )
+        return masked_ar.DiffusionTokens(self.diffloss, args, head_sampler, self.unpatchify)
 
     # ---------------------------------------------------------------- checks
     def _check_tokens(self, x: torch.Tensor) -> None:

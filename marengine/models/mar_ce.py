@@ -22,6 +22,7 @@ from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
 from .ce_head import CEHead
 from .mar import MAR
+from .sample_args import SampleArgs
 
 
 class MARCE(MAR):
@@ -42,20 +43,12 @@ class MARCE(MAR):
         nn.init.xavier_uniform_(self.ce_head.linear.weight)
         nn.init.zeros_(self.ce_head.linear.bias)
 
-    def token_sampler(
-        self,
-        temperature: float,
-        generator: torch.Generator | None,
-        backend: str = "auto",
-        clip_denoised: bool = False,
-        sampler: Any = None,
-        steps: Any = None,
-    ) -> CodeTokens:
-        """The head of the masked loop: tempered categorical draws of codes (backend and
-        clip_denoised concern a diffusion head and are ignored)."""
+    def token_sampler(self, args: SampleArgs, sampler: Any, steps: Any) -> CodeTokens:
+        """The head of the masked loop: tempered categorical draws of codes (args.backend and
+        args.clip_denoised concern a diffusion head and are ignored)."""
         if sampler is not None or steps is not None:
             raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
-        return CodeTokens(self, temperature, generator)
+        return CodeTokens(self, args.temperature, args.generator)
 
     def check_codes(self, codes: Any) -> torch.Tensor:
         """codes [B, h, w] (integers in [0, codebook_size)) -> [B, L] int64."""

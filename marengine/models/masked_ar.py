@@ -92,15 +92,13 @@ class DiffusionTokens:
     def __init__(
         self,
         diffloss: torch.nn.Module,
-        temperature: float,
-        generator: torch.Generator | None,
-        backend: str,
-        clip_denoised: bool,
+        args: SampleArgs,
         sampler: HeadSampler,
         unpatchify: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
-        self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
-        self.backend, self.clip_denoised, self.sampler = backend, clip_denoised, sampler
+        self.diffloss, self.temperature, self.sampler = diffloss, args.temperature, sampler
+        # the head's options for every call: randomness, kernels, clamping
+        self.options = dict(generator=args.generator, backend=args.backend, clip_denoised=args.clip_denoised)
         self.unpatchify = unpatchify  # tokens [B, L, C] -> latents [B, C, h, w]
 
     def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
@@ -114,16 +112,9 @@ class DiffusionTokens:
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
+        # finiteness is checked once, at the end of the loop: no host sync per iteration
         sampled = self.diffloss.sample(
-            zs,
-            self.temperature,
-            it.cfg,
-            generator=self.generator,
-            backend=self.backend,
-            clip_denoised=self.clip_denoised,
-            sampler=self.sampler,
-            steps=it.head_steps,
-            check_finite=False,  # once, at the end of the loop: no host sync per iteration
+            zs, self.temperature, it.cfg, sampler=self.sampler, steps=it.head_steps, check_finite=False, **self.options
         )
         return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
 
@@ -155,7 +146,7 @@ def sample_tokens(
     generation order (models/orders.py: "random", the official one, "halton" or "lattice")."""
     a = args.checked(model)
     step_schedule(steps, a.num_iter)  # checked before any work
-    head = model.token_sampler(a.temperature, a.generator, a.backend, a.clip_denoised, sampler, steps)
+    head = model.token_sampler(a, sampler, steps)
     tokens, values = masked_loop(
         model,
         head,
