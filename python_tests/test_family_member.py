@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 import torch.nn as nn
-from conftest import run_training
+from conftest import run_training, small_train_config
 
 from marengine.config import MEMBER_CONFIGS, SAMPLE_DEFAULTS, checked_fields
 from marengine.models import family
@@ -35,10 +35,10 @@ class ToyConfig:
 
     img_size: int = 8
     vae_stride: int = 2
+    loss: ClassVar[str] = "diffusion"  # continuous tokens: the trainer gives it pixel/VAE latents
     vae_embed_dim: int = 4
     class_num: int = 10
     width: int = 16
-    loss: ClassVar[str] = "diffusion"  # continuous tokens: the trainer gives it pixel/VAE latents
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,19 +119,9 @@ def toy():
 # ---------------------------------------------------------------- (file 4: this test)
 def test_a_registered_member_trains_samples_saves_and_loads(toy, tmp_path):
     assert isinstance(make_model("toy_digits"), FamilyMember) and isinstance(ToyConfig(), MemberConfig)
-    cfg = TrainConfig(  # the trainer builds the member by its preset name, as `marengine train --model` does
-        model="toy_digits",
-        data="digits",
-        tokenizer="pixel",
-        batch_size=16,
-        blr=1e-2,
-        max_steps=2,
-        warmup_steps=0,
-        ckpt_every=1,
-        sample_every=2,  # the trainer's sample grid: the sampling engine drives sample_tokens
-        out_dir=str(tmp_path / "run"),
-        progress=False,
-    )
+    # the trainer builds the member by its preset name, as `marengine train --model` does; on the
+    # digits through the pixel tokenizer; the sample grid at step 2 runs the sampling engine
+    cfg = small_train_config(tmp_path / "run", model="toy_digits", model_overrides={}, max_steps=2, sample_every=2)
     trainer = run_training(cfg)
     assert isinstance(trainer.model, ToyMember) and trainer.step == 2
     assert len(list((tmp_path / "run" / "samples-2").glob("*.png"))) > 0
