@@ -80,27 +80,22 @@ def check_seq_len(what: str, img_size: int, vae_stride: int, patch_size: int) ->
 
 
 @dataclass
-class MARConfig:
-    """Constructor arguments of `MAR`, with the official defaults."""
+class FamilyConfig:
+    """The fields every member of the family shares (the token grid, the class conditioning,
+    dropout and the Diffusion-Loss head), their checks and their JSON form; a member's
+    dataclass adds its backbone's fields, its `RULES` and its `WHAT` (the name in messages)."""
 
-    loss: ClassVar[str] = "diffusion"  # the head (the family contract's loss kind; not a field)
+    WHAT: ClassVar[str] = "model config"
+    RULES: ClassVar[Rules] = {}
     img_size: int = 256
     vae_stride: int = 16
     patch_size: int = 1
-    encoder_embed_dim: int = 1024
-    encoder_depth: int = 16
-    encoder_num_heads: int = 16
-    decoder_embed_dim: int = 1024
-    decoder_depth: int = 16
-    decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     vae_embed_dim: int = 16
-    mask_ratio_min: float = 0.7
     label_drop_prob: float = 0.1
     class_num: int = 1000
     attn_dropout: float = 0.1
     proj_dropout: float = 0.1
-    buffer_size: int = 64
     diffloss_d: int = 3
     diffloss_w: int = 1024
     num_sampling_steps: str = "100"
@@ -108,10 +103,14 @@ class MARConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        check_fields(self, MAR_CONFIG_RULES, "MAR config")
-        check_seq_len("MAR config", self.img_size, self.vae_stride, self.patch_size)
+        check_fields(self, self.RULES, self.WHAT)
+        self.check_member()
+        check_seq_len(self.WHAT, self.img_size, self.vae_stride, self.patch_size)
         self.num_sampling_steps = str(self.num_sampling_steps)
         space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)  # a clear error for a bad spacing
+
+    def check_member(self) -> None:
+        """The member's own checks, after its fields' (none here)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,11 +119,28 @@ class MARConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MARConfig:
-        d = checked_fields(cls, d, "MAR config keys")
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        d = checked_fields(cls, d, f"{cls.WHAT} keys")
         if "num_sampling_steps" in d:
             d["num_sampling_steps"] = str(d["num_sampling_steps"])
         return cls(**d)
+
+
+@dataclass
+class MARConfig(FamilyConfig):
+    """Constructor arguments of `MAR`, with the official defaults."""
+
+    WHAT: ClassVar[str] = "MAR config"
+    RULES: ClassVar[Rules] = MAR_CONFIG_RULES
+    loss: ClassVar[str] = "diffusion"  # the head (the family contract's loss kind; not a field)
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mask_ratio_min: float = 0.7
+    buffer_size: int = 64
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> MARConfig:
@@ -294,7 +310,7 @@ AR_CONFIG_RULES: Rules = {
 
 
 @dataclass
-class ARConfig:
+class ARConfig(FamilyConfig):
     """Constructor arguments of the causal AR backbone (`marengine.models.ar.CausalAR`).
 
     A GPT-style transformer: a class token, then the tokens in `order` ("raster" or "random";
@@ -303,45 +319,22 @@ class ARConfig:
     cross-entropy head over `codebook_size` codes of a VQ tokenizer (loss="ce").
     The defaults are the paper's AR-L (32 blocks of width 1024) on KL-16 latents."""
 
-    img_size: int = 256
-    vae_stride: int = 16
-    patch_size: int = 1
+    WHAT: ClassVar[str] = "AR config"
+    RULES: ClassVar[Rules] = AR_CONFIG_RULES
     embed_dim: int = 1024
     depth: int = 32
     num_heads: int = 16
-    mlp_ratio: float = 4.0
-    vae_embed_dim: int = 16
     order: str = "raster"
     loss: str = "diffusion"
     codebook_size: int = 16384
-    label_drop_prob: float = 0.1
-    class_num: int = 1000
-    attn_dropout: float = 0.1
-    proj_dropout: float = 0.1
-    diffloss_d: int = 3
-    diffloss_w: int = 1024
-    num_sampling_steps: str = "100"
-    diffusion_batch_mul: int = 4
-    grad_checkpointing: bool = False
 
-    def __post_init__(self) -> None:
-        check_fields(self, AR_CONFIG_RULES, "AR config")
+    def check_member(self) -> None:
         check_choice("AR config order", self.order, AR_ORDERS)
         check_choice("AR config loss", self.loss, LOSSES)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"AR config embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        check_seq_len("AR config", self.img_size, self.vae_stride, self.patch_size)
         if self.loss == "ce" and self.patch_size != 1:
             raise ValueError("AR config: cross-entropy models one code per position, so patch_size must be 1")
-        self.num_sampling_steps = str(self.num_sampling_steps)
-        space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)
-
-    to_dict = MARConfig.to_dict
-    to_json = MARConfig.to_json
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ARConfig:
-        return cls(**checked_fields(cls, d, "AR config keys"))
 
 
 @dataclass
@@ -353,8 +346,7 @@ class MARCEConfig(MARConfig):
     codebook_size: int = 16384
     loss: ClassVar[str] = "ce"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_member(self) -> None:
         self.codebook_size = check_int(
             "MAR-CE config codebook_size", self.codebook_size, lo=1, hi=limits.MAX_CODEBOOK, hint="the cap of limits"
         )
@@ -458,8 +450,8 @@ class VQConfig:
         if self.img_size % self.stride:
             raise ValueError(f"VQ config img_size {self.img_size} is not divisible by the stride {self.stride}")
 
-    to_dict = MARConfig.to_dict
-    to_json = MARConfig.to_json
+    to_dict = FamilyConfig.to_dict
+    to_json = FamilyConfig.to_json
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VQConfig:
