@@ -161,17 +161,11 @@ def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
     )
 
 
-# the digits models: 2x2 pixel patches of 4 channels, 10 classes, no dropout
-_DIGITS = dict(
-    vae_stride=2,
-    vae_embed_dim=4,
-    patch_size=1,
-    buffer_size=4,
-    class_num=10,
-    num_sampling_steps="50",
-    attn_dropout=0.0,
-    proj_dropout=0.0,
+# every digits member of the family: 2x2 pixel patches of 4 channels, 10 classes, 50 head steps, no dropout
+_DIGITS_GRID: dict[str, Any] = dict(
+    vae_stride=2, vae_embed_dim=4, class_num=10, num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0
 )
+_DIGITS = dict(patch_size=1, buffer_size=4, **_DIGITS_GRID)  # the MAR digits models
 
 PRESETS: dict[str, MARConfig] = {
     # official sizes (the official training scripts pair them with these heads)
@@ -365,17 +359,7 @@ def _ar(dim: int, depth: int, heads: int, order: str, **kw: Any) -> ARConfig:
 # the digits models of the family share mar_digits' token grid, width, head and recipe; the AR
 # backbone has as many blocks as MAR's encoder and decoder together (the paper's comparison)
 _AR_DIGITS: dict[str, Any] = dict(
-    img_size=8,
-    vae_stride=2,
-    vae_embed_dim=4,
-    class_num=10,
-    diffloss_d=3,
-    diffloss_w=256,
-    num_sampling_steps="50",
-    attn_dropout=0.0,
-    proj_dropout=0.0,
-    diffusion_batch_mul=2,
-    codebook_size=128,
+    img_size=8, diffloss_d=3, diffloss_w=256, diffusion_batch_mul=2, codebook_size=128, **_DIGITS_GRID
 )
 _AR_TINY: dict[str, Any] = dict(
     img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20", codebook_size=32
