@@ -167,6 +167,11 @@ _DIGITS_GRID: dict[str, Any] = dict(
 )
 _DIGITS = dict(patch_size=1, buffer_size=4, **_DIGITS_GRID)  # the MAR digits models
 
+# every tiny member (tests): 4x4 tokens of a 64x64 image, 10 classes, a small head of 20 steps
+_TINY_GRID: dict[str, Any] = dict(
+    img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20"
+)
+
 PRESETS: dict[str, MARConfig] = {
     # official sizes (the official training scripts pair them with these heads)
     "mar_base": _sized(768, 12, 12, diffloss_d=6, diffloss_w=1024),
@@ -178,18 +183,7 @@ PRESETS: dict[str, MARConfig] = {
     # iterations matters; small enough to train on a CPU in minutes (the speed/quality benchmark)
     "mar_digits16": _sized(96, 2, 4, img_size=16, diffloss_d=2, diffloss_w=128, diffusion_batch_mul=1, **_DIGITS),
     # tiny, for tests
-    "mar_tiny": _sized(
-        64,
-        2,
-        4,
-        img_size=64,
-        vae_stride=16,
-        buffer_size=8,
-        class_num=10,
-        diffloss_d=2,
-        diffloss_w=96,
-        num_sampling_steps="20",
-    ),
+    "mar_tiny": _sized(64, 2, 4, buffer_size=8, **_TINY_GRID),
 }
 
 
@@ -361,9 +355,7 @@ def _ar(dim: int, depth: int, heads: int, order: str, **kw: Any) -> ARConfig:
 _AR_DIGITS: dict[str, Any] = dict(
     img_size=8, diffloss_d=3, diffloss_w=256, diffusion_batch_mul=2, codebook_size=128, **_DIGITS_GRID
 )
-_AR_TINY: dict[str, Any] = dict(
-    img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20", codebook_size=32
-)
+_AR_TINY: dict[str, Any] = dict(codebook_size=32, **_TINY_GRID)
 AR_PRESETS: dict[str, ARConfig] = {
     # the paper's AR-L (32 blocks, width 1024) in raster and in random order
     "ar_raster_large": _ar(1024, 32, 16, "raster"),
@@ -376,7 +368,7 @@ AR_PRESETS: dict[str, ARConfig] = {
 }
 # the code embedding of MAR with cross-entropy is as wide as its encoder unless overridden; the
 # codebook of the digits VQ tokenizer (models.vq) has 128 codes
-CE_CODEBOOK_SIZE = {"mar_digits": 128, "mar_tiny": 32}
+CE_CODEBOOK_SIZE = {"mar_digits": _AR_DIGITS["codebook_size"], "mar_tiny": _AR_TINY["codebook_size"]}
 # architecture names (config.json's "architecture") of the family
 ARCH_MAR, ARCH_MAR_CE, ARCH_AR = "mar", "mar_ce", "ar"
 # architecture -> its configuration dataclass (torch-free readers such as export.runtime use it;
