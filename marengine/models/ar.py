@@ -18,7 +18,7 @@ positions, as MAE's decoder does). In raster order o_i = i and `tpos` is redunda
 kept, so the two orders differ only in the order. As MAR adds
 `diffusion_pos_embed_learned` before its head, z gets `head_pos[o_i]` too.
 
-The layers (`layers.Block`), the Diffusion-Loss head, the checkpoints (PretrainedMixin)
+The layers (`layers.Block`), the Diffusion-Loss head, the checkpoints and checks (contract.MemberMixin)
 and the training contract (`forward(imgs, labels, generator) -> loss`) are MAR's.
 """
 
