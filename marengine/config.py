@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from . import limits
 from .checks import Rules, check_bool, check_choice, check_fields, check_float, check_int
@@ -80,26 +80,22 @@ def check_seq_len(what: str, img_size: int, vae_stride: int, patch_size: int) ->
 
 
 @dataclass
-class MARConfig:
-    """Constructor arguments of `MAR`, with the official defaults."""
+class FamilyConfig:
+    """The fields every member of the family shares (the token grid, the class conditioning,
+    dropout and the Diffusion-Loss head), their checks and their JSON form; a member's
+    dataclass adds its backbone's fields, its `RULES` and its `WHAT` (the name in messages)."""
 
+    WHAT: ClassVar[str] = "model config"
+    RULES: ClassVar[Rules] = {}
     img_size: int = 256
     vae_stride: int = 16
     patch_size: int = 1
-    encoder_embed_dim: int = 1024
-    encoder_depth: int = 16
-    encoder_num_heads: int = 16
-    decoder_embed_dim: int = 1024
-    decoder_depth: int = 16
-    decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     vae_embed_dim: int = 16
-    mask_ratio_min: float = 0.7
     label_drop_prob: float = 0.1
     class_num: int = 1000
     attn_dropout: float = 0.1
     proj_dropout: float = 0.1
-    buffer_size: int = 64
     diffloss_d: int = 3
     diffloss_w: int = 1024
     num_sampling_steps: str = "100"
@@ -107,10 +103,14 @@ class MARConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        check_fields(self, MAR_CONFIG_RULES, "MAR config")
-        check_seq_len("MAR config", self.img_size, self.vae_stride, self.patch_size)
+        check_fields(self, self.RULES, self.WHAT)
+        self.check_member()
+        check_seq_len(self.WHAT, self.img_size, self.vae_stride, self.patch_size)
         self.num_sampling_steps = str(self.num_sampling_steps)
         space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)  # a clear error for a bad spacing
+
+    def check_member(self) -> None:
+        """The member's own checks, after its fields' (none here)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,11 +119,28 @@ class MARConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MARConfig:
-        d = checked_fields(cls, d, "MAR config keys")
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        d = checked_fields(cls, d, f"{cls.WHAT} keys")
         if "num_sampling_steps" in d:
             d["num_sampling_steps"] = str(d["num_sampling_steps"])
         return cls(**d)
+
+
+@dataclass
+class MARConfig(FamilyConfig):
+    """Constructor arguments of `MAR`, with the official defaults."""
+
+    WHAT: ClassVar[str] = "MAR config"
+    RULES: ClassVar[Rules] = MAR_CONFIG_RULES
+    loss: ClassVar[str] = "diffusion"  # the head (the family contract's loss kind; not a field)
+    encoder_embed_dim: int = 1024
+    encoder_depth: int = 16
+    encoder_num_heads: int = 16
+    decoder_embed_dim: int = 1024
+    decoder_depth: int = 16
+    decoder_num_heads: int = 16
+    mask_ratio_min: float = 0.7
+    buffer_size: int = 64
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> MARConfig:
@@ -144,16 +161,15 @@ def _sized(dim: int, depth: int, heads: int, **kw: Any) -> MARConfig:
     )
 
 
-# the digits models: 2x2 pixel patches of 4 channels, 10 classes, no dropout
-_DIGITS = dict(
-    vae_stride=2,
-    vae_embed_dim=4,
-    patch_size=1,
-    buffer_size=4,
-    class_num=10,
-    num_sampling_steps="50",
-    attn_dropout=0.0,
-    proj_dropout=0.0,
+# every digits member of the family: 2x2 pixel patches of 4 channels, 10 classes, 50 head steps, no dropout
+_DIGITS_GRID: dict[str, Any] = dict(
+    vae_stride=2, vae_embed_dim=4, class_num=10, num_sampling_steps="50", attn_dropout=0.0, proj_dropout=0.0
+)
+_DIGITS = dict(patch_size=1, buffer_size=4, **_DIGITS_GRID)  # the MAR digits models
+
+# every tiny member (tests): 4x4 tokens of a 64x64 image, 10 classes, a small head of 20 steps
+_TINY_GRID: dict[str, Any] = dict(
+    img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20"
 )
 
 PRESETS: dict[str, MARConfig] = {
@@ -167,18 +183,7 @@ PRESETS: dict[str, MARConfig] = {
     # iterations matters; small enough to train on a CPU in minutes (the speed/quality benchmark)
     "mar_digits16": _sized(96, 2, 4, img_size=16, diffloss_d=2, diffloss_w=128, diffusion_batch_mul=1, **_DIGITS),
     # tiny, for tests
-    "mar_tiny": _sized(
-        64,
-        2,
-        4,
-        img_size=64,
-        vae_stride=16,
-        buffer_size=8,
-        class_num=10,
-        diffloss_d=2,
-        diffloss_w=96,
-        num_sampling_steps="20",
-    ),
+    "mar_tiny": _sized(64, 2, 4, buffer_size=8, **_TINY_GRID),
 }
 
 
@@ -301,7 +306,7 @@ AR_CONFIG_RULES: Rules = {
 
 
 @dataclass
-class ARConfig:
+class ARConfig(FamilyConfig):
     """Constructor arguments of the causal AR backbone (`marengine.models.ar.CausalAR`).
 
     A GPT-style transformer: a class token, then the tokens in `order` ("raster" or "random";
@@ -310,45 +315,22 @@ class ARConfig:
     cross-entropy head over `codebook_size` codes of a VQ tokenizer (loss="ce").
     The defaults are the paper's AR-L (32 blocks of width 1024) on KL-16 latents."""
 
-    img_size: int = 256
-    vae_stride: int = 16
-    patch_size: int = 1
+    WHAT: ClassVar[str] = "AR config"
+    RULES: ClassVar[Rules] = AR_CONFIG_RULES
     embed_dim: int = 1024
     depth: int = 32
     num_heads: int = 16
-    mlp_ratio: float = 4.0
-    vae_embed_dim: int = 16
     order: str = "raster"
     loss: str = "diffusion"
     codebook_size: int = 16384
-    label_drop_prob: float = 0.1
-    class_num: int = 1000
-    attn_dropout: float = 0.1
-    proj_dropout: float = 0.1
-    diffloss_d: int = 3
-    diffloss_w: int = 1024
-    num_sampling_steps: str = "100"
-    diffusion_batch_mul: int = 4
-    grad_checkpointing: bool = False
 
-    def __post_init__(self) -> None:
-        check_fields(self, AR_CONFIG_RULES, "AR config")
+    def check_member(self) -> None:
         check_choice("AR config order", self.order, AR_ORDERS)
         check_choice("AR config loss", self.loss, LOSSES)
         if self.embed_dim % self.num_heads:
             raise ValueError(f"AR config embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        check_seq_len("AR config", self.img_size, self.vae_stride, self.patch_size)
         if self.loss == "ce" and self.patch_size != 1:
             raise ValueError("AR config: cross-entropy models one code per position, so patch_size must be 1")
-        self.num_sampling_steps = str(self.num_sampling_steps)
-        space_timesteps(TRAIN_DIFFUSION_STEPS, self.num_sampling_steps)
-
-    to_dict = MARConfig.to_dict
-    to_json = MARConfig.to_json
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ARConfig:
-        return cls(**checked_fields(cls, d, "AR config keys"))
 
 
 @dataclass
@@ -358,9 +340,9 @@ class MARCEConfig(MARConfig):
     the token MAR's backbone reads; patch_size must be 1 (one code per position)."""
 
     codebook_size: int = 16384
+    loss: ClassVar[str] = "ce"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_member(self) -> None:
         self.codebook_size = check_int(
             "MAR-CE config codebook_size", self.codebook_size, lo=1, hi=limits.MAX_CODEBOOK, hint="the cap of limits"
         )
@@ -379,21 +361,9 @@ def _ar(dim: int, depth: int, heads: int, order: str, **kw: Any) -> ARConfig:
 # the digits models of the family share mar_digits' token grid, width, head and recipe; the AR
 # backbone has as many blocks as MAR's encoder and decoder together (the paper's comparison)
 _AR_DIGITS: dict[str, Any] = dict(
-    img_size=8,
-    vae_stride=2,
-    vae_embed_dim=4,
-    class_num=10,
-    diffloss_d=3,
-    diffloss_w=256,
-    num_sampling_steps="50",
-    attn_dropout=0.0,
-    proj_dropout=0.0,
-    diffusion_batch_mul=2,
-    codebook_size=128,
+    img_size=8, diffloss_d=3, diffloss_w=256, diffusion_batch_mul=2, codebook_size=128, **_DIGITS_GRID
 )
-_AR_TINY: dict[str, Any] = dict(
-    img_size=64, vae_stride=16, class_num=10, diffloss_d=2, diffloss_w=96, num_sampling_steps="20", codebook_size=32
-)
+_AR_TINY: dict[str, Any] = dict(codebook_size=32, **_TINY_GRID)
 AR_PRESETS: dict[str, ARConfig] = {
     # the paper's AR-L (32 blocks, width 1024) in raster and in random order
     "ar_raster_large": _ar(1024, 32, 16, "raster"),
@@ -406,9 +376,12 @@ AR_PRESETS: dict[str, ARConfig] = {
 }
 # the code embedding of MAR with cross-entropy is as wide as its encoder unless overridden; the
 # codebook of the digits VQ tokenizer (models.vq) has 128 codes
-CE_CODEBOOK_SIZE = {"mar_digits": 128, "mar_tiny": 32}
+CE_CODEBOOK_SIZE = {"mar_digits": _AR_DIGITS["codebook_size"], "mar_tiny": _AR_TINY["codebook_size"]}
 # architecture names (config.json's "architecture") of the family
 ARCH_MAR, ARCH_MAR_CE, ARCH_AR = "mar", "mar_ce", "ar"
+# architecture -> its configuration dataclass (torch-free readers such as export.runtime use it;
+# models.family.register_member adds a new member's here)
+MEMBER_CONFIGS: dict[str, type] = {ARCH_MAR: MARConfig, ARCH_MAR_CE: MARCEConfig, ARCH_AR: ARConfig}
 FAMILY_PRESETS: tuple[str, ...] = (*PRESETS, *AR_PRESETS)
 
 
@@ -461,8 +434,8 @@ class VQConfig:
         if self.img_size % self.stride:
             raise ValueError(f"VQ config img_size {self.img_size} is not divisible by the stride {self.stride}")
 
-    to_dict = MARConfig.to_dict
-    to_json = MARConfig.to_json
+    to_dict = FamilyConfig.to_dict
+    to_json = FamilyConfig.to_json
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VQConfig:

@@ -15,15 +15,16 @@ KNOBS = {"fp16": False, "opset": None, "config": None, "vae": None, "tokenizer":
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..export.ar_onnx import checkpoint_architecture, export_ar_from_checkpoint
     from ..export.onnx import export_from_checkpoint
+    from ..models.family import member_class
 
-    arch = checkpoint_architecture(args.checkpoint)
-    if arch == "mar_ce":
+    member = member_class(checkpoint_architecture(args.checkpoint))  # the family contract says what exports
+    if not member.export_parts:
         raise ValueError(
-            "MAR with cross-entropy is not exported to ONNX: the exporter deploys MAR with Diffusion Loss "
-            "and the causal AR members (both losses)"
+            f"a {member.__name__} ({member.architecture!r}) is not exported to ONNX: the exporter deploys MAR "
+            "with Diffusion Loss and the causal AR members (both losses)"
         )
     knobs = {name: getattr(args, name) for name in KNOBS}
-    if arch == "ar":
+    if member.causal:
         if knobs != KNOBS:
             raise ValueError("a causal AR model exports in fp32 at the default opset: drop --fp16/--opset/--vae/...")
         paths = export_ar_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)

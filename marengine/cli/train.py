@@ -98,13 +98,13 @@ def online_eval_hook(args: argparse.Namespace, cfg: TrainConfig):
     """None without --eval-every; else a function device -> EvalHook (evaluation.online builds the callback)."""
     if not args.eval_every:
         return None
-    from ..config import family_config
     from ..evaluation.online import online_eval
+    from ..models.family import member_config
     from ..sampling.balanced import balanced_labels
     from ..sampling.engine import SampleSettings
     from ..training.trainer import EvalHook
 
-    _, model_cfg = family_config(cfg.model, cfg.loss, **cfg.model_overrides)
+    _, model_cfg = member_config(cfg.model, cfg.loss, **cfg.model_overrides)
     balanced_labels(model_cfg.class_num, args.eval_images)  # a count that does not divide is refused now
     digits = model_cfg.class_num == 10 and getattr(model_cfg, "img_size", None) in (8, 16)
     if args.eval_inception_weights is None and not digits:

@@ -32,6 +32,7 @@ from ..models.ar import CausalAR
 from ..models.checkpoints import non_finite_keys, read_checkpoint, read_folder_config
 from ..models.kv_cache import concat_kv
 from ..models.loading import load_model
+from ..models.mar import MAR
 from .onnx import EXPORT_KIND, HeadStep, export_module, require_export_deps
 from .runtime import FORMAT_VERSION, KEY_CONFIG, KEY_FORMAT, KEY_ROLE
 
@@ -42,7 +43,7 @@ AR_FILES = {
     "head": "head.onnx",
     "ce_head": "ce_head.onnx",
 }
-AR_PARTS = ("ar_backbone", "ar_step", "head")  # "head": the model's head (ce_head.onnx for loss="ce")
+AR_PARTS = CausalAR.export_parts  # the family contract: ("ar_backbone", "ar_step", "head"); "head": ce_head.onnx for ce
 
 
 class ARBackbone(nn.Module):
@@ -117,7 +118,7 @@ def export_ar_onnx(
 def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str, Path]:
     cfg = model.config
     out.mkdir(parents=True, exist_ok=True)
-    common = {KEY_FORMAT: str(FORMAT_VERSION), KEY_CONFIG: cfg.to_json(), "marengine.architecture": "ar"}
+    common = {KEY_FORMAT: str(FORMAT_VERSION), KEY_CONFIG: cfg.to_json(), "marengine.architecture": model.architecture}
     g = torch.Generator().manual_seed(0)
     device = model.fake_latent.device
     b, length, dim, ce = 2, model.seq_len, cfg.embed_dim, cfg.loss == "ce"
@@ -198,7 +199,9 @@ def _export_all(model: CausalAR, out: Path, parts: tuple[str, ...]) -> dict[str,
         export_module(HeadStep(model.diffloss.net, torch.float32), args, path, ["x", "t", "c"], "out", dyn, meta)
         paths["head"] = path
     (out / "ar_export.json").write_text(
-        json.dumps({"format_version": FORMAT_VERSION, "architecture": "ar", "config": cfg.to_dict()}, indent=1)
+        json.dumps(
+            {"format_version": FORMAT_VERSION, "architecture": model.architecture, "config": cfg.to_dict()}, indent=1
+        )
     )
     return paths
 
@@ -208,7 +211,7 @@ def checkpoint_architecture(path: str | os.PathLike) -> str:
     p = Path(path)
     if p.is_dir():
         return read_folder_config(p)[0]
-    return str(read_checkpoint(p).get("architecture", "mar"))  # memory-mapped: the weights are not read
+    return str(read_checkpoint(p).get("architecture", MAR.architecture))  # memory-mapped: the weights are not read
 
 
 def export_ar_from_checkpoint(

@@ -35,6 +35,7 @@ from ..diffusion.schedule import DiffusionTables
 from ..files import atomic_write_text, building_folder, claim_output_folder
 from ..models.checkpoints import non_finite_keys
 from ..models.loading import load_model
+from ..models.mar import MAR
 from ..models.tokenizers import build_tokenizer, describe_tokenizer, tokenizer_spec
 from .runtime import (
     DEPLOY_JSON,
@@ -51,7 +52,7 @@ from .runtime import (
 )
 
 log = logging.getLogger("marengine.export")
-PARTS = ("backbone", "backbone_embed", "head", "decoder", "encoder")
+PARTS = MAR.export_parts  # the family contract: ("backbone", "backbone_embed", "head", "decoder", "encoder")
 EXPORT_KIND = "onnx-export"  # the output kind in the folder's manifest (files.claim_output_folder)
 MIN_OPSET = 18  # the oldest opset torch's (dynamo) exporter writes
 EXTERNAL_DATA_BYTES = 1_500_000_000  # protobuf caps a file at 2 GiB: larger weights go to <name>.onnx.data

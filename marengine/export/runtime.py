@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ARCH_AR, ARCH_MAR, ARCH_MAR_CE, ARConfig, MARCEConfig, MARConfig
+from ..config import ARCH_MAR, MEMBER_CONFIGS
 
 FORMAT_VERSION = 1
 META_PREFIX = "marengine."
@@ -107,7 +107,7 @@ def _check_range(name: str, x: Any, lo: int, hi: int) -> None:
 def checked_config(config: Any, architecture: str, source: str) -> dict[str, Any]:
     """A model configuration read from a file (JSON text or a dict), checked by its dataclass
     (sizes positive and within marengine.limits) before any size is taken from it."""
-    classes = {ARCH_MAR: MARConfig, ARCH_MAR_CE: MARCEConfig, ARCH_AR: ARConfig}
+    classes = MEMBER_CONFIGS  # architecture -> configuration dataclass (registered members included)
     if architecture not in classes:
         raise ValueError(f"{source}: unknown architecture {architecture!r}; known: {sorted(classes)}")
     try:

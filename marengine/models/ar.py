@@ -18,7 +18,7 @@ positions, as MAE's decoder does). In raster order o_i = i and `tpos` is redunda
 kept, so the two orders differ only in the order. As MAR adds
 `diffusion_pos_embed_learned` before its head, z gets `head_pos[o_i]` too.
 
-The layers (`layers.Block`), the Diffusion-Loss head, the checkpoints (PretrainedMixin)
+The layers (`layers.Block`), the Diffusion-Loss head, the checkpoints and checks (contract.MemberMixin)
 and the training contract (`forward(imgs, labels, generator) -> loss`) are MAR's.
 """
 
@@ -30,25 +30,31 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ARCH_AR, LAYERNORM_EPS, SAMPLE_DEFAULTS, ARConfig
+from ..config import ARCH_AR, LAYERNORM_EPS, ARConfig
 from ..utils import check_generator, check_tensor, rand
 from . import ar_sampling
 from .ce_head import CEHead
-from .checkpoints import PretrainedMixin
+from .contract import MemberMixin
 from .diffloss import DiffLoss
 from .kv_cache import KVCache, blocks_step
 from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders
 
 
-class CausalAR(nn.Module, PretrainedMixin):
+class CausalAR(nn.Module, MemberMixin):
+    # the family contract (models/contract.py); `loss` is the configuration's
     architecture = ARCH_AR
+    config_class: type = ARConfig
     causal = True  # one token per step: num_iter is always the L tokens
+    export_parts: tuple[str, ...] = ("ar_backbone", "ar_step", "head")  # export.ar_onnx ("head": ce_head for "ce")
+    sampling_loop = staticmethod(ar_sampling.sample_tokens)  # what sample_tokens runs: one token per step
+    default_num_iter: int | None = None  # its L tokens
 
     @property
     def sampling_knobs(self) -> tuple[str, ...]:
-        """The speed knobs sample_tokens takes: the diffusion head's (the kv-cache is always on)."""
-        return ("sampler", "steps") if self.loss == "diffusion" else ()
+        """What sample_tokens takes: CFG and temperature, and the diffusion head's sampler and
+        steps (the kv-cache is always on; no editing, no other order than the model's)."""
+        return ("cfg", "temperature", "sampler", "steps") if self.loss == "diffusion" else ("cfg", "temperature")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -86,11 +92,6 @@ class CausalAR(nn.Module, PretrainedMixin):
             self.diffloss = DiffLoss(self.token_embed_dim, dim, *head)
         else:
             self.ce_head = CEHead(dim, cfg.codebook_size)
-
-    @classmethod
-    def from_config(cls, cfg: ARConfig | dict[str, Any]) -> CausalAR:
-        cfg = cfg if isinstance(cfg, ARConfig) else ARConfig.from_dict(cfg)
-        return cls(**cfg.to_dict())
 
     def initialize_weights(self) -> None:
         """MAR's init: N(0, 0.02) embeddings, xavier Linear with zero bias, unit LayerNorm."""
@@ -249,50 +250,3 @@ class CausalAR(nn.Module, PretrainedMixin):
             z=z.reshape(bsz * seq_len, dim).repeat(mul, 1),
             generator=generator,
         )
-
-    # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        bsz: int,
-        num_iter: int | None = None,
-        cfg: float = SAMPLE_DEFAULTS.cfg,
-        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
-        labels: torch.Tensor | None = None,
-        temperature: float = SAMPLE_DEFAULTS.temperature,
-        progress: bool = False,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Generate one token per step (num_iter is the L tokens; None means L): latents
-        [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce). MAR's signature; the keyword
-        options are those of models/ar_sampling.sample_tokens: MAR's generator, backend,
-        clip_denoised, plus orders [bsz, L] (default: raster, or random from `generator`),
-        use_cache (False: recompute the whole prefix every step, the reference), kv_cache (a
-        preallocated KVCache to reuse) and, with Diffusion Loss, the head's sampler and
-        diffusion steps per token (as for MAR: schedules.step_schedule over the L steps)."""
-        if options.pop("backbone", None) is not None:
-            raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
-        return ar_sampling.sample_tokens(
-            self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options
-        )
-
-    # ---------------------------------------------------------------- checks
-    def check_weights(self) -> None:
-        if self.fake_latent.is_meta:
-            raise ValueError(
-                "the model's weights are on the meta device (shapes only, no data): load weights with "
-                "load_state_dict(..., assign=True), CausalAR.from_pretrained or marengine.models.load_model"
-            )
-
-    def _check_labels(self, labels: torch.Tensor, bsz: int) -> None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"labels must be an int64 tensor of class indices, got {type(labels).__name__} "
-                f"{getattr(labels, 'dtype', '')}"
-            )
-        if labels.shape != (bsz,):
-            raise ValueError(f"labels must have shape ({bsz},), got {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
-            )

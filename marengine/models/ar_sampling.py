@@ -16,16 +16,17 @@ against (same seed, same draws in the same order).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checks import check_finite_result, check_int, check_sampling
+from ..checks import check_finite_result, check_int
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, cfg_at, step_schedule
-from ..utils import check_generator
+from ..schedules import cfg_at, step_schedule
 from .kv_cache import KVCache
+from .sample_args import SampleArgs
 
 if TYPE_CHECKING:
     from .ar import CausalAR
@@ -46,32 +47,22 @@ def check_num_iter(model: CausalAR, num_iter: Any) -> int:
 
 def sample_tokens(
     model: CausalAR,
-    bsz: int,
-    num_iter: int | None,
-    cfg: float,
-    cfg_schedule: str,
-    labels: torch.Tensor | None,
-    temperature: float,
-    progress: bool = False,
+    args: SampleArgs,
     *,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-    clip_denoised: bool = False,
+    backbone: Any = None,
     orders: torch.Tensor | None = None,
     use_cache: bool = True,
     kv_cache: KVCache | None = None,
     sampler: str | HeadSampler | None = None,
     steps: int | str | list[int] | None = None,
 ) -> torch.Tensor:
-    """Latents [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce); randomness only from `generator`."""
-    model.check_weights()
-    check_generator(generator)
-    num_iter = check_num_iter(model, num_iter)
-    bsz, _, cfg, cfg_schedule, temperature = check_sampling(
-        model.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES
-    )
-    if labels is not None:
-        model._check_labels(labels, bsz)
+    """Latents [bsz, C, h, w] (diffusion) or codes [bsz, h, w] (ce); randomness only from `args.generator`."""
+    if backbone is not None:
+        raise ValueError("a causal AR model samples through its kv-cache: a stand-in backbone is not supported")
+    num_iter = check_num_iter(model, args.num_iter)
+    a = dataclasses.replace(args, num_iter=num_iter).checked(model)
+    bsz, cfg, cfg_schedule, labels, temperature = a.bsz, a.cfg, a.cfg_schedule, a.labels, a.temperature
+    generator, backend, clip_denoised, progress = a.generator, a.backend, a.clip_denoised, a.progress
     if model.loss == "ce" and (sampler is not None or steps is not None):
         raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
     head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)

@@ -35,7 +35,7 @@ from .checkpoints import (
     read_folder_config,
     read_folder_weights,
 )
-from .family import ARCHITECTURES, config_from_dict
+from .family import config_from_dict, member_class
 from .mar import MAR
 from .tokenizers import check_spec, default_tokenizer_spec, with_vae_ckpt
 
@@ -73,10 +73,9 @@ def build_model(
     architecture: str, config: Mapping[str, Any] | MARConfig, device: str | torch.device = "meta"
 ) -> nn.Module:
     """An (uninitialised on meta) model of a registered architecture."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown model architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    model_class = member_class(architecture)  # a clear error for an unknown one
     with torch.device(device):
-        return ARCHITECTURES[architecture].from_config(config)
+        return model_class.from_config(config)
 
 
 def from_pretrained(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:

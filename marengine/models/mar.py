@@ -16,24 +16,40 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import LAYERNORM_EPS, SAMPLE_DEFAULTS, MARConfig
+from ..config import ARCH_MAR, LAYERNORM_EPS, SAMPLE_DEFAULTS, MARConfig
+from ..diffusion.samplers import DDPM, HeadSampler
+from ..schedules import TokenSteps
 from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
-from .checkpoints import PretrainedMixin
+from .contract import MemberMixin
 from .diffloss import DiffLoss
 from .layers import Block, KVHook, default_norm, init_linear_and_norm, patchify, unpatchify
 from .masking import random_orders, sample_mask_ratio
+from .sample_args import SampleArgs
 
 LayerHooks = Callable[[int], KVHook]  # layer index -> the attention hook of that block
 
 
-class MAR(nn.Module, PretrainedMixin):
-    architecture = "mar"
+class MAR(nn.Module, MemberMixin):
+    # the family contract (models/contract.py)
+    architecture = ARCH_MAR
+    config_class: type = MARConfig
     causal = False  # several tokens per iteration, in a random order
-    # the speed knobs sample_tokens takes (config.SamplingPreset): head sampler, head steps, backbone reuse
     loss: str = "diffusion"  # the head: "diffusion" (Diffusion Loss) or "ce" (MAR-CE)
-    sampling_knobs: tuple[str, ...] = ("sampler", "steps", "cache", "order", "token_steps")
-    sampling_loop = staticmethod(masked_ar.sample_tokens)  # what sample_tokens runs (MAR-CE: its own)
+    # what sample_tokens takes (contract.SAMPLING_KNOBS; the speed knobs of config.SamplingPreset among them)
+    sampling_knobs: tuple[str, ...] = (
+        "cfg",
+        "temperature",
+        "sampler",
+        "steps",
+        "cache",
+        "order",
+        "token_steps",
+        "editing",
+    )
+    export_parts: tuple[str, ...] = ("backbone", "backbone_embed", "head", "decoder", "encoder")  # export.onnx
+    sampling_loop = staticmethod(masked_ar.sample_tokens)  # what sample_tokens runs: the masked loop
+    default_num_iter: int | None = SAMPLE_DEFAULTS.num_iter  # the official 64
 
     def __init__(
         self,
@@ -137,11 +153,6 @@ class MAR(nn.Module, PretrainedMixin):
             self.diffloss = DiffLoss(
                 self.token_embed_dim, dec, diffloss_d, diffloss_w, num_sampling_steps, grad_checkpointing
             )
-
-    @classmethod
-    def from_config(cls, cfg: MARConfig | dict[str, Any]) -> MAR:
-        cfg = cfg if isinstance(cfg, MARConfig) else MARConfig.from_dict(cfg)
-        return cls(**cfg.to_dict())
 
     def initialize_weights(self) -> None:
         """Official init: N(0, 0.02) embeddings, xavier Linear with zero bias, unit LayerNorm."""
@@ -292,61 +303,23 @@ class MAR(nn.Module, PretrainedMixin):
         return self.forward_loss(z=z, target=target, mask=mask, generator=generator)
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample_tokens(
-        self,
-        bsz: int,
-        num_iter: int = SAMPLE_DEFAULTS.num_iter,
-        cfg: float = SAMPLE_DEFAULTS.cfg,
-        cfg_schedule: str = SAMPLE_DEFAULTS.cfg_schedule,
-        labels: torch.Tensor | None = None,
-        temperature: float = SAMPLE_DEFAULTS.temperature,
-        progress: bool = False,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Generate latents [bsz, C, h, w] in `num_iter` masked-autoregressive steps (the
-        official signature; the official semantics unless options say otherwise).
-
-        Keyword options (those of `sampling_loop`, here models/masked_ar.sample_tokens; MAR-CE's
-        models/mar_ce.sample_codes returns codes [bsz, h, w]): generator (all randomness), backend
-        ("auto" | "torch" | "native" head sampler), backbone (a stand-in for self.backbone,
-        e.g. onnxruntime), clip_denoised (clamp x_0 predictions to [-1, 1]; pixel tokens),
-        sampler ("ddpm" | "ddim[:eta]" | "dpm++2m"), steps (diffusion steps per iteration:
-        an int, "A-B" annealing or a list), cache (a CachePolicy for cross-iteration reuse),
-        known_tokens [bsz, L, C] with known_mask [bsz, L] (editing), order (the generation
-        order: "random", the official one, "halton" or "lattice"; models/orders.py)."""
-        return self.sampling_loop(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, progress, **options)
+    def token_sampler(
+        self, args: SampleArgs, sampler: str | HeadSampler | None, steps: Any, token_steps: TokenSteps | None = None
+    ) -> masked_ar.TokenSampler:
+        """The head of the masked loop: Diffusion Loss's reverse diffusion per token, with
+        `sampler` (default DDPM), the per-iteration `steps` the loop's plan carries and, with
+        `token_steps`, steps of each token's own."""
+        head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
+        grid = (self.seq_h, self.seq_w)
+        return masked_ar.DiffusionTokens(self.diffloss, args, head_sampler, self.unpatchify, token_steps, grid)
 
     # ---------------------------------------------------------------- checks
-    def check_weights(self) -> None:
-        """A clear error when the model was built on the meta device and never given weights."""
-        if self.fake_latent.is_meta:
-            raise ValueError(
-                "the model's weights are on the meta device (shapes only, no data): load weights with "
-                "load_state_dict(..., assign=True), MAR.from_pretrained or marengine.models.load_model"
-            )
-
     def _check_tokens(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.token_embed_dim:
             raise ValueError(
                 f"tokens must be [batch, {self.seq_len}, {self.token_embed_dim}] "
                 f"(latents [batch, {self.vae_embed_dim}, {self.seq_h * self.patch_size}, "
                 f"{self.seq_w * self.patch_size}]), got shape {tuple(x.shape)}"
-            )
-
-    def _check_labels(self, labels: torch.Tensor, bsz: int) -> None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"labels must be an int64 tensor of class indices, got {type(labels).__name__} "
-                f"{getattr(labels, 'dtype', '')}"
-            )
-        if labels.is_meta:
-            raise ValueError("labels are on the meta device (no data): pass a tensor of class indices")
-        if labels.shape != (bsz,):
-            raise ValueError(f"labels must have shape ({bsz},), got {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
             )
 
 

@@ -11,7 +11,7 @@ of the codes and CFG on the logits.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -20,76 +20,18 @@ from ..checks import check_finite_result
 from ..config import ARCH_MAR_CE, MARCEConfig
 from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
-from .backbone_cache import CachePolicy
 from .ce_head import CEHead
 from .mar import MAR
-from .masked_ar import check_sampling_args, masked_loop
-
-
-def sample_codes(
-    model: MARCE,
-    bsz: int,
-    num_iter: int,
-    cfg: float,
-    cfg_schedule: str,
-    labels: torch.Tensor | None,
-    temperature: float,
-    progress: bool = False,
-    *,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
-    backbone: Callable | None = None,
-    clip_denoised: bool = False,
-    cache: str | CachePolicy | None = None,
-    known_tokens: torch.Tensor | None = None,
-    known_mask: torch.Tensor | None = None,
-    order: str = "random",
-) -> torch.Tensor:
-    """Codes [bsz, h, w] of MAR-CE (`MARCE.sample_tokens`): MAR's loop (masked_ar.masked_loop)
-    with a categorical head (backend and clip_denoised concern the diffusion head and are
-    ignored here). cache: backbone reuse as for MAR; known_tokens, the known codes
-    [bsz, h, w] or [bsz, L], with known_mask [bsz, L] (True = given): editing, those codes are
-    kept exactly; order: the generation order (models/orders.py)."""
-    bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
-    )
-    known_codes = None
-    if known_tokens is not None:
-        codes = (
-            known_tokens.reshape(known_tokens.shape[0], model.seq_h, model.seq_w)
-            if known_tokens.ndim == 2
-            else known_tokens
-        )
-        known_codes = model.check_codes(codes).to(model.fake_latent.device)  # [B, L]
-        known_tokens = model.code_embed(known_codes)  # [B, L, C]
-    head = CodeTokens(model, temperature, generator)
-    _, codes = masked_loop(
-        model,
-        head,
-        bsz,
-        num_iter,
-        cfg,
-        cfg_schedule,
-        labels,
-        progress,
-        generator,
-        backbone,
-        cache,
-        known_tokens,
-        known_mask,
-        order=order,
-    )
-    check_finite_result(bool(head.finite), "logits", cfg, temperature)
-    if known_codes is not None:
-        codes = torch.where(known_mask.to(codes.device), known_codes, codes)
-    return codes.reshape(bsz, model.seq_h, model.seq_w)
+from .sample_args import SampleArgs
 
 
 class MARCE(MAR):
     architecture = ARCH_MAR_CE
+    config_class = MARCEConfig
     loss = "ce"
-    sampling_knobs = ("cache", "order")  # backbone reuse, orders; no diffusion head, so no head sampler or steps
-    sampling_loop = staticmethod(sample_codes)  # what MAR.sample_tokens runs
+    # backbone reuse, orders, editing; no diffusion head, so no head sampler or steps
+    sampling_knobs = ("cfg", "temperature", "cache", "order", "editing")
+    export_parts: tuple[str, ...] = ()  # the ONNX exporter deploys Diffusion-Loss MAR and the causal members
 
     def __init__(self, codebook_size: int = 16384, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -101,10 +43,14 @@ class MARCE(MAR):
         nn.init.xavier_uniform_(self.ce_head.linear.weight)
         nn.init.zeros_(self.ce_head.linear.bias)
 
-    @classmethod
-    def from_config(cls, cfg: MARCEConfig | dict[str, Any]) -> MARCE:
-        cfg = cfg if isinstance(cfg, MARCEConfig) else MARCEConfig.from_dict(cfg)
-        return cls(**cfg.to_dict())
+    def token_sampler(self, args: SampleArgs, sampler: Any, steps: Any, token_steps: Any = None) -> CodeTokens:
+        """The head of the masked loop: tempered categorical draws of codes (args.backend and
+        args.clip_denoised concern a diffusion head and are ignored)."""
+        if sampler is not None or steps is not None or token_steps is not None:
+            raise ValueError(
+                "sampler, steps and token_steps set the diffusion head's chain: a cross-entropy model has none"
+            )
+        return CodeTokens(self, args.temperature, args.generator)
 
     def check_codes(self, codes: Any) -> torch.Tensor:
         """codes [B, h, w] (integers in [0, codebook_size)) -> [B, L] int64."""
@@ -142,6 +88,30 @@ class CodeTokens:
         self.model, self.temperature, self.generator = model, temperature, generator
         self.embed = model.code_embed
         self.finite = torch.ones((), dtype=torch.bool, device=model.fake_latent.device)  # checked after the loop
+        self.known_codes: torch.Tensor | None = None  # [B, L], editing
+
+    def prepare(self, *state: Any) -> None:
+        """The loop's state before a call: a categorical head needs none of it."""
+
+    def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
+        """Known codes [B, h, w] or [B, L] (editing) -> their embeddings [B, L, C]; the codes are
+        kept to be restored exactly at the end."""
+        if known is None:
+            return None
+        model = self.model
+        codes = known.reshape(known.shape[0], model.seq_h, model.seq_w) if known.ndim == 2 else known
+        self.known_codes = model.check_codes(codes).to(model.fake_latent.device)  # [B, L]
+        return self.embed(self.known_codes)  # [B, L, C]
+
+    def finish(
+        self, tokens: torch.Tensor, values: torch.Tensor | None, known_mask: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        """The sampled codes [B, L] (the known ones restored) -> [B, h, w]."""
+        check_finite_result(bool(self.finite), "logits", cfg, self.temperature)
+        codes = values
+        if self.known_codes is not None:
+            codes = torch.where(known_mask.to(codes.device), self.known_codes, codes)
+        return codes.reshape(codes.shape[0], self.model.seq_h, self.model.seq_w)
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]

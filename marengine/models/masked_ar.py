@@ -13,45 +13,25 @@ the official one, bit for bit what it was.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import torch
 
-from ..checks import check_finite_result, check_sampling
-from ..diffusion.samplers import DDPM, HeadSampler
+from ..checks import check_finite_result
+from ..diffusion.samplers import HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import CFG_SCHEDULES, Iteration, TokenSteps, generation_plan, step_schedule
-from ..utils import check_generator, check_tensor
+from ..schedules import Iteration, TokenSteps, generation_plan, step_schedule
+from ..utils import check_tensor
 from .backbone_cache import BackboneCache, CachePolicy
 from .masking import mask_by_order
 from .orders import generation_orders
+from .sample_args import SampleArgs, check_sampling_args  # noqa: F401 (check_sampling_args: pipeline.batching)
 from .token_steps import token_row_steps
 
 if TYPE_CHECKING:
     from .mar import MAR
 
 Backbone = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_sampling_args(
-    model: MAR,
-    bsz: Any,
-    num_iter: Any,
-    cfg: Any,
-    cfg_schedule: Any,
-    labels: torch.Tensor | None,
-    temperature: Any,
-    generator: torch.Generator | None = None,
-) -> tuple[int, int, float, str, float]:
-    """Every check a masked sampler makes before its work: the model has weights, the generator
-    is one, labels are [bsz] class indices; returns the checked (bsz, num_iter, cfg,
-    cfg_schedule, temperature)."""
-    model.check_weights()
-    check_generator(generator)
-    out = check_sampling(model.seq_len, bsz, num_iter, cfg, cfg_schedule, temperature, CFG_SCHEDULES)
-    if labels is not None:
-        model._check_labels(labels, out[0])
-    return out
 
 
 def check_known(
@@ -92,6 +72,24 @@ class TokenSampler(Protocol):
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor: ...
 
+    def prepare(
+        self, tokens: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, pred_idx: tuple[torch.Tensor, ...]
+    ) -> None:
+        """The loop's state before a call: tokens [B, L, C], known [B, L], to_pred [B, L] and its
+        nonzero indices (the rows of the next call); a head that needs none of it ignores it."""
+        ...
+
+    def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
+        """The known values the caller gave (editing) -> the known tokens [B, L, C] of the loop."""
+        ...
+
+    def finish(
+        self, tokens: torch.Tensor, values: torch.Tensor | None, known_mask: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        """The loop's (tokens [B, L, C], values [B, L] or None) -> what sample_tokens returns,
+        after checking the result is finite."""
+        ...
+
 
 class DiffusionTokens:
     """MAR's token sampler: the Diffusion-Loss head's reverse diffusion for each row, with its
@@ -104,67 +102,63 @@ class DiffusionTokens:
     def __init__(
         self,
         diffloss: torch.nn.Module,
-        temperature: float,
-        generator: torch.Generator | None,
-        backend: str,
-        clip_denoised: bool,
+        args: SampleArgs,
         sampler: HeadSampler,
+        unpatchify: Callable[[torch.Tensor], torch.Tensor],
         token_steps: TokenSteps | None = None,
         grid: tuple[int, int] = (0, 0),
     ) -> None:
-        self.diffloss, self.temperature, self.generator = diffloss, temperature, generator
-        self.backend, self.clip_denoised, self.sampler = backend, clip_denoised, sampler
-        self.token_steps, self.grid = token_steps, grid
+        self.diffloss, self.temperature, self.sampler = diffloss, args.temperature, sampler
+        self.token_steps, self.grid = token_steps, grid  # per-token steps and the token grid (h, w)
         self._context: tuple | None = None
+        # the head's options for every call: randomness, kernels, clamping
+        self.options = dict(generator=args.generator, backend=args.backend, clip_denoised=args.clip_denoised)
+        self.unpatchify = unpatchify  # tokens [B, L, C] -> latents [B, C, h, w]
 
     def prepare(
         self, tokens: torch.Tensor, known: torch.Tensor, to_pred: torch.Tensor, pred_idx: tuple[torch.Tensor, ...]
     ) -> None:
-        """The loop's state before a call: tokens [B, L, C], known [B, L], to_pred [B, L] and its
-        nonzero indices (the rows of the next call). Only per-token steps read it."""
         self._context = (tokens, known, to_pred, pred_idx) if self.token_steps is not None else None
 
     def _row_steps(self, it: Iteration) -> tuple[torch.Tensor | None, tuple[int, ...] | None]:
         if self.token_steps is None or self._context is None:
             return None, None
         default = self.diffloss.gen_tables.num_steps
-        rows, counts = token_row_steps(self.token_steps, it, default, *self._context, self.grid)
-        return rows, counts
+        return token_row_steps(self.token_steps, it, default, *self._context, self.grid)
+
+    def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
+        return known  # the known tokens themselves
+
+    def finish(
+        self, tokens: torch.Tensor, values: torch.Tensor | None, known_mask: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, self.temperature)
+        return self.unpatchify(tokens)  # [B, C, h, w]
 
     def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
         zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
         row_steps, counts = self._row_steps(it)
+        # finiteness is checked once, at the end of the loop: no host sync per iteration
         sampled = self.diffloss.sample(
             zs,
             self.temperature,
             it.cfg,
-            generator=self.generator,
-            backend=self.backend,
-            clip_denoised=self.clip_denoised,
             sampler=self.sampler,
             steps=it.head_steps if row_steps is None else None,
-            check_finite=False,  # once, at the end of the loop: no host sync per iteration
+            check_finite=False,
             row_steps=row_steps,
             step_counts=counts,
+            **self.options,
         )
         return sampled if z_null is None else sampled[: z.shape[0]]  # the null-class rows only guided the chain
 
 
 def sample_tokens(
     model: MAR,
-    bsz: int,
-    num_iter: int,
-    cfg: float,
-    cfg_schedule: str,
-    labels: torch.Tensor | None,
-    temperature: float,
-    progress: bool = False,
+    args: SampleArgs,
     *,
-    generator: torch.Generator | None = None,
-    backend: str = "auto",
     backbone: Backbone | None = None,
-    clip_denoised: bool = False,
-    sampler: str | HeadSampler = DDPM,
+    sampler: str | HeadSampler | None = None,
     steps: int | str | Sequence[int] | None = None,
     cache: str | CachePolicy | None = None,
     known_tokens: torch.Tensor | None = None,
@@ -172,52 +166,43 @@ def sample_tokens(
     order: str = "random",
     token_steps: str | TokenSteps | None = None,
 ) -> torch.Tensor:
-    """Latents [bsz, C, h, w] of MAR (Diffusion Loss); randomness (orders, noise) only from `generator`.
+    """What a masked member samples (MAR: latents [bsz, C, h, w]; MAR-CE: codes [bsz, h, w]);
+    randomness (orders, noise) only from `args.generator`. The member's `token_sampler` is the
+    head (args.backend and args.clip_denoised concern a diffusion head).
 
     `backbone(tokens, known_idx, class_embedding) -> z` replaces `model.backbone` (e.g.
     `marengine.export.runtime.OnnxBackboneModule`; not with `cache`). sampler / steps: the
-    head's sampler and its diffusion steps per iteration (see schedules.step_schedule);
+    diffusion head's sampler and its diffusion steps per iteration (see schedules.step_schedule;
+    a categorical head has none).
     cache: a CachePolicy (or its string form) for cross-iteration reuse in the backbone;
-    known_tokens [B, L, C] with known_mask [B, L] (True = given): those tokens are kept
-    exactly, the order covers only the others, and the schedule starts where the cosine
-    schedule has that many tokens known. order: the generation order (models/orders.py:
-    "random", the official one, "halton" or "lattice"). token_steps: per-token head steps
-    (schedules.TokenSteps, e.g. "hf:boost=16,frac=0.25": the iteration's steps for most tokens,
-    more for those whose known neighbours vary most)."""
-    bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
-        model, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator
-    )
-    step_schedule(steps, num_iter)  # checked before any work
-    policy = TokenSteps.parse(token_steps)
-    head = DiffusionTokens(
-        model.diffloss,
-        temperature,
-        generator,
-        backend,
-        clip_denoised,
-        HeadSampler.parse(sampler),
-        policy,
-        (model.seq_h, model.seq_w),
-    )
-    tokens, _ = masked_loop(
+    known_tokens (MAR: [B, L, C] tokens; MAR-CE: codes [B, h, w] or [B, L]) with known_mask
+    [B, L] (True = given): those are kept exactly, the order covers only the others, and the
+    schedule starts where the cosine schedule has that many tokens known. order: the
+    generation order (models/orders.py: "random", the official one, "halton" or "lattice").
+    token_steps: per-token head steps of a diffusion head (schedules.TokenSteps, e.g.
+    "hf:boost=16,frac=0.25": the iteration's steps for most tokens, more for those whose known
+    neighbours vary most)."""
+    a = args.checked(model)
+    step_schedule(steps, a.num_iter)  # checked before any work
+    head = model.token_sampler(a, sampler, steps, TokenSteps.parse(token_steps))
+    tokens, values = masked_loop(
         model,
         head,
-        bsz,
-        num_iter,
-        cfg,
-        cfg_schedule,
-        labels,
-        progress,
-        generator,
+        a.bsz,
+        a.num_iter,
+        a.cfg,
+        a.cfg_schedule,
+        a.labels,
+        a.progress,
+        a.generator,
         backbone,
         cache,
-        known_tokens,
+        head.known_inputs(known_tokens),
         known_mask,
         steps=steps,
         order=order,
     )
-    check_finite_result(bool(torch.isfinite(tokens).all()), "latents", cfg, temperature)
-    return model.unpatchify(tokens)
+    return head.finish(tokens, values, known_mask, a.cfg)
 
 
 def masked_loop(
@@ -291,9 +276,7 @@ def masked_loop(
             pred_idx = to_pred.nonzero(as_tuple=True)
             zs = z[:bsz][pred_idx]  # [P, D] row-major, as the official nonzero order
             z_null = z[bsz:][pred_idx] if guided else None
-            prepare = getattr(head, "prepare", None)  # a head that reads the known tokens (per-token steps)
-            if prepare is not None:
-                prepare(tokens, ~mask, to_pred, pred_idx)
+            head.prepare(tokens, ~mask, to_pred, pred_idx)
             new = head(zs, z_null, it)
             if values is not None:
                 values[pred_idx] = new

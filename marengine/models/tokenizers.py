@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..checks import file_field
 from ..config import VAE_LATENT_SCALE, MARConfig
 from ..limits import MAX_CHANNELS, MAX_CODEBOOK, MAX_STRIDE
+from .contract import tokenizer_kind_of
 from .ldm_vq import LDMVQModel
 from .vae import AutoencoderKL, DiagonalGaussian
 from .vq import DigitsVQ, VQTokenizer
@@ -113,10 +114,9 @@ TOKENIZER_KINDS = ("pixel", "vae", "vq")
 
 
 def models_codes(cfg: Any) -> bool:
-    """True for the configurations of the cross-entropy members (they model VQ codes)."""
-    if hasattr(cfg, "loss"):
-        return cfg.loss == "ce"  # ARConfig
-    return hasattr(cfg, "codebook_size")  # MARCEConfig
+    """True for the configurations of the members that model VQ codes (their loss is
+    cross-entropy; contract.MemberConfig's `loss`)."""
+    return tokenizer_kind_of(cfg.loss) == "codes"
 
 
 def pixel_channels(cfg: MARConfig) -> int | None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import Rules, check_bool, check_choice, check_fields, check_float, check_int, check_str
-from ..config import FAMILY_PRESETS, LOSSES, checked_fields, family_config
+from ..config import LOSSES, checked_fields
+from ..models.contract import tokenizer_kind_of
+from ..models.family import PRESET_NAMES, member_config
 from ..models.tokenizers import TOKENIZER_KINDS
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -19,7 +21,7 @@ _RATE = (check_float, {"lo": 0.0, "lo_open": True})
 _TEXT = (check_str, {})
 _FLAG = (check_bool, {})
 TRAIN_CONFIG_RULES: Rules = {
-    "model": (check_choice, {"choices": FAMILY_PRESETS}),
+    "model": (check_choice, {"choices": PRESET_NAMES}),
     "loss": (check_choice, {"choices": LOSSES}),
     "init_from": (check_str, {"optional": True}),
     "data": _TEXT,
@@ -115,8 +117,8 @@ class TrainConfig:
                 f"training setting model_overrides must be a JSON object (a dict), "
                 f"got {type(self.model_overrides).__name__}"
             )
-        family_config(self.model, self.loss, **self.model_overrides)  # unknown member/loss or override: an error now
-        if (self.loss == "ce") != (self.tokenizer == "vq"):
+        member_config(self.model, self.loss, **self.model_overrides)  # unknown member/loss or override: an error now
+        if (tokenizer_kind_of(self.loss) == "codes") != (self.tokenizer == "vq"):
             raise ValueError(
                 f"training setting loss {self.loss!r} does not go with tokenizer {self.tokenizer!r}: cross-entropy "
                 "models the codes of a VQ tokenizer (--loss ce --tokenizer vq --vq-ckpt DIR), Diffusion Loss "

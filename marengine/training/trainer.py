@@ -356,8 +356,8 @@ class Trainer:
         from ..sampling.engine import SampleSettings, generate
 
         labels = [c for c in range(self.dataset.num_classes) for _ in range(per_class)][:64]
-        causal = self.model.architecture == "ar"  # one token per step: all L of them
-        steps = self.model.seq_len if causal else min(16, self.model.seq_len)
+        # a causal member predicts one token per step: all L of them (the family contract's `causal`)
+        steps = self.model.seq_len if self.model.causal else min(16, self.model.seq_len)
         images = generate(self.ema_model(), self.tokenizer, labels, SampleSettings(num_iter=steps, seed=0))
         save_samples(out, images, labels, ncols=per_class)
 
