@@ -32,6 +32,20 @@
 
 #include <cstdint>
 
+// MARENGINE_TARGET_PUSH("isa,list") ... MARENGINE_TARGET_POP: the functions declared between
+// them are compiled for that ISA target (GCC and Clang), those around them are not. The ISA
+// builds open a region after every standard header is included, so that the extension still
+// loads on CPUs without the ISA.
+#define MARENGINE_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define MARENGINE_TARGET_PUSH(isa) \
+  MARENGINE_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define MARENGINE_TARGET_POP MARENGINE_PRAGMA(clang attribute pop)
+#else
+#define MARENGINE_TARGET_PUSH(isa) MARENGINE_PRAGMA(GCC push_options) MARENGINE_PRAGMA(GCC target(isa))
+#define MARENGINE_TARGET_POP MARENGINE_PRAGMA(GCC pop_options)
+#endif
+
 namespace marengine {
 namespace cpu {
 

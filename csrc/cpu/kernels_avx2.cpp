@@ -7,28 +7,20 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+MARENGINE_TARGET_PUSH("avx2,fma")
 
 #define MARENGINE_KNS avx2
 #define MARENGINE_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #include "kernels_impl.h"
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MARENGINE_TARGET_POP
 
 namespace marengine {
 namespace cpu {

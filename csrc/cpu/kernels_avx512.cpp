@@ -1,13 +1,14 @@
 // kernels_avx512.cpp -- the CPU kernels of kernels.h for AVX-512 (x86-64 only), in three
 // builds chosen at run time by kernels(): "avx512" (avx512f/bw/vl/dq + FMA), "avx512_bf16"
 // (the same plus AVX512-BF16) and "avx512_amx" (plus AMX-TILE/AMX-BF16; Linux must grant
-// the tile state, kernels_base.cpp asks). The targets are set with pragmas after every
-// standard header is included, so only this file's own functions use them and the
+// the tile state, kernels_base.cpp asks). The targets are set (MARENGINE_TARGET_PUSH) after
+// every standard header is included, so only this file's own functions use them and the
 // extension still loads on older CPUs.
 //
 // The row-wise parts (LayerNorm + modulation, SiLU, rounding, conversions) and the unpacked
 // `gemm` are kernels_impl.h compiled for the AVX-512 target. The packed GEMM (head_sample's
-// hot loop) has its own micro-kernels, since one 16-row P16 panel is exactly one zmm:
+// hot loop) has its own micro-kernels, since one 16-row P16 panel is exactly one zmm (fp32 and
+// bf16 share them: kernels_avx512_panels.h, compiled into each target region):
 //   fp32, >= 2 panels   2 panels x 12 weight columns (two packed 6-column tiles): 24 zmm
 //                       accumulators, 2 panel loads + 12 broadcasts per 24 FMAs.
 //   fp32, 1 panel       1 panel x 24 columns (four tiles): 24 accumulators, 1 load + 24
@@ -32,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -43,150 +45,37 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#endif
+MARENGINE_TARGET_PUSH("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 
 #define MARENGINE_KNS avx512
 #define MARENGINE_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #include "kernels_impl.h"
+#define MARENGINE_PANEL_NS f32_panels
+#include "kernels_avx512_panels.h"
 
 namespace marengine {
 namespace cpu {
 namespace avx512 {
 
-constexpr int kMaxCols = 4 * kTileN;  // widest micro-tile (columns)
-
-// tile[m * 24 + j][0..16) = sum_k A_m[k][0..16) * W[k][j] for panels m < MP and columns
-// j < NT * 6, W being NT consecutive packed tiles (stride ts floats).
-template <int MP, int NT>
-static inline void mk16(const float* __restrict A, int64_t a_ps, int64_t K, const float* __restrict w, int64_t ts,
-                        float* __restrict tile) {
-  __m512 c[MP][NT * kTileN];
-#pragma GCC unroll 32
-  for (int m = 0; m < MP; ++m)
-#pragma GCC unroll 32
-    for (int j = 0; j < NT * kTileN; ++j) c[m][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 a[MP];
-#pragma GCC unroll 4
-    for (int m = 0; m < MP; ++m) a[m] = _mm512_loadu_ps(A + m * a_ps + k * kLanes);
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) {
-      const float* wk = w + t * ts + k * kTileN;
-#pragma GCC unroll 8
-      for (int j = 0; j < kTileN; ++j) {
-        const __m512 b = _mm512_set1_ps(wk[j]);
-#pragma GCC unroll 4
-        for (int m = 0; m < MP; ++m) c[m][t * kTileN + j] = _mm512_fmadd_ps(a[m], b, c[m][t * kTileN + j]);
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int m = 0; m < MP; ++m)
-#pragma GCC unroll 32
-    for (int j = 0; j < NT * kTileN; ++j) _mm512_store_ps(tile + (m * kMaxCols + j) * kLanes, c[m][j]);
-}
-
-// Lanes 0-7 of one panel (lanes 8-15 of the tile come out zero), NT tiles.
-template <int NT>
-static inline void mk8(const float* __restrict A, int64_t K, const float* __restrict w, int64_t ts,
-                       float* __restrict tile) {
-  __m256 c[NT * kTileN];
-#pragma GCC unroll 32
-  for (int j = 0; j < NT * kTileN; ++j) c[j] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 a = _mm256_loadu_ps(A + k * kLanes);
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) {
-      const float* wk = w + t * ts + k * kTileN;
-#pragma GCC unroll 8
-      for (int j = 0; j < kTileN; ++j) c[t * kTileN + j] = _mm256_fmadd_ps(a, _mm256_set1_ps(wk[j]), c[t * kTileN + j]);
-    }
-  }
-#pragma GCC unroll 32
-  for (int j = 0; j < NT * kTileN; ++j) {
-    _mm256_store_ps(tile + j * kLanes, c[j]);
-    _mm256_store_ps(tile + j * kLanes + 8, _mm256_setzero_ps());
-  }
-}
-
-static inline void run16(int mp, int nt, const float* A, int64_t a_ps, int64_t K, const float* w, int64_t ts,
-                         float* tile) {
-  if (mp == 2) {
-    if (nt == 2) return mk16<2, 2>(A, a_ps, K, w, ts, tile);
-    return mk16<2, 1>(A, a_ps, K, w, ts, tile);
-  }
-  switch (nt) {
-    case 4:
-      return mk16<1, 4>(A, a_ps, K, w, ts, tile);
-    case 3:
-      return mk16<1, 3>(A, a_ps, K, w, ts, tile);
-    case 2:
-      return mk16<1, 2>(A, a_ps, K, w, ts, tile);
-    default:
-      return mk16<1, 1>(A, a_ps, K, w, ts, tile);
-  }
-}
-
-static inline void run8(int nt, const float* A, int64_t K, const float* w, int64_t ts, float* tile) {
-  switch (nt) {
-    case 4:
-      return mk8<4>(A, K, w, ts, tile);
-    case 3:
-      return mk8<3>(A, K, w, ts, tile);
-    case 2:
-      return mk8<2>(A, K, w, ts, tile);
-    default:
-      return mk8<1>(A, K, w, ts, tile);
-  }
-}
-
-// How a block of panels is swept: `wide` (one panel, or <= 8 lanes) takes 24-column tile
-// groups one panel at a time; otherwise 12-column groups over pairs of panels.
-struct Sweep {
-  bool wide;
-  int64_t cols;
+// fp32 steps (kernels_avx512_panels.h): 16 / 8 lanes of a panel, one weight broadcast, FMA.
+struct F32Ops {
+  using Elem = float;
+  using V16 = __m512;
+  using V8 = __m256;
+  static inline V16 load16(const float* p) { return _mm512_loadu_ps(p); }
+  static inline V8 load8(const float* p) { return _mm256_loadu_ps(p); }
+  static inline V16 bcast16(float w) { return _mm512_set1_ps(w); }
+  static inline V8 bcast8(float w) { return _mm256_set1_ps(w); }
+  static inline __m512 madd16(__m512 c, V16 a, V16 b) { return _mm512_fmadd_ps(a, b, c); }
+  static inline __m256 madd8(__m256 c, V8 a, V8 b) { return _mm256_fmadd_ps(a, b, c); }
 };
-
-static inline Sweep sweep_of(int64_t block_panels, int64_t lanes) {
-  const bool wide = block_panels == 1 || lanes <= 8;
-  return Sweep{wide, wide ? int64_t(kMaxCols) : int64_t(2 * kTileN)};
-}
 
 // gemm_packed for fp32 packed tiles (tile t at wp + t * K * 6 floats).
 static void gemm_packed_f32(const float* A, int64_t a_ps, int64_t panels, const float* w, int64_t K, int64_t n0,
                             int64_t n1, int64_t lanes, const EpiArgs& epi) {
-  const int64_t pblock = panel_block(K), ts = K * kTileN;
-  alignas(64) float tile[2 * kMaxCols * kLanes];
-  for (int64_t p0 = 0; p0 < panels; p0 += pblock) {
-    const int64_t p1 = std::min(panels, p0 + pblock);
-    const Sweep sw = sweep_of(p1 - p0, lanes);
-    for (int64_t n = n0; n < n1; n += sw.cols) {
-      const int nb = static_cast<int>(std::min<int64_t>(sw.cols, n1 - n));
-      const int nt = (nb + static_cast<int>(kTileN) - 1) / static_cast<int>(kTileN);
-      const float* wt = w + (n / kTileN) * ts;
-      int64_t p = p0;
-      if (!sw.wide) {
-        for (; p + 1 < p1; p += 2) {
-          run16(2, nt, A + p * a_ps, a_ps, K, wt, ts, tile);
-          epilogue(epi, p, n, nb, tile);
-          epilogue(epi, p + 1, n, nb, tile + kMaxCols * kLanes);
-        }
-      }
-      for (; p < p1; ++p) {
-        if (lanes <= 8)
-          run8(nt, A + p * a_ps, K, wt, ts, tile);
-        else
-          run16(1, nt, A + p * a_ps, a_ps, K, wt, ts, tile);
-        epilogue(epi, p, n, nb, tile);
-      }
-    }
-  }
+  f32_panels::sweep_panels<F32Ops>(
+      panels, panel_block(K), K, w, K * kTileN, n0, n1, lanes, epi,
+      [&](int64_t p0, int64_t) { return f32_panels::PanelBlock<float>{A + p0 * a_ps, a_ps}; });
 }
 
 static void gemm_packed512(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type, int64_t K,
@@ -202,20 +91,13 @@ static void gemm_packed512(const float* A, int64_t a_pstride, int64_t panels, co
 }  // namespace cpu
 }  // namespace marengine
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MARENGINE_TARGET_POP
 
 // ---------------------------------------------------------------- bf16 x bf16 -> fp32
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"))), \
-                             apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
-#endif
+MARENGINE_TARGET_PUSH("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+
+#define MARENGINE_PANEL_NS bf16_panels
+#include "kernels_avx512_panels.h"
 
 namespace marengine {
 namespace cpu {
@@ -267,122 +149,32 @@ static inline __m256bh as_bh(__m256i v) {
   return (__m256bh)v;
 }
 
-// As mk16, on k-pair panels (a_ps uint32 per panel) and k-pair tiles (ts uint32 per tile).
-template <int MP, int NT>
-static inline void mk16_bf(const uint32_t* __restrict A, int64_t a_ps, int64_t K2, const uint32_t* __restrict w,
-                           int64_t ts, float* __restrict tile) {
-  __m512 c[MP][NT * kTileN];
-#pragma GCC unroll 32
-  for (int m = 0; m < MP; ++m)
-#pragma GCC unroll 32
-    for (int j = 0; j < NT * kTileN; ++j) c[m][j] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < K2; ++q) {
-    __m512bh a[MP];
-#pragma GCC unroll 4
-    for (int m = 0; m < MP; ++m) a[m] = as_bh(_mm512_loadu_si512(A + m * a_ps + q * kLanes));
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) {
-      const uint32_t* wq = w + t * ts + q * kTileN;
-#pragma GCC unroll 8
-      for (int j = 0; j < kTileN; ++j) {
-        const __m512bh b = as_bh(_mm512_set1_epi32(static_cast<int>(wq[j])));
-#pragma GCC unroll 4
-        for (int m = 0; m < MP; ++m) c[m][t * kTileN + j] = _mm512_dpbf16_ps(c[m][t * kTileN + j], a[m], b);
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int m = 0; m < MP; ++m)
-#pragma GCC unroll 32
-    for (int j = 0; j < NT * kTileN; ++j) _mm512_store_ps(tile + (m * kMaxCols + j) * kLanes, c[m][j]);
-}
-
-template <int NT>
-static inline void mk8_bf(const uint32_t* __restrict A, int64_t K2, const uint32_t* __restrict w, int64_t ts,
-                          float* __restrict tile) {
-  __m256 c[NT * kTileN];
-#pragma GCC unroll 32
-  for (int j = 0; j < NT * kTileN; ++j) c[j] = _mm256_setzero_ps();
-  for (int64_t q = 0; q < K2; ++q) {
-    const __m256bh a = as_bh(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(A + q * kLanes)));
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) {
-      const uint32_t* wq = w + t * ts + q * kTileN;
-#pragma GCC unroll 8
-      for (int j = 0; j < kTileN; ++j)
-        c[t * kTileN + j] = _mm256_dpbf16_ps(c[t * kTileN + j], a, as_bh(_mm256_set1_epi32(static_cast<int>(wq[j]))));
-    }
-  }
-#pragma GCC unroll 32
-  for (int j = 0; j < NT * kTileN; ++j) {
-    _mm256_store_ps(tile + j * kLanes, c[j]);
-    _mm256_store_ps(tile + j * kLanes + 8, _mm256_setzero_ps());
-  }
-}
-
-static inline void run16_bf(int mp, int nt, const uint32_t* A, int64_t a_ps, int64_t K2, const uint32_t* w, int64_t ts,
-                            float* tile) {
-  if (mp == 2) {
-    if (nt == 2) return mk16_bf<2, 2>(A, a_ps, K2, w, ts, tile);
-    return mk16_bf<2, 1>(A, a_ps, K2, w, ts, tile);
-  }
-  switch (nt) {
-    case 4:
-      return mk16_bf<1, 4>(A, a_ps, K2, w, ts, tile);
-    case 3:
-      return mk16_bf<1, 3>(A, a_ps, K2, w, ts, tile);
-    case 2:
-      return mk16_bf<1, 2>(A, a_ps, K2, w, ts, tile);
-    default:
-      return mk16_bf<1, 1>(A, a_ps, K2, w, ts, tile);
-  }
-}
-
-static inline void run8_bf(int nt, const uint32_t* A, int64_t K2, const uint32_t* w, int64_t ts, float* tile) {
-  switch (nt) {
-    case 4:
-      return mk8_bf<4>(A, K2, w, ts, tile);
-    case 3:
-      return mk8_bf<3>(A, K2, w, ts, tile);
-    case 2:
-      return mk8_bf<2>(A, K2, w, ts, tile);
-    default:
-      return mk8_bf<1>(A, K2, w, ts, tile);
-  }
-}
+// bf16 k-pair steps (kernels_avx512_panels.h): a uint32_t holds bf16 elements 2q and 2q + 1,
+// vdpbf16ps adds both products to the fp32 accumulator.
+struct Bf16PairOps {
+  using Elem = uint32_t;
+  using V16 = __m512bh;
+  using V8 = __m256bh;
+  static inline V16 load16(const uint32_t* p) { return as_bh(_mm512_loadu_si512(p)); }
+  static inline V8 load8(const uint32_t* p) { return as_bh(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static inline V16 bcast16(uint32_t w) { return as_bh(_mm512_set1_epi32(static_cast<int>(w))); }
+  static inline V8 bcast8(uint32_t w) { return as_bh(_mm256_set1_epi32(static_cast<int>(w))); }
+  static inline __m512 madd16(__m512 c, V16 a, V16 b) { return _mm512_dpbf16_ps(c, a, b); }
+  static inline __m256 madd8(__m256 c, V8 a, V8 b) { return _mm256_dpbf16_ps(c, a, b); }
+};
 
 // gemm_packed for bf16 k-pair tiles (pack_weights_bf16): each block of panels is converted
 // to k-pairs in this thread's scratch, then swept as in gemm_packed_f32.
 static void gemm_packed_bf16(const float* A, int64_t a_ps, int64_t panels, const uint32_t* w, int64_t K, int64_t n0,
                              int64_t n1, int64_t lanes, const EpiArgs& epi) {
-  const int64_t K2 = (K + 1) / 2, pblock = panel_block(K), ts = K2 * kTileN, bps = K2 * kLanes;
+  const int64_t K2 = (K + 1) / 2, pblock = panel_block(K), bps = K2 * kLanes;
   uint32_t* buf = reinterpret_cast<uint32_t*>(thread_scratch(std::min(panels, pblock) * bps));
-  alignas(64) float tile[2 * kMaxCols * kLanes];
-  for (int64_t p0 = 0; p0 < panels; p0 += pblock) {
-    const int64_t p1 = std::min(panels, p0 + pblock);
-    for (int64_t p = p0; p < p1; ++p) panel_to_pairs(A + p * a_ps, K, buf + (p - p0) * bps);
-    const Sweep sw = sweep_of(p1 - p0, lanes);
-    for (int64_t n = n0; n < n1; n += sw.cols) {
-      const int nb = static_cast<int>(std::min<int64_t>(sw.cols, n1 - n));
-      const int nt = (nb + static_cast<int>(kTileN) - 1) / static_cast<int>(kTileN);
-      const uint32_t* wt = w + (n / kTileN) * ts;
-      int64_t p = p0;
-      if (!sw.wide) {
-        for (; p + 1 < p1; p += 2) {
-          run16_bf(2, nt, buf + (p - p0) * bps, bps, K2, wt, ts, tile);
-          epilogue(epi, p, n, nb, tile);
-          epilogue(epi, p + 1, n, nb, tile + kMaxCols * kLanes);
-        }
-      }
-      for (; p < p1; ++p) {
-        if (lanes <= 8)
-          run8_bf(nt, buf + (p - p0) * bps, K2, wt, ts, tile);
-        else
-          run16_bf(1, nt, buf + (p - p0) * bps, bps, K2, wt, ts, tile);
-        epilogue(epi, p, n, nb, tile);
-      }
-    }
-  }
+  bf16_panels::sweep_panels<Bf16PairOps>(panels, pblock, K2, w, K2 * kTileN, n0, n1, lanes, epi,
+                                         [&](int64_t p0, int64_t p1) {
+                                           for (int64_t p = p0; p < p1; ++p)
+                                             panel_to_pairs(A + p * a_ps, K, buf + (p - p0) * bps);
+                                           return bf16_panels::PanelBlock<uint32_t>{buf, bps};
+                                         });
 }
 
 static void gemm_packed512_bf16(const float* A, int64_t a_pstride, int64_t panels, const void* wp, WType type,
@@ -398,21 +190,10 @@ static void gemm_packed512_bf16(const float* A, int64_t a_pstride, int64_t panel
 }  // namespace cpu
 }  // namespace marengine
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MARENGINE_TARGET_POP
 
 // ---------------------------------------------------------------- AMX-BF16 tiles
-#if defined(__clang__)
-#pragma clang attribute push(                                                                                 \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16"))), \
-    apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
-#endif
+MARENGINE_TARGET_PUSH("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,amx-tile,amx-bf16")
 
 namespace marengine {
 namespace cpu {
@@ -551,52 +332,42 @@ static void gemm_packed512_amx(const float* A, int64_t a_pstride, int64_t panels
 }  // namespace cpu
 }  // namespace marengine
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MARENGINE_TARGET_POP
 
 namespace marengine {
 namespace cpu {
 
+// The three AVX-512 builds share the unpacked gemm and the row-wise parts; they differ in how
+// the head's weights are packed and multiplied.
+static constexpr Kernels avx512_build(const char* name, decltype(Kernels::pack_weights) pack,
+                                      decltype(Kernels::gemm_packed) gemm_packed, bool dot_bf16,
+                                      decltype(Kernels::packed_elems) packed_elems = nullptr) {
+  return Kernels{name,
+                 avx512::gemm,
+                 pack,
+                 gemm_packed,
+                 avx512::ln_modulate,
+                 avx512::silu_add_rows,
+                 avx512::round_copy,
+                 avx512::to_f32,
+                 dot_bf16,
+                 packed_elems};
+}
+
 const Kernels* kernels_avx512() {
-  static const Kernels k{"avx512",
-                         avx512::gemm,
-                         avx512::pack_weights,
-                         avx512::gemm_packed512,
-                         avx512::ln_modulate,
-                         avx512::silu_add_rows,
-                         avx512::round_copy,
-                         avx512::to_f32,
-                         false};
+  static constexpr Kernels k = avx512_build("avx512", avx512::pack_weights, avx512::gemm_packed512, false);
   return &k;
 }
 
 const Kernels* kernels_avx512_bf16() {
-  static const Kernels k{"avx512_bf16",
-                         avx512::gemm,
-                         avx512::pack_weights_bf16,
-                         avx512::gemm_packed512_bf16,
-                         avx512::ln_modulate,
-                         avx512::silu_add_rows,
-                         avx512::round_copy,
-                         avx512::to_f32,
-                         true};
+  static constexpr Kernels k =
+      avx512_build("avx512_bf16", avx512::pack_weights_bf16, avx512::gemm_packed512_bf16, true);
   return &k;
 }
 
 const Kernels* kernels_avx512_amx() {
-  static const Kernels k{"avx512_amx",
-                         avx512::gemm,
-                         avx512::pack_weights_amx,
-                         avx512::gemm_packed512_amx,
-                         avx512::ln_modulate,
-                         avx512::silu_add_rows,
-                         avx512::round_copy,
-                         avx512::to_f32,
-                         true,
-                         avx512::amx_packed_elems};
+  static constexpr Kernels k =
+      avx512_build("avx512_amx", avx512::pack_weights_amx, avx512::gemm_packed512_amx, true, avx512::amx_packed_elems);
   return &k;
 }
 

@@ -18,8 +18,8 @@
 //
 // Test: pytest python_tests/test_native_cpu.py; benchmark: python benchmarks/bench_head.py.
 // The including file includes every standard header this one needs (kernels.h,
-// <algorithm>, <cmath>, <cstdint>, <cstring>) before any target pragma, so that no
-// standard-library code is compiled for the AVX2 target.
+// <algorithm>, <cmath>, <cstdint>, <cstring>, <type_traits>) before any target pragma, so that
+// no standard-library code is compiled for the AVX2 target.
 
 namespace marengine {
 namespace cpu {
@@ -30,6 +30,8 @@ typedef float vf_m __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t vi __attribute__((vector_size(32)));
 typedef uint32_t vu __attribute__((vector_size(32)));
 typedef uint16_t vh_m __attribute__((vector_size(16), aligned(2), may_alias));
+
+#include "kernels_dispatch.h"
 
 constexpr int64_t L = kLanes;
 #ifndef MARENGINE_PANEL_BLOCK_BYTES
@@ -259,30 +261,16 @@ static const float* tile_f32(const void* wp, WType type, int64_t K, int64_t t, f
 template <int NB>
 static inline void micro_tile8(const float* __restrict A, int64_t K, const float* __restrict w0,
                                const float* __restrict w1, float* __restrict tile) {
-  vf c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {}, c6 = {}, c7 = {}, c8 = {}, c9 = {}, c10 = {}, c11 = {};
+  vf c[2 * kTileN] = {};
   for (int64_t k = 0; k < K; ++k) {
     const vf a = ld(A);
     A += L;
-#define MARENGINE_TILE8(j, src, o) \
-  if constexpr (NB > j) c##j = MARENGINE_FMA(a, splat(src[o]), c##j)
-    MARENGINE_TILE8(0, w0, 0);
-    MARENGINE_TILE8(1, w0, 1);
-    MARENGINE_TILE8(2, w0, 2);
-    MARENGINE_TILE8(3, w0, 3);
-    MARENGINE_TILE8(4, w0, 4);
-    MARENGINE_TILE8(5, w0, 5);
-    MARENGINE_TILE8(6, w1, 0);
-    MARENGINE_TILE8(7, w1, 1);
-    MARENGINE_TILE8(8, w1, 2);
-    MARENGINE_TILE8(9, w1, 3);
-    MARENGINE_TILE8(10, w1, 4);
-    MARENGINE_TILE8(11, w1, 5);
-#undef MARENGINE_TILE8
+#pragma GCC unroll 12
+    for (int j = 0; j < NB; ++j) c[j] = MARENGINE_FMA(a, splat(j < kTileN ? w0[j] : w1[j - kTileN]), c[j]);
     w0 += kTileN;
     if constexpr (NB > kTileN) w1 += kTileN;
   }
   const vf zero = {};
-  const vf c[12] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
   for (int j = 0; j < NB; ++j) {
     st(tile + j * L, c[j]);
     st(tile + j * L + 8, zero);
@@ -290,49 +278,11 @@ static inline void micro_tile8(const float* __restrict A, int64_t K, const float
 }
 
 static inline void run_tile8(int nb, const float* A, int64_t K, const float* w0, const float* w1, float* tile) {
-  switch (nb) {
-    case 12:
-      return micro_tile8<12>(A, K, w0, w1, tile);
-    case 11:
-      return micro_tile8<11>(A, K, w0, w1, tile);
-    case 10:
-      return micro_tile8<10>(A, K, w0, w1, tile);
-    case 9:
-      return micro_tile8<9>(A, K, w0, w1, tile);
-    case 8:
-      return micro_tile8<8>(A, K, w0, w1, tile);
-    case 7:
-      return micro_tile8<7>(A, K, w0, w1, tile);
-    case 6:
-      return micro_tile8<6>(A, K, w0, w1, tile);
-    case 5:
-      return micro_tile8<5>(A, K, w0, w1, tile);
-    case 4:
-      return micro_tile8<4>(A, K, w0, w1, tile);
-    case 3:
-      return micro_tile8<3>(A, K, w0, w1, tile);
-    case 2:
-      return micro_tile8<2>(A, K, w0, w1, tile);
-    default:
-      return micro_tile8<1>(A, K, w0, w1, tile);
-  }
+  with_const<2 * kTileN>(nb, [&](auto NB) { micro_tile8<NB.value>(A, K, w0, w1, tile); });
 }
 
 static inline void run_tile(int nb, const float* A, int64_t K, const float* wp, float* tile) {
-  switch (nb) {
-    case 6:
-      return micro_tile<6>(A, K, wp, tile);
-    case 5:
-      return micro_tile<5>(A, K, wp, tile);
-    case 4:
-      return micro_tile<4>(A, K, wp, tile);
-    case 3:
-      return micro_tile<3>(A, K, wp, tile);
-    case 2:
-      return micro_tile<2>(A, K, wp, tile);
-    default:
-      return micro_tile<1>(A, K, wp, tile);
-  }
+  with_const<kTileN>(nb, [&](auto NB) { micro_tile<NB.value>(A, K, wp, tile); });
 }
 
 template <WType R>

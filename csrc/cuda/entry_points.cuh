@@ -25,5 +25,18 @@ MARENGINE_DECLARE_HEAD_ENTRY_POINTS(f16)
 
 #undef MARENGINE_DECLARE_HEAD_ENTRY_POINTS
 
+// `return fn_<suffix>(...)` for the weight type `wt` (fn_f32, fn_bf16 or fn_f16), `unknown`
+// for any other value.
+#define MARENGINE_WTYPE_DISPATCH(wt, fn, unknown, ...) \
+  switch (wt) {                                        \
+    case WeightType::kFloat32:                         \
+      return fn##_f32(__VA_ARGS__);                    \
+    case WeightType::kBFloat16:                        \
+      return fn##_bf16(__VA_ARGS__);                   \
+    case WeightType::kFloat16:                         \
+      return fn##_f16(__VA_ARGS__);                    \
+  }                                                    \
+  return unknown
+
 }  // namespace cuda
 }  // namespace marengine

@@ -84,51 +84,39 @@ __device__ __forceinline__ void epi_store(const GemmJob& j, int row, int col, fl
   }
 }
 
-// Issue the cp.async copies of K slice `kt` of the A and B tiles into ring slot `slot`.
-template <class Cfg, typename T>
-__device__ __forceinline__ void load_slice(const GemmJob& j, int m0, int n0, int kt, int slot, T* As, T* Bs) {
+// cp.async copies of rows [r0, r0 + ROWS) x K slice [k0, k0 + BK) of a [rows, K] matrix
+// (row stride ld) into smem rows of LDS elements; chunks past `rows` or K are zero-filled.
+template <class Cfg, int ROWS, typename T>
+__device__ __forceinline__ void load_rows(const T* src, int ld, int rows, int K, int r0, int k0, T* dst) {
   constexpr int CPR = Cfg::BK / Cfg::kEpc;  // 16-byte chunks per tile row
-  const int k0 = kt * Cfg::BK;
-  const T* A = static_cast<const T*>(j.A);
-  const T* B = static_cast<const T*>(j.B);
-  T* as = As + static_cast<size_t>(slot) * Cfg::BM * Cfg::LDS;
-  T* bs = Bs + static_cast<size_t>(slot) * Cfg::BN * Cfg::LDS;
 #pragma unroll
-  for (int c = threadIdx.x; c < Cfg::BM * CPR; c += Cfg::kThreads) {
+  for (int c = threadIdx.x; c < ROWS * CPR; c += Cfg::kThreads) {
     const int r = c / CPR, kc = (c % CPR) * Cfg::kEpc;
-    const int gm = m0 + r, gk = k0 + kc;
-    const bool ok = gm < j.M && gk < j.K;
-    const T* src = ok ? A + static_cast<size_t>(gm) * j.lda + gk : A;
-    cp_async16(as + r * Cfg::LDS + kc, src, ok ? 16 : 0);
-  }
-#pragma unroll
-  for (int c = threadIdx.x; c < Cfg::BN * CPR; c += Cfg::kThreads) {
-    const int r = c / CPR, kc = (c % CPR) * Cfg::kEpc;
-    const int gn = n0 + r, gk = k0 + kc;
-    const bool ok = gn < j.N && gk < j.K;
-    const T* src = ok ? B + static_cast<size_t>(gn) * j.ldb + gk : B;
-    cp_async16(bs + r * Cfg::LDS + kc, src, ok ? 16 : 0);
+    const int gr = r0 + r, gk = k0 + kc;
+    const bool ok = gr < rows && gk < K;
+    const T* p = ok ? src + static_cast<size_t>(gr) * ld + gk : src;
+    cp_async16(dst + r * Cfg::LDS + kc, p, ok ? 16 : 0);
   }
 }
 
-// ------------------------------------------------------------------ tensor-core tile
+// Issue the cp.async copies of K slice `kt` of the A and B tiles into ring slot `slot`.
 template <class Cfg, typename T>
-__device__ __forceinline__ void gemm_tile_mma(const GemmJob& j, int m0, int n0, char* smem) {
-  constexpr int MI = Cfg::WTM / 16, NI = Cfg::WTN / 8, LDS = Cfg::LDS;
+__device__ __forceinline__ void load_slice(const GemmJob& j, int m0, int n0, int kt, int slot, T* As, T* Bs) {
+  const int k0 = kt * Cfg::BK;
+  load_rows<Cfg, Cfg::BM>(static_cast<const T*>(j.A), j.lda, j.M, j.K, m0, k0,
+                          As + static_cast<size_t>(slot) * Cfg::BM * Cfg::LDS);
+  load_rows<Cfg, Cfg::BN>(static_cast<const T*>(j.B), j.ldb, j.N, j.K, n0, k0,
+                          Bs + static_cast<size_t>(slot) * Cfg::BN * Cfg::LDS);
+}
+
+// The K loop both tile kinds share: BK slices through the STAGES-deep cp.async ring
+// (STAGES - 1 in flight), `slice(as, bs)` consuming each from its slot (A rows [BM][LDS], B
+// rows [BN][LDS]). Returns with every copy landed and the ring free for the next tile.
+template <class Cfg, typename T, class SliceFn>
+__device__ __forceinline__ void k_ring(const GemmJob& j, int m0, int n0, char* smem, SliceFn&& slice) {
   T* As = reinterpret_cast<T*>(smem);
-  T* Bs = As + static_cast<size_t>(Cfg::STAGES) * Cfg::BM * LDS;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wm0 = (warp >> 1) * Cfg::WTM, wn0 = (warp & 1) * Cfg::WTN;
+  T* Bs = As + static_cast<size_t>(Cfg::STAGES) * Cfg::BM * Cfg::LDS;
   const int KT = ceil_div(j.K, Cfg::BK);
-
-  float acc[MI][NI][4];
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.0f;
-
 #pragma unroll
   for (int st = 0; st < Cfg::STAGES - 1; ++st) {
     if (st < KT) load_slice<Cfg, T>(j, m0, n0, st, st, As, Bs);
@@ -142,8 +130,28 @@ __device__ __forceinline__ void gemm_tile_mma(const GemmJob& j, int m0, int n0, 
     cp_async_commit();
 
     const int slot = kt % Cfg::STAGES;
-    const T* as = As + static_cast<size_t>(slot) * Cfg::BM * LDS;
-    const T* bs = Bs + static_cast<size_t>(slot) * Cfg::BN * LDS;
+    slice(As + static_cast<size_t>(slot) * Cfg::BM * Cfg::LDS, Bs + static_cast<size_t>(slot) * Cfg::BN * Cfg::LDS);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring may be refilled by the next tile
+}
+
+// ------------------------------------------------------------------ tensor-core tile
+template <class Cfg, typename T>
+__device__ __forceinline__ void gemm_tile_mma(const GemmJob& j, int m0, int n0, char* smem) {
+  constexpr int MI = Cfg::WTM / 16, NI = Cfg::WTN / 8, LDS = Cfg::LDS;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wm0 = (warp >> 1) * Cfg::WTM, wn0 = (warp & 1) * Cfg::WTN;
+
+  float acc[MI][NI][4];
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.0f;
+
+  k_ring<Cfg, T>(j, m0, n0, smem, [&](const T* as, const T* bs) {
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 16) {
       uint32_t af[MI][4], bf[NI][2];
@@ -164,9 +172,7 @@ __device__ __forceinline__ void gemm_tile_mma(const GemmJob& j, int m0, int n0, 
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
     }
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // the ring may be refilled by the next tile
+  });
 
   const int g = lane >> 2, t2 = (lane & 3) * 2;
 #pragma unroll
@@ -185,12 +191,9 @@ __device__ __forceinline__ void gemm_tile_mma(const GemmJob& j, int m0, int n0, 
 template <class Cfg>
 __device__ __forceinline__ void gemm_tile_simt(const GemmJob& j, int m0, int n0, char* smem) {
   constexpr int TM = Cfg::WTM / 4, TN = Cfg::WTN / 8, LDS = Cfg::LDS;
-  float* As = reinterpret_cast<float*>(smem);
-  float* Bs = As + static_cast<size_t>(Cfg::STAGES) * Cfg::BM * LDS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wm0 = (warp >> 1) * Cfg::WTM, wn0 = (warp & 1) * Cfg::WTN;
   const int ly = lane >> 3, lx = lane & 7;  // rows wm0 + ly + 4 i, cols wn0 + lx + 8 jn
-  const int KT = ceil_div(j.K, Cfg::BK);
 
   float acc[TM][TN];
 #pragma unroll
@@ -198,21 +201,7 @@ __device__ __forceinline__ void gemm_tile_simt(const GemmJob& j, int m0, int n0,
 #pragma unroll
     for (int q = 0; q < TN; ++q) acc[i][q] = 0.0f;
 
-#pragma unroll
-  for (int st = 0; st < Cfg::STAGES - 1; ++st) {
-    if (st < KT) load_slice<Cfg, float>(j, m0, n0, st, st, As, Bs);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<Cfg::STAGES - 2>();
-    __syncthreads();
-    const int nk = kt + Cfg::STAGES - 1;
-    if (nk < KT) load_slice<Cfg, float>(j, m0, n0, nk, nk % Cfg::STAGES, As, Bs);
-    cp_async_commit();
-
-    const int slot = kt % Cfg::STAGES;
-    const float* as = As + static_cast<size_t>(slot) * Cfg::BM * LDS;
-    const float* bs = Bs + static_cast<size_t>(slot) * Cfg::BN * LDS;
+  k_ring<Cfg, float>(j, m0, n0, smem, [&](const float* as, const float* bs) {
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 4) {
       float4 a[TM], b[TN];
@@ -232,9 +221,7 @@ __device__ __forceinline__ void gemm_tile_simt(const GemmJob& j, int m0, int n0,
           acc[i][q] = s;
         }
     }
-  }
-  cp_async_wait<0>();
-  __syncthreads();
+  });
 
 #pragma unroll
   for (int i = 0; i < TM; ++i)

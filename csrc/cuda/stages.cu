@@ -55,43 +55,22 @@ __global__ void __launch_bounds__(kStageThreads)
 
 }  // namespace
 
-#define MARENGINE_STAGE_DISPATCH(wt, CALL) \
-  switch (wt) {                            \
-    case WeightType::kFloat32:             \
-      return CALL(f32);                    \
-    case WeightType::kBFloat16:            \
-      return CALL(bf16);                   \
-    case WeightType::kFloat16:             \
-      return CALL(f16);                    \
-  }                                        \
-  return cudaErrorInvalidValue
-
 cudaError_t stage_gemm(WeightType wt, const StageGemm& g, cudaStream_t stream) {
-#define MARENGINE_CALL(S) stage_gemm_##S(g, stream)
-  MARENGINE_STAGE_DISPATCH(wt, MARENGINE_CALL);
-#undef MARENGINE_CALL
+  MARENGINE_WTYPE_DISPATCH(wt, stage_gemm, cudaErrorInvalidValue, g, stream);
 }
 
 cudaError_t stage_ln_modulate(WeightType wt, const StageLn& l, cudaStream_t stream) {
-#define MARENGINE_CALL(S) stage_ln_##S(l, stream)
-  MARENGINE_STAGE_DISPATCH(wt, MARENGINE_CALL);
-#undef MARENGINE_CALL
+  MARENGINE_WTYPE_DISPATCH(wt, stage_ln, cudaErrorInvalidValue, l, stream);
 }
 
 cudaError_t stage_silu_rows(WeightType wt, const HeadSampleArgs& a, int i0, int rows, void* y, int blocks,
                             cudaStream_t stream) {
-#define MARENGINE_CALL(S) stage_silu_rows_##S(a, i0, rows, y, blocks, stream)
-  MARENGINE_STAGE_DISPATCH(wt, MARENGINE_CALL);
-#undef MARENGINE_CALL
+  MARENGINE_WTYPE_DISPATCH(wt, stage_silu_rows, cudaErrorInvalidValue, a, i0, rows, y, blocks, stream);
 }
 
 cudaError_t stage_row_pre(WeightType wt, const HeadSampleArgs& a, const StageRowPre& r, cudaStream_t stream) {
-#define MARENGINE_CALL(S) stage_row_pre_##S(a, r, stream)
-  MARENGINE_STAGE_DISPATCH(wt, MARENGINE_CALL);
-#undef MARENGINE_CALL
+  MARENGINE_WTYPE_DISPATCH(wt, stage_row_pre, cudaErrorInvalidValue, a, r, stream);
 }
-
-#undef MARENGINE_STAGE_DISPATCH
 
 cudaError_t stage_update(const HeadSampleArgs& a, int it, const float* x, float* x0p, const float* outr, float* out,
                          int blocks, cudaStream_t stream) {

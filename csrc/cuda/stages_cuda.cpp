@@ -51,6 +51,14 @@ void check_cuda(const char* stage, const at::Tensor& t) {
   TORCH_CHECK(t.defined() && t.is_cuda(), stage, ": the stage operators take CUDA tensors");
 }
 
+// Where a stage runs: its tensor `t` must be a CUDA tensor, the stage launches on t's device
+// (the guard, for the stage's lifetime) and takes its other tensors on `dev`.
+struct OnDevice {
+  OnDevice(const char* stage, const at::Tensor& t) : dev((check_cuda(stage, t), t.device())), guard(dev) {}
+  const at::Device dev;
+  const c10::cuda::CUDAGuard guard;
+};
+
 void ok(cudaError_t err, const char* stage) {
   TORCH_CHECK(err == cudaSuccess, stage, ": launch failed: ", cudaGetErrorString(err));
 }
@@ -59,31 +67,40 @@ cudaStream_t stream() {
   return at::cuda::getCurrentCUDAStream().stream();
 }
 
+// HeadSampleArgs with these sizes set and everything else zero (the stages set what they use).
+HeadSampleArgs sized_args(int64_t N, int64_t R, int64_t C, int64_t W, int64_t S) {
+  HeadSampleArgs a{};
+  a.N = static_cast<int>(N);
+  a.R = static_cast<int>(R);
+  a.C = static_cast<int>(C);
+  a.W = static_cast<int>(W);
+  a.S = static_cast<int>(S);
+  return a;
+}
+
 // ------------------------------------------------------------------ gemm
 at::Tensor gemm(const at::Tensor& A, const at::Tensor& B, const at::Tensor& bias,
                 const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& gate, int64_t epi,
                 bool small_tiles) {
   const char* stage = "marengine_stages::gemm";
-  check_cuda(stage, B);
-  const c10::cuda::CUDAGuard guard(B.device());
-  const at::Device dev = B.device();
+  const OnDevice on(stage, B);
   TORCH_CHECK(A.dim() == 2 && B.dim() == 2 && A.size(1) == B.size(1), stage, ": A [M, K] and B [N, K] needed");
   const int64_t M = A.size(0), N = B.size(0), K = B.size(1);
   const at::ScalarType T = B.scalar_type();
   TORCH_CHECK(K * static_cast<int64_t>(B.element_size()) % 16 == 0, stage, ": K * element size must be a multiple ",
               "of 16 bytes (K = ", K, ")");
   TORCH_CHECK(epi >= 0 && epi <= 2, stage, ": epi must be 0 (SiLU), 1 (gate + residual) or 2 (store)");
-  const at::Tensor a = arg(stage, A, "A", T, {M, K}, dev), b = arg(stage, B, "B", T, {N, K}, dev);
-  const at::Tensor bs = arg(stage, bias, "bias", at::kFloat, {N}, dev);
+  const at::Tensor a = arg(stage, A, "A", T, {M, K}, on.dev), b = arg(stage, B, "B", T, {N, K}, on.dev);
+  const at::Tensor bs = arg(stage, bias, "bias", at::kFloat, {N}, on.dev);
   at::Tensor out, g;
   StageGemm s{};
   if (epi == 0) {
     out = at::empty({M, N}, B.options());
   } else if (epi == 1) {
     TORCH_CHECK(residual.has_value() && gate.has_value(), stage, ": epi 1 needs residual and gate");
-    out = arg(stage, *residual, "residual", at::kFloat, {M, N}, dev).clone();
+    out = arg(stage, *residual, "residual", at::kFloat, {M, N}, on.dev).clone();
     TORCH_CHECK(gate->dim() == 2 && gate->size(0) == M && gate->size(1) >= N, stage, ": gate must be [M, >= N]");
-    g = arg(stage, *gate, "gate", at::kFloat, {M, gate->size(1)}, dev);
+    g = arg(stage, *gate, "gate", at::kFloat, {M, gate->size(1)}, on.dev);
     s.gate = g.data_ptr<float>();
     s.ldg = static_cast<int>(g.size(1));
   } else {
@@ -107,22 +124,20 @@ at::Tensor ln_modulate(const at::Tensor& h, const std::optional<at::Tensor>& ln_
                        const std::optional<at::Tensor>& ln_b, const at::Tensor& mods, int64_t shift_col,
                        at::ScalarType dtype, int64_t blocks) {
   const char* stage = "marengine_stages::ln_modulate";
-  check_cuda(stage, h);
-  const c10::cuda::CUDAGuard guard(h.device());
-  const at::Device dev = h.device();
+  const OnDevice on(stage, h);
   TORCH_CHECK(h.dim() == 2 && mods.dim() == 2 && mods.size(0) == h.size(0), stage, ": h [rows, W], mods [rows, ld]");
   const int64_t rows = h.size(0), W = h.size(1), ld = mods.size(1);
   TORCH_CHECK(W % kWidthMultiple == 0, stage, ": W must be a multiple of ", kWidthMultiple);
   TORCH_CHECK(shift_col >= 0 && shift_col % 4 == 0 && shift_col + 2 * W <= ld, stage,
               ": shift_col must be a multiple of 4 with shift and scale inside mods");
   TORCH_CHECK(ln_w.has_value() == ln_b.has_value(), stage, ": give both ln_w and ln_b or neither");
-  const at::Tensor hc = arg(stage, h, "h", at::kFloat, {rows, W}, dev);
-  const at::Tensor mc = arg(stage, mods, "mods", at::kFloat, {rows, ld}, dev);
+  const at::Tensor hc = arg(stage, h, "h", at::kFloat, {rows, W}, on.dev);
+  const at::Tensor mc = arg(stage, mods, "mods", at::kFloat, {rows, ld}, on.dev);
   TORCH_CHECK(ld % 4 == 0, stage, ": mods' row length must be a multiple of 4 (float4 loads)");
   at::Tensor lw, lb;
   if (ln_w.has_value()) {
-    lw = arg(stage, *ln_w, "ln_w", at::kFloat, {W}, dev);
-    lb = arg(stage, *ln_b, "ln_b", at::kFloat, {W}, dev);
+    lw = arg(stage, *ln_w, "ln_w", at::kFloat, {W}, on.dev);
+    lb = arg(stage, *ln_b, "ln_b", at::kFloat, {W}, on.dev);
   }
   at::Tensor out = at::empty({rows, W}, h.options().dtype(dtype));
   StageLn l{};
@@ -143,21 +158,15 @@ at::Tensor ln_modulate(const at::Tensor& h, const std::optional<at::Tensor>& ln_
 at::Tensor silu_rows(const at::Tensor& t_emb, const at::Tensor& c_emb, int64_t i0, int64_t rows, at::ScalarType dtype,
                      int64_t blocks) {
   const char* stage = "marengine_stages::silu_rows";
-  check_cuda(stage, t_emb);
-  const c10::cuda::CUDAGuard guard(t_emb.device());
-  const at::Device dev = t_emb.device();
+  const OnDevice on(stage, t_emb);
   TORCH_CHECK(t_emb.dim() == 2 && c_emb.dim() == 2 && c_emb.size(1) == t_emb.size(1), stage,
               ": t_emb [S, W], c_emb [R, W]");
   const int64_t S = t_emb.size(0), W = t_emb.size(1), R = c_emb.size(0);
   TORCH_CHECK(W % kWidthMultiple == 0 && R > 0, stage, ": W must be a multiple of ", kWidthMultiple, ", R > 0");
   TORCH_CHECK(i0 >= 0 && rows >= 0 && i0 * R + rows <= S * R, stage, ": rows of iterations i0.. must exist");
-  const at::Tensor te = arg(stage, t_emb, "t_emb", at::kFloat, {S, W}, dev);
-  const at::Tensor ce = arg(stage, c_emb, "c_emb", at::kFloat, {R, W}, dev);
-  HeadSampleArgs a{};
-  a.W = static_cast<int>(W);
-  a.R = static_cast<int>(R);
-  a.N = static_cast<int>(R);
-  a.S = static_cast<int>(S);
+  const at::Tensor te = arg(stage, t_emb, "t_emb", at::kFloat, {S, W}, on.dev);
+  const at::Tensor ce = arg(stage, c_emb, "c_emb", at::kFloat, {R, W}, on.dev);
+  HeadSampleArgs a = sized_args(R, R, 0, W, S);
   a.t_emb = te.data_ptr<float>();
   a.c_emb = ce.data_ptr<float>();
   at::Tensor y = at::empty({rows, W}, t_emb.options().dtype(dtype));
@@ -187,11 +196,8 @@ UpdateInputs update_inputs(const char* stage, const at::Tensor& x, const at::Ten
   u.outr = arg(stage, outr, "outr", at::kFloat, {R, 2 * C}, dev);
   u.coefs = arg(stage, coefs, "coefs", at::kFloat, {S, kCoefColumns}, dev);
   if (step_noise.has_value()) u.noise = arg(stage, *step_noise, "step_noise", at::kFloat, {S, N, C}, dev);
+  u.a = sized_args(N, R, C, 0, S);
   HeadSampleArgs& a = u.a;
-  a.N = static_cast<int>(N);
-  a.R = static_cast<int>(R);
-  a.C = static_cast<int>(C);
-  a.S = static_cast<int>(S);
   a.cfg = static_cast<float>(cfg);
   a.temperature = static_cast<float>(temperature);
   a.coefs = u.coefs.data_ptr<float>();
@@ -208,8 +214,7 @@ std::tuple<at::Tensor, at::Tensor> update(const at::Tensor& x, const at::Tensor&
                                           const std::optional<at::Tensor>& step_noise, int64_t seed, int64_t offset,
                                           bool clip, int64_t blocks) {
   const char* stage = "marengine_stages::update";
-  check_cuda(stage, x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const OnDevice on(stage, x);
   UpdateInputs u = update_inputs(stage, x, x0_prev, outr, coefs, cfg, temperature, step_noise, seed, offset, clip);
   TORCH_CHECK(it >= 0 && it < u.a.S, stage, ": it must be in [0, S)");
   at::Tensor out = at::empty_like(u.x);
@@ -227,19 +232,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_pre(
     const at::Tensor& c_emb, int64_t i, double cfg, double temperature, const std::optional<at::Tensor>& step_noise,
     int64_t seed, int64_t offset, bool clip, bool make_y, at::ScalarType dtype, int64_t blocks) {
   const char* stage = "marengine_stages::row_pre";
-  check_cuda(stage, x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::Device dev = x.device();
+  const OnDevice on(stage, x);
   UpdateInputs u = update_inputs(stage, x, x0_prev, outr, coefs, cfg, temperature, step_noise, seed, offset, clip);
   HeadSampleArgs& a = u.a;
   TORCH_CHECK(i >= 0 && i < a.S, stage, ": i must be in [0, S)");
   TORCH_CHECK(in_w.dim() == 2 && in_w.size(1) == a.C, stage, ": in_w must be [W, C]");
   const int64_t W = in_w.size(0), R = a.R, C = a.C;
   TORCH_CHECK(W % kWidthMultiple == 0, stage, ": W must be a multiple of ", kWidthMultiple);
-  const at::Tensor in_w_t = arg(stage, in_w.to(at::kFloat), "in_w", at::kFloat, {W, C}, dev).t().contiguous();
-  const at::Tensor inb = arg(stage, in_b.to(at::kFloat), "in_b", at::kFloat, {W}, dev);
-  const at::Tensor te = arg(stage, t_emb, "t_emb", at::kFloat, {a.S, W}, dev);
-  const at::Tensor ce = arg(stage, c_emb, "c_emb", at::kFloat, {R, W}, dev);
+  const at::Tensor in_w_t = arg(stage, in_w.to(at::kFloat), "in_w", at::kFloat, {W, C}, on.dev).t().contiguous();
+  const at::Tensor inb = arg(stage, in_b.to(at::kFloat), "in_b", at::kFloat, {W}, on.dev);
+  const at::Tensor te = arg(stage, t_emb, "t_emb", at::kFloat, {a.S, W}, on.dev);
+  const at::Tensor ce = arg(stage, c_emb, "c_emb", at::kFloat, {R, W}, on.dev);
   a.W = static_cast<int>(W);
   a.in_w_t = in_w_t.data_ptr<float>();
   a.in_b = inb.data_ptr<float>();
@@ -250,13 +253,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_pre(
   if (mods0.has_value()) {
     TORCH_CHECK(mods0->dim() == 2 && mods0->size(0) == R && mods0->size(1) >= 2 * W && mods0->size(1) % 4 == 0, stage,
                 ": mods0 must be [R, ld] with ld >= 2W, ld % 4 == 0");
-    mc = arg(stage, *mods0, "mods0", at::kFloat, {R, mods0->size(1)}, dev);
+    mc = arg(stage, *mods0, "mods0", at::kFloat, {R, mods0->size(1)}, on.dev);
     r.mods0 = mc.data_ptr<float>();
     r.mod_ld = static_cast<int>(mc.size(1));
     TORCH_CHECK(ln_w0.has_value() == ln_b0.has_value(), stage, ": give both ln_w0 and ln_b0 or neither");
     if (ln_w0.has_value()) {
-      lw = arg(stage, *ln_w0, "ln_w0", at::kFloat, {W}, dev);
-      lb = arg(stage, *ln_b0, "ln_b0", at::kFloat, {W}, dev);
+      lw = arg(stage, *ln_w0, "ln_w0", at::kFloat, {W}, on.dev);
+      lb = arg(stage, *ln_b0, "ln_b0", at::kFloat, {W}, on.dev);
       r.ln_w0 = lw.data_ptr<float>();
       r.ln_b0 = lb.data_ptr<float>();
     }
@@ -280,8 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_pre(
 // ------------------------------------------------------------------ grid barrier, plan
 std::vector<int64_t> grid_barrier(const at::Tensor& like, int64_t rounds, int64_t blocks) {
   const char* stage = "marengine_stages::grid_barrier";
-  check_cuda(stage, like);
-  const c10::cuda::CUDAGuard guard(like.device());
+  const OnDevice on(stage, like);
   TORCH_CHECK(rounds >= 1 && rounds < (int64_t{1} << 24), stage, ": rounds must be in [1, 2^24)");
   int grid = 0;
   ok(stage_grid_barrier_grid(like.device().index(), static_cast<int>(blocks), &grid), stage);
@@ -299,14 +301,9 @@ std::vector<int64_t> plan(const at::Tensor& like, int64_t N, int64_t R, int64_t 
   check_cuda(stage, like);
   TORCH_CHECK(path >= -1 && path <= 1, stage, ": path must be -1 (auto), 0 (persistent) or 1 (per-step kernels)");
   TORCH_CHECK(D >= 0 && D <= kMaxDepth && N >= 0 && (R == N || R == 2 * N), stage, ": bad sizes");
-  HeadSampleArgs a{};
+  HeadSampleArgs a = sized_args(N, R, C, W, S);
   a.wtype = weight_type(dtype, stage);
-  a.N = static_cast<int>(N);
-  a.R = static_cast<int>(R);
-  a.C = static_cast<int>(C);
-  a.W = static_cast<int>(W);
   a.D = static_cast<int>(D);
-  a.S = static_cast<int>(S);
   HeadPlan p{};
   ok(plan_head_sample(a, static_cast<HeadPath>(path), like.device().index(), &p), stage);
   return {static_cast<int64_t>(p.path), p.chunk, p.grid, static_cast<int64_t>(p.workspace_bytes)};
