@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 
 from ..diffusion.gaussian import sample_loop
-from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables
 from ..schedules import cfg_combine
+from .head_job import HeadJob
 
 
 def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: float):
@@ -35,21 +34,11 @@ def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: floa
     return fn
 
 
-def sample_head(
-    net: nn.Module,
-    tables: DiffusionTables,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    step_noise: torch.Tensor | None,
-    *,
-    sampler: HeadSampler = DDPM,
-    clip_denoised: bool = False,
-) -> torch.Tensor:
-    """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or
-    None; `sampler` picks the per-step coefficients (diffusion/samplers.py)."""
-    tmap = tables.on(z.device)["timestep_map"]
-    table = tables.sampler_table(sampler, z.device)
-    flags = tables.sampler_flags(sampler)
-    return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised, flags)
+def sample_head(job: HeadJob) -> torch.Tensor:
+    """The job's reverse diffusion -> [N, C] float32, one eager step at a time."""
+    tables, dev = job.tables, job.z.device
+    tmap = tables.on(dev)["timestep_map"]
+    table = tables.sampler_table(job.sampler, dev)
+    flags = tables.sampler_flags(job.sampler)
+    eps_fn = guided_eps_fn(job.net, tmap, job.z, job.cfg)
+    return sample_loop(table, eps_fn, job.x_T, job.temperature, job.step_noise, job.clip_denoised, flags)
