@@ -81,7 +81,10 @@ def test_mode_switch(monkeypatch):
 
 def test_head_path_follows_the_kernels_choice(monkeypatch):
     cuda = torch.device("cuda", 0)
-    assert [selfcheck.head_path(cuda, r) for r in (1, 256, 257, 512, 513)] == [
+    # the thresholds the extension reports (csrc/kernel_limits.h), not a Python copy
+    big, tile = native.LIMITS["cuda_persistent_max_rows"], native.LIMITS["cuda_small_tile_max_rows"]
+    assert 1 < big < tile
+    assert [selfcheck.head_path(cuda, r) for r in (1, big, big + 1, tile, tile + 1)] == [
         "persistent",
         "persistent",
         "kernels-32",

@@ -122,15 +122,16 @@ def print_settings(s: Settings) -> None:
     """Every knob of marengine/settings.py: its variable, value and where the value came from."""
     print("settings (environment, read once)")
     for env, value, source in s.describe():
-        print(f"  {env:<26} {value} ({source})")
+        print(f"  {env:<28} {value} ({source})")
 
 
 def limits_line(limits: dict) -> str:
     """What the compiled kernels take (marengine._C.limits(), csrc/kernel_limits.h), in one line."""
     return (
         f"LayerNorm eps {limits['layernorm_eps']:g}; weights {', '.join(limits['weight_dtypes'])}; "
-        f"CPU builds compiled: {limits['cpu_kernels_built']}; CUDA {'built' if limits['cuda_built'] else 'not built'}: "
-        f"width % {limits['cuda_width_multiple']} == 0, <= {limits['cuda_max_channels']} channels, "
+        f"CPU builds compiled in: {limits['cpu_kernels_built']}; CUDA kernels "
+        f"({'built' if limits['cuda_built'] else 'not built'}) take widths that are multiples of "
+        f"{limits['cuda_width_multiple']}, <= {limits['cuda_max_channels']} token channels, "
         f"<= {limits['cuda_max_depth']} res blocks"
     )
 

@@ -75,12 +75,14 @@ WEIGHT_DTYPES = tuple(_DTYPES[name] for name in LIMITS.get("weight_dtypes", ()))
 
 
 def available(device: torch.device | str = "cpu") -> bool:
-    """True when `torch.ops.marengine.head_sample` has a kernel for `device`'s type (the
-    extension registers its CUDA kernels whenever it was built with them: csrc/cuda/ops_cuda.cpp)."""
+    """True when `torch.ops.marengine.head_sample` has a kernel for `device`'s type."""
     if _C is None:
         return False
     dev = torch.device(device)
-    return dev.type == "cpu" or (dev.type == "cuda" and bool(LIMITS["cuda_built"]))
+    if dev.type == "cpu":
+        return True
+    op = torch.ops.marengine.head_sample.default  # OpOverload's public query of the dispatcher
+    return dev.type == "cuda" and bool(LIMITS["cuda_built"]) and op.has_kernel_for_dispatch_key("CUDA")
 
 
 def unsupported(net: nn.Module, device: torch.device | str) -> str | None:
