@@ -9,6 +9,8 @@
 // Test: pytest python_tests/test_settings.py -k limits
 #pragma once
 
+#include <cstddef>
+
 namespace marengine {
 
 constexpr float kLayerNormEps = 1e-6f;
@@ -27,6 +29,11 @@ constexpr int kPersistentMaxRows = 256;
 // GEMMs over at most this many rows use 32x32 tiles (else 64x64): the per-step path
 // and adaln_block (the persistent kernel always uses 32x32).
 constexpr int kSmallTileMaxRows = 512;
+// The persistent kernel computes the AdaLN modulations of `chunk` steps at once,
+// chunk = ceil(kModRowsTarget / R) (clamped to [1, S] and to kModBudgetBytes of
+// buffers): one big GEMM per chunk, weights streamed once per chunk.
+constexpr int kModRowsTarget = 256;
+constexpr size_t kModBudgetBytes = size_t{256} << 20;  // bound on the chunk's y + mods buffers
 
 }  // namespace cuda
 }  // namespace marengine

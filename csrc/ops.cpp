@@ -105,6 +105,8 @@ pybind11::dict limits() {
   d["cuda_max_depth"] = cu::kMaxDepth;
   d["cuda_persistent_max_rows"] = cu::kPersistentMaxRows;
   d["cuda_small_tile_max_rows"] = cu::kSmallTileMaxRows;
+  d["cuda_mod_rows_target"] = cu::kModRowsTarget;
+  d["cuda_mod_budget_bytes"] = cu::kModBudgetBytes;
   d["cpu_kernels_built"] = std::string(marengine::cpu::kernels_built());
   return d;
 }

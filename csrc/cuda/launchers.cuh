@@ -30,11 +30,7 @@ constexpr int kCoefColumns = 8;
 // The persistent kernel runs this many blocks per SM at most (fewer blocks make
 // the grid barrier cheaper; 2 x 4 warps keep the cp.async pipeline busy).
 constexpr int kPersistentBlocksPerSM = 2;
-// The persistent kernel computes the AdaLN modulations of `chunk` steps at once,
-// chunk = ceil(kModRowsTarget / R) (clamped to [1, S] and to kModBudgetBytes of
-// buffers): one big GEMM per chunk, weights streamed once per chunk.
-constexpr int kModRowsTarget = 256;
-constexpr size_t kModBudgetBytes = size_t{256} << 20;  // bound on the chunk's y + mods buffers
+// kModRowsTarget, kModBudgetBytes (the persistent kernel's modulation chunk): csrc/kernel_limits.h.
 
 enum class HeadPath : int { kAuto = -1, kPersistent = 0, kPerStep = 1 };
 
