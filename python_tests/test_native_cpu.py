@@ -337,8 +337,8 @@ import sys, torch
 sys.path.insert(0, {here!r})
 from test_native_cpu import _moderate_head, inputs, make_diffloss, rel_err
 from marengine import _C
-from marengine import settings
 from marengine.ops import native, reference
+from marengine.ops.head_job import HeadJob
 torch.set_num_threads(2)
 assert _C.cpu_kernels() == {build!r}, _C.cpu_kernels()
 def fp32_case(dl, n, cfg):
@@ -357,10 +357,10 @@ def bf16_case(dl, n):
     z, x_T = inputs(n, 3.0)
     x_T = 0.01 * x_T
     tab = dl.gen_tables
-    ref32 = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    ref32 = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref_lp = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
-    out = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None, weight_dtype=torch.bfloat16)
+        ref_lp = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
+    out = native.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None), weight_dtype=torch.bfloat16)
     torch_err = (ref_lp.double() - ref32.double()).abs().max().item()
     ours = (out.double() - ref32.double()).abs().max().item()
     assert 0 < torch_err and 0 < ours <= 2 * torch_err, ("bf16", n, ours, torch_err)
