@@ -23,10 +23,16 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "cpu/head_common.h"
 #include "cpu/kernels.h"
+#include "kernel_limits.h"
 #include "philox.h"
+#include "settings.h"
 
 TORCH_LIBRARY(marengine, m) {
   // where the fake (meta) kernels live: torch imports it when it needs them
@@ -61,7 +67,67 @@ bool built_with_cuda() {
 #endif
 }
 
+// The knobs marengine/settings.py passed in (csrc/settings.h). Values are kept for the life of
+// the process (a later set_knobs adds new strings), so a pointer knob() returned stays valid.
+struct Knobs {
+  std::mutex mu;
+  std::map<std::string, const char*> by_name;
+  std::deque<std::string> values;
+};
+
+Knobs& knob_table() {
+  static Knobs* k = new Knobs();  // leaked on purpose: no destruction-order issues at exit
+  return *k;
+}
+
+void set_knobs(const std::map<std::string, std::string>& knobs) {
+  Knobs& k = knob_table();
+  std::lock_guard<std::mutex> g(k.mu);
+  k.by_name.clear();
+  for (const auto& [name, value] : knobs) {
+    k.values.push_back(value);
+    k.by_name[name] = k.values.back().c_str();
+  }
+}
+
+std::map<std::string, std::string> knobs() {
+  Knobs& k = knob_table();
+  std::lock_guard<std::mutex> g(k.mu);
+  std::map<std::string, std::string> out;
+  for (const auto& [name, value] : k.by_name) out[name] = value;
+  return out;
+}
+
+// What the kernels take, from csrc/kernel_limits.h and the build (marengine/ops/native.py reads it).
+pybind11::dict limits() {
+  namespace cu = marengine::cuda;
+  pybind11::dict d;
+  d["layernorm_eps"] = marengine::kLayerNormEps;
+  d["weight_dtypes"] = pybind11::make_tuple("float32", "bfloat16", "float16");
+  d["cuda_built"] = built_with_cuda();
+  d["cuda_width_multiple"] = cu::kWidthMultiple;
+  d["cuda_max_channels"] = cu::kMaxChannels;
+  d["cuda_max_depth"] = cu::kMaxDepth;
+  d["cuda_persistent_max_rows"] = cu::kPersistentMaxRows;
+  d["cuda_small_tile_max_rows"] = cu::kSmallTileMaxRows;
+  d["cuda_mod_rows_target"] = cu::kModRowsTarget;
+  d["cuda_mod_budget_bytes"] = cu::kModBudgetBytes;
+  d["cpu_kernels_built"] = std::string(marengine::cpu::kernels_built());
+  return d;
+}
+
 }  // namespace
+
+namespace marengine {
+
+const char* knob(const char* name) {
+  Knobs& k = knob_table();
+  std::lock_guard<std::mutex> g(k.mu);
+  const auto it = k.by_name.find(name);
+  return it == k.by_name.end() ? nullptr : it->second;
+}
+
+}  // namespace marengine
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "marengine native kernels: registers torch.ops.marengine.{adaln_block, head_sample}";
@@ -84,6 +150,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "A 64-bit fingerprint of the bytes of CPU tensors, in order (catches writes that bypass version counters).");
   m.def("forget_packed", &marengine::cpu::forget_packed,
         "Drop the CPU sampler's packed copies of these weight tensors (their bytes changed).");
+  m.def("limits", &limits,
+        "What the kernels take (csrc/kernel_limits.h): LayerNorm eps, weight dtypes, the CUDA kernels' width "
+        "multiple, max channels and depth and path thresholds, whether CUDA is built, the CPU builds compiled in.");
+  m.def("set_knobs", &set_knobs,
+        "Set the environment knobs the kernels act on (name -> value; marengine/settings.py passes them). "
+        "A name left out takes the kernels' default.",
+        pybind11::arg("knobs"));
+  m.def("knobs", &knobs, "The knobs set by set_knobs (name -> value).");
   m.def("philox_normals", &philox_normals, "Normals e0..e0+count-1 of the head_sample noise stream (CPU).",
         pybind11::arg("seed"), pybind11::arg("offset"), pybind11::arg("e0"), pybind11::arg("count"));
 }

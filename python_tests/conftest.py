@@ -17,6 +17,19 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+
+@pytest.fixture(autouse=True)
+def _settings_of_this_test():
+    """marengine/settings.py reads the environment once: each test starts from its own
+    environment, and the settings a test reloaded after a monkeypatch.setenv do not outlive it
+    (this teardown runs after monkeypatch has restored the environment)."""
+    from marengine import settings
+
+    settings.reload()
+    yield
+    settings.reload()
+
+
 GOLDEN = Path(
     os.environ.get(
         "MARENGINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"

@@ -16,9 +16,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from marengine.ops.native import LIMITS
 from marengine.schedules import cfg_combine
 
-PERSISTENT_MAX_ROWS, MOD_ROWS_TARGET, MOD_BUDGET = 256, 256, 256 << 20  # csrc/cuda/launchers.cuh
+# csrc/kernel_limits.h, as the extension reports it (its CPU build is enough)
+PERSISTENT_MAX_ROWS = LIMITS.get("cuda_persistent_max_rows")
+MOD_ROWS_TARGET, MOD_BUDGET = LIMITS.get("cuda_mod_rows_target"), LIMITS.get("cuda_mod_budget_bytes")
 
 
 def gemm(A, B, bias, residual, gate, epi, small_tiles):
@@ -108,6 +111,8 @@ def grid_barrier(like, rounds, blocks=0):
 
 
 def plan(like, N, R, C, W, D, S, dtype, path=-1):
+    if PERSISTENT_MAX_ROWS is None:
+        raise RuntimeError("the stage emulation takes the CUDA limits from marengine._C: build its CPU part")
     if path == -1:
         path = 0 if R <= PERSISTENT_MAX_ROWS else 1
     chunk = 1

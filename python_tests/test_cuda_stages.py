@@ -38,9 +38,11 @@ import torch.nn.functional as F
 from conftest import random_diffloss
 from cuda_stage_emulation import update_f32
 
+from marengine import settings
 from marengine.diffusion.gaussian import sample_loop
 from marengine.diffusion.samplers import HeadSampler
 from marengine.diffusion.schedule import make_tables
+from marengine.ops.head_job import HeadJob
 from marengine.schedules import cfg_combine
 
 SAMPLERS = ("ddpm", "ddim", "ddim:1", "dpm++2m")
@@ -407,14 +409,15 @@ def test_stage_path(monkeypatch, path, dtype, sampler, rows, cfg):
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference must be true fp32
     try:
         with torch.no_grad():
-            ref = reference.sample_head(*args, sampler=smp).double()
+            ref = reference.sample_head(HeadJob(*args, sampler=smp)).double()
             if T != torch.float32:
                 with torch.autocast(DEV, dtype=T):
-                    torch_lp = reference.sample_head(*args, sampler=smp).double()
+                    torch_lp = reference.sample_head(HeadJob(*args, sampler=smp)).double()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     monkeypatch.setenv("MARENGINE_HEAD_PATH", path)
-    out = native.sample_head(*args, sampler=smp, weight_dtype=T).double()
+    settings.reload()
+    out = native.sample_head(HeadJob(*args, sampler=smp), weight_dtype=T).double()
     name = f"path[{path}, {dtype}, {sampler}, rows={rows}, cfg={cfg}]"
     assert torch.isfinite(out).all(), f"stage {name}: non-finite output"
     err = float((out - ref).abs().max())

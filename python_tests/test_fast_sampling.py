@@ -19,6 +19,7 @@ from marengine.diffusion.samplers import SAMPLERS, HeadSampler, step_table
 from marengine.diffusion.schedule import make_tables
 from marengine.models.backbone_cache import CachePolicy
 from marengine.ops import native_available, reference
+from marengine.ops.head_job import HeadJob
 from marengine.schedules import step_schedule
 
 MU, SD = torch.tensor([0.7, -1.2, 0.0]), torch.tensor([0.5, 0.2, 1.3])
@@ -49,7 +50,7 @@ def test_every_sampler_reaches_a_known_distribution(sampler):
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(n, 3, generator=g)
     noise = None if s.deterministic else torch.randn(tables.num_steps, n, 3, generator=g)
-    out = reference.sample_head(GaussianEps(), tables, torch.zeros(n, 1), x_T, 1.0, 1.0, noise, sampler=s)
+    out = reference.sample_head(HeadJob(GaussianEps(), tables, torch.zeros(n, 1), x_T, 1.0, 1.0, noise, sampler=s))
     mean, sd = out.mean(0), out.std(0)
     assert torch.allclose(mean, MU, atol=0.03), (sampler, mean)
     assert torch.allclose(sd, SD, rtol=0.05, atol=0.01), (sampler, sd)
@@ -63,7 +64,9 @@ def test_few_steps_differ_and_many_steps_agree_across_samplers():
 
     def run(kind: str, steps: str) -> torch.Tensor:
         return reference.sample_head(
-            GaussianEps(), make_tables(steps), torch.zeros(n, 1), x_T, 1.0, 1.0, None, sampler=HeadSampler(kind)
+            HeadJob(
+                GaussianEps(), make_tables(steps), torch.zeros(n, 1), x_T, 1.0, 1.0, None, sampler=HeadSampler(kind)
+            )
         )
 
     exact = run("dpm++2m", "1000")
@@ -97,11 +100,11 @@ def test_native_matches_reference_for_every_sampler(sampler, cfg, temperature, c
     tables = dl.tables("12")
     noise = torch.randn(tables.num_steps, *x_T.shape, generator=torch.Generator().manual_seed(3))
     noise = None if s.deterministic or temperature == 0 else noise
-    kw = dict(sampler=s, clip_denoised=clip)
-    ref = reference.sample_head(dl.net, tables, z, x_T, temperature, cfg, noise, **kw)
+    job = HeadJob(dl.net, tables, z, x_T, temperature, cfg, noise, sampler=s, clip_denoised=clip)
+    ref = reference.sample_head(job)
     from marengine.ops import native
 
-    out = native.sample_head(dl.net, tables, z, x_T, temperature, cfg, noise, **kw)
+    out = native.sample_head(job)
     assert rel_err(out, ref) <= 1e-4, (sampler, rel_err(out, ref))
 
 

@@ -39,6 +39,7 @@ RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # receive torch tensors; the deploy sampler's test runs it with torch made unimportable)
 TORCH_FREE = (
     "limits.py",
+    "settings.py",
     "config.py",
     "files.py",
     "checks.py",

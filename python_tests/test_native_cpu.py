@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from marengine import settings
 from marengine.diffusion.samplers import DDPM
 from marengine.models.diffloss import DiffLoss
 from marengine.models.head import ResBlock
 from marengine.ops import native, reference
+from marengine.ops.head_job import HeadJob
 
 pytestmark = pytest.mark.skipif(
     not native.available("cpu"), reason="marengine._C is not built (pip install --no-build-isolation -e .)"
@@ -104,7 +106,7 @@ def test_golden_official(case: str) -> None:
 
 # ----------------------------------------------------------------------------- in-kernel noise
 def _philox(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, seed: int, offset: int = 0) -> torch.Tensor:
-    return native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, seed, offset)
+    return native.sample_head_philox(HeadJob(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, None), seed, offset)
 
 
 def test_philox_reproducible() -> None:
@@ -162,10 +164,10 @@ def test_chain_statistics(path: str) -> None:
     z = torch.randn(n, Z, generator=g)
     x_T = mu0 + torch.randn(n, C, generator=g)
     if path == "philox":
-        x = native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, temp, 1.0, seed=2024)
+        x = native.sample_head_philox(HeadJob(dl.net, dl.gen_tables, z, x_T, temp, 1.0, None), seed=2024)
     else:
         noise = torch.randn(dl.gen_tables.num_steps, n, C, generator=g)
-        x = native.sample_head(dl.net, dl.gen_tables, z, x_T, temp, 1.0, noise)
+        x = native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, temp, 1.0, noise))
     mean, var = _chain_moments(dl, mu0, v0, temp)
     m = x.numel()
     assert abs(x.double().mean().item() - mean) <= 5 * math.sqrt(var / m)
@@ -190,11 +192,11 @@ def test_low_precision_weights(dtype: torch.dtype) -> None:
     z, x_T = inputs(59, 3.0)
     x_T = 0.01 * x_T
     tab = dl.gen_tables
-    ref32 = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    ref32 = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
     with torch.autocast("cpu", dtype=dtype):
-        ref_lp = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
-        auto = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)  # picks dtype from autocast
-    explicit = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None, weight_dtype=dtype)
+        ref_lp = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
+        auto = native.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))  # picks dtype from autocast
+    explicit = native.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None), weight_dtype=dtype)
     assert torch.equal(auto, explicit)
     torch_err = (ref_lp.double() - ref32.double()).abs().max().item()
     ours = (explicit.double() - ref32.double()).abs().max().item()
@@ -208,8 +210,8 @@ def test_low_precision_large_values(dtype: torch.dtype) -> None:
     chain state in fp32 and stays finite and close to fp32 (autocast fp16 gives NaN here)."""
     dl = make_diffloss(width=128, depth=3, std=0.05)
     z, x_T = inputs(59, 3.0)
-    ref32 = reference.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
-    out = native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None, weight_dtype=dtype)
+    ref32 = reference.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None))
+    out = native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None), weight_dtype=dtype)
     assert ref32.abs().max() > 65504
     assert torch.isfinite(out).all()
     assert rel_err(out, ref32) <= 2e-2
@@ -275,15 +277,19 @@ def test_threading_modes_identical(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row-parallel, column-parallel, one thread and different modulation chunks give the same bits."""
     dl = make_diffloss(width=64, depth=2)
     z, x_T = inputs(70, 2.0)
-    run = lambda: native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None)  # noqa: E731
+    run = lambda: native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None))  # noqa: E731
     base = run()
     monkeypatch.setenv("MARENGINE_CPU_ROW_MIN", "1000")  # column mode
+    settings.reload()
     col = run()
     monkeypatch.setenv("MARENGINE_CPU_MOD_ROWS", "16")  # one step per modulation chunk
+    settings.reload()
     chunked = run()
     monkeypatch.setenv("MARENGINE_CPU_ROW_MIN", "1")
     monkeypatch.setenv("MARENGINE_CPU_WORKSPACE_MB", "1")  # many small units per thread
+    settings.reload()
     units = run()
+    assert _C_knobs()["MARENGINE_CPU_WORKSPACE_MB"] == "1"  # the extension got the reloaded value
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -332,6 +338,7 @@ sys.path.insert(0, {here!r})
 from test_native_cpu import _moderate_head, inputs, make_diffloss, rel_err
 from marengine import _C
 from marengine.ops import native, reference
+from marengine.ops.head_job import HeadJob
 torch.set_num_threads(2)
 assert _C.cpu_kernels() == {build!r}, _C.cpu_kernels()
 def fp32_case(dl, n, cfg):
@@ -350,10 +357,10 @@ def bf16_case(dl, n):
     z, x_T = inputs(n, 3.0)
     x_T = 0.01 * x_T
     tab = dl.gen_tables
-    ref32 = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
+    ref32 = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref_lp = reference.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None)
-    out = native.sample_head(dl.net, tab, z, x_T, 0.0, 3.0, None, weight_dtype=torch.bfloat16)
+        ref_lp = reference.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None))
+    out = native.sample_head(HeadJob(dl.net, tab, z, x_T, 0.0, 3.0, None), weight_dtype=torch.bfloat16)
     torch_err = (ref_lp.double() - ref32.double()).abs().max().item()
     ours = (out.double() - ref32.double()).abs().max().item()
     assert 0 < torch_err and 0 < ours <= 2 * torch_err, ("bf16", n, ours, torch_err)
@@ -381,12 +388,24 @@ def test_forced_kernel_build_matches_reference(build: str) -> None:
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
+def _C_knobs() -> dict[str, str]:
+    from marengine import _C
+
+    return _C.knobs()
+
+
+def test_unknown_kernel_build_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARENGINE_CPU_KERNELS", "avx1024")
+    with pytest.raises(ValueError, match="MARENGINE_CPU_KERNELS must be one of auto, avx512_amx"):
+        settings.reload()
+
+
 @pytest.mark.parametrize("name", ["avx1024", "AVX2 "])
 def test_unknown_kernel_build_falls_back_with_a_message(name: str) -> None:
-    """A name that is no build: the best build runs and stderr says why."""
-    code = "import torch\nfrom marengine import _C\nprint(_C.cpu_kernels())\n"
-    env = dict(os.environ, MARENGINE_CPU_KERNELS=name)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    """A name that is no build handed to the extension directly: the best build runs and stderr says why."""
+    code = f"import torch\nfrom marengine import _C\n_C.set_knobs({{'MARENGINE_CPU_KERNELS': {name!r}}})\n"
+    code += "print(_C.cpu_kernels())\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == _cpu_builds()[0]
     assert f"MARENGINE_CPU_KERNELS={name} is not a CPU kernel build" in res.stderr
@@ -507,9 +526,9 @@ def test_sample_head_wrong_rows_raise() -> None:
     dl = make_diffloss()
     z, x_T = inputs(4, 1.0)
     with pytest.raises(ValueError, match="2N"):
-        native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
+        native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None))
     with pytest.raises(ValueError, match="step_noise"):
-        native.sample_head(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, None)
+        native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 1.0, 1.0, None))
 
 
 # ----------------------------------------------------------------------------- stale weights
@@ -568,7 +587,7 @@ def test_caches_never_serve_stale_weights(kind: str, wdtype: torch.dtype) -> Non
     z, x_T = inputs(9, 2.0)
 
     def native_out() -> torch.Tensor:
-        return native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None, weight_dtype=wdtype)
+        return native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 2.0, None), weight_dtype=wdtype)
 
     before = native_out()
     assert torch.equal(native_out(), before)  # the cached path is the same computation
@@ -576,7 +595,7 @@ def test_caches_never_serve_stale_weights(kind: str, wdtype: torch.dtype) -> Non
     after = native_out()
     fresh = make_diffloss(width=48, depth=2, steps="10")
     fresh.load_state_dict(dl.state_dict())  # new tensors: nothing cached for them
-    want = native.sample_head(fresh.net, fresh.gen_tables, z, x_T, 0.0, 2.0, None, weight_dtype=wdtype)
+    want = native.sample_head(HeadJob(fresh.net, fresh.gen_tables, z, x_T, 0.0, 2.0, None), weight_dtype=wdtype)
     assert torch.equal(after, want), f"{kind}: the native sampler used stale weights"
     assert not torch.equal(after, before)
 
@@ -592,9 +611,9 @@ def test_weights_frozen_checks_bytes_once_per_block() -> None:
     try:
         with native.weights_frozen():
             for _ in range(3):
-                native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None)
+                native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None))
         assert len(calls) == 1  # the first call of the block fingerprints, the others trust it
-        native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None)
+        native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None))
         assert len(calls) == 2  # outside a block: every call
     finally:
         native.content_fingerprint = real

@@ -18,6 +18,7 @@ import torch
 from conftest import random_diffloss, rel_err
 
 from marengine.diffusion.samplers import DDPM, HeadSampler
+from marengine.ops.head_job import HeadJob
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU: the CUDA kernels cannot run on this machine"
@@ -131,10 +132,12 @@ def reference(dl, z, x_T, cfg, temperature=0.0, generator=None, autocast_dtype=N
 
 @pytest.fixture
 def head_path(monkeypatch):
-    """Force head_sample's path: 'persistent' or 'kernels' (read by the glue per call)."""
+    """Force head_sample's path: 'persistent' or 'kernels' (marengine/settings.py, handed to the glue)."""
+    from marengine import settings
 
     def set_path(name: str) -> None:
         monkeypatch.setenv("MARENGINE_HEAD_PATH", name)
+        settings.reload()
 
     return set_path
 
@@ -221,7 +224,7 @@ def test_head_sample_samplers(ops, head_path, path, sampler, clip, rows, cfg):
         g = torch.Generator(DEV).manual_seed(9)
         noise = torch.randn(dl.gen_tables.num_steps, rows, dl.in_channels, generator=g, device=DEV)
     ref = torch_reference.sample_head(
-        dl.net, dl.gen_tables, z, x_T, temperature, cfg, noise, sampler=smp, clip_denoised=clip
+        HeadJob(dl.net, dl.gen_tables, z, x_T, temperature, cfg, noise, sampler=smp, clip_denoised=clip)
     )
     head_path(path)
     out = ops.head_sample(*head_operands(dl, z, x_T, cfg, temperature, noise, sampler=smp, clip=clip))
@@ -276,9 +279,9 @@ def test_sample_head_philox_wrapper(ops):
     dl = make_diffloss()
     z, x_T = inputs(dl, 59, 3.0)
     stride = native.philox_groups(dl.gen_tables.num_steps, 59, dl.in_channels)
-    a = native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, seed=123, offset=0)
-    b = native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, seed=123, offset=0)
-    c = native.sample_head_philox(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, seed=123, offset=stride)
+    a = native.sample_head_philox(HeadJob(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, None), seed=123, offset=0)
+    b = native.sample_head_philox(HeadJob(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, None), seed=123, offset=0)
+    c = native.sample_head_philox(HeadJob(dl.net, dl.gen_tables, z, x_T, 1.0, 3.0, None), seed=123, offset=stride)
     assert a.shape == (59, dl.in_channels) and torch.equal(a, b) and not torch.equal(a, c)
 
 

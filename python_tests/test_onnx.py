@@ -32,6 +32,7 @@ from marengine.models import orders as generation_orders  # noqa: E402
 from marengine.models.tokenizers import VAETokenizer, build_tokenizer, default_tokenizer_spec  # noqa: E402
 from marengine.models.vae import AutoencoderKL  # noqa: E402
 from marengine.ops import reference  # noqa: E402
+from marengine.ops.head_job import HeadJob
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["CPUExecutionProvider"]
@@ -275,7 +276,7 @@ def torch_engine_tokens(
         x_T = torch.from_numpy(x_T) * (temperature if s.deterministic else 1.0)
         sn = None if sn is None else torch.from_numpy(sn)
         out = reference.sample_head(
-            model.diffloss.net, tables, z, x_T, temperature, cfg, sn, sampler=s, clip_denoised=clip_denoised
+            HeadJob(model.diffloss.net, tables, z, x_T, temperature, cfg, sn, sampler=s, clip_denoised=clip_denoised)
         )
         return torch.cat([out, out]) if guided else out
 

@@ -12,8 +12,10 @@ import warnings
 import pytest
 import torch
 
+from marengine import settings
 from marengine.models.diffloss import DiffLoss
 from marengine.ops import native, selfcheck
+from marengine.ops.head_job import HeadJob
 
 pytestmark = pytest.mark.skipif(not native.available("cpu"), reason="marengine._C is not built")
 C, Z = 16, 32
@@ -24,6 +26,7 @@ def fresh(monkeypatch):
     selfcheck.clear()
     monkeypatch.setenv("MARENGINE_SELFCHECK", "all")
     monkeypatch.delenv("MARENGINE_HEAD_PATH", raising=False)
+    settings.reload()
     yield
     selfcheck.clear()
 
@@ -65,18 +68,23 @@ def wrong_kernel(monkeypatch, how: str = "offset") -> None:
 def test_mode_switch(monkeypatch):
     for value, want in [("", "auto"), ("auto", "auto"), ("1", "auto"), ("all", "all"), ("0", "off"), ("off", "off")]:
         monkeypatch.setenv("MARENGINE_SELFCHECK", value)
+        settings.reload()
         assert selfcheck.mode() == want
     monkeypatch.delenv("MARENGINE_SELFCHECK")
+    settings.reload()
     assert selfcheck.mode() == "auto"
     assert selfcheck.enabled_for(torch.device("cuda")) and not selfcheck.enabled_for(torch.device("cpu"))
     monkeypatch.setenv("MARENGINE_SELFCHECK", "sometimes")
-    with pytest.raises(ValueError, match="MARENGINE_SELFCHECK must be auto, all or off"):
-        selfcheck.mode()
+    with pytest.raises(ValueError, match="MARENGINE_SELFCHECK must be one of auto, all, off"):
+        settings.reload()
 
 
 def test_head_path_follows_the_kernels_choice(monkeypatch):
     cuda = torch.device("cuda", 0)
-    assert [selfcheck.head_path(cuda, r) for r in (1, 256, 257, 512, 513)] == [
+    # the thresholds the extension reports (csrc/kernel_limits.h), not a Python copy
+    big, tile = native.LIMITS["cuda_persistent_max_rows"], native.LIMITS["cuda_small_tile_max_rows"]
+    assert 1 < big < tile
+    assert [selfcheck.head_path(cuda, r) for r in (1, big, big + 1, tile, tile + 1)] == [
         "persistent",
         "persistent",
         "kernels-32",
@@ -84,8 +92,10 @@ def test_head_path_follows_the_kernels_choice(monkeypatch):
         "kernels-64",
     ]
     monkeypatch.setenv("MARENGINE_HEAD_PATH", "kernels")
+    settings.reload()
     assert selfcheck.head_path(cuda, 10) == "kernels-32"
     monkeypatch.setenv("MARENGINE_HEAD_PATH", "persistent")
+    settings.reload()
     assert selfcheck.head_path(cuda, 4000) == "persistent"
     assert selfcheck.head_path(torch.device("cpu"), 10) == "cpu"
 
@@ -98,7 +108,7 @@ def test_passing_configuration_runs_native_and_is_checked_once(monkeypatch):
         warnings.simplefilter("error")  # no self-check warning
         outs = [dl.sample(z, 0.0, 3.0, noise=x_T, backend="auto") for _ in range(3)]
     assert len(calls) == 1
-    want = native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
+    want = native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None))
     assert all(torch.equal(o[:7], want) for o in outs)  # the native kernel ran
     (v,) = selfcheck.results()
     assert v.ok and v.error <= v.allowed and v.ms > 0
@@ -154,16 +164,18 @@ def test_configurations_are_checked_separately(monkeypatch):
 def test_switch_off_runs_the_kernel_unchecked(monkeypatch):
     dl = make_diffloss()
     z, x_T = inputs()
-    right = native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)
+    right = native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None))
     wrong_kernel(monkeypatch)
     calls = count_checks(monkeypatch)
     monkeypatch.setenv("MARENGINE_SELFCHECK", "0")
+    settings.reload()
     out = dl.sample(z, 0.0, 3.0, noise=x_T, backend="auto")
     assert calls == [] and torch.equal(out[:7], right + 1.0)  # the (broken) kernel ran
 
 
 def test_default_checks_cuda_not_cpu(monkeypatch):
     monkeypatch.delenv("MARENGINE_SELFCHECK")
+    settings.reload()
     dl = make_diffloss()
     z, x_T = inputs()
     calls = count_checks(monkeypatch)
@@ -180,7 +192,7 @@ def test_harness_failure_does_not_condemn_the_kernel(monkeypatch, caplog):
 
     monkeypatch.setattr(selfcheck, "_random_twin", no_twin)
     out = dl.sample(z, 0.0, 3.0, noise=x_T, backend="auto")
-    assert torch.equal(out[:7], native.sample_head(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None))
+    assert torch.equal(out[:7], native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 3.0, None)))
     assert "could not run" in caplog.text
     (v,) = selfcheck.results()
     assert v.ok and v.detail.startswith("not checked")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from marengine import settings
 from marengine.diffusion.samplers import DDPM, HeadSampler
 from marengine.diffusion.schedule import TableStack, make_tables
 from marengine.ops import native, reference
+from marengine.ops.head_job import HeadJob
 from marengine.schedules import Iteration, TokenSteps
 
 needs_native = pytest.mark.skipif(not native.available("cpu"), reason="marengine._C is not built")
@@ -55,8 +57,10 @@ def test_reference_rows_of_one_count_are_the_uniform_reference() -> None:
     z, x_T = _inputs(9, 2.0)
     noise = torch.randn(5, 9, C, generator=torch.Generator().manual_seed(2))
     tables = dl.tables(5)
-    uni = reference.sample_head(dl.net, tables, z, x_T, 1.0, 2.0, noise)
-    rows = reference.sample_head(dl.net, dl.table_stack((5,)), z, x_T, 1.0, 2.0, noise, row_steps=torch.full((9,), 5))
+    uni = reference.sample_head(HeadJob(dl.net, tables, z, x_T, 1.0, 2.0, noise))
+    rows = reference.sample_head(
+        HeadJob(dl.net, dl.table_stack((5,)), z, x_T, 1.0, 2.0, noise, row_steps=torch.full((9,), 5))
+    )
     assert torch.equal(uni, rows)
 
 
@@ -66,11 +70,11 @@ def test_reference_row_alone_equals_its_own_steps() -> None:
     z, x_T = _inputs(6, 1.0)
     rs = torch.tensor([8, 3, 5, 3, 8, 5])
     noise = torch.randn(8, 6, C, generator=torch.Generator().manual_seed(4))
-    mixed = reference.sample_head(dl.net, dl.table_stack(COUNTS), z, x_T, 0.7, 1.0, noise, row_steps=rs)
+    mixed = reference.sample_head(HeadJob(dl.net, dl.table_stack(COUNTS), z, x_T, 0.7, 1.0, noise, row_steps=rs))
     for n in (0, 1, 2):
         k = int(rs[n])
         one = slice(n, n + 1)
-        alone = reference.sample_head(dl.net, dl.tables(k), z[one], x_T[one], 0.7, 1.0, noise[:k, one])
+        alone = reference.sample_head(HeadJob(dl.net, dl.tables(k), z[one], x_T[one], 0.7, 1.0, noise[:k, one]))
         torch.testing.assert_close(mixed[one], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -126,8 +130,10 @@ def test_native_rows_of_one_count_are_the_uniform_path_bitwise(cfg: float) -> No
     dl = _diffloss()
     z, x_T = _inputs(37, cfg)
     noise = torch.randn(5, 37, C, generator=torch.Generator().manual_seed(6))
-    uni = native.sample_head(dl.net, dl.tables(5), z, x_T, 1.0, cfg, noise)
-    rows = native.sample_head(dl.net, dl.table_stack((3, 5)), z, x_T, 1.0, cfg, noise, row_steps=torch.full((37,), 5))
+    uni = native.sample_head(HeadJob(dl.net, dl.tables(5), z, x_T, 1.0, cfg, noise))
+    rows = native.sample_head(
+        HeadJob(dl.net, dl.table_stack((3, 5)), z, x_T, 1.0, cfg, noise, row_steps=torch.full((37,), 5))
+    )
     assert torch.equal(uni, rows)
 
 
@@ -137,9 +143,8 @@ def test_native_philox_rows_of_one_count_are_the_uniform_path() -> None:
     dl = _diffloss()
     z, x_T = _inputs(20, 1.0)
     stack = dl.table_stack((5,))
-    rt = stack.row_table(torch.full((20,), 5))
-    uni = native.sample_head_philox(dl.net, dl.tables(5), z, x_T, 1.0, 1.0, 11)
-    rows = native._run(dl.net, stack, z, x_T, 1.0, 1.0, None, 11, 0, None, DDPM, False, rt)
+    uni = native.sample_head_philox(HeadJob(dl.net, dl.tables(5), z, x_T, 1.0, 1.0, None), 11)
+    rows = native.sample_head_philox(HeadJob(dl.net, stack, z, x_T, 1.0, 1.0, None, row_steps=torch.full((20,), 5)), 11)
     assert torch.equal(uni, rows)
 
 
@@ -299,6 +304,7 @@ needs_cuda = pytest.mark.skipif(
 @pytest.mark.parametrize("n", [7, 300])
 def test_cuda_mixed_rows_match_reference(monkeypatch: pytest.MonkeyPatch, n: int, cfg: float, path: str) -> None:
     monkeypatch.setenv("MARENGINE_HEAD_PATH", path)
+    settings.reload()  # the knob is read once (marengine/settings.py)
     dl = _diffloss().cuda()
     z, x_T = (t.cuda() for t in _inputs(n, cfg))
     rs = _rows(n).cuda()
@@ -307,8 +313,8 @@ def test_cuda_mixed_rows_match_reference(monkeypatch: pytest.MonkeyPatch, n: int
     for sampler in (DDPM, HeadSampler.parse("dpm++2m")):
         for clip in (False, True):
             kw = dict(sampler=sampler, row_steps=rs, clip_denoised=clip)
-            ref = reference.sample_head(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw)
-            out = native.sample_head(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw)
+            ref = reference.sample_head(HeadJob(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw))
+            out = native.sample_head(HeadJob(dl.net, stack, z, x_T, 1.0, cfg, noise, **kw))
             _groups_close(out.cpu(), ref.cpu(), rs.cpu())
 
 

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../head_checks.h"
+#include "../kernel_limits.h"
 #include "head_common.h"
 #include "kernels.h"
 
@@ -41,7 +42,7 @@ at::Tensor adaln_block_cpu(const at::Tensor& x, const at::Tensor& mod, const at:
   at::parallel_for(0, P, grain_for(W * L * 4), [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const float* m = mpp + p * 3 * W * L;
-      K.ln_modulate(hp + p * W * L, W, m, m + W * L, lw, lb, 1e-6f, wt, ap + p * W * L);
+      K.ln_modulate(hp + p * W * L, W, m, m + W * L, lw, lb, kLayerNormEps, wt, ap + p * W * L);
     }
   });
   EpiArgs e1;

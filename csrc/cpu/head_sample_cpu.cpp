@@ -50,7 +50,9 @@
 #include <vector>
 
 #include "../head_checks.h"
+#include "../kernel_limits.h"
 #include "../philox.h"
+#include "../settings.h"
 #include "head_common.h"
 #include "kernels.h"
 
@@ -58,7 +60,7 @@ namespace marengine {
 namespace cpu {
 namespace {
 
-constexpr float kLnEps = 1e-6f;
+constexpr float kLnEps = kLayerNormEps;  // csrc/kernel_limits.h
 
 struct Problem {
   int64_t N, R, C, W, D, S, Pn, Fm;
@@ -348,7 +350,7 @@ class Worker {
 };
 
 int64_t env_int(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
+  const char* v = knob(name);  // marengine/settings.py
   if (v == nullptr || *v == '\0') return fallback;
   return std::max<int64_t>(0, std::atoll(v));
 }

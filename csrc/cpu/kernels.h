@@ -136,6 +136,8 @@ const Kernels* kernels_avx512_amx();   // null when not compiled for this archit
 const Kernels& kernels();
 // Which builds the running CPU can run, best first, comma-separated (e.g. "avx512_bf16,avx512,avx2,base").
 const char* kernels_supported();
+// The builds compiled into this extension (whether or not this CPU runs them), best first, comma-separated.
+const char* kernels_built();
 
 }  // namespace cpu
 }  // namespace marengine

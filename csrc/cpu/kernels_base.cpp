@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../settings.h"
 #include "kernels.h"
 
 #if defined(__linux__) && defined(__x86_64__)
@@ -112,7 +113,7 @@ const Kernels* choose() {
   const Kernels* best = nullptr;
   for (const Candidate& c : all)
     if (best == nullptr && c.kernels != nullptr && c.runs) best = c.kernels;
-  const char* env = std::getenv("MARENGINE_CPU_KERNELS");
+  const char* env = knob("MARENGINE_CPU_KERNELS");
   if (env == nullptr || *env == '\0') return best;
   const std::string want(env);
   for (const Candidate& c : all) {
@@ -132,15 +133,23 @@ const Kernels* choose() {
   return best;
 }
 
+// The names of the builds compiled in (and, with runnable_only, that this CPU runs), best first.
+std::string build_names(bool runnable_only) {
+  std::string out;
+  for (const Candidate& c : candidates())
+    if (c.kernels != nullptr && (c.runs || !runnable_only)) out += (out.empty() ? "" : ",") + std::string(c.name);
+  return out;
+}
+
 }  // namespace
 
 const char* kernels_supported() {
-  static const std::string names = [] {
-    std::string out;
-    for (const Candidate& c : candidates())
-      if (c.kernels != nullptr && c.runs) out += (out.empty() ? "" : ",") + std::string(c.name);
-    return out;
-  }();
+  static const std::string names = build_names(true);
+  return names.c_str();
+}
+
+const char* kernels_built() {
+  static const std::string names = build_names(false);
   return names.c_str();
 }
 

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "../settings.h"
 #include "head_common.h"
 
 namespace marengine {
@@ -46,7 +47,7 @@ Cache& cache() {
 }
 
 int64_t cap_bytes() {
-  const char* v = std::getenv("MARENGINE_CPU_PACK_CACHE_MB");
+  const char* v = knob("MARENGINE_CPU_PACK_CACHE_MB");
   const int64_t mb = (v && *v) ? std::atoll(v) : 2048;
   return std::max<int64_t>(0, mb) << 20;
 }

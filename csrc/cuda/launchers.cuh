@@ -14,36 +14,23 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../kernel_limits.h"
+
 namespace marengine {
 namespace cuda {
 
 enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
-constexpr int kMaxDepth = 32;      // res blocks per head (official heads: 3 .. 12)
-constexpr int kMaxChannels = 256;  // token channels C (official: 16)
-constexpr int kWidthMultiple = 8;  // width % 8 == 0: 16-byte rows for cp.async
-constexpr float kLayerNormEps = 1e-6f;
+// kMaxDepth, kMaxChannels, kWidthMultiple, kPersistentMaxRows, kSmallTileMaxRows and
+// kLayerNormEps: csrc/kernel_limits.h (shared with the CPU kernels, reported by _C.limits()).
 // Columns of head_sample's per-step table (csrc/head_checks.h kCoefColumns, the glue
 // static_asserts they agree): a, b, c1, c2, c3, lp, lb, nw (marengine/diffusion/samplers.py).
 constexpr int kCoefColumns = 8;
 
-// head_sample runs the persistent kernel when the network's row count
-// (R = N, or 2N with CFG) is at most this, else one fused kernel per stage and step.
-// Below it launch latency dominates (a step is ~3D+2 small GEMM/row phases); above
-// it the per-step kernels each fill the GPU. MARENGINE_HEAD_PATH=persistent|kernels
-// (read by the glue) overrides the choice.
-constexpr int kPersistentMaxRows = 256;
-// GEMMs over at most this many rows use 32x32 tiles (else 64x64): the per-step path
-// and adaln_block (the persistent kernel always uses 32x32).
-constexpr int kSmallTileMaxRows = 512;
 // The persistent kernel runs this many blocks per SM at most (fewer blocks make
 // the grid barrier cheaper; 2 x 4 warps keep the cp.async pipeline busy).
 constexpr int kPersistentBlocksPerSM = 2;
-// The persistent kernel computes the AdaLN modulations of `chunk` steps at once,
-// chunk = ceil(kModRowsTarget / R) (clamped to [1, S] and to kModBudgetBytes of
-// buffers): one big GEMM per chunk, weights streamed once per chunk.
-constexpr int kModRowsTarget = 256;
-constexpr size_t kModBudgetBytes = size_t{256} << 20;  // bound on the chunk's y + mods buffers
+// kModRowsTarget, kModBudgetBytes (the persistent kernel's modulation chunk): csrc/kernel_limits.h.
 
 enum class HeadPath : int { kAuto = -1, kPersistent = 0, kPerStep = 1 };
 

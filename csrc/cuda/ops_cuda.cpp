@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../head_checks.h"
+#include "../settings.h"
 #include "launchers.cuh"
 #include "torch_glue.h"
 
@@ -65,7 +66,7 @@ at::Tensor stack_f32(at::TensorList list, int64_t len, const at::Tensor& like) {
 }
 
 HeadPath path_from_env() {
-  const char* e = std::getenv("MARENGINE_HEAD_PATH");
+  const char* e = knob("MARENGINE_HEAD_PATH");
   if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return HeadPath::kAuto;
   if (std::strcmp(e, "persistent") == 0) return HeadPath::kPersistent;
   if (std::strcmp(e, "kernels") == 0) return HeadPath::kPerStep;

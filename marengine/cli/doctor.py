@@ -1,10 +1,12 @@
 """`marengine doctor`: what the native head sampler was built with, what runs where, and its self-checks.
 
-Prints the build (versions, CPU kernel ISA, whether the CUDA kernels are built and why not),
-the GPUs, which backend a head of the given size gets on each device, and runs the self-checks
-(marengine/ops/selfcheck.py) now: the CPU kernels always (on a small head: their code does not
-depend on the size), the CUDA kernels where a GPU is visible (every weight dtype on every
-path, and each sampler, on the given head). Exit status 0 only when every check ran and
+Prints the build (versions, CPU kernel ISA, whether the CUDA kernels are built and why not,
+what the kernels take), the settings (every environment knob of marengine/settings.py, its
+value and whether it came from the environment or is the default), the GPUs, which backend
+a head of the given size gets on each device, and runs the self-checks (ops/selfcheck.py) now:
+the CPU kernels always (on a small head: their code does not depend on the size), the CUDA
+kernels where a GPU is visible (every weight dtype on every path, and each sampler, on the
+given head). Exit status 0 only when every check ran and
 passed: 1 when one fails, when one could not run, or when none could (no kernels built). A few
 seconds on a CPU; well under a second of GPU time.
 """
@@ -12,12 +14,13 @@ seconds on a CPU; well under a second of GPU time.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 from ..checks import check_int
 from ..limits import MAX_CHECK_CHANNELS, MAX_CHECK_DEPTH, MAX_CHECK_WIDTH
+from ..settings import Settings, settings, use
 
 if TYPE_CHECKING:
     from ..ops.selfcheck import Verdict
@@ -74,9 +77,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ("stage tests", "available (torch.ops.marengine_stages)" if info.stage_ops else "not built"),
     ]
     rows += [("GPU", g) for g in info.gpus] or [("GPU", "none visible (torch.cuda.is_available() is False)")]
-    rows += [(name, value) for name, value in info.switches.items()]
+    rows += [("kernel limits", limits_line(info.limits))] if info.limits else []
     for name, value in rows:
         print(f"  {name:<26} {value}")
+    print_settings(settings())
     print(f"backends for a {args.width}x{args.depth} head (backend='auto')")
     for dev, what in buildinfo.backend_lines(info, args.width, args.depth, args.channels):
         print(f"  {dev:<26} {what}")
@@ -98,7 +102,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print("result: NO self-check ran (build the extension: pip install --no-build-isolation -e .)")
         return 1
     verdicts: list[Verdict] = []
-    old_path = os.environ.pop("MARENGINE_HEAD_PATH", None)  # each check takes the path it names
+    old = use(dataclasses.replace(settings(), head_path="auto"))  # each check takes the path it names
     try:
         for device, width, depth in plans:
             template = _head_template(width, depth, args.channels)
@@ -106,13 +110,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 verdicts.append(selfcheck.run_check(template, config))
                 print(f"  {verdicts[-1].line()}", flush=True)
     finally:
-        if old_path is not None:
-            os.environ["MARENGINE_HEAD_PATH"] = old_path
+        use(old)
     verdict, status = summarize(verdicts)
     print(f"result: {verdict} ({time.perf_counter() - t_start:.1f} s)")
     if any(not v.ok for v in verdicts):
         print("  the failing configurations run on the PyTorch reference during sampling; please report this output")
     return status
+
+
+def print_settings(s: Settings) -> None:
+    """Every knob of marengine/settings.py: its variable, value and where the value came from."""
+    print("settings (environment, read once)")
+    for env, value, source in s.describe():
+        print(f"  {env:<28} {value} ({source})")
+
+
+def limits_line(limits: dict) -> str:
+    """What the compiled kernels take (marengine._C.limits(), csrc/kernel_limits.h), in one line."""
+    return (
+        f"LayerNorm eps {limits['layernorm_eps']:g}; weights {', '.join(limits['weight_dtypes'])}; "
+        f"CPU builds compiled in: {limits['cpu_kernels_built']}; CUDA kernels "
+        f"({'built' if limits['cuda_built'] else 'not built'}) take widths that are multiples of "
+        f"{limits['cuda_width_multiple']}, <= {limits['cuda_max_channels']} token channels, "
+        f"<= {limits['cuda_max_depth']} res blocks"
+    )
 
 
 def summarize(verdicts: list[Verdict]) -> tuple[str, int]:

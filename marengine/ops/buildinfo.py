@@ -1,14 +1,13 @@
 """What the native head sampler was built with and what will run where (for `marengine doctor`).
 
 `build_info()` gathers versions, the extension's state (CPU kernel ISA, whether the CUDA
-kernels are in it and registered), the GPUs torch sees and the switches that change the
-dispatch; `backend_lines(...)` says which implementation a head of a given size gets on each
+kernels are in it, what they take), the GPUs torch sees and the settings (marengine/settings.py)
+that change the dispatch; `backend_lines(...)` says which implementation a head of a given size gets on each
 device with backend="auto". Cheap: nothing here runs a kernel.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import torch
 
 import marengine
 
+from ..settings import settings
 from . import native, selfcheck
 
 
@@ -32,7 +32,8 @@ class BuildInfo:
     cuda_registered: bool  # torch.ops.marengine.head_sample has a CUDA kernel
     stage_ops: bool  # the test-only torch.ops.marengine_stages (CUDA builds)
     gpus: list[str] = field(default_factory=list)
-    switches: dict[str, str] = field(default_factory=dict)
+    settings: list[tuple[str, str, str]] = field(default_factory=list)  # (variable, value, env/default)
+    limits: dict = field(default_factory=dict)  # what the kernels take (_C.limits(); empty when not built)
     cpu_kernels_supported: str | None = None  # the builds this CPU can run, best first, comma-separated
 
     @property
@@ -54,14 +55,6 @@ class BuildInfo:
         if not self.cuda_registered:
             return "built but not registered for CUDA (a mismatched torch?): rebuild against this torch"
         return "built" + ("" if self.gpus else ", but no GPU is visible")
-
-
-SWITCHES = (
-    ("MARENGINE_SELFCHECK", "auto"),
-    ("MARENGINE_HEAD_PATH", "auto"),
-    ("MARENGINE_CPU_KERNELS", "auto"),
-    ("MARENGINE_CPU_WORKSPACE_MB", "128"),
-)
 
 
 def build_info() -> BuildInfo:
@@ -91,7 +84,8 @@ def build_info() -> BuildInfo:
         cuda_registered=C is not None and native.available("cuda"),
         stage_ops=stages,
         gpus=gpus,
-        switches={name: os.environ.get(name, "") or f"{default} (default)" for name, default in SWITCHES},
+        settings=settings().describe(),
+        limits=dict(native.LIMITS),
         cpu_kernels_supported=C.cpu_kernels_supported() if C is not None else None,
     )
 
@@ -109,18 +103,16 @@ def backend_lines(info: BuildInfo, width: int, depth: int, channels: int = 16) -
     why = None
     if not info.cuda_registered:
         why = "the CUDA kernels are " + info.cuda_kernels
-    elif width % native.CUDA_WIDTH_MULTIPLE:
-        why = f"head width {width} is not a multiple of {native.CUDA_WIDTH_MULTIPLE}"
-    elif channels > native.CUDA_MAX_CHANNELS or depth > native.CUDA_MAX_DEPTH:
-        why = "the head exceeds the CUDA kernels' limits"
+    else:
+        why = native.cuda_unsupported(width, depth, channels)
     if why is not None:
         out.append(("cuda", f"PyTorch reference ({why})"))
         return out
-    forced = os.environ.get("MARENGINE_HEAD_PATH", "auto") or "auto"
+    forced = settings().head_path
     if forced == "auto":
         paths = (
-            f"persistent kernel up to {selfcheck.PERSISTENT_MAX_ROWS} network rows, per-step kernels above "
-            f"(32x32 tiles up to {selfcheck.SMALL_TILE_MAX_ROWS} rows, 64x64 above)"
+            f"persistent kernel up to {info.limits['cuda_persistent_max_rows']} network rows, per-step kernels "
+            f"above (32x32 tiles up to {info.limits['cuda_small_tile_max_rows']} rows, 64x64 above)"
         )
     else:
         paths = f"MARENGINE_HEAD_PATH={forced} for every row count"

@@ -11,6 +11,7 @@ from ..config import HEAD_BACKENDS as BACKENDS
 from ..diffusion.samplers import DDPM, HeadSampler
 from ..diffusion.schedule import DiffusionTables, TableStack
 from . import reference
+from .head_job import HeadJob
 
 log = logging.getLogger("marengine.ops")
 
@@ -56,31 +57,31 @@ def sample_head(
     sampler: HeadSampler = DDPM,
     row_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The head's reverse diffusion on the native kernels where they are built and take this
-    head (backend="auto"), else the PyTorch reference; "native" / "torch" force one. A kernel
-    configuration that failed its first-use self-check (selfcheck.py, MARENGINE_SELFCHECK)
-    runs on the reference under "auto" and raises under "native". row_steps [N]: a step count
-    per chain row (tables is then a TableStack holding those counts; see reference.sample_head)."""
-    if (row_steps is not None) != isinstance(tables, TableStack):
-        raise ValueError("row_steps [N] (a step count per row) and a TableStack of their tables go together")
+    """The head's reverse diffusion -> [N, C] fp32 (the arguments: ops/head_job.py's HeadJob) on
+    the native kernels where they are built and take this head (backend="auto"), else the
+    PyTorch reference; "native" / "torch" force one. A kernel configuration that failed its
+    first-use self-check (selfcheck.py, MARENGINE_SELFCHECK) runs on the reference under
+    "auto" and raises under "native"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if (row_steps is not None) != isinstance(tables, TableStack):
+        raise ValueError("row_steps [N] (a step count per row) and a TableStack of their tables go together")
+    job = HeadJob(net, tables, z, x_T, temperature, cfg, step_noise, sampler, clip_denoised, row_steps)
     why_not = native_unsupported(net, z.device) if backend != "torch" else "backend='torch'"
     if backend == "native" and why_not:
         raise RuntimeError(
             f"backend='native' asked for, but the native sampler cannot run here: {why_not}; "
             "build it with `pip install --no-build-isolation -e .` or use backend='auto'"
         )
-    kw = dict(sampler=sampler, clip_denoised=clip_denoised, row_steps=row_steps)
     if why_not is None:
         from . import native, selfcheck
 
         # the first use of a kernel configuration is checked against the reference (selfcheck.py)
-        why_not = selfcheck.failure(net, z, x_T, cfg, sampler, clip_denoised)
+        why_not = selfcheck.failure(job)
         if why_not is None:
             log.debug("head sampler: native (%s, %s)", z.device.type, sampler.key)
-            return native.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)
+            return native.sample_head(job)
         if backend == "native":
             raise RuntimeError(f"backend='native' asked for, but {why_not}; use backend='auto'")
     log.debug("head sampler: torch reference (%s: %s)", z.device.type, why_not)
-    return reference.sample_head(net, tables, z, x_T, temperature, cfg, step_noise, **kw)
+    return reference.sample_head(job)

@@ -1,15 +1,19 @@
 """Python side of the native head kernels (`torch.ops.marengine.*`, built as `marengine._C`).
 
 - `available(device)`: whether the compiled sampler runs on that device type.
-- `sample_head(...)`: drop-in for `reference.sample_head`: the whole reverse diffusion in
-  one operator call (`head_sample`), noise given per step (bit-compatible with the
-  reference chain). `sample_head_philox(...)` draws the noise inside the kernel from
-  (seed, offset) instead (see csrc/philox.h; advance `offset` by `philox_groups(...)`
+- `sample_head(job)`: drop-in for `reference.sample_head` (a `HeadJob`): the whole reverse
+  diffusion in one operator call (`head_sample`), noise given per step (bit-compatible with
+  the reference chain). `sample_head_philox(job, seed, offset)` draws the noise inside the
+  kernel from (seed, offset) instead (see csrc/philox.h; advance `offset` by `philox_groups(...)`
   between calls that must not share noise).
-  With `row_steps` [N] a step count per chain row, still one call (a row_table: each row
+  With a job's `row_steps` [N] (a step count per chain row), still one call (a row_table: each row
   walks its own table of a diffusion.schedule.TableStack; rows that finish early keep their value).
 - `adaln_block(...)`: one fused AdaLN residual block (testing / building block).
 - `release_caches()`: free the packed weights and workspaces kept between calls.
+- `LIMITS`: what the compiled kernels take (csrc/kernel_limits.h, reported by `_C.limits()`);
+  `cuda_unsupported(...)` applies the CUDA kernels' limits to a head's sizes.
+- `push_knobs()`: hand the kernel knobs of marengine/settings.py to the extension (it never
+  reads the environment itself); done at import and again whenever the settings change.
 - Fake (meta) kernels for both ops, so torch.compile and export can trace through them.
 
 The extension is loaded tolerantly: if it is missing, this says so once (logging) and
@@ -29,8 +33,9 @@ import torch
 import torch.nn as nn
 
 from ..diffusion.embedding import timestep_frequencies
-from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables, TableStack
+from ..diffusion.schedule import DiffusionTables
+from ..settings import Settings, settings
+from .head_job import HeadJob
 
 log = logging.getLogger("marengine.ops")
 
@@ -47,7 +52,28 @@ except (ImportError, OSError) as exc:  # not built, or built against another tor
         exc,
     )
 
-WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_PUSHED: Settings | None = None  # the settings whose knobs the extension holds (set_knobs)
+
+
+def push_knobs() -> None:
+    """Hand the kernel knobs of `settings()` to the extension when they changed since the last
+    push (a bad value raises settings' ValueError here, at the first use of a kernel)."""
+    global _PUSHED
+    current = settings()
+    if _C is not None and current is not _PUSHED:
+        _C.set_knobs(current.native_knobs())
+        _PUSHED = current
+
+
+if _C is not None:
+    try:  # before anything asks the extension which CPU kernels run (chosen once per process)
+        push_knobs()
+    except ValueError as exc:  # nothing raises at import: the first kernel call raises it
+        log.info("marengine: %s", exc)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LIMITS: dict = _C.limits() if _C is not None else {}
+WEIGHT_DTYPES = tuple(_DTYPES[name] for name in LIMITS.get("weight_dtypes", ()))  # () when not built
 
 
 def available(device: torch.device | str = "cpu") -> bool:
@@ -57,33 +83,35 @@ def available(device: torch.device | str = "cpu") -> bool:
     dev = torch.device(device)
     if dev.type == "cpu":
         return True
-    if dev.type == "cuda":
-        return bool(_C.built_with_cuda()) and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "marengine::head_sample", "CUDA"
-        )
-    return False
-
-
-# limits of the CUDA kernels (csrc/cuda/ops_cuda.cpp checks the same); the CPU kernels have none
-CUDA_WIDTH_MULTIPLE, CUDA_MAX_CHANNELS, CUDA_MAX_DEPTH = 8, 256, 32
+    op = torch.ops.marengine.head_sample.default  # OpOverload's public query of the dispatcher
+    return dev.type == "cuda" and bool(LIMITS["cuda_built"]) and op.has_kernel_for_dispatch_key("CUDA")
 
 
 def unsupported(net: nn.Module, device: torch.device | str) -> str | None:
-    """Why the native sampler cannot run this head on `device`, or None when it can."""
+    """Why the native sampler cannot run this head on `device`, or None when it can (the CUDA
+    kernels' limits come from the extension: csrc/kernel_limits.h; the CPU kernels have none)."""
     dev = torch.device(device)
     if not available(dev):
         return f"not built for {dev.type}"
     if dev.type == "cuda":
-        if net.model_channels % CUDA_WIDTH_MULTIPLE:
-            return f"head width {net.model_channels} is not a multiple of {CUDA_WIDTH_MULTIPLE}"
-        if net.in_channels > CUDA_MAX_CHANNELS:
-            return f"{net.in_channels} token channels exceed {CUDA_MAX_CHANNELS}"
-        if net.num_res_blocks > CUDA_MAX_DEPTH:
-            return f"{net.num_res_blocks} res blocks exceed {CUDA_MAX_DEPTH}"
+        return cuda_unsupported(net.model_channels, net.num_res_blocks, net.in_channels)
+    return None
+
+
+def cuda_unsupported(width: int, depth: int, channels: int) -> str | None:
+    """Why the CUDA kernels cannot take a width x depth head on `channels` token channels (None: they can)."""
+    multiple = LIMITS["cuda_width_multiple"]
+    if width % multiple:
+        return f"head width {width} is not a multiple of {multiple}"
+    if channels > LIMITS["cuda_max_channels"]:
+        return f"{channels} token channels exceed {LIMITS['cuda_max_channels']}"
+    if depth > LIMITS["cuda_max_depth"]:
+        return f"{depth} res blocks exceed {LIMITS['cuda_max_depth']}"
     return None
 
 
 def _require(device: torch.device) -> None:
+    push_knobs()
     if not available(device):
         why = f" ({_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
         raise RuntimeError(
@@ -102,6 +130,7 @@ def _same_device(op: str, ref: torch.Tensor, tensors: dict[str, torch.Tensor | N
 
 
 if _C is not None:
+    # torch._check is the documented way to state a fake kernel's conditions (no public alias)
 
     @torch.library.register_fake("marengine::adaln_block")
     def _adaln_block_fake(x, mod, ln_w, ln_b, w1, b1, w2, b2):
@@ -209,7 +238,8 @@ _SCOPE = threading.local()  # .verified: ids of the nets whose bytes were checke
 
 def _identity(net: nn.Module) -> tuple:
     """Changes when a parameter is replaced or updated through autograd-visible ops
-    (optimizer steps, copy_ under no_grad); not when written through `.data` or numpy."""
+    (optimizer steps, copy_ under no_grad); not when written through `.data` or numpy.
+    (`Tensor._version`, the autograd version counter, has no public equivalent.)"""
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in net.parameters())
 
 
@@ -332,107 +362,58 @@ def embeddings(net: nn.Module, tables: DiffusionTables, z: torch.Tensor) -> tupl
 
 
 # ---------------------------------------------------------------------------- samplers
-def _check_rows(z: torch.Tensor, x_T: torch.Tensor, cfg: float) -> None:
-    n = x_T.shape[0]
-    want = n if cfg == 1.0 else 2 * n
-    if z.ndim != 2 or z.shape[0] != want:
-        what = "N" if cfg == 1.0 else "2N (conditional rows, then unconditional) with cfg != 1"
-        raise ValueError(f"z must have {what} = {want} rows for x_T with N = {n} rows, got shape {tuple(z.shape)}")
-
-
-def _run(
-    net: nn.Module,
-    tables: DiffusionTables | TableStack,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    step_noise: torch.Tensor | None,
-    seed: int,
-    offset: int,
-    weight_dtype: torch.dtype | None,
-    sampler: HeadSampler,
-    clip_denoised: bool,
-    row_table: torch.Tensor | None = None,
-) -> torch.Tensor:
-    dev = z.device
+def _run(job: HeadJob, seed: int, offset: int, weight_dtype: torch.dtype | None) -> torch.Tensor:
+    dev = job.z.device
     _require(dev)
-    _check_rows(z, x_T, cfg)
+    job.check_rows()
+    net, temperature = job.net, job.temperature
     with torch.no_grad():
         w = collect_weights(net, pick_weight_dtype(net, dev, weight_dtype), dev)
-        c_emb, t_emb = embeddings(net, tables, z)
-        coefs = tables.sampler_table(sampler, dev)
-        noise = step_noise.float().contiguous() if step_noise is not None and temperature > 0 else None
+        c_emb, t_emb = embeddings(net, job.tables, job.z)
+        coefs = job.tables.sampler_table(job.sampler, dev)
+        rt = job.row_table()  # per-row step counts: [N, 2] into the stacked tables, else None
+        noise = job.step_noise.float().contiguous() if job.step_noise is not None and temperature > 0 else None
         return torch.ops.marengine.head_sample(
-            x_T.float().contiguous(),
+            job.x_T.float().contiguous(),
             c_emb,
             t_emb,
             *w.args(),
             coefs,
-            float(cfg),
+            float(job.cfg),
             float(temperature),
             noise,
             int(seed),
             int(offset),
-            bool(clip_denoised),
-            row_table,
-            tables.num_steps if row_table is not None else 0,
+            bool(job.clip_denoised),
+            rt,
+            job.tables.num_steps if rt is not None else 0,
         )
 
 
-def sample_head(
-    net: nn.Module,
-    tables: DiffusionTables | TableStack,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    step_noise: torch.Tensor | None,
-    *,
-    sampler: HeadSampler = DDPM,
-    clip_denoised: bool = False,
-    weight_dtype: torch.dtype | None = None,
-    row_steps: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`.
-
-    z [N, Z] (or [2N, Z] with cfg != 1), x_T [N, C], step_noise [S, N, C] (needed when
-    temperature > 0). weight_dtype: GEMM weight precision (default: the net's dtype, or
-    the autocast dtype when autocast is enabled). row_steps [N]: a step count per chain row,
-    each one of the TableStack `tables`' counts, in one operator call (a row_table: every row
-    walks its own table, rows that finish early keep their value).
-    """
-    if temperature > 0 and step_noise is None and not sampler.deterministic:
+def sample_head(job: HeadJob, *, weight_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The job's reverse diffusion -> [N, C] fp32, same contract as `reference.sample_head`
+    (step_noise is needed when temperature > 0). weight_dtype: GEMM weight precision (default:
+    the net's dtype, or the autocast dtype when autocast is enabled)."""
+    if job.temperature > 0 and job.step_noise is None and not job.sampler.deterministic:
         raise ValueError("temperature > 0 needs step_noise [S, N, C]; use sample_head_philox for in-kernel noise")
-    rt = None
-    if row_steps is not None:
-        rt = tables.row_table(tables.check_row_steps(row_steps, x_T.shape[0]).to(z.device))
-    return _run(net, tables, z, x_T, temperature, cfg, step_noise, 0, 0, weight_dtype, sampler, clip_denoised, rt)
+    return _run(job, 0, 0, weight_dtype)
 
 
 def sample_head_philox(
-    net: nn.Module,
-    tables: DiffusionTables,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    seed: int,
-    offset: int = 0,
-    *,
-    sampler: HeadSampler = DDPM,
-    clip_denoised: bool = False,
-    weight_dtype: torch.dtype | None = None,
+    job: HeadJob, seed: int, offset: int = 0, *, weight_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h).
+    """Like `sample_head`, with the per-step noise drawn in the kernel (Philox4x32-10, csrc/philox.h);
+    the job carries no step_noise.
 
     The same (seed, offset) gives the same result on the same device; calls that must use
     fresh noise advance offset by `philox_groups(tables.num_steps, N, C)`.
     """
+    if job.step_noise is not None:
+        raise ValueError("sample_head_philox draws the noise in the kernel: give it a job with step_noise=None")
     if seed < -(2**63) or seed >= 2**64:
         raise ValueError(f"seed must fit in 64 bits, got {seed}")
     seed = seed - 2**64 if seed >= 2**63 else seed
-    return _run(net, tables, z, x_T, temperature, cfg, None, seed, offset, weight_dtype, sampler, clip_denoised)
+    return _run(job, seed, offset, weight_dtype)
 
 
 def release_caches() -> None:

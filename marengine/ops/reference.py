@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 
 from ..diffusion.gaussian import sample_loop, sample_loop_rows
-from ..diffusion.samplers import DDPM, HeadSampler
-from ..diffusion.schedule import DiffusionTables, TableStack
 from ..schedules import cfg_combine
+from .head_job import HeadJob
 
 
 def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: float):
@@ -35,34 +34,14 @@ def guided_eps_fn(net: nn.Module, tmap: torch.Tensor, z: torch.Tensor, cfg: floa
     return fn
 
 
-def sample_head(
-    net: nn.Module,
-    tables: DiffusionTables | TableStack,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    step_noise: torch.Tensor | None,
-    *,
-    sampler: HeadSampler = DDPM,
-    clip_denoised: bool = False,
-    row_steps: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reverse diffusion -> [N, C] float32. z [N or 2N, Z], x_T [N, C], step_noise [S, N, C] or
-    None; `sampler` picks the per-step coefficients (diffusion/samplers.py). row_steps [N]: a
-    step count per chain row, each one of the TableStack `tables`' counts (S: the most); rows
-    with fewer steps finish early."""
-    if row_steps is not None:
-        return _sample_rows(net, tables, z, x_T, temperature, cfg, step_noise, row_steps, sampler, clip_denoised)
-    tmap = tables.on(z.device)["timestep_map"]
-    table = tables.sampler_table(sampler, z.device)
-    flags = tables.sampler_flags(sampler)
-    return sample_loop(table, guided_eps_fn(net, tmap, z, cfg), x_T, temperature, step_noise, clip_denoised, flags)
-
-
-def _sample_rows(net, stack: TableStack, z, x_T, temperature, cfg, step_noise, row_steps, sampler, clip_denoised):
-    row_steps = stack.check_row_steps(row_steps, x_T.shape[0])
-    tmap = stack.on(z.device)["timestep_map"]
-    table = stack.sampler_table(sampler, z.device)
-    rt = stack.row_table(row_steps.to(z.device))
-    return sample_loop_rows(x_T, table, rt, guided_eps_fn(net, tmap, z, cfg), temperature, step_noise, clip_denoised)
+def sample_head(job: HeadJob) -> torch.Tensor:
+    """The job's reverse diffusion -> [N, C] float32, one eager step at a time."""
+    tables, dev = job.tables, job.z.device
+    tmap = tables.on(dev)["timestep_map"]
+    table = tables.sampler_table(job.sampler, dev)
+    flags = tables.sampler_flags(job.sampler)
+    eps_fn = guided_eps_fn(job.net, tmap, job.z, job.cfg)
+    rt = job.row_table()
+    if rt is not None:  # each row walks its own table of the stack, rows that finish early keep their value
+        return sample_loop_rows(job.x_T, table, rt, eps_fn, job.temperature, job.step_noise, job.clip_denoised)
+    return sample_loop(table, eps_fn, job.x_T, job.temperature, job.step_noise, job.clip_denoised, flags)

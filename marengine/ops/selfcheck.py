@@ -15,7 +15,7 @@ CUDA "persistent" (<= 256 network rows), "kernels-32" (per-step kernels, 32x32 t
 rows) or "kernels-64", honouring MARENGINE_HEAD_PATH as csrc/cuda/ops_cuda.cpp does; on the
 CPU "cpu".
 
-Switch (read at every call): MARENGINE_SELFCHECK=
+Switch (marengine/settings.py, read once): MARENGINE_SELFCHECK=
     auto  (default)  check the CUDA kernels. Not the CPU kernels: CI tests those on every
                      change, and a CPU check of a MAR-B head costs ~1 s, a GPU one milliseconds.
     all              check the CPU kernels too
@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import threading
 import time
 import warnings
@@ -42,16 +41,15 @@ import torch.nn as nn
 
 from ..diffusion.samplers import HeadSampler
 from ..diffusion.schedule import DiffusionTables, make_tables
+from ..settings import env_of, settings
 from . import native, reference
+from .head_job import HeadJob
 
 log = logging.getLogger("marengine.ops")
 
-ENV = "MARENGINE_SELFCHECK"
-MODES = ("auto", "all", "off")
+ENV = env_of("selfcheck")
 FP32_TOL = 1e-4
 LOWP_FACTOR, LOWP_FLOOR = 2.0, 1e-6
-# csrc/cuda/launchers.cuh: kPersistentMaxRows, kSmallTileMaxRows
-PERSISTENT_MAX_ROWS, SMALL_TILE_MAX_ROWS = 256, 512
 # network rows R and diffusion steps of the check problem per path: the persistent path's
 # modulation chunk is ceil(256 / 74) = 4 steps, so 6 steps cross a chunk boundary; the
 # per-step paths get rows in their own tile regime (partial tiles included)
@@ -61,12 +59,7 @@ CFG_SCALE, SEED = 3.0, 20240
 
 def mode() -> str:
     """The switch: 'auto' (CUDA kernels checked), 'all' (CPU kernels too) or 'off'."""
-    raw = os.environ.get(ENV, "auto").strip().lower()
-    alias = {"": "auto", "1": "auto", "on": "auto", "true": "auto", "yes": "auto", "0": "off", "false": "off"}
-    value = alias.get(raw, raw)
-    if value not in MODES:
-        raise ValueError(f"{ENV} must be auto, all or off (0), got {raw!r}")
-    return value
+    return settings().selfcheck
 
 
 def enabled_for(device: torch.device) -> bool:
@@ -75,13 +68,14 @@ def enabled_for(device: torch.device) -> bool:
 
 
 def head_path(device: torch.device, rows: int) -> str:
-    """The code path the native kernels take for `rows` network rows on `device`."""
+    """The code path the native kernels take for `rows` network rows on `device` (the
+    thresholds are the extension's: native.LIMITS)."""
     if device.type != "cuda":
         return device.type
-    forced = os.environ.get("MARENGINE_HEAD_PATH", "auto").strip() or "auto"
-    if forced == "persistent" or (forced == "auto" and rows <= PERSISTENT_MAX_ROWS):
+    forced = settings().head_path
+    if forced == "persistent" or (forced == "auto" and rows <= native.LIMITS["cuda_persistent_max_rows"]):
         return "persistent"
-    return "kernels-32" if rows <= SMALL_TILE_MAX_ROWS else "kernels-64"
+    return "kernels-32" if rows <= native.LIMITS["cuda_small_tile_max_rows"] else "kernels-64"
 
 
 @dataclass(frozen=True)
@@ -166,22 +160,14 @@ def _cannot_check_now() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def failure(
-    net: nn.Module,
-    z: torch.Tensor,
-    x_T: torch.Tensor,
-    cfg: float,
-    sampler: HeadSampler,
-    clip: bool,
-    weight_dtype: torch.dtype | None = None,
-) -> str | None:
-    """None when the native kernels may run this call (checked, or checks are off for the
+def failure(job: HeadJob, weight_dtype: torch.dtype | None = None) -> str | None:
+    """None when the native kernels may run this job (checked, or checks are off for the
     device); else why not (the configuration failed its check: warned once)."""
-    device = z.device
+    net, device = job.net, job.z.device
     if not enabled_for(device):
         return None
     dtype = native.pick_weight_dtype(net, device, weight_dtype)
-    cfg_key = config_for(net, device, int(z.shape[0]), dtype, sampler, clip, cfg != 1.0)
+    cfg_key = config_for(net, device, int(job.z.shape[0]), dtype, job.sampler, job.clip_denoised, job.guided)
     with _LOCK:
         v = _VERDICTS.get(cfg_key)
     if v is None:
@@ -273,10 +259,9 @@ def _compare(net: nn.Module, config: Config, device: torch.device, sampler: Head
         temperature = 0.0 if sampler.deterministic else 1.0
         noise = torch.randn(steps, n, config.channels, generator=gen, device=device) if temperature else None
         cfg = CFG_SCALE if config.guided else 1.0
-        args = (twin, tables, z, x_T, temperature, cfg, noise)
-        kw = dict(sampler=sampler, clip_denoised=config.clip)
+        job = HeadJob(twin, tables, z, x_T, temperature, cfg, noise, sampler, config.clip)
         try:
-            out = native.sample_head(*args, weight_dtype=config.dtype, **kw).double()
+            out = native.sample_head(job, weight_dtype=config.dtype).double()
             _sync(device)
         except RuntimeError as e:  # a launch failure is a failed check
             return Verdict(config, False, float("inf"), 0.0, 0.0, f"the kernel raised: {' '.join(str(e).split())}")
@@ -284,11 +269,11 @@ def _compare(net: nn.Module, config: Config, device: torch.device, sampler: Head
             _forget(twin, config, device)
         try:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            ref = reference.sample_head(*args, **kw).double()
+            ref = reference.sample_head(job).double()
             lowp = None
             if config.dtype != torch.float32:
                 with torch.autocast(device.type, dtype=config.dtype):
-                    lowp = reference.sample_head(*args, **kw).double()
+                    lowp = reference.sample_head(job).double()
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
     scale = float(ref.abs().max())

@@ -35,6 +35,7 @@ from ..models.masking import mask_by_order
 from ..models.orders import generation_orders
 from ..ops import dispatch
 from ..schedules import Iteration, cfg_combine, generation_plan, step_schedule
+from ..settings import settings
 from ..utils import randn
 
 # MKL's conditional numerical reproducibility: AUTO code path, STRICT (a GEMM row's result
@@ -47,7 +48,7 @@ def batch_invariant_blas() -> bool:
     row the same bits whatever the other rows. It works only before the process's first MKL
     call (the server calls it at start); MKL_CBWR=AUTO,STRICT in the environment does the
     same. True when the mode is on (or MKL is not torch's BLAS: nothing to do)."""
-    if os.environ.get("MKL_CBWR", "").upper().replace(" ", "") == "AUTO,STRICT":
+    if settings().blas_strict:
         return True
     lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
