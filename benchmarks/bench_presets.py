@@ -177,6 +177,11 @@ def _speedups(times: dict[str, list[float]], v: str) -> dict[str, float]:
     return out
 
 
+def _params(model: str, variant: str, base: dict[str, Any], repeats: int, **more: Any) -> dict[str, Any]:
+    """A record's parameters: the model, the variant with its settings, the rounds, and `more`."""
+    return {"model": model, "variant": variant, "settings": {**base, **VARIANTS[variant]}, "repeats": repeats, **more}
+
+
 def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[str]) -> None:
     model, tokenizer, info = trained_digits(name, ctx.mode, cache_dir)
     model, tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
@@ -207,15 +212,15 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[s
         table.add(row)
         ctx.record(
             f"{name}/{v}",
-            {
-                "model": name,
-                "variant": v,
-                "settings": {**base, **VARIANTS[v]},
-                "images": n,
-                "repeats": repeats,
-                "seq_len": model.seq_len,
-                "weights": f"trained ({info['train_steps']} steps)",
-            },  # fmt: skip
+            _params(
+                name,
+                v,
+                base,
+                repeats,
+                images=n,
+                seq_len=model.seq_len,
+                weights=f"trained ({info['train_steps']} steps)",
+            ),  # fmt: skip
             {
                 "s_per_image": t["p50"] / n,
                 "speedup_vs_official": row["speedup"],
@@ -262,14 +267,7 @@ def mar_shape(
         table.add(row)
         ctx.record(
             f"{name}/{v}",
-            {
-                "model": name,
-                "variant": v,
-                "settings": {**base, **VARIANTS[v]},
-                "tokens": tokens,
-                "repeats": repeats,
-                "weights": "random N(0, 0.02)",
-            },  # fmt: skip
+            _params(name, v, base, repeats, tokens=tokens, weights="random N(0, 0.02)"),
             {
                 "s_per_image": t["p50"],
                 "speedup_vs_official": row["speedup"],

@@ -288,7 +288,12 @@ def resolve_preset(
     for off in ("cache", "token_steps"):
         if given.get(off) in ("off", "none", ""):
             given[off] = None
-    return dataclasses.replace(base, **given)
+    out = dataclasses.replace(base, **given)
+    for name, choices in (("generation order", GENERATION_ORDERS), ("precision", SAMPLING_PRECISIONS)):
+        value = out.order if name == "generation order" else out.precision
+        if value not in choices:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return out
 
 
 # ---------------------------------------------------------------- the generalized autoregressive family
