@@ -258,23 +258,24 @@ def _backbone_outputs(model, **kw) -> tuple[list[torch.Tensor], list[torch.Tenso
 
 
 @pytest.mark.parametrize(
-    "cache, refresh, warmup, tokens, cfg",
+    "cache, refresh, warmup, tokens, cfg, scale",
     [
-        ("refresh=2", 2, 2, True, True),
-        ("refresh=3,warmup=1", 3, 1, True, True),
-        ("refresh=2,warmup=1,cfg=0", 2, 1, True, False),
-        ("refresh=3,warmup=1,tokens=0", 3, 1, False, True),
+        ("refresh=2", 2, 2, True, True, 2.5),
+        ("refresh=3,warmup=1", 3, 1, True, True, 2.5),
+        ("refresh=2,warmup=1,cfg=0", 2, 1, True, False, 2.5),
+        ("refresh=3,warmup=1,tokens=0", 3, 1, False, True, 2.5),
+        ("refresh=3,warmup=1", 3, 1, True, True, 1.0),  # unguided: the token cache alone
     ],
 )
-def test_cached_sampling_matches_a_slow_reference_of_the_reuse(tiny_mar, cache, refresh, warmup, tokens, cfg):
-    """The engine's cached sampling (CFG on) gives the head, at every iteration, the z rows of the
-    slow reference at fp32 tolerance."""
+def test_cached_sampling_matches_a_slow_reference_of_the_reuse(tiny_mar, cache, refresh, warmup, tokens, cfg, scale):
+    """The engine's cached sampling gives the head, at every iteration, the z rows of the slow
+    reference at fp32 tolerance."""
     model = _randomized(tiny_mar)
-    plain, known = _backbone_outputs(model)  # the positions depend only on the generator's orders
+    plain, known = _backbone_outputs(model, cfg=scale)  # the positions depend only on the generator's orders
     assert len(known) == 6 and not known[0].any()
-    never, _ = _backbone_outputs(model, backbone=SlowReuse(model, known, 1, 1, tokens, cfg))
-    ref, _ = _backbone_outputs(model, backbone=SlowReuse(model, known, refresh, warmup, tokens, cfg))
-    cached, _ = _backbone_outputs(model, cache=cache)
+    never, _ = _backbone_outputs(model, cfg=scale, backbone=SlowReuse(model, known, 1, 1, tokens, cfg))
+    ref, _ = _backbone_outputs(model, cfg=scale, backbone=SlowReuse(model, known, refresh, warmup, tokens, cfg))
+    cached, _ = _backbone_outputs(model, cfg=scale, cache=cache)
     assert len(plain) == len(never) == len(ref) == len(cached) == 6
     reused = 0
     for it in range(6):
