@@ -71,15 +71,14 @@ def tiny_mar():
 
 
 # ---------------------------------------------------------------- tiny training runs
+def shrunk(width: int, depth: int = 1, heads: int = 2) -> dict[str, int]:
+    """Model overrides that cut a preset's encoder and decoder alike to `depth` blocks of `width` with `heads` heads."""
+    sizes = {"embed_dim": width, "depth": depth, "num_heads": heads}
+    return {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in sizes.items()}
+
+
 # mar_digits shrunk to one block of width 32 and a 1x32 head: a training step takes milliseconds
-ONE_BLOCK = dict(  # an encoder and a decoder of one block of width 32 with 2 heads
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+ONE_BLOCK = shrunk(32)
 SMALL = dict(**ONE_BLOCK, diffloss_w=32, diffloss_d=1, diffusion_batch_mul=1, attn_dropout=0.1, proj_dropout=0.1)
 
 
@@ -105,6 +104,15 @@ def small_train_config(out: Path, **kw):
     return dataclasses.replace(base, **kw)
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished 2-step training run of the SMALL digits model (last.pth, ema/, metrics.csv),
+    trained once for the session: a test that changes a run works on a copy."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
+    return out
+
+
 def run_training(cfg):
     """Train to the end and close (also on failure); returns the Trainer."""
     from marengine.training.trainer import Trainer
@@ -117,15 +125,7 @@ def run_training(cfg):
     return t
 
 
-def random_diffloss(
-    width: int = 256,
-    depth: int = 2,
-    channels: int = 16,
-    z_channels: int = 32,
-    steps: str = "10",
-    seed: int = 0,
-    out_scale: float = 1.0,
-):
+def random_diffloss(width: int = 256, depth: int = 2, steps: str = "10", out_scale: float = 1.0):
     """A DiffLoss with random weights everywhere (the official init zeroes the AdaLN and
     output layers, which would make eps identically zero). Random weights do not predict
     the noise, so the chain grows to |x| ~ 1e5 (see ../shared/golden/README.md); the
@@ -133,8 +133,8 @@ def random_diffloss(
     float16 autocast reference, which casts x to float16, stays finite."""
     from marengine.models.diffloss import DiffLoss
 
-    torch.manual_seed(seed)
-    dl = DiffLoss(channels, z_channels, depth, width, steps)
+    torch.manual_seed(0)
+    dl = DiffLoss(16, 32, depth, width, steps)  # tokens of 16 channels, conditions of 32
     with torch.no_grad():
         for name, p in dl.net.named_parameters():
             if p.ndim == 2:

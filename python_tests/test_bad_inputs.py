@@ -37,14 +37,6 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A 2-step training run of the SMALL digits model: last.pth and ema/."""
-    out = tmp_path_factory.mktemp("run")
-    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
-    return out
-
-
-@pytest.fixture(scope="module")
 def export_dir(run_dir, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_training, small_train_config
 from eval_fixtures import random_inception_state, write_inception_file
 
 from marengine.cli import main as cli_main
@@ -20,13 +19,6 @@ from marengine.sampling.balanced import balanced_labels, block_seed, generate_bl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num-iter", "2", "--sample-batch-size", "4"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
-    return out
 
 
 @pytest.fixture(scope="module")
