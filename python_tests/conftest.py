@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # MKL's strict reproducibility (read at its first call): a matrix product gives a row the same
@@ -17,6 +19,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(
     os.environ.get(
         "MARENGINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden" / "mar_tiny_official.npz"
@@ -146,3 +149,39 @@ def random_diffloss(width: int = 256, depth: int = 2, steps: str = "10", out_sca
         dl.net.final_layer.linear.weight.mul_(out_scale)
         dl.net.final_layer.linear.bias.mul_(out_scale)
     return dl.eval()
+
+
+# ---------------------------------------------------------------- the demo, cut short
+# the demo's own recipe with few steps and samples: its outputs and plumbing in seconds, not its quality
+SHORT_DEMO = [
+    "--max-steps",
+    "12",
+    "--warmup-steps",
+    "2",
+    "--batch-size",
+    "32",
+    "--ckpt-every",
+    "12",
+    "--log-every",
+    "4",
+]
+SHORT_DEMO += ["--per-class", "2", "--num-iter", "4", "--threads", "1", "--no-progress", "--no-evaluate"]
+
+
+def marengine_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m marengine ARGS` in a fresh interpreter of this checkout (one thread per library)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "marengine", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def short_demo_root(tmp_path_factory) -> Path:
+    """A scratch folder whose runs/demo (the README's path) holds the outputs of `marengine demo`
+    with SHORT_DEMO, run once for the session; tests that change files work on copies."""
+    root = tmp_path_factory.mktemp("demo-short")
+    out = root / "runs" / "demo"
+    proc = marengine_cli("demo", "--out-dir", str(out), *SHORT_DEMO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(out / "grid.png") in proc.stdout
+    return root

@@ -74,6 +74,7 @@ def test_noise_fixed_by_index(run_dir):
     assert not np.array_equal(whole[0:4], whole[4:8])
 
 
+@pytest.mark.slow  # a sampling and an evaluation
 def test_sample_per_class_matches_evaluate_images(run_dir, tmp_path, capsys):
     code, _, err = cli(["sample", "--checkpoint", str(run_dir / "ema"), "--per-class", "1", *FAST,
                         "--out", str(tmp_path / "s")], capsys)  # fmt: skip
@@ -204,6 +205,7 @@ def test_bad_generation_and_outputs(run_dir, weights, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- resume and ranks
+@pytest.mark.slow  # two evaluations
 def test_killed_run_resumes_to_the_same_score(run_dir, tmp_path, capsys):
     ck = ["evaluate", "--checkpoint", str(run_dir / "ema"), "--per-class", "2", *FAST, "--shard-size", "4"]
     code, _, err = cli([*ck, "--out", str(tmp_path / "full.json")], capsys)
