@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # MKL's strict reproducibility (read at its first call): a matrix product gives a row the same
@@ -16,6 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -84,15 +88,14 @@ def tiny_mar():
 
 
 # ---------------------------------------------------------------- tiny training runs
+def shrunk(width: int, depth: int = 1, heads: int = 2) -> dict[str, int]:
+    """Model overrides that cut a preset's encoder and decoder alike to `depth` blocks of `width` with `heads` heads."""
+    sizes = {"embed_dim": width, "depth": depth, "num_heads": heads}
+    return {f"{part}_{key}": value for part in ("encoder", "decoder") for key, value in sizes.items()}
+
+
 # mar_digits shrunk to one block of width 32 and a 1x32 head: a training step takes milliseconds
-ONE_BLOCK = dict(  # an encoder and a decoder of one block of width 32 with 2 heads
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-)
+ONE_BLOCK = shrunk(32)
 SMALL = dict(**ONE_BLOCK, diffloss_w=32, diffloss_d=1, diffusion_batch_mul=1, attn_dropout=0.1, proj_dropout=0.1)
 
 
@@ -118,6 +121,15 @@ def small_train_config(out: Path, **kw):
     return dataclasses.replace(base, **kw)
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished 2-step training run of the SMALL digits model (last.pth, ema/, metrics.csv),
+    trained once for the session: a test that changes a run works on a copy."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
+    return out
+
+
 def run_training(cfg):
     """Train to the end and close (also on failure); returns the Trainer."""
     from marengine.training.trainer import Trainer
@@ -130,15 +142,7 @@ def run_training(cfg):
     return t
 
 
-def random_diffloss(
-    width: int = 256,
-    depth: int = 2,
-    channels: int = 16,
-    z_channels: int = 32,
-    steps: str = "10",
-    seed: int = 0,
-    out_scale: float = 1.0,
-):
+def random_diffloss(width: int = 256, depth: int = 2, steps: str = "10", out_scale: float = 1.0):
     """A DiffLoss with random weights everywhere (the official init zeroes the AdaLN and
     output layers, which would make eps identically zero). Random weights do not predict
     the noise, so the chain grows to |x| ~ 1e5 (see ../shared/golden/README.md); the
@@ -146,8 +150,8 @@ def random_diffloss(
     float16 autocast reference, which casts x to float16, stays finite."""
     from marengine.models.diffloss import DiffLoss
 
-    torch.manual_seed(seed)
-    dl = DiffLoss(channels, z_channels, depth, width, steps)
+    torch.manual_seed(0)
+    dl = DiffLoss(16, 32, depth, width, steps)  # tokens of 16 channels, conditions of 32
     with torch.no_grad():
         for name, p in dl.net.named_parameters():
             if p.ndim == 2:
@@ -159,3 +163,39 @@ def random_diffloss(
         dl.net.final_layer.linear.weight.mul_(out_scale)
         dl.net.final_layer.linear.bias.mul_(out_scale)
     return dl.eval()
+
+
+# ---------------------------------------------------------------- the demo, cut short
+# the demo's own recipe with few steps and samples: its outputs and plumbing in seconds, not its quality
+SHORT_DEMO = [
+    "--max-steps",
+    "12",
+    "--warmup-steps",
+    "2",
+    "--batch-size",
+    "32",
+    "--ckpt-every",
+    "12",
+    "--log-every",
+    "4",
+]
+SHORT_DEMO += ["--per-class", "2", "--num-iter", "4", "--threads", "1", "--no-progress", "--no-evaluate"]
+
+
+def marengine_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m marengine ARGS` in a fresh interpreter of this checkout (one thread per library)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "marengine", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def short_demo_root(tmp_path_factory) -> Path:
+    """A scratch folder whose runs/demo (the README's path) holds the outputs of `marengine demo`
+    with SHORT_DEMO, run once for the session; tests that change files work on copies."""
+    root = tmp_path_factory.mktemp("demo-short")
+    out = root / "runs" / "demo"
+    proc = marengine_cli("demo", "--out-dir", str(out), *SHORT_DEMO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(out / "grid.png") in proc.stdout
+    return root

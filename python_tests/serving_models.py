@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import shrunk
 
 from marengine.config import MARConfig
 from marengine.models import MAR
@@ -16,18 +17,7 @@ def random_digits_pipeline(seed: int = 0, **settings) -> MARPipeline:
     """mar_digits shrunk to width 64 and a 2x64 head with 10 diffusion steps, every weight
     perturbed (the official init zeroes the head's output layers, whose eps would be 0)."""
     torch.manual_seed(seed)
-    cfg = MARConfig.from_name(
-        "mar_digits",
-        encoder_embed_dim=64,
-        decoder_embed_dim=64,
-        encoder_depth=1,
-        decoder_depth=1,
-        encoder_num_heads=2,
-        decoder_num_heads=2,
-        diffloss_w=64,
-        diffloss_d=2,
-        num_sampling_steps="10",
-    )
+    cfg = MARConfig.from_name("mar_digits", **shrunk(64), diffloss_w=64, diffloss_d=2, num_sampling_steps="10")
     model = MAR.from_config(cfg).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

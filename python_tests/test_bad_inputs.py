@@ -37,14 +37,6 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A 2-step training run of the SMALL digits model: last.pth and ema/."""
-    out = tmp_path_factory.mktemp("run")
-    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
-    return out
-
-
-@pytest.fixture(scope="module")
 def export_dir(run_dir, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -452,12 +444,14 @@ DEPLOY = [
 
 
 @pytest.mark.parametrize("extra, match", DEPLOY, ids=[f"deploy-{i}" for i in range(len(DEPLOY))])
+@pytest.mark.slow  # an ONNX export (module fixture)
 def test_deploy_cli(export_dir, tmp_path, capsys, extra, match):
     code, err = deploy(["--model", str(export_dir), "--out", str(tmp_path / "o"), *extra], capsys)
     assert code == 2 and re.search(match, err), err
     assert not (tmp_path / "o" / "grid.png").exists()
 
 
+@pytest.mark.slow  # an ONNX export (module fixture)
 def test_deploy_bad_folder(export_dir, tmp_path, capsys):
     import shutil
 
@@ -471,6 +465,7 @@ def test_deploy_bad_folder(export_dir, tmp_path, capsys):
     assert code == 2 and "not found" in err
 
 
+@pytest.mark.slow  # an ONNX export (module fixture)
 def test_deploy_api_nan_settings(export_dir):
     from marengine.export.deploy import DeployedMAR, sample_tokens
 
@@ -521,6 +516,7 @@ def test_existing_run_is_not_replaced(run_dir, tmp_path, capsys):
     assert rows[0].startswith("step") and len(rows) == 2  # a fresh log, not appended to the old one
 
 
+@pytest.mark.slow  # two ONNX exports
 def test_interrupted_export_leaves_the_previous_one_whole(run_dir, tmp_path, monkeypatch):
     pytest.importorskip("onnxscript")
     from marengine.export import onnx as exp

@@ -195,6 +195,7 @@ def test_an_empty_benchmark_name_is_an_error(tmp_path, capsys, only):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a marengine bench process
 def test_relative_out_is_the_callers(tmp_path):
     """A relative --out is resolved against the caller's working directory: records, logs,
     report and plots all land there (the scripts run from the checkout); the load is recorded."""
@@ -287,6 +288,7 @@ def test_flop_counts_match_the_design_figures():
         assert f["head"] / 1e12 == pytest.approx(head, rel=0.05)
 
 
+@pytest.mark.slow  # ~10 s CPU each: the anchor walks every token in Python
 @pytest.mark.parametrize("cfg, schedule", [(1.0, "linear"), (3.0, "linear"), (2.0, "constant")])
 def test_official_anchor_matches_the_engine(tiny_mar, cfg, schedule):
     """With temperature 0 (and the chain's per-step noise from another generator) the anchor's

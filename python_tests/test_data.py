@@ -153,6 +153,7 @@ def test_check_data_lists_unreadable_images(tmp_path, capsys):
     assert "not 16x16" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trainings on image folders
 def test_training_skips_and_reports_unreadable_images(tmp_path, caplog):
     root = make_folder(tmp_path / "imgs", 8, 8)
     bad_files = {str(p) for p in add_corrupt(root)}
@@ -182,6 +183,7 @@ def test_a_batch_of_only_unreadable_images_skips_its_step(tmp_path, caplog):
     assert t.ema.updates == 1  # only the good image's step updated the model
 
 
+@pytest.mark.slow  # worker processes
 def test_workers_and_resume_give_bitwise_the_same_run(tmp_path):
     """Per-item randomness (flips) is seeded per item: 2 workers + resume == 0 workers straight."""
     root = make_folder(tmp_path / "imgs", 8, 8)
@@ -212,6 +214,7 @@ def _build(root: Path, vae, vae_path: Path, out: Path, **kw):
     return build_latent_cache(ds, vae, out, **args)
 
 
+@pytest.mark.slow  # a VAE encodes five caches
 def test_latent_cache_contents_rerun_and_refusal(tmp_path):
     root = make_folder(tmp_path / "imgs", 6, 64)
     add_corrupt(root)  # 14 files, 2 unreadable
@@ -280,6 +283,7 @@ def _cache_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow  # three cache-latents processes
 def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
     root = make_folder(tmp_path / "imgs", 20, 128, seed=1)  # 40 images, 10 shards
     save_vae(tmp_path / "vae.ckpt")
@@ -320,6 +324,7 @@ def test_sigkill_during_cache_latents_then_rerun_completes_it(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.slow  # torchrun: three processes
 def test_cache_latents_under_torchrun_matches_one_process(tmp_path):
     root = make_folder(tmp_path / "imgs", 5, 128)  # 10 images, 3 shards
     save_vae(tmp_path / "vae.ckpt")
@@ -335,6 +340,7 @@ def test_cache_latents_under_torchrun_matches_one_process(tmp_path):
     assert _cache_files(tmp_path / "two") == _cache_files(tmp_path / "one")
 
 
+@pytest.mark.slow  # three trainings, one with worker processes
 def test_training_from_the_cache(tmp_path):
     from safetensors.torch import save_file
 

@@ -6,44 +6,24 @@ whatever the machine's load); the quality gate and the inpainting test need the 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-# the demo's own recipe and sampling, cut short: the outputs and the plumbing, not the quality
-SHORT = ["--max-steps", "12", "--warmup-steps", "2", "--batch-size", "32", "--ckpt-every", "12", "--log-every", "4"]
-SHORT += ["--per-class", "2", "--num-iter", "4", "--threads", "1"]
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "marengine", *args], cwd=REPO, env=env, timeout=timeout, capture_output=True, text=True
-    )
+from conftest import marengine_cli
 
 
 @pytest.fixture(scope="module")
-def short_demo(tmp_path_factory) -> Path:
-    """`marengine demo` with a short recipe: the same command and outputs in seconds."""
-    out = tmp_path_factory.mktemp("demo-short")
-    proc = _cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", *SHORT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert str(out / "grid.png") in proc.stdout
-    return out
+def short_demo(short_demo_root) -> Path:
+    """`marengine demo` with a short recipe (conftest.SHORT_DEMO): the same command and outputs in seconds."""
+    return short_demo_root / "runs" / "demo"
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     """The full demo (the README's main job): minutes on a CPU, so only for the slow tests."""
     out = tmp_path_factory.mktemp("demo")
-    proc = _cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", timeout=3600)
+    proc = marengine_cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out / "grid.png") in proc.stdout
     return out
@@ -72,12 +52,13 @@ def test_demo_writes_one_png_per_sample(short_demo):
                 np.testing.assert_array_equal(np.asarray(im), data["images"][k, :, :, 0])
 
 
+@pytest.mark.slow  # a marengine process
 def test_demo_png_feeds_edit(short_demo, tmp_path):
     """A demo PNG goes straight into `marengine edit`; samples.npz keeps results, inputs and
     masks apart, and the kept pixels are the input's."""
     png = short_demo / "samples" / "class3_0.png"
     args = ["--images", str(png), "--box", "4", "0", "8", "8", "--labels", "3", "--num-iter", "2", "--threads", "1"]
-    proc = _cli("edit", "--checkpoint", str(short_demo / "ema"), *args, "--out", str(tmp_path / "e"))
+    proc = marengine_cli("edit", "--checkpoint", str(short_demo / "ema"), *args, "--out", str(tmp_path / "e"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = np.load(tmp_path / "e" / "samples.npz")
     assert set(saved.files) == {"images", "labels", "inputs", "masks"}
@@ -101,12 +82,13 @@ def test_demo_quality_gate(demo_dir):
     assert report.accuracy >= 0.9, str(report)
 
 
+@pytest.mark.slow  # two marengine processes
 def test_sample_command(short_demo, tmp_path):
     """The training checkpoint and the EMA folder sample the same images (same EMA weights, seed)."""
     got = []
     for name, checkpoint in (("s", short_demo / "last.pth"), ("t", short_demo / "ema")):
         args = ["--labels", "3", "3", "7", "--num-iter", "8", "--cfg", "2.0", "--seed", "1", "--threads", "1"]
-        proc = _cli("sample", "--checkpoint", str(checkpoint), *args, "--out", str(tmp_path / name))
+        proc = marengine_cli("sample", "--checkpoint", str(checkpoint), *args, "--out", str(tmp_path / name))
         assert proc.returncode == 0, proc.stderr[-3000:]
         got.append(np.load(tmp_path / name / "samples.npz"))
     a, b = got
@@ -114,10 +96,13 @@ def test_sample_command(short_demo, tmp_path):
     assert np.array_equal(a["images"], b["images"])
 
 
+@pytest.mark.slow  # two marengine processes
 def test_sample_command_bad_label(short_demo, tmp_path):
-    proc = _cli("sample", "--checkpoint", str(short_demo / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x"))
+    proc = marengine_cli(
+        "sample", "--checkpoint", str(short_demo / "last.pth"), "--labels", "12", "--out", str(tmp_path / "x")
+    )
     assert proc.returncode == 2 and "--labels must be class indices in [0, 10)" in proc.stderr
-    proc = _cli("train", "--resume", str(tmp_path / "nothing.pth"), "--out-dir", str(tmp_path / "y"))
+    proc = marengine_cli("train", "--resume", str(tmp_path / "nothing.pth"), "--out-dir", str(tmp_path / "y"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 

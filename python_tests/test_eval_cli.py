@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_training, small_train_config
 from eval_fixtures import random_inception_state, write_inception_file
 
 from marengine.cli import main as cli_main
@@ -20,13 +19,6 @@ from marengine.sampling.balanced import balanced_labels, block_seed, generate_bl
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num-iter", "2", "--sample-batch-size", "4"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +74,7 @@ def test_noise_fixed_by_index(run_dir):
     assert not np.array_equal(whole[0:4], whole[4:8])
 
 
+@pytest.mark.slow  # a sampling and an evaluation
 def test_sample_per_class_matches_evaluate_images(run_dir, tmp_path, capsys):
     code, _, err = cli(["sample", "--checkpoint", str(run_dir / "ema"), "--per-class", "1", *FAST,
                         "--out", str(tmp_path / "s")], capsys)  # fmt: skip
@@ -212,6 +205,7 @@ def test_bad_generation_and_outputs(run_dir, weights, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- resume and ranks
+@pytest.mark.slow  # two evaluations
 def test_killed_run_resumes_to_the_same_score(run_dir, tmp_path, capsys):
     ck = ["evaluate", "--checkpoint", str(run_dir / "ema"), "--per-class", "2", *FAST, "--shard-size", "4"]
     code, _, err = cli([*ck, "--out", str(tmp_path / "full.json")], capsys)

@@ -45,6 +45,7 @@ def test_resize_299_is_identity():
     assert torch.equal(resize_bilinear_tf1(x, 299), x)
 
 
+@pytest.mark.slow  # builds the Inception network
 def test_layout_loads_strictly(tmp_path):
     n_convs = sum(len(v) for v in LAYOUT.values())
     assert n_convs == 94  # the 94 conv+BN units of the TF graph
@@ -57,6 +58,7 @@ def test_layout_loads_strictly(tmp_path):
             assert torch.equal(v, state[k]), k
 
 
+@pytest.mark.slow  # builds the Inception network
 def test_wrong_keys_are_named(tmp_path):
     state = random_inception_state()
     state.pop("Mixed_6b.branch7x7_2.conv.weight")

@@ -335,6 +335,16 @@ def test_cuda_graph_capture(ops, head_path):
 
 
 # ---------------------------------------------------------------- adaln_block
+def block_operands(block, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """The weights adaln_block takes after x and mod: LayerNorm weight and bias, then the MLP's two
+    linear layers (weight, bias), those cast to `dtype` when given."""
+    mlp = [
+        t.detach() if dtype is None else t.detach().to(dtype)
+        for t in (block.mlp[0].weight, block.mlp[0].bias, block.mlp[2].weight, block.mlp[2].bias)
+    ]
+    return [block.in_ln.weight.detach(), block.in_ln.bias.detach(), *mlp]
+
+
 def adaln_reference(block, x, mod, dtype=None):
     shift, scale, gate = mod.chunk(3, dim=-1)
     h = block.in_ln(x) * (1 + scale) + shift
@@ -355,11 +365,7 @@ def test_adaln_block(ops, rows, dtype):
     mod = 0.5 * torch.randn(rows, 3 * 256, generator=g, device=DEV)
     with torch.no_grad():
         ref = adaln_reference(block, x, mod).double()
-        w = [
-            t.detach().to(dtype)
-            for t in (block.mlp[0].weight, block.mlp[0].bias, block.mlp[2].weight, block.mlp[2].bias)
-        ]
-        out = ops.adaln_block(x, mod, block.in_ln.weight.detach(), block.in_ln.bias.detach(), *w).double()
+        out = ops.adaln_block(x, mod, *block_operands(block, dtype)).double()
         if dtype == torch.float32:
             assert rel_err(out, ref) <= 1e-5
         else:
@@ -377,22 +383,7 @@ def test_opcheck(ops):
     block = dl.net.res_blocks[0]
     x = torch.randn(5, 96, device=DEV)
     mod = torch.randn(5, 288, device=DEV)
-    torch.library.opcheck(
-        ops.adaln_block.default,
-        tuple(
-            t.detach()
-            for t in (
-                x,
-                mod,
-                block.in_ln.weight,
-                block.in_ln.bias,
-                block.mlp[0].weight,
-                block.mlp[0].bias,
-                block.mlp[2].weight,
-                block.mlp[2].bias,
-            )
-        ),
-    )
+    torch.library.opcheck(ops.adaln_block.default, (x, mod, *block_operands(block)))
 
 
 def test_zero_rows(ops):
@@ -439,17 +430,7 @@ def test_bad_calls_raise(ops):
 
     block = dl.net.res_blocks[0]
     x = torch.randn(5, 96, device=DEV)
-    p = [
-        t.detach()
-        for t in (
-            block.in_ln.weight,
-            block.in_ln.bias,
-            block.mlp[0].weight,
-            block.mlp[0].bias,
-            block.mlp[2].weight,
-            block.mlp[2].bias,
-        )
-    ]
+    p = block_operands(block)
     with pytest.raises(RuntimeError):
         ops.adaln_block(x, torch.randn(5, 96, device=DEV), *p)  # mod must be [M, 3W]
     with pytest.raises(RuntimeError):

@@ -107,6 +107,7 @@ def sessions(exported):
 
 
 # ---------------------------------------------------------------- files and metadata
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_files_metadata_and_deploy_json(exported):
     model, out, paths = exported
     assert set(paths) == {"backbone", "backbone_embed", "head", "decoder", "encoder", "deploy"}
@@ -132,6 +133,7 @@ def test_files_metadata_and_deploy_json(exported):
         assert timesteps.tolist() == tables.timestep_map.tolist()
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_one_file_has_dynamic_batch_and_known_axes(exported):
     _, out, _ = exported
     g = onnx.load(str(out / "backbone.onnx")).graph
@@ -143,6 +145,7 @@ def test_one_file_has_dynamic_batch_and_known_axes(exported):
 # ---------------------------------------------------------------- parity
 @pytest.mark.parametrize("b", [1, 3, 8])
 @pytest.mark.parametrize("k", [0, 1, 15])
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_backbone_parity(exported, sessions, b, k):
     model = exported[0]
     L, C = model.seq_len, model.token_embed_dim
@@ -160,6 +163,7 @@ def test_backbone_parity(exported, sessions, b, k):
     assert rel_err(out, ref) <= 1e-4
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_backbone_torch_tensors_and_module_adapter(exported, sessions):
     model = exported[0]
     tokens, idx = torch.randn(2, 16, 4), known(2, 16, 5, 0)
@@ -172,6 +176,7 @@ def test_backbone_torch_tensors_and_module_adapter(exported, sessions):
         OnnxBackboneModule(sessions["labels"])
 
 
+@pytest.mark.slow  # two ONNX exports
 def test_backbone_fp16(exported, tmp_path):
     model = exported[0].train()  # export runs in eval mode and gives the caller's mode back
     try:
@@ -192,6 +197,7 @@ def test_backbone_fp16(exported, tmp_path):
         assert out.dtype == np.float32 and rel_err(out, ref) <= 1e-2
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_io_binding_path(exported):
     """The IO-binding code the CUDA provider uses, run on CPU buffers: torch tensors bound in
     place (K = 0 included), numpy inputs as OrtValues."""
@@ -210,6 +216,7 @@ def test_io_binding_path(exported):
 
 
 @pytest.mark.parametrize("n", [1, 7, 59])
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_head_step_parity(exported, sessions, n):
     net = exported[0].diffloss.net
     gen = torch.Generator().manual_seed(n)
@@ -221,12 +228,14 @@ def test_head_step_parity(exported, sessions, n):
     assert out.shape == (n, 8) and rel_err(out, ref) <= 1e-4
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_pixel_decoder_exact(sessions):
     lat = torch.randn(3, 4, 4, 4)
     out = sessions["decoder"](lat.numpy())
     np.testing.assert_array_equal(out, F.pixel_shuffle(lat, 2).numpy())
 
 
+@pytest.mark.slow  # an ONNX export of a VAE decoder
 def test_vae_decoder(tmp_path):
     vae = randomized(AutoencoderKL(embed_dim=4, ch_mult=(1, 2), ch=32, resolution=32), seed=1)
     model = make_model()
@@ -242,6 +251,7 @@ def test_vae_decoder(tmp_path):
     assert dec.precision == "fp16" and rel_err(dec(lat.numpy()), ref) <= 1e-2
 
 
+@pytest.mark.slow  # an ONNX export
 def test_torchscript_exporter_path(tmp_path):
     model = make_model()
     paths = export_onnx(model, tmp_path, parts=("head",), exporter="torchscript")
@@ -301,6 +311,7 @@ def torch_engine_tokens(
         ([7, 8, 9], 2.0, "linear", 1.0, {"sampler": "dpm++2m", "steps": "10-4", "clip_denoised": True}),
     ],
 )
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg, schedule, temperature, options):
     model, out, _ = exported
     dm = deploy.DeployedMAR.load(out, CPU)
@@ -324,6 +335,7 @@ def test_deploy_sampler_matches_torch_engine(exported, monkeypatch, labels, cfg,
     assert rel_err(ref_ort, ref) <= 1e-4
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_e2e_tolerance_sees_real_mistakes(exported):
     """The 1e-4 of the end-to-end test is far below what a wrong label or a lost known token does."""
     _, out, _ = exported
@@ -361,6 +373,7 @@ def test_deploy_uses_the_shared_schedules():
         assert getattr(deploy_loop, name) is getattr(samplers, name) is getattr(gaussian, name), name
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_deploy_cli_runs_without_torch(exported, tmp_path):
     _, out, _ = exported
     code = (
@@ -385,6 +398,7 @@ def test_deploy_cli_runs_without_torch(exported, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_backbone_rejects_bad_inputs(sessions):
     bb, emb = sessions["labels"], sessions["embed"]
     tok, lab = np.zeros((2, 16, 4), np.float32), np.array([1, 2])
@@ -422,6 +436,7 @@ def test_backbone_rejects_bad_inputs(sessions):
         sessions["head"](np.zeros((2, 4), np.float32), np.array([0, 1000]), np.zeros((2, 64), np.float32))
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_not_an_onnx_file(tmp_path, exported):
     bad = tmp_path / "backbone.onnx"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -439,6 +454,7 @@ def test_not_an_onnx_file(tmp_path, exported):
         OnnxBackbone(exported[2]["head"], CPU)
 
 
+@pytest.mark.slow  # ONNX export of the test model (module fixture)
 def test_config_mismatch_between_files(exported, tmp_path):
     _, out, _ = exported
     folder = tmp_path / "mixed"
@@ -461,6 +477,7 @@ def test_missing_extras_name_the_install(monkeypatch):
         require_export_deps()
 
 
+@pytest.mark.slow  # an ONNX export
 def test_export_from_checkpoint(tmp_path):
     model = make_model(seed=4)
     save_pretrained(model, tmp_path / "pre")

@@ -48,14 +48,6 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A finished 2-step training run of the SMALL digits model (last.pth, ema/, metrics.csv)."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    run_training(small_train_config(out, max_steps=2, ckpt_every=2))
-    return out
-
-
 # ---------------------------------------------------------------- the rule itself
 def test_claim_accepts_new_and_empty_folders(tmp_path):
     assert claim_output_folder(tmp_path / "new", "samples") == tmp_path / "new"

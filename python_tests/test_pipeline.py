@@ -6,19 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import run_training, small_train_config
 
 from marengine.models.tokenizers import PixelTokenizer, VAETokenizer
 from marengine.models.vae import AutoencoderKL
 from marengine.pipeline import MARPipeline
 from marengine.sampling.engine import SampleSettings
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_training(small_train_config(out, max_steps=3, ckpt_every=3))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +146,7 @@ def test_save_and_load_the_pipeline(pipe, tmp_path):
     np.testing.assert_array_equal(again([1, 2], seed=0).array, pipe([1, 2], seed=0).array)
 
 
+@pytest.mark.slow  # an ONNX export and a marengine process
 def test_edit_command_and_deploy_sampler_keep_known_pixels(run_dir, tmp_path):
     from PIL import Image
 

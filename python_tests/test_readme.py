@@ -20,9 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\n(?P<body>.*?)^```$", re.M | re.S)
-# the demo's recipe cut short (as in test_demo.py): the snippets need its files, not its quality
-SHORT_DEMO = ["--max-steps", "12", "--warmup-steps", "2", "--batch-size", "32", "--ckpt-every", "12"]
-SHORT_DEMO += ["--per-class", "2", "--num-iter", "4", "--threads", "1", "--no-progress", "--no-evaluate"]
 
 
 def blocks(lang: str) -> list[tuple[int, str, str | None]]:
@@ -51,16 +48,13 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(short_demo_root) -> Path:
     """A scratch folder holding runs/demo from `marengine demo` (short recipe)."""
-    root = tmp_path_factory.mktemp("readme")
-    cmd = [sys.executable, "-m", "marengine", "demo", "--out-dir", "runs/demo", *SHORT_DEMO]
-    proc = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
+    return short_demo_root
 
 
 @pytest.mark.parametrize("line, code, reason", PYTHON, ids=[f"line{b[0]}" for b in PYTHON])
+@pytest.mark.slow  # the README's own sampling, as written
 def test_python_block_runs(workdir, monkeypatch, line, code, reason):
     if reason:
         pytest.skip(f"README line {line}: {reason}")
@@ -113,7 +107,12 @@ def test_the_readme_names_the_commands():
     assert {"demo", "train", "sample", "edit", "export-onnx", "bench", "cache-latents", "train-vq", "doctor"} <= subs
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=["/".join(t) for t in TARGETS])
+# marengine's own sub-commands answer in this process; a module or script starts an interpreter (slow)
+@pytest.mark.parametrize(
+    "target",
+    [t if t[0] == "marengine" else pytest.param(t, marks=pytest.mark.slow) for t in TARGETS],
+    ids=["/".join(t) for t in TARGETS],
+)
 def test_readme_command_answers_help(target, capsys):
     kind, name = target
     if kind == "marengine":

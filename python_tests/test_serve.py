@@ -290,6 +290,7 @@ def test_shutdown_finishes_in_flight_requests(pipe):
     assert not server.engine.running
 
 
+@pytest.mark.slow  # a marengine serve process
 def test_cli_serves_and_stops_on_sigterm(pipe, tmp_path):
     import os
     import signal

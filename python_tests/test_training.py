@@ -28,6 +28,7 @@ def small_cfg(out: Path, **kw) -> TrainConfig:
 run = run_training
 
 
+@pytest.mark.slow  # three trainings
 def test_exact_resume(tmp_path):
     straight = run(small_cfg(tmp_path / "a"))
     run(small_cfg(tmp_path / "b", max_steps=3))
@@ -42,6 +43,7 @@ def test_exact_resume(tmp_path):
     assert not torch.equal(fresh.model.z_proj.weight, straight.model.z_proj.weight)
 
 
+@pytest.mark.slow  # a training run
 def test_checkpoint_contents_and_official_layout(tmp_path):
     from marengine.models.checkpoints import load_official
 
@@ -71,7 +73,7 @@ def test_truncated_and_foreign_checkpoints_refused(tmp_path):
         Trainer(small_cfg(tmp_path / "r", resume=str(tmp_path / "missing.pth")))
 
 
-@pytest.mark.parametrize("source", ["ema_folder", "last_pth"])
+@pytest.mark.parametrize("source", [pytest.param("ema_folder", marks=pytest.mark.slow), "last_pth"])  # two trainings
 def test_init_from_a_folder_or_a_file(tmp_path, source):
     from marengine.models import load_model
 
@@ -94,6 +96,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # a training process killed and rerun
 def test_sigkill_while_writing_keeps_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pth"
     save_checkpoint(path, {"step": 1, "blob": torch.zeros(4)})
@@ -180,6 +183,7 @@ def _eval_loss(model: torch.nn.Module) -> float:
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.slow  # torchrun: two training processes
 def test_ddp_two_processes_matches_single_process(tmp_path):
     from marengine.models.checkpoints import load_official
 

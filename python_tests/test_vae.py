@@ -7,7 +7,9 @@ configuration (ch=32) on the CPU.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,49 +33,12 @@ def small_vae(**kw) -> AutoencoderKL:
 # (1) official parameter names and shapes
 # --------------------------------------------------------------------------
 
-# Derived by hand from LTH14/mar models/vae.py with ch=128, ch_mult=(1,1,2,2,4),
-# num_res_blocks=2, z_channels=16, double_z=True, encoder attention at res 16
-# (level 4), no decoder attention.
+# data/vae_official_shapes.json, a table of expected values derived by hand from LTH14/mar
+# models/vae.py with ch=128, ch_mult=(1,1,2,2,4), num_res_blocks=2, z_channels=16,
+# double_z=True, encoder attention at res 16 (level 4), no decoder attention.
 OFFICIAL_SHAPES: dict[str, tuple[int, ...]] = {
-    "encoder.conv_in.weight": (128, 3, 3, 3),
-    "encoder.conv_in.bias": (128,),
-    "encoder.down.0.block.0.norm1.weight": (128,),
-    "encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3),
-    "encoder.down.0.downsample.conv.weight": (128, 128, 3, 3),
-    "encoder.down.2.block.0.conv1.weight": (256, 128, 3, 3),
-    "encoder.down.2.block.0.nin_shortcut.weight": (256, 128, 1, 1),
-    "encoder.down.3.downsample.conv.bias": (256,),
-    "encoder.down.4.block.0.nin_shortcut.weight": (512, 256, 1, 1),
-    "encoder.down.4.block.1.conv2.weight": (512, 512, 3, 3),
-    "encoder.down.4.attn.0.q.weight": (512, 512, 1, 1),
-    "encoder.down.4.attn.1.proj_out.bias": (512,),
-    "encoder.mid.block_1.norm2.bias": (512,),
-    "encoder.mid.attn_1.norm.weight": (512,),
-    "encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
-    "encoder.mid.attn_1.k.weight": (512, 512, 1, 1),
-    "encoder.mid.attn_1.v.bias": (512,),
-    "encoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
-    "encoder.mid.block_2.conv2.weight": (512, 512, 3, 3),
-    "encoder.norm_out.weight": (512,),
-    "encoder.conv_out.weight": (32, 512, 3, 3),
-    "quant_conv.weight": (32, 32, 1, 1),
-    "quant_conv.bias": (32,),
-    "post_quant_conv.weight": (16, 16, 1, 1),
-    "post_quant_conv.bias": (16,),
-    "decoder.conv_in.weight": (512, 16, 3, 3),
-    "decoder.mid.block_1.conv1.weight": (512, 512, 3, 3),
-    "decoder.mid.attn_1.q.weight": (512, 512, 1, 1),
-    "decoder.up.4.block.0.conv1.weight": (512, 512, 3, 3),
-    "decoder.up.4.upsample.conv.weight": (512, 512, 3, 3),
-    "decoder.up.3.block.0.conv1.weight": (256, 512, 3, 3),
-    "decoder.up.3.block.0.nin_shortcut.weight": (256, 512, 1, 1),
-    "decoder.up.1.block.0.nin_shortcut.weight": (128, 256, 1, 1),
-    "decoder.up.1.upsample.conv.bias": (128,),
-    "decoder.up.0.block.2.conv1.weight": (128, 128, 3, 3),
-    "decoder.up.0.block.2.norm2.weight": (128,),
-    "decoder.norm_out.bias": (128,),
-    "decoder.conv_out.weight": (3, 128, 3, 3),
-    "decoder.conv_out.bias": (3,),
+    name: tuple(shape)
+    for name, shape in json.loads((Path(__file__).parent / "data" / "vae_official_shapes.json").read_text()).items()
 }
 
 # Keys the official layout does NOT have.
