@@ -164,7 +164,14 @@ def test_registering_checks_the_contract(toy):
 @pytest.mark.parametrize(
     "preset,loss,cls,tokens,knobs,exported",
     [
-        ("mar_tiny", "diffusion", MAR, "latents", {"sampler", "steps", "cache", "order", "editing"}, True),
+        (
+            "mar_tiny",
+            "diffusion",
+            MAR,
+            "latents",
+            {"sampler", "steps", "cache", "order", "token_steps", "editing"},
+            True,
+        ),
         ("mar_tiny", "ce", MARCE, "codes", {"cache", "order", "editing"}, False),
         ("ar_raster_tiny", "diffusion", CausalAR, "latents", {"sampler", "steps"}, True),
         ("ar_random_tiny", "ce", CausalAR, "codes", set(), True),
