@@ -146,6 +146,8 @@ def test_timeout_and_full_queue(pipe):
         (dict(labels=[1], num_iter=0), "num_iter"),
         (dict(labels=[1], cfg=float("nan")), "cfg"),
         (dict(labels=[1], preset="fast"), "cache"),
+        (dict(labels=[1], precision="bf16"), r"precision='fp32'"),
+        (dict(labels=[1], token_steps="hf:boost=8"), r"token_steps='off'"),
         (dict(labels=[1], bogus=1), "unknown sampling option"),
         (dict(labels=[1], preview_every=-1), "preview_every"),
         (dict(labels=[1], timeout=0), "timeout"),

@@ -331,8 +331,9 @@ def test_presets_resolve_and_bad_ones_are_refused():
     assert fast["sampler"] == SAMPLING_PRESETS["fast"].sampler and fast["cache"] == SAMPLING_PRESETS["fast"].cache
     assert SampleSettings(preset="fast", num_iter=8, cache="off").options()["cache"] is None
     assert SampleSettings(preset="fast", num_iter=8, steps=7).options()["steps"] == 7
+    assert SampleSettings(preset="turbo").speed() == SAMPLING_PRESETS["turbo"]
     with pytest.raises(ValueError, match="unknown sampling setting preset"):
-        SampleSettings(preset="turbo")
+        SampleSettings(preset="warp")
     with pytest.raises(ValueError, match="unknown head sampler"):
         SampleSettings(sampler="heun")
     with pytest.raises(ValueError, match="only 4 iterations"):

@@ -175,10 +175,12 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(served, body, status, mat
 
 def test_fast_preset_without_backbone_reuse_equals_alone(pipe, served):
     url, _, _ = served
-    body = dict(prompt=6, seed=2, preset="fast", cache="off")
+    body = dict(prompt=6, seed=2, preset="fast", cache="off", precision="fp32")
     r = httpx.post(url + GEN, json=body, timeout=60)
     assert r.status_code == 200, r.text
-    np.testing.assert_array_equal(images_of(r.json()), alone(pipe, 6, 1, 2, preset="fast", cache="off"))
+    np.testing.assert_array_equal(
+        images_of(r.json()), alone(pipe, 6, 1, 2, preset="fast", cache="off", precision="fp32")
+    )
 
 
 def test_hostile_bodies(served):

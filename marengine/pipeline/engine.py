@@ -30,12 +30,36 @@ import torch
 
 from ..checks import check_finite_result, check_labels
 from ..config import SERVE_DEFAULTS
+from ..models.backbone_cache import CachePolicy
 from ..models.tokenizers import to_uint8
 from ..ops.precision import resolve_precision
 from ..sampling.engine import SampleSettings
 from .batching import LoopState, batched_step, start_loop
 from .pipeline import MARPipeline, PipelineOutput
 from .tickets import LATENCY_BUCKETS, Cancelled, Done, EngineStats, Preview, QueueFull, Ticket
+
+# the speed knobs continuous batching cannot apply, with the value that turns each off
+UNBATCHABLE = {"cache": "off", "token_steps": "off", "precision": "fp32"}
+
+
+def refuse_unbatchable(s: SampleSettings, device: torch.device) -> None:
+    """A ValueError naming every knob of `s` that continuous batching cannot apply: it runs the
+    full backbone at every iteration (no reuse), one step count per head call, in fp32."""
+    speed = s.speed()
+    on = {
+        "cache": CachePolicy.parse(speed.cache) is not None,
+        "token_steps": speed.token_steps is not None,
+        "precision": resolve_precision(speed.precision, device) != torch.float32,
+    }
+    names = [name for name, used in on.items() if used]
+    if names:
+        fixes = ", ".join(f"{name}={UNBATCHABLE[name]!r}" for name in names)
+        raise ValueError(
+            f"continuous batching runs the full backbone at every iteration, one head step count per call, in "
+            f"fp32: {', '.join(names)} of preset {s.preset!r} do(es) not apply; choose preset 'official' or pass "
+            f"{fixes}"
+        )
+
 
 __all__ = ["LATENCY_BUCKETS", "Cancelled", "Done", "EngineStats", "GenerationEngine", "Preview", "QueueFull", "Ticket"]
 
@@ -169,13 +193,7 @@ class GenerationEngine:
         num_iter = min(s.num_iter, model.seq_len)  # as generate_latents (which also warns)
         clip = s.clip_denoised if s.clip_denoised is not None else bool(getattr(self.pipe.tokenizer, "bounded", False))
         opts = s.options(model)
-        if s.speed().token_steps is not None:
-            raise ValueError(
-                "continuous batching runs one step count per head call: per-token head steps do not apply; "
-                "pass token_steps='off'"
-            )
-        if resolve_precision(s.speed().precision, self.pipe.device) != torch.float32:
-            raise ValueError("continuous batching runs in fp32: bf16 precision does not apply; pass precision='fp32'")
+        refuse_unbatchable(s, self.pipe.device)
         return (num_iter, s.cfg, s.cfg_schedule, s.temperature, gen), dict(
             backend=opts["backend"],
             clip_denoised=clip,

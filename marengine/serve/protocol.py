@@ -26,7 +26,10 @@ import numpy as np
 
 RESPONSE_FORMATS = ("b64_json", "png")
 # the sampling knobs a request may set (SampleSettings fields); seed and batch size are the server's
-KNOBS = ("num_iter", "cfg", "cfg_schedule", "temperature", "preset", "sampler", "steps", "cache")
+KNOBS = (
+    "num_iter", "cfg", "cfg_schedule", "temperature", "preset", "sampler", "steps", "cache", "order", "precision",
+    "token_steps",
+)  # fmt: skip
 FIELDS = {"prompt", "n", "seed", "response_format", "stream", "preview_every", "timeout", "size", "user", "model"}
 EDIT_FIELDS = {"image", "mask"}
 MAX_SEED = 2**63 - 1
