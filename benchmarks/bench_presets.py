@@ -169,6 +169,13 @@ def _latents(model, labels: Any, base: dict[str, Any], variant: str, bounded: bo
     return generate_latents(model, labels, SampleSettings(**{**base, **VARIANTS[variant]}), bounded=bounded)
 
 
+def _judge(images: np.ndarray, labels: np.ndarray):
+    """The digits judge's verdict (accuracy, FD) on uint8 images of `labels`."""
+    with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
+        warnings.filterwarnings("ignore", message="Matrix is singular")
+        return evaluate(images, labels)
+
+
 def _speedups(times: dict[str, list[float]], v: str) -> dict[str, float]:
     t = summarize(times[v])["p50"]
     out = {"speedup": summarize(times["official"])["p50"] / t}
@@ -196,9 +203,7 @@ def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[s
     times = interleaved({v: (lambda v=v: run(v)) for v in chosen}, ctx.device, warmup=1, repeats=repeats)
     judged = {}
     for v in chosen:
-        with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
-            warnings.filterwarnings("ignore", message="Matrix is singular")
-            judged[v] = evaluate(images[v], labels)
+        judged[v] = _judge(images[v], labels)
     table = _table(
         f"presets on {name} ({model.seq_len} tokens, {n} images, {base['num_iter']} iterations, cfg 2; "
         f"trained {info['train_steps']} steps)",
@@ -312,9 +317,7 @@ class _Digits:
         return to_uint8(self.tokenizer.decode(lat)).cpu().numpy()
 
     def judge(self, images: np.ndarray):
-        with warnings.catch_warnings():  # few samples make the covariances singular: the floor shares that bias
-            warnings.filterwarnings("ignore", message="Matrix is singular")
-            return evaluate(images, self.labels)
+        return _judge(images, self.labels)
 
 
 def _measure(ctx, judges: list[_Digits], points: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
