@@ -31,14 +31,17 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ARCH_AR, LAYERNORM_EPS, ARConfig
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..utils import check_generator, check_tensor, rand
 from . import ar_sampling
-from .ce_head import CEHead
+from .ce_head import CategoricalTokens, CEHead
 from .contract import MemberMixin
 from .diffloss import DiffLoss
 from .kv_cache import KVCache, blocks_step
 from .layers import Block, default_norm, init_linear_and_norm, patchify, unpatchify
+from .masked_ar import DiffusionTokens
 from .masking import random_orders
+from .sample_args import SampleArgs
 
 
 class CausalAR(nn.Module, MemberMixin):
@@ -55,6 +58,17 @@ class CausalAR(nn.Module, MemberMixin):
         """What sample_tokens takes: CFG and temperature, and the diffusion head's sampler and
         steps (the kv-cache is always on; no editing, no other order than the model's)."""
         return ("cfg", "temperature", "sampler", "steps") if self.loss == "diffusion" else ("cfg", "temperature")
+
+    def token_sampler(self, args: SampleArgs, sampler: str | HeadSampler | None, steps: Any) -> Any:
+        """The head of the causal loop, the masked loop's token-sampler policy: the Diffusion-Loss
+        head's reverse diffusion (masked_ar.DiffusionTokens, `sampler` default DDPM) or the
+        categorical draw (ce_head.CategoricalTokens, which has no sampler nor steps)."""
+        if self.loss == "ce":
+            if sampler is not None or steps is not None:
+                raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
+            return CategoricalTokens(self.ce_head, args.temperature, args.generator)
+        head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
+        return DiffusionTokens(self.diffloss, args, head_sampler, self.unpatchify)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checks import check_finite_result, check_int
-from ..diffusion.samplers import DDPM, HeadSampler
+from ..diffusion.samplers import HeadSampler
 from ..ops.dispatch import weights_frozen
-from ..schedules import cfg_at, step_schedule
+from ..schedules import Iteration, cfg_at, step_schedule
 from .kv_cache import KVCache
 from .sample_args import SampleArgs
 
@@ -62,10 +62,8 @@ def sample_tokens(
     num_iter = check_num_iter(model, args.num_iter)
     a = dataclasses.replace(args, num_iter=num_iter).checked(model)
     bsz, cfg, cfg_schedule, labels, temperature = a.bsz, a.cfg, a.cfg_schedule, a.labels, a.temperature
-    generator, backend, clip_denoised, progress = a.generator, a.backend, a.clip_denoised, a.progress
-    if model.loss == "ce" and (sampler is not None or steps is not None):
-        raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
-    head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
+    generator, progress = a.generator, a.progress
+    head = model.token_sampler(a, sampler, steps)  # the token-sampler policy the masked loop uses too
     per_step = step_schedule(steps, num_iter)  # diffusion steps of the head at each token
     device, seq_len = model.fake_latent.device, model.seq_len
     orders = model.sample_orders(bsz, generator) if orders is None else model.check_orders(orders.to(device), bsz)
@@ -86,7 +84,6 @@ def sample_tokens(
     ce = model.loss == "ce"
     out = torch.zeros((bsz, seq_len) if ce else (bsz, seq_len, model.token_embed_dim), device=device)
     out = out.long() if ce else out  # tokens in generation order
-    finite = torch.ones((), dtype=torch.bool, device=device)  # the CE head's logits, checked after the loop
     steps = range(seq_len)
     if progress:
         from tqdm.auto import tqdm
@@ -102,14 +99,15 @@ def sample_tokens(
             else:
                 prefix = _rows(out[:, :i], guided)
                 z = model.backbone(prefix, row_orders[:, : i + 1], class_embedding)[:, -1]  # [R, D]
-            scale = cfg_at(cfg, cfg_schedule, seq_len, seq_len - i - 1)
-            if not guided or scale == 1.0:
-                z, scale = z[:bsz], 1.0  # no guidance at this step: the conditional rows alone
-            head = {"sampler": head_sampler, "steps": per_step[i]}
-            out[:, i] = _sample_head(model, z, temperature, scale, generator, backend, clip_denoised, head, finite)
+            left = seq_len - i - 1
+            scale = cfg_at(cfg, cfg_schedule, seq_len, left)
+            # no guidance at this step (scale 1): the conditional rows alone
+            z_null = z[bsz:] if guided and scale != 1.0 else None
+            it = Iteration(i, left, left == 0, scale if z_null is not None else 1.0, per_step[i], True)
+            out[:, i] = head(z[:bsz], z_null, it)
     image_order = model.scatter_ordered(out, orders)
     if ce:  # after the loop: one host sync
-        check_finite_result(bool(finite), "logits", cfg, temperature)
+        check_finite_result(bool(head.finite), "logits", cfg, temperature)
     else:
         check_finite_result(bool(torch.isfinite(out).all()), "latents", cfg, temperature)
     if ce:
@@ -120,31 +118,3 @@ def sample_tokens(
 def _rows(x: torch.Tensor, guided: bool) -> torch.Tensor:
     """The tokens of the batch for every row of the backbone (twice under CFG)."""
     return torch.cat([x, x]) if guided else x
-
-
-def _sample_head(
-    model: CausalAR,
-    z: torch.Tensor,
-    temperature: float,
-    cfg: float,
-    generator: torch.Generator | None,
-    backend: str,
-    clip_denoised: bool,
-    head: dict[str, Any],
-    finite: torch.Tensor,
-) -> torch.Tensor:
-    """The next token of each image [B, C] (code [B]) from z [R, D] (R = 2B when cfg != 1);
-    head: the diffusion head's sampler and steps."""
-    if model.loss == "ce":
-        return model.ce_head.sample(z, temperature, cfg, generator=generator, finite=finite)
-    sampled = model.diffloss.sample(
-        z,
-        temperature,
-        cfg,
-        generator=generator,
-        backend=backend,
-        clip_denoised=clip_denoised,
-        check_finite=False,
-        **head,
-    )  # [R, C]; the null-class rows only guided the chain
-    return sampled[: z.shape[0] // 2] if cfg != 1.0 else sampled

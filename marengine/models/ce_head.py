@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checks import check_cfg, check_finite_result, check_temperature
-from ..schedules import cfg_combine
+from ..schedules import Iteration, cfg_combine
 from ..utils import check_generator, check_tensor, rand
 
 
@@ -81,3 +81,24 @@ def sample_logits(logits: torch.Tensor, temperature: float, generator: torch.Gen
     u = rand(tuple(logits.shape), generator, logits.device).clamp_(min=1e-20, max=1.0 - 1e-7)
     gumbel = -torch.log(-torch.log(u))
     return (logits / temperature + gumbel).argmax(-1)
+
+
+class CategoricalTokens:
+    """The categorical head's token sampler (models/masked_ar.TokenSampler's draw): tempered
+    categorical draws of codes with CFG on the logits, finiteness gathered without a host sync
+    (`finite`, checked by the loop at its end). MAR-CE's CodeTokens adds the code embedding and
+    editing; the causal loop uses it as it is."""
+
+    def __init__(self, head: CEHead, temperature: float, generator: torch.Generator | None) -> None:
+        self.head, self.temperature, self.generator = head, temperature, generator
+        self.finite = torch.ones((), dtype=torch.bool, device=head.linear.weight.device)
+
+    def prepare(self, *state: object) -> None:
+        """The loop's state before a call: a categorical head needs none of it."""
+
+    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
+        """Codes [P] for z [P, D] (z_null [P, D]: their null-class rows, guided at it.cfg)."""
+        zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
+        return self.head.sample(
+            zs, self.temperature, it.cfg, generator=self.generator, guided=z_null is not None, finite=self.finite
+        )  # [P]

@@ -18,9 +18,8 @@ import torch.nn as nn
 
 from ..checks import check_finite_result
 from ..config import ARCH_MAR_CE, MARCEConfig
-from ..schedules import Iteration
 from ..utils import check_generator, check_tensor
-from .ce_head import CEHead
+from .ce_head import CategoricalTokens, CEHead
 from .mar import MAR
 from .sample_args import SampleArgs
 
@@ -80,18 +79,15 @@ class MARCE(MAR):
         return self.ce_head.loss(z.reshape(bsz * seq_len, dim), codes.reshape(-1), mask.reshape(-1))
 
 
-class CodeTokens:
-    """MAR-CE's token sampler: tempered categorical draws of codes, CFG on the logits; the
-    backbone reads a code back through the code embedding."""
+class CodeTokens(CategoricalTokens):
+    """MAR-CE's token sampler: the categorical draw (ce_head.CategoricalTokens); the backbone
+    reads a code back through the code embedding, and editing restores the known codes."""
 
     def __init__(self, model: MARCE, temperature: float, generator: torch.Generator | None) -> None:
-        self.model, self.temperature, self.generator = model, temperature, generator
+        super().__init__(model.ce_head, temperature, generator)
+        self.model = model
         self.embed = model.code_embed
-        self.finite = torch.ones((), dtype=torch.bool, device=model.fake_latent.device)  # checked after the loop
         self.known_codes: torch.Tensor | None = None  # [B, L], editing
-
-    def prepare(self, *state: Any) -> None:
-        """The loop's state before a call: a categorical head needs none of it."""
 
     def known_inputs(self, known: torch.Tensor | None) -> torch.Tensor | None:
         """Known codes [B, h, w] or [B, L] (editing) -> their embeddings [B, L, C]; the codes are
@@ -112,9 +108,3 @@ class CodeTokens:
         if self.known_codes is not None:
             codes = torch.where(known_mask.to(codes.device), self.known_codes, codes)
         return codes.reshape(codes.shape[0], self.model.seq_h, self.model.seq_w)
-
-    def __call__(self, z: torch.Tensor, z_null: torch.Tensor | None, it: Iteration) -> torch.Tensor:
-        zs = z if z_null is None else torch.cat([z, z_null])  # [P(x2), D]
-        return self.model.ce_head.sample(
-            zs, self.temperature, it.cfg, generator=self.generator, guided=z_null is not None, finite=self.finite
-        )  # [P]
