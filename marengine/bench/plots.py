@@ -240,6 +240,10 @@ def pareto(records: Records, out: Path) -> Path | None:
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.axhline(1.1, lw=0.7, ls=":", color="gray")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))  # 0.5x, 1x, 2x: no powers of ten
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("speed-up over official (worst of the digits models)")
     ax.set_ylabel("FD / official FD (worst of the digits models)")
     ax.grid(alpha=0.3, which="both")
