@@ -23,7 +23,9 @@ def short_demo(short_demo_root) -> Path:
 def demo_dir(tmp_path_factory) -> Path:
     """The full demo (the README's main job): minutes on a CPU, so only for the slow tests."""
     out = tmp_path_factory.mktemp("demo")
-    proc = marengine_cli("demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", timeout=3600)
+    proc = marengine_cli(
+        "demo", "--out-dir", str(out), "--no-progress", "--no-evaluate", timeout=3600, one_thread=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(out / "grid.png") in proc.stdout
     return out
