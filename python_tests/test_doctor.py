@@ -47,6 +47,16 @@ def test_doctor_without_checks(capsys):
     assert selfcheck.results() == []
 
 
+def test_doctor_says_what_precision_auto_runs(capsys, monkeypatch):
+    from marengine.ops import precision
+
+    for units, said in ((True, "bf16 (the device has bf16 units)"), (False, "fp32 (no bf16 units")):
+        monkeypatch.setattr(precision, "bf16_units", lambda device, units=units: units)
+        assert main(["doctor", "--no-checks"]) == 0
+        out = capsys.readouterr().out
+        assert "sampling precision" in out and f"cpu                        {said}" in out
+
+
 def test_doctor_fails_when_no_check_can_run(capsys, monkeypatch):
     """No kernels built: nothing was checked, so the doctor says so and does not pass."""
     import dataclasses

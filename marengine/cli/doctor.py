@@ -63,6 +63,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
     from ..ops import buildinfo, selfcheck
+    from ..ops.precision import resolve_precision
 
     t_start = time.perf_counter()
     info = buildinfo.build_info()
@@ -84,6 +85,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"backends for a {args.width}x{args.depth} head (backend='auto')")
     for dev, what in buildinfo.backend_lines(info, args.width, args.depth, args.channels):
         print(f"  {dev:<26} {what}")
+    print("sampling precision (the presets' precision='auto', ops/precision.py)")
+    for dev in ("cpu", "cuda"):
+        if dev == "cpu" or info.gpus:
+            bf16 = resolve_precision("auto", dev) == torch.bfloat16
+            what = "bf16 (the device has bf16 units)" if bf16 else "fp32 (no bf16 units: bf16 would be emulated)"
+            print(f"  {dev:<26} {what}")
     if args.no_checks:
         return 0
 
