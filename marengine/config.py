@@ -299,8 +299,10 @@ def resolve_preset(
         if given.get(off) in ("off", "none", ""):
             given[off] = None
     out = dataclasses.replace(base, **given)
-    for name, choices in (("generation order", GENERATION_ORDERS), ("precision", SAMPLING_PRECISIONS)):
-        value = out.order if name == "generation order" else out.precision
+    for name, value, choices in (
+        ("generation order", out.order, GENERATION_ORDERS),
+        ("precision", out.precision, SAMPLING_PRECISIONS),
+    ):
         if value not in choices:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
     return out

@@ -29,7 +29,6 @@ import torch
 
 from ..diffusion.gaussian import sample_loop
 from ..diffusion.samplers import HeadSampler, scales_start_noise
-from ..models.backbone_cache import CachePolicy
 from ..models.masked_ar import check_known, check_sampling_args
 from ..models.masking import mask_by_order
 from ..models.orders import generation_orders
@@ -128,24 +127,20 @@ def start_loop(
     clip_denoised: bool,
     sampler: str | HeadSampler,
     steps: Any,
-    cache: Any,
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
     order: str = "random",
 ) -> LoopState:
     """The state masked_ar.sample_tokens sets up before its first iteration, with the same
-    checks and the same draws from `generator` (the order)."""
+    checks and the same draws from `generator` (the order). The knobs continuous batching
+    cannot apply (backbone reuse, per-token steps, bf16) are refused by the engine before this
+    (engine.refuse_unbatchable), so they are not arguments here."""
     check_engine_model(model)
     device = model.fake_latent.device
     label_t = torch.tensor(labels, dtype=torch.int64, device=device)
     bsz, num_iter, cfg, cfg_schedule, temperature = check_sampling_args(
         model, len(labels), num_iter, cfg, cfg_schedule, label_t, temperature, generator
     )
-    if CachePolicy.parse(cache) is not None:
-        raise ValueError(
-            "continuous batching runs the full backbone at every iteration: backbone reuse (cache) "
-            "does not apply; choose preset 'official' or pass cache='off'"
-        )
     if backend not in ("auto", "torch", "native"):
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, torch, native")
     s = LoopState(

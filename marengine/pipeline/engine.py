@@ -199,7 +199,6 @@ class GenerationEngine:
             clip_denoised=clip,
             sampler=opts["sampler"],
             steps=opts["steps"],
-            cache=opts["cache"],
             order=opts["order"],
         )
 
