@@ -189,21 +189,46 @@ def _params(model: str, variant: str, base: dict[str, Any], repeats: int, **more
     return {"model": model, "variant": variant, "settings": {**base, **VARIANTS[variant]}, "repeats": repeats, **more}
 
 
+class _Digits:
+    """One trained digits model with its fixed labels: images and the judge's verdict for a point."""
+
+    def __init__(self, ctx, name: str, n: int, cache_dir: Path) -> None:
+        self.name = name
+        model, tokenizer, self.info = trained_digits(name, ctx.mode, cache_dir)
+        self.model, self.tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
+        self.labels = np.repeat(np.arange(10), -(-n // 10))[:n]
+        self.base = {"num_iter": min(16, model.seq_len), "cfg": 2.0, "temperature": 1.0, "batch_size": n}
+
+    @property
+    def bounded(self) -> bool:
+        return bool(getattr(self.tokenizer, "bounded", False))
+
+    def decode(self, latents: Any) -> np.ndarray:
+        return to_uint8(self.tokenizer.decode(latents.float())).cpu().numpy()
+
+    def images(self, fields: dict[str, Any], seed: int = 0) -> np.ndarray:
+        """The images of the engine with SampleSettings `fields` on top of the base point."""
+        s = SampleSettings(**{**self.base, **fields, "seed": seed})
+        return self.decode(generate_latents(self.model, self.labels, s, bounded=self.bounded))
+
+    def variant_images(self, variant: str) -> np.ndarray:
+        """The images of a named VARIANTS entry (the official code's anchor included)."""
+        return self.decode(_latents(self.model, self.labels, self.base, variant, self.bounded))
+
+    def judge(self, images: np.ndarray):
+        return _judge(images, self.labels)
+
+
 def digits(ctx, name: str, n: int, repeats: int, cache_dir: Path, chosen: list[str]) -> None:
-    model, tokenizer, info = trained_digits(name, ctx.mode, cache_dir)
-    model, tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
-    labels = np.repeat(np.arange(10), -(-n // 10))[:n]
-    base = {"num_iter": min(16, model.seq_len), "cfg": 2.0, "temperature": 1.0, "batch_size": n}
+    j = _Digits(ctx, name, n, cache_dir)
+    model, base, info = j.model, j.base, j.info
     images: dict[str, np.ndarray] = {}
 
     def run(variant: str) -> Any:
-        lat = _latents(model, labels, base, variant, bool(getattr(tokenizer, "bounded", False)))
-        images[variant] = to_uint8(tokenizer.decode(lat.float())).cpu().numpy()
+        images[variant] = j.variant_images(variant)
 
     times = interleaved({v: (lambda v=v: run(v)) for v in chosen}, ctx.device, warmup=1, repeats=repeats)
-    judged = {}
-    for v in chosen:
-        judged[v] = _judge(images[v], labels)
+    judged = {v: j.judge(images[v]) for v in chosen}
     table = _table(
         f"presets on {name} ({model.seq_len} tokens, {n} images, {base['num_iter']} iterations, cfg 2; "
         f"trained {info['train_steps']} steps)",
@@ -298,26 +323,6 @@ def _short(fields: dict[str, Any]) -> str:
     if "precision" in fields:
         parts.append(fields["precision"])
     return "+".join(parts) or "official"
-
-
-class _Digits:
-    """One trained digits model with its fixed labels: images and the judge's verdict for a point."""
-
-    def __init__(self, ctx, name: str, n: int, cache_dir: Path) -> None:
-        self.name = name
-        model, tokenizer, self.info = trained_digits(name, ctx.mode, cache_dir)
-        self.model, self.tokenizer = model.to(ctx.device), tokenizer.to(ctx.device)
-        self.labels = np.repeat(np.arange(10), -(-n // 10))[:n]
-        self.base = {"num_iter": min(16, model.seq_len), "cfg": 2.0, "temperature": 1.0, "batch_size": n}
-
-    def images(self, fields: dict[str, Any], seed: int = 0) -> np.ndarray:
-        s = SampleSettings(**{**self.base, **fields, "seed": seed})
-        bounded = bool(getattr(self.tokenizer, "bounded", False))
-        lat = generate_latents(self.model, self.labels, s, bounded=bounded)
-        return to_uint8(self.tokenizer.decode(lat)).cpu().numpy()
-
-    def judge(self, images: np.ndarray):
-        return _judge(images, self.labels)
 
 
 def _measure(ctx, judges: list[_Digits], points: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
