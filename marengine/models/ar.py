@@ -31,10 +31,10 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ARCH_AR, LAYERNORM_EPS, ARConfig
-from ..diffusion.samplers import DDPM, HeadSampler
+from ..diffusion.samplers import HeadSampler
 from ..utils import check_generator, check_tensor, rand
 from . import ar_sampling
-from .ce_head import CategoricalTokens, CEHead
+from .ce_head import CategoricalTokens, CEHead, refuse_diffusion_knobs
 from .contract import MemberMixin
 from .diffloss import DiffLoss
 from .kv_cache import KVCache, blocks_step
@@ -64,11 +64,9 @@ class CausalAR(nn.Module, MemberMixin):
         head's reverse diffusion (masked_ar.DiffusionTokens, `sampler` default DDPM) or the
         categorical draw (ce_head.CategoricalTokens, which has no sampler nor steps)."""
         if self.loss == "ce":
-            if sampler is not None or steps is not None:
-                raise ValueError("sampler and steps set the diffusion head's chain: a cross-entropy model has none")
+            refuse_diffusion_knobs(sampler=sampler, steps=steps)
             return CategoricalTokens(self.ce_head, args.temperature, args.generator)
-        head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
-        return DiffusionTokens(self.diffloss, args, head_sampler, self.unpatchify)
+        return DiffusionTokens(self.diffloss, args, sampler, self.unpatchify)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()

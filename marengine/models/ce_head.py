@@ -83,6 +83,13 @@ def sample_logits(logits: torch.Tensor, temperature: float, generator: torch.Gen
     return (logits / temperature + gumbel).argmax(-1)
 
 
+def refuse_diffusion_knobs(**knobs: object) -> None:
+    """A categorical head has no diffusion chain: a ValueError naming the knobs given for one."""
+    given = [name for name, value in knobs.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} set(s) the diffusion head's chain: a cross-entropy model has none")
+
+
 class CategoricalTokens:
     """The categorical head's token sampler (models/masked_ar.TokenSampler's draw): tempered
     categorical draws of codes with CFG on the logits, finiteness gathered without a host sync

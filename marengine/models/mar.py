@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ARCH_MAR, LAYERNORM_EPS, SAMPLE_DEFAULTS, MARConfig
-from ..diffusion.samplers import DDPM, HeadSampler
+from ..diffusion.samplers import HeadSampler
 from ..schedules import TokenSteps
 from ..utils import check_generator, check_tensor, rand
 from . import masked_ar
@@ -309,9 +309,8 @@ class MAR(nn.Module, MemberMixin):
         """The head of the masked loop: Diffusion Loss's reverse diffusion per token, with
         `sampler` (default DDPM), the per-iteration `steps` the loop's plan carries and, with
         `token_steps`, steps of each token's own."""
-        head_sampler = HeadSampler.parse(DDPM if sampler is None else sampler)
         grid = (self.seq_h, self.seq_w)
-        return masked_ar.DiffusionTokens(self.diffloss, args, head_sampler, self.unpatchify, token_steps, grid)
+        return masked_ar.DiffusionTokens(self.diffloss, args, sampler, self.unpatchify, token_steps, grid)
 
     # ---------------------------------------------------------------- checks
     def _check_tokens(self, x: torch.Tensor) -> None:

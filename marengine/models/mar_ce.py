@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..checks import check_finite_result
 from ..config import ARCH_MAR_CE, MARCEConfig
 from ..utils import check_generator, check_tensor
-from .ce_head import CategoricalTokens, CEHead
+from .ce_head import CategoricalTokens, CEHead, refuse_diffusion_knobs
 from .mar import MAR
 from .sample_args import SampleArgs
 
@@ -45,10 +45,7 @@ class MARCE(MAR):
     def token_sampler(self, args: SampleArgs, sampler: Any, steps: Any, token_steps: Any = None) -> CodeTokens:
         """The head of the masked loop: tempered categorical draws of codes (args.backend and
         args.clip_denoised concern a diffusion head and are ignored)."""
-        if sampler is not None or steps is not None or token_steps is not None:
-            raise ValueError(
-                "sampler, steps and token_steps set the diffusion head's chain: a cross-entropy model has none"
-            )
+        refuse_diffusion_knobs(sampler=sampler, steps=steps, token_steps=token_steps)
         return CodeTokens(self, args.temperature, args.generator)
 
     def check_codes(self, codes: Any) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 import torch
 
 from ..checks import check_finite_result
-from ..diffusion.samplers import HeadSampler
+from ..diffusion.samplers import DDPM, HeadSampler
 from ..ops.dispatch import weights_frozen
 from ..schedules import Iteration, TokenSteps, generation_plan, step_schedule
 from ..utils import check_tensor
@@ -103,12 +103,13 @@ class DiffusionTokens:
         self,
         diffloss: torch.nn.Module,
         args: SampleArgs,
-        sampler: HeadSampler,
+        sampler: str | HeadSampler | None,
         unpatchify: Callable[[torch.Tensor], torch.Tensor],
         token_steps: TokenSteps | None = None,
         grid: tuple[int, int] = (0, 0),
     ) -> None:
-        self.diffloss, self.temperature, self.sampler = diffloss, args.temperature, sampler
+        self.diffloss, self.temperature = diffloss, args.temperature
+        self.sampler = HeadSampler.parse(DDPM if sampler is None else sampler)  # the official DDPM by default
         self.token_steps, self.grid = token_steps, grid  # per-token steps and the token grid (h, w)
         self._context: tuple | None = None
         # the head's options for every call: randomness, kernels, clamping
