@@ -86,16 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return apply_quick(p, p.parse_args(argv), QUICK)
 
 
-def sampler(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, cfg: float, backend: str, dtype: str, hash_calls: bool):
+def sampler(dl: DiffLoss, z: torch.Tensor, x_T: torch.Tensor, cfg: float, backend: str, dtype: str):
     ctx = (lambda: torch.autocast(z.device.type, dtype=LOWP[dtype])) if dtype in LOWP else nullcontext
-    # the MAR loop samples inside native.weights_frozen(): the head weights' bytes are
-    # fingerprinted once per generation, not per head call (--fingerprint-every-call: per call)
-    frozen = native.weights_frozen if backend == "native" and not hash_calls else nullcontext
     gen = torch.Generator(device=z.device)
 
     def run() -> torch.Tensor:
         gen.manual_seed(0)
-        with ctx(), frozen():
+        with ctx():
             return dl.sample(z, 1.0, cfg, noise=x_T, generator=gen, backend=backend)
 
     return run
@@ -117,13 +114,17 @@ def measure(ctx, dl: DiffLoss, rows: int, cfg_on: bool, gflop: float, args: argp
     cfg = args.cfg_scale if cfg_on else 1.0
     fns: dict[str, Callable[[], Any]] = {}
     if not args.no_reference and gflop / 80.0 <= args.max_seconds:  # ~80 GFLOP/s eager fp32
-        fns["torch_fp32"] = sampler(dl, z, x_T, cfg, "torch", "fp32", args.fingerprint_every_call)
+        fns["torch_fp32"] = sampler(dl, z, x_T, cfg, "torch", "fp32")
     if gflop / 150.0 <= args.max_seconds:
         for dt in args.dtype.split(","):
-            fns[f"native_{dt}"] = sampler(dl, z, x_T, cfg, "native", dt, args.fingerprint_every_call)
+            fns[f"native_{dt}"] = sampler(dl, z, x_T, cfg, "native", dt)
     wait_quiet(args.quiet_load)
     load = os.getloadavg()[0]
-    with torch.inference_mode():
+    # The MAR loop samples inside one native.weights_frozen() per generation: the head weights'
+    # bytes are fingerprinted once (here: in the first warm-up call), not per head call.
+    # --fingerprint-every-call: no such scope, every native call fingerprints the weights.
+    frozen = nullcontext() if args.fingerprint_every_call else native.weights_frozen()
+    with torch.inference_mode(), frozen:
         times = interleaved(fns, ctx.device, warmup=args.warmup, repeats=args.repeats) if fns else {}
     return {"load": load, "ms": {k: 1e3 * summarize(v)["p50"] for k, v in times.items()}}
 

@@ -176,7 +176,8 @@ def body(ctx, args: argparse.Namespace) -> None:
         runs = {"matmul/peak": matmul(ctx, dt, n), "head/torch": head_run("torch"), "backbone/eager": backbone_run}
         if native.available(ctx.device):
             runs["head/native"] = head_run("native")
-        times = interleaved(runs, ctx.device, warmup=1, repeats=p.repeats)
+        with native.weights_frozen():  # as in the MAR loop: head weights fingerprinted once, not per call
+            times = interleaved(runs, ctx.device, warmup=1, repeats=p.repeats)
         peak = 2 * n**3 / summarize(times.pop("matmul/peak"))["p50"] / 1e9
         ctx.record(
             f"matmul/{dt}/n{n}/interleaved",

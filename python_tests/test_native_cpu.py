@@ -619,6 +619,32 @@ def test_weights_frozen_checks_bytes_once_per_block() -> None:
         native.content_fingerprint = real
 
 
+def test_weights_frozen_reuses_time_embedding_per_tables() -> None:
+    """Inside a weights_frozen() block t_emb is computed once per (net, tables); the samples
+    are the same as outside one, and other tables get their own."""
+    from marengine.ops import native
+
+    dl = make_diffloss(width=32, depth=1, steps="5")
+    other = make_diffloss(width=32, depth=1, steps="7", seed=0).gen_tables
+    z, x_T = inputs(3, 1.0)
+    job = lambda tables: HeadJob(dl.net, tables, z, x_T, 0.0, 1.0, None)  # noqa: E731
+    want, want_other = native.sample_head(job(dl.gen_tables)), native.sample_head(job(other))
+    calls = []
+    real = native.timestep_frequencies
+    native.timestep_frequencies = lambda *a: calls.append(1) or real(*a)
+    try:
+        with native.weights_frozen():
+            got = [native.sample_head(job(dl.gen_tables)) for _ in range(3)]
+            assert len(calls) == 1
+            got_other = native.sample_head(job(other))
+            assert len(calls) == 2
+            assert torch.equal(native.sample_head(job(dl.gen_tables)), want)
+    finally:
+        native.timestep_frequencies = real
+    assert all(torch.equal(g, want) for g in got)
+    assert torch.equal(got_other, want_other) and not torch.equal(want_other, want)
+
+
 def test_content_fingerprint_sees_every_byte() -> None:
     from marengine.ops import native
 

