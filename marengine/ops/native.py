@@ -270,8 +270,10 @@ def content_fingerprint(tensors: list[torch.Tensor]) -> int:
 @contextlib.contextmanager
 def weights_frozen():
     """Within this block the head weights are taken not to change: their bytes are
-    fingerprinted once per net (the first sampling call), not on every call. The MAR
-    loop runs inside one, so one generation pays one pass over the head weights."""
+    fingerprinted once per net (the first sampling call), not on every call; later calls
+    reuse the checked weight entry and the time embedding (per tables) without walking the
+    parameters again. The MAR loop runs inside one, so one generation pays one pass over the
+    head weights."""
     outer = getattr(_SCOPE, "frozen", None)
     _SCOPE.frozen = _Frozen() if outer is None else outer
     try:
