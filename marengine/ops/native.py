@@ -237,12 +237,13 @@ _SCOPE = threading.local()  # .frozen: the innermost weights_frozen() block's _F
 
 
 class _Frozen:
-    """What one weights_frozen() block has checked and may reuse."""
+    """What one weights_frozen() block has checked and may reuse, per net (entries die with it)."""
 
     def __init__(self) -> None:
-        self.nets: set[int] = set()  # ids of the nets whose bytes were fingerprinted in this block
-        self.served: set[tuple] = set()  # (id(net), dtype, device) whose cache entry was checked in this block
-        self.t_emb: dict[tuple, tuple] = {}  # (id(net), device) -> (weakref to net, tables, t_emb [S, W])
+        # net -> the (dtype, device) cache entries checked in this block (its bytes were fingerprinted)
+        self.checked: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
+        # net -> {device: (tables, t_emb [S, W])}
+        self.t_emb: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _identity(net: nn.Module) -> tuple:
@@ -298,14 +299,14 @@ def collect_weights(net: nn.Module, dtype: torch.dtype, device: torch.device) ->
     per_net = _WEIGHT_CACHE.setdefault(net, {})
     hit = per_net.get((dtype, device))
     frozen: _Frozen | None = getattr(_SCOPE, "frozen", None)
-    if frozen is not None and hit is not None and (id(net), dtype, device) in frozen.served:
+    checked = frozen.checked.setdefault(net, set()) if frozen is not None else None
+    if checked is not None and hit is not None and (dtype, device) in checked:
         return hit[2]  # checked earlier in this block, and the weights are taken not to change
     ident = _identity(net)
-    trusted = frozen is not None and id(net) in frozen.nets
+    trusted = bool(checked)  # the bytes were fingerprinted earlier in this block (for another entry)
     content = None if trusted and hit is not None and hit[0] == ident else content_fingerprint(list(net.parameters()))
-    if frozen is not None:
-        frozen.nets.add(id(net))
-        frozen.served.add((id(net), dtype, device))
+    if checked is not None:
+        checked.add((dtype, device))
     if hit is not None and hit[0] == ident and (content is None or hit[1] == content):
         return hit[2]
     if hit is not None and _C is not None:
@@ -369,18 +370,17 @@ def embeddings(net: nn.Module, tables: DiffusionTables, z: torch.Tensor) -> tupl
     weights_frozen() t_emb, which depends on the weights and the tables only, is computed once
     per (net, tables, device)."""
     frozen: _Frozen | None = getattr(_SCOPE, "frozen", None)
-    key = (id(net), z.device)
+    kept = frozen.t_emb.setdefault(net, {}) if frozen is not None else {}
     with torch.autocast(z.device.type, enabled=False):
         c_emb = _linear32(net.cond_embed, z)
-        kept = frozen.t_emb.get(key) if frozen is not None else None
-        if kept is not None and kept[0]() is net and kept[1] is tables:
-            return c_emb.contiguous(), kept[2]
+        hit = kept.get(z.device)
+        if hit is not None and hit[0] is tables:
+            return c_emb.contiguous(), hit[1]
         tmap = tables.on(z.device)["timestep_map"]
         freqs = timestep_frequencies(tmap, net.time_embed.frequency_embedding_size)
         mlp = net.time_embed.mlp
         t_emb = _linear32(mlp[2], torch.nn.functional.silu(_linear32(mlp[0], freqs))).contiguous()
-    if frozen is not None:
-        frozen.t_emb[key] = (weakref.ref(net), tables, t_emb)
+    kept[z.device] = (tables, t_emb)  # outside a block: a throwaway dict
     return c_emb.contiguous(), t_emb
 
 
