@@ -1,6 +1,6 @@
 // kernel_limits.h -- the constants the CPU and CUDA kernels share, written once (plain C++, no
 // torch: the .cu files include it). `marengine._C.limits()` (csrc/ops.cpp) reports them, and
-// marengine/ops/native.py reads them from there instead of restating them in Python.
+// marengine/ops/extension.py reads them from there instead of restating them in Python.
 //
 //   kLayerNormEps   the LayerNorm eps of the head's res blocks (LN of the AdaLN blocks); equal to
 //                   marengine.config.LAYERNORM_EPS (python_tests/test_settings.py checks it)

@@ -98,7 +98,7 @@ std::map<std::string, std::string> knobs() {
   return out;
 }
 
-// What the kernels take, from csrc/kernel_limits.h and the build (marengine/ops/native.py reads it).
+// What the kernels take, from csrc/kernel_limits.h and the build (marengine/ops/extension.py reads it).
 pybind11::dict limits() {
   namespace cu = marengine::cuda;
   pybind11::dict d;

@@ -7,7 +7,7 @@ default. `marengine doctor` prints the whole object (`describe()`): each knob, i
 where the value came from (env or default).
 
 Who acts on them: the self-check switch in marengine/ops/selfcheck.py; the kernel knobs in
-the compiled extension, which gets them from marengine/ops/native.py (`native_knobs()`,
+the compiled extension, which gets them from marengine/ops/extension.py (`native_knobs()`,
 passed to `_C.set_knobs`) and never reads the environment itself; MKL_CBWR by MKL itself (the
 serving engine only asks whether it is set). Not knobs, so not here: torchrun's RANK,
 WORLD_SIZE and LOCAL_RANK (training/distributed.py reads them once, joining the process group)

@@ -601,13 +601,13 @@ def test_caches_never_serve_stale_weights(kind: str, wdtype: torch.dtype) -> Non
 
 
 def test_weights_frozen_checks_bytes_once_per_block() -> None:
-    from marengine.ops import native
+    from marengine.ops import head_weights, native
 
     dl = make_diffloss(width=32, depth=1, steps="5")
     z, x_T = inputs(4, 1.0)
     calls = []
-    real = native.content_fingerprint
-    native.content_fingerprint = lambda ts: calls.append(1) or real(ts)
+    real = head_weights.content_fingerprint
+    head_weights.content_fingerprint = lambda ts: calls.append(1) or real(ts)
     try:
         with native.weights_frozen():
             for _ in range(3):
@@ -616,13 +616,13 @@ def test_weights_frozen_checks_bytes_once_per_block() -> None:
         native.sample_head(HeadJob(dl.net, dl.gen_tables, z, x_T, 0.0, 1.0, None))
         assert len(calls) == 2  # outside a block: every call
     finally:
-        native.content_fingerprint = real
+        head_weights.content_fingerprint = real
 
 
 def test_weights_frozen_reuses_time_embedding_per_tables() -> None:
     """Inside a weights_frozen() block t_emb is computed once per (net, tables); the samples
     are the same as outside one, and other tables get their own."""
-    from marengine.ops import native
+    from marengine.ops import head_weights, native
 
     dl = make_diffloss(width=32, depth=1, steps="5")
     other = make_diffloss(width=32, depth=1, steps="7", seed=0).gen_tables
@@ -630,8 +630,8 @@ def test_weights_frozen_reuses_time_embedding_per_tables() -> None:
     job = lambda tables: HeadJob(dl.net, tables, z, x_T, 0.0, 1.0, None)  # noqa: E731
     want, want_other = native.sample_head(job(dl.gen_tables)), native.sample_head(job(other))
     calls = []
-    real = native.timestep_frequencies
-    native.timestep_frequencies = lambda *a: calls.append(1) or real(*a)
+    real = head_weights.timestep_frequencies
+    head_weights.timestep_frequencies = lambda *a: calls.append(1) or real(*a)
     try:
         with native.weights_frozen():
             got = [native.sample_head(job(dl.gen_tables)) for _ in range(3)]
@@ -640,7 +640,7 @@ def test_weights_frozen_reuses_time_embedding_per_tables() -> None:
             assert len(calls) == 2
             assert torch.equal(native.sample_head(job(dl.gen_tables)), want)
     finally:
-        native.timestep_frequencies = real
+        head_weights.timestep_frequencies = real
     assert all(torch.equal(g, want) for g in got)
     assert torch.equal(got_other, want_other) and not torch.equal(want_other, want)
 

@@ -1,7 +1,7 @@
 // content_hash.cpp -- a 64-bit fingerprint of a tensor's bytes, and the eviction of packed
 // weights by source tensor (head_common.h).
 //
-// The packed-weight cache (pack_cache.cpp) and marengine/ops/native.py's converted-weight
+// The packed-weight cache (pack_cache.cpp) and marengine/ops/head_weights.py's converted-weight
 // cache key their entries by tensor identity, data pointer and version counter. Writes
 // through `.data`, numpy views or raw pointers change the bytes without bumping the
 // version counter, so the Python side also compares this fingerprint of the source

@@ -42,7 +42,7 @@ import torch.nn as nn
 from ..diffusion.samplers import HeadSampler
 from ..diffusion.schedule import DiffusionTables, make_tables
 from ..settings import env_of, settings
-from . import native, reference
+from . import head_weights, native, reference
 from .head_job import HeadJob
 
 log = logging.getLogger("marengine.ops")
@@ -266,7 +266,7 @@ def _compare(net: nn.Module, config: Config, device: torch.device, sampler: Head
         except RuntimeError as e:  # a launch failure is a failed check
             return Verdict(config, False, float("inf"), 0.0, 0.0, f"the kernel raised: {' '.join(str(e).split())}")
         finally:
-            _forget(twin, config, device)
+            head_weights.forget(twin)  # its converted and packed copies
         try:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             ref = reference.sample_head(job).double()
@@ -284,11 +284,3 @@ def _compare(net: nn.Module, config: Config, device: torch.device, sampler: Head
     err = float((out - ref).abs().max()) if bool(torch.isfinite(out).all()) else float("inf")
     detail = "" if err <= allowed else "non-finite output" if math.isinf(err) else "wrong result"
     return Verdict(config, err <= allowed, err, allowed, 0.0, detail)
-
-
-def _forget(twin: nn.Module, config: Config, device: torch.device) -> None:
-    """Drop what the CPU kernel cached for the twin's weights (packed copies)."""
-    cached = native._WEIGHT_CACHE.pop(twin, None)
-    if device.type == "cpu" and cached and native._C is not None:
-        for _, _, w in cached.values():
-            native._C.forget_packed([t for t in w.tensors() if t.device.type == "cpu"])
